@@ -1,0 +1,27 @@
+"""The one place AWS clients are made: endpoint, region and retry policy come from configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# botocore's standard mode retries throttling and 5xx with exponential backoff and jitter
+_RETRY = {"mode": "standard", "max_attempts": 8}
+
+
+def client(
+    service: str,
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    read_timeout: float = 30.0,
+    **config: Any,
+) -> Any:
+    """A boto3 client for ``service``; ``endpoint_url`` None means the real AWS endpoint
+    (or ``AWS_ENDPOINT_URL`` from the environment, which boto3 honours itself)."""
+    cfg = Config(retries=_RETRY, read_timeout=read_timeout, connect_timeout=5, **config)
+    return boto3.session.Session().client(
+        service, region_name=region, endpoint_url=endpoint_url or None, config=cfg
+    )

@@ -1,0 +1,55 @@
+"""Branch-name safety: the rules of ``git check-ref-format --branch`` plus the project's own.
+
+A task's branch comes from a row anyone with table access can write, and it ends up on a git
+command line and in a filesystem path, so it is checked before it touches either.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+DEFAULT_PROTECTED = ("main", "master", "develop", "release/*")
+MAX_BRANCH_BYTES = 200
+
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+class UnsafeBranchError(ValueError):
+    """The branch name breaks a rule; ``rule`` names it."""
+
+    def __init__(self, branch: str, rule: str) -> None:
+        self.branch = branch
+        self.rule = rule
+        super().__init__(f"unsafe branch {branch[:80]!r}: {rule}")
+
+
+def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAULT_PROTECTED) -> str:
+    """Return ``branch`` if it is safe to check out, commit to and push; raise UnsafeBranchError if not."""
+    if not isinstance(branch, str):
+        raise UnsafeBranchError(repr(branch), "branch must be a string")
+    if not branch:
+        raise UnsafeBranchError(branch, "branch is empty")
+    if len(branch.encode()) > MAX_BRANCH_BYTES:
+        raise UnsafeBranchError(branch, f"branch is longer than {MAX_BRANCH_BYTES} bytes")
+    if branch.startswith("-"):
+        raise UnsafeBranchError(branch, "branch must not start with '-'")
+    if m := _FORBIDDEN_CHARS.search(branch):
+        raise UnsafeBranchError(branch, f"branch contains a forbidden character {m.group()!r} (git check-ref-format)")
+    if ".." in branch:
+        raise UnsafeBranchError(branch, "branch contains '..' (git check-ref-format)")
+    if "@{" in branch or branch == "@":
+        raise UnsafeBranchError(branch, "branch contains '@{' or is '@' (git check-ref-format)")
+    if branch.startswith("/") or branch.endswith("/") or "//" in branch:
+        raise UnsafeBranchError(branch, "branch has an empty path component (git check-ref-format)")
+    if branch.endswith("."):
+        raise UnsafeBranchError(branch, "branch ends with '.' (git check-ref-format)")
+    for part in branch.split("/"):
+        if part.startswith("."):
+            raise UnsafeBranchError(branch, "a path component starts with '.' (git check-ref-format)")
+        if part.endswith(".lock"):
+            raise UnsafeBranchError(branch, "a path component ends with '.lock' (git check-ref-format)")
+    for pattern in protected:
+        if fnmatch.fnmatchcase(branch, pattern):
+            raise UnsafeBranchError(branch, f"branch is protected ({pattern}); the runner never writes to it")
+    return branch

@@ -1,0 +1,130 @@
+"""Pydantic models for everything that crosses a border: the task row, the SQS signal, socket frames.
+
+The task row's seed fields (``id, title, details, branch, prNumber, prUrl, status, createdAt,
+updatedAt, error``) are a contract with existing backends and UIs: their names, types and values
+never change. Fields added by this project are optional so older rows stay valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_deserializer = TypeDeserializer()
+_serializer = TypeSerializer()
+
+
+class TaskStatus(StrEnum):
+    """The seed's four statuses, spelled exactly as the seed spells them."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskStatus.COMPLETE, TaskStatus.FAILED)
+
+
+def utc_now_iso() -> str:
+    """Timestamps in the seed's format: ISO 8601, UTC, millisecond precision, ``Z`` suffix."""
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def from_dynamodb(image: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB-JSON image (``{"id": {"S": ...}}``) as plain Python values."""
+    return {k: _plain(_deserializer.deserialize(v)) for k, v in image.items()}
+
+
+def to_dynamodb(values: dict[str, Any]) -> dict[str, Any]:
+    """Plain Python values as DynamoDB-JSON attribute values (floats as Decimal, None dropped)."""
+    return {k: _serializer.serialize(_ddb_value(v)) for k, v in values.items() if v is not None}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, set):
+        return {_plain(v) for v in value}
+    return value
+
+
+def _ddb_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+class Task(BaseModel):
+    """One row of the queue table."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, str_strip_whitespace=False)
+
+    # seed fields
+    id: str = Field(min_length=1, max_length=256)
+    title: str = Field(min_length=1)
+    details: str = ""
+    branch: str
+    prNumber: int | None = None  # noqa: N815 - contract names are the seed's
+    prUrl: str | None = None  # noqa: N815
+    status: TaskStatus
+    createdAt: str | None = None  # noqa: N815
+    updatedAt: str | None = None  # noqa: N815
+    error: str | None = None
+    # added fields (add-only)
+    runnerId: str | None = None  # noqa: N815
+    attempts: int = 0
+    leaseExpiresAt: float | None = None  # noqa: N815 - epoch seconds
+    startedAt: str | None = None  # noqa: N815
+    finishedAt: str | None = None  # noqa: N815
+    commitSha: str | None = None  # noqa: N815
+    logTail: str | None = None  # noqa: N815
+    wipSha: str | None = None  # noqa: N815
+    baseSha: str | None = None  # noqa: N815
+
+    @field_validator("prNumber", mode="before")
+    @classmethod
+    def _pr_number_from_string(cls, v: Any) -> Any:
+        # some backends write prNumber as a numeric string; accept it, reject anything else
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        return v
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Task:
+        """A task from a DynamoDB-JSON item or stream image."""
+        return cls.model_validate(from_dynamodb(item))
+
+    def prompt(self) -> str:
+        """The instruction handed to the agent: what to build, where it will be reviewed."""
+        lines = [f"Task: {self.title}", ""]
+        if self.details:
+            lines += [self.details, ""]
+        lines.append(f"You are working on git branch '{self.branch}'.")
+        if self.prUrl or self.prNumber is not None:
+            number = f" (#{self.prNumber})" if self.prNumber is not None else ""
+            lines.append(f"The changes will be reviewed in pull request {self.prUrl or ''}{number}.")
+        lines.append("Make the change in this working directory. Do not commit or push; the runner does that.")
+        return "\n".join(lines)
+
+
+class TaskSignal(BaseModel):
+    """The SQS message body: a signal only. The row is the truth, so duplicates are harmless."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    taskId: str = Field(min_length=1, max_length=256)  # noqa: N815
+    reason: str = "insert"
