@@ -1,0 +1,82 @@
+"""The runner's settings: one model, validated at start-up, passed down from ``main``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from shared.branches import DEFAULT_PROTECTED
+from shared.config import DEFAULT_TABLE
+
+LOCAL_CONFIG = Path(".aipm") / "local.json"
+
+
+def _default_runner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class RunnerSettings(BaseSettings):
+    """Everything the runner daemon reads from its environment."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    aws_region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+    aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
+    table_name: str = Field(default=DEFAULT_TABLE, validation_alias="TABLE_NAME")
+    task_queue_url: str = Field(validation_alias="TASK_QUEUE_URL")
+
+    runner_id: str = Field(default_factory=_default_runner_id, validation_alias="RUNNER_ID")
+    slots: int = Field(default=2, ge=1, le=64, validation_alias="RUNNER_SLOTS")
+    wait_time_seconds: int = Field(default=20, ge=0, le=20, validation_alias="SQS_WAIT_SECONDS")
+    lease_seconds: float = Field(default=120.0, gt=1, validation_alias="LEASE_SECONDS")
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
+
+    git_remote: str = Field(validation_alias="GIT_REMOTE")
+    repo_path: Path = Field(default=Path.home() / ".aipm" / "repo", validation_alias="REPO_PATH")
+    worktrees_dir: Path | None = Field(default=None, validation_alias="WORKTREES_DIR")
+    default_branch: str = Field(default="main", validation_alias="DEFAULT_BRANCH")
+    protected_branches: Annotated[list[str], NoDecode] = Field(
+        default=list(DEFAULT_PROTECTED), validation_alias="PROTECTED_BRANCHES"
+    )
+    git_author_name: str = Field(default="aipm runner", validation_alias="GIT_AUTHOR_NAME")
+    git_author_email: str = Field(default="aipm-runner@users.noreply.local", validation_alias="GIT_AUTHOR_EMAIL")
+    max_details_bytes: int = Field(default=64 * 1024, gt=0, validation_alias="MAX_DETAILS_BYTES")
+    fail_on_no_changes: bool = Field(default=True, validation_alias="FAIL_ON_NO_CHANGES")
+    no_changes_error: str = Field(default="agent made no changes", validation_alias="NO_CHANGES_ERROR")
+    keep_failed_worktrees: bool = Field(default=False, validation_alias="KEEP_FAILED_WORKTREES")
+
+    @field_validator("protected_branches", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @property
+    def worktrees(self) -> Path:
+        return self.worktrees_dir or self.repo_path.parent / "worktrees"
+
+
+def local_stack_env(path: Path = LOCAL_CONFIG) -> dict[str, str]:
+    """Environment defaults from ``aipm local up``'s ``.aipm/local.json``, if it exists."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: str(v) for k, v in data.get("env", {}).items()}
+
+
+def apply_local_stack_env(path: Path = LOCAL_CONFIG) -> bool:
+    """Use the local stack's endpoints unless the environment already names endpoints."""
+    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("TASK_QUEUE_URL"):
+        return False
+    env = local_stack_env(path)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    return bool(env)

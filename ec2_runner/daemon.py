@@ -1,0 +1,167 @@
+"""The runner daemon: long-polls SQS, runs up to ``slots`` tasks at once, stops warm or cold."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+from ec2_runner import logs
+from ec2_runner.pipeline import Outcome, TaskPipeline
+from shared.models import TaskSignal
+
+logger = logging.getLogger(__name__)
+
+
+class Runner:
+    """Consumes task signals from one SQS queue and hands each to the pipeline."""
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        pipeline: TaskPipeline,
+        *,
+        slots: int = 2,
+        wait_time_seconds: int = 20,
+        visibility_seconds: int = 120,
+    ) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.pipeline = pipeline
+        self.slots = slots
+        self.wait_time_seconds = wait_time_seconds
+        self.visibility_seconds = visibility_seconds
+        self._stopping = threading.Event()  # warm stop: take no new messages
+        self._cold = threading.Event()  # cold stop: stop running agents too
+        self._free = threading.Semaphore(slots)
+        self._running: set[Future] = set()
+        self._lock = threading.Lock()
+        self.processed = 0
+
+    # -- control ----------------------------------------------------------------------------
+    def request_stop(self, cold: bool = False) -> None:
+        if cold:
+            self._cold.set()
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT ask for a warm stop; a second one for a cold stop."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            cold = self._stopping.is_set()
+            logger.info("%s received: %s stop", signal.Signals(signum).name, "cold" if cold else "warm")
+            self.request_stop(cold=cold)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self, max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
+        """Serve until stopped (or ``max_tasks`` handled, or the queue is empty with
+        ``stop_when_idle``); returns how many messages were handled."""
+        logger.info("runner started: %d slots, long-polling %s", self.slots, self.queue_url)
+        pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="slot")
+        received = 0
+        backoff = 0.5
+        try:
+            while not self._stopping.is_set():
+                if max_tasks is not None and received >= max_tasks:
+                    break
+                free = self._acquire_slots(max_tasks, received)
+                if not free:
+                    continue
+                try:
+                    messages = self.sqs.receive_message(
+                        QueueUrl=self.queue_url,
+                        MaxNumberOfMessages=min(free, 10),
+                        WaitTimeSeconds=0 if stop_when_idle and received else self.wait_time_seconds,
+                        VisibilityTimeout=self.visibility_seconds,
+                        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                    ).get("Messages", [])
+                    backoff = 0.5
+                except (ClientError, BotoCoreError) as e:
+                    self._release(free)
+                    logger.warning("SQS receive failed (%s); retrying in %.1f s", e, backoff)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 20)
+                    continue
+                self._release(free - len(messages))
+                if not messages:
+                    if stop_when_idle and not self._running:
+                        break
+                    continue
+                for message in messages:
+                    received += 1
+                    fut = pool.submit(self._handle, message)
+                    with self._lock:
+                        self._running.add(fut)
+                    fut.add_done_callback(self._done)
+        finally:
+            pool.shutdown(wait=True)
+            logger.info("runner stopped after %d messages", received)
+        return received
+
+    def _acquire_slots(self, max_tasks: int | None, received: int) -> int:
+        if not self._free.acquire(timeout=0.5):
+            return 0
+        n = 1
+        limit = self.slots if max_tasks is None else min(self.slots, max_tasks - received)
+        while n < limit and self._free.acquire(blocking=False):
+            n += 1
+        return n
+
+    def _release(self, n: int) -> None:
+        for _ in range(max(n, 0)):
+            self._free.release()
+
+    def _done(self, fut: Future) -> None:
+        with self._lock:
+            self._running.discard(fut)
+        self._free.release()
+
+    # -- one message ------------------------------------------------------------------------
+    def _handle(self, message: dict) -> None:
+        receipt = message["ReceiptHandle"]
+        try:
+            sig = TaskSignal.model_validate_json(message.get("Body") or "")
+        except ValidationError as e:
+            # a body that can never name a task: say so and drop it, the queue keeps flowing
+            logger.error(
+                "dropping malformed SQS message %s: %s", message.get("MessageId"), e.errors()[0]["msg"] if e.errors() else e
+            )
+            self._delete(receipt)
+            return
+        with logs.task_context(sig.taskId):
+            try:
+                outcome = self.pipeline.process(
+                    sig.taskId,
+                    extend_visibility=lambda s: self.sqs.change_message_visibility(
+                        QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=int(s)
+                    ),
+                    should_stop=self._cold.is_set,
+                )
+            except Exception:
+                # the row is not final: leave the message, it comes back after its visibility
+                # timeout and, past maxReceiveCount, lands in the DLQ whose handler marks it failed
+                logger.exception("task errored before its row was final; the message will be retried")
+                return
+            logger.info("signal handled: %s", outcome.value)
+            if outcome is not Outcome.LEASE_LOST:
+                self._delete(receipt)
+            self.processed += 1
+
+    def _delete(self, receipt: str) -> None:
+        for attempt in range(3):
+            try:
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
+                return
+            except (ClientError, BotoCoreError) as e:
+                logger.warning("delete_message failed (%s)", e)
+                time.sleep(0.2 * (attempt + 1))

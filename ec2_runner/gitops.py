@@ -1,0 +1,202 @@
+"""Git for the runner: one clone per runner, one detached worktree per task or terminal session.
+
+Worktrees are detached at the branch's remote head, so the same branch can be open in a task and
+in a terminal session at once; commits are pushed with ``HEAD:refs/heads/<branch>``, never forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+logger = logging.getLogger(__name__)
+
+PUSH_ATTEMPTS = 3
+
+
+class GitOpError(Exception):
+    """A git operation failed; the message is readable on a task row."""
+
+
+class PushConflictError(GitOpError):
+    """The remote branch moved and our commit does not rebase cleanly onto it."""
+
+
+@dataclass(frozen=True)
+class Checkout:
+    path: Path
+    branch: str
+    base_sha: str
+    branch_existed: bool
+
+
+def _dir_name(name: str) -> str:
+    # a filesystem-safe, collision-free folder name for any task id or branch
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:48] or "x"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def _short(err: git.GitCommandError) -> str:
+    text = (err.stderr or err.stdout or str(err)).strip()
+    text = re.sub(r"^\s*stderr: ", "", text)
+    return " ".join(text.replace("'", "").split())[:500]
+
+
+class GitWorkspace:
+    """The runner's clone of the remote and the worktrees made from it."""
+
+    def __init__(
+        self,
+        repo_path: Path,
+        remote: str,
+        worktrees_dir: Path,
+        *,
+        default_branch: str = "main",
+        author_name: str = "aipm runner",
+        author_email: str = "aipm-runner@users.noreply.local",
+    ) -> None:
+        self.repo_path = Path(repo_path)
+        self.remote = remote
+        self.worktrees_dir = Path(worktrees_dir)
+        self.default_branch = default_branch
+        self._author = (author_name, author_email)
+        # fetch, worktree add/remove touch shared refs and admin files of the one clone
+        self._lock = threading.Lock()
+        self.repo = self._open_or_clone()
+
+    def _open_or_clone(self) -> git.Repo:
+        if (self.repo_path / ".git").exists() or (self.repo_path / "HEAD").exists():
+            repo = git.Repo(self.repo_path)
+            repo.git.remote("set-url", "origin", self.remote)
+        else:
+            self.repo_path.parent.mkdir(parents=True, exist_ok=True)
+            repo = git.Repo.clone_from(self.remote, self.repo_path, no_checkout=True)
+        with repo.config_writer() as cw:
+            cw.set_value("user", "name", self._author[0])
+            cw.set_value("user", "email", self._author[1])
+        self.worktrees_dir.mkdir(parents=True, exist_ok=True)
+        repo.git.worktree("prune")
+        return repo
+
+    # -- worktrees -------------------------------------------------------------------------
+    def checkout(self, branch: str, name: str, start_sha: str | None = None) -> Checkout:
+        """A fresh worktree for ``branch`` (call check_branch first), detached at the remote head,
+        or at the default branch when the remote has no such branch yet; ``start_sha`` (a WIP
+        commit of an earlier attempt) wins when given and present."""
+        path = self.worktrees_dir / _dir_name(name)
+        with self._lock:
+            if path.exists():
+                self._remove_locked(path)
+            existed = self._fetch_locked(branch)
+            if start_sha and self._has_commit(start_sha):
+                base = start_sha
+            elif existed:
+                base = f"refs/remotes/origin/{branch}"
+            else:
+                self._fetch_locked(self.default_branch, required=True)
+                base = f"refs/remotes/origin/{self.default_branch}"
+            try:
+                self.repo.git.worktree("add", "--detach", "--force", str(path), base)
+            except git.GitCommandError as e:
+                raise GitOpError(f"git worktree add failed: {_short(e)}") from e
+            sha = git.Repo(path).head.commit.hexsha
+        logger.info("worktree ready at %s (branch %s, base %s, branch existed: %s)", path, branch, sha[:12], existed)
+        return Checkout(path=path, branch=branch, base_sha=sha, branch_existed=existed)
+
+    def remove(self, path: Path) -> None:
+        with self._lock:
+            self._remove_locked(Path(path))
+
+    def _remove_locked(self, path: Path) -> None:
+        try:
+            self.repo.git.worktree("remove", "--force", str(path))
+        except git.GitCommandError:
+            shutil.rmtree(path, ignore_errors=True)
+        self.repo.git.worktree("prune")
+
+    def _fetch_locked(self, branch: str, required: bool = False) -> bool:
+        """Fetch one branch into refs/remotes/origin/; False if the remote has no such branch."""
+        refspec = f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
+        try:
+            self.repo.git.fetch("origin", "--no-tags", refspec)
+            return True
+        except git.GitCommandError as e:
+            if "couldn't find remote ref" in (e.stderr or "").lower() and not required:
+                return False
+            raise GitOpError(f"git fetch of {branch!r} failed: {_short(e)}") from e
+
+    def _has_commit(self, sha: str) -> bool:
+        try:
+            self.repo.git.cat_file("-e", f"{sha}^{{commit}}")
+            return True
+        except git.GitCommandError:
+            return False
+
+    # -- commit and push -------------------------------------------------------------------
+    def commit_all(self, path: Path, message: str) -> str | None:
+        """Commit everything that changed in the worktree; None when nothing did."""
+        wt = git.Repo(path)
+        wt.git.add("-A")
+        if not wt.git.status("--porcelain"):
+            return None
+        wt.git.commit("-m", message, "--no-verify")
+        return wt.head.commit.hexsha
+
+    def push(self, path: Path, branch: str, *, rebase_once: bool = True) -> str:
+        """Push HEAD to ``branch`` (never forced). A rejected push rebases once onto the moved
+        branch; a conflict raises PushConflictError. Network failures are retried."""
+        wt = git.Repo(path)
+        rebased = False
+        for attempt in range(1, PUSH_ATTEMPTS + 1):
+            try:
+                wt.git.push("origin", f"HEAD:refs/heads/{branch}")
+                return wt.head.commit.hexsha
+            except git.GitCommandError as e:
+                text = (e.stderr or "").lower()
+                rejected = "rejected" in text or "non-fast-forward" in text or "fetch first" in text
+                if rejected and rebase_once and not rebased:
+                    self._rebase_onto_remote(wt, branch)
+                    rebased = True
+                    continue
+                if rejected or attempt == PUSH_ATTEMPTS:
+                    raise GitOpError(f"git push to {branch!r} failed: {_short(e)}") from e
+                logger.warning("push attempt %d failed (%s); retrying", attempt, _short(e))
+                time.sleep(0.5 * 2 ** (attempt - 1))
+        raise GitOpError(f"git push to {branch!r} failed")  # pragma: no cover - loop always returns or raises
+
+    def push_ref(self, path: Path, ref: str) -> str:
+        """Push HEAD to a runner-owned ref (``kiro-wip/<task>``), replacing it: only runners write these."""
+        wt = git.Repo(path)
+        try:
+            wt.git.push("origin", f"+HEAD:refs/heads/{ref}")
+        except git.GitCommandError as e:
+            raise GitOpError(f"git push to {ref!r} failed: {_short(e)}") from e
+        return wt.head.commit.hexsha
+
+    def _rebase_onto_remote(self, wt: git.Repo, branch: str) -> None:
+        logger.info("remote branch %s moved during the task; rebasing once", branch)
+        with self._lock:
+            self._fetch_locked(branch, required=True)
+        try:
+            wt.git.rebase(f"refs/remotes/origin/{branch}")
+        except git.GitCommandError as e:
+            try:
+                wt.git.rebase("--abort")
+            except git.GitCommandError:
+                pass
+            raise PushConflictError(
+                f"the PR branch {branch!r} moved during the task and the agent's commit conflicts with it"
+            ) from e
+
+    def remote_head(self, branch: str) -> str | None:
+        """The remote's head of ``branch``, or None (used by tests and the WIP logic)."""
+        out = self.repo.git.ls_remote("origin", f"refs/heads/{branch}")
+        return out.split()[0] if out else None

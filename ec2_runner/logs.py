@@ -1,0 +1,58 @@
+"""Structured logging for the runner: Powertools' JSON formatter, the task id on every line of a task."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import sys
+from collections.abc import Iterator
+
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
+_runner_id: str | None = None  # one per process, shared by every thread
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.task_id = _task_id.get()
+        record.runner_id = _runner_id
+        return True
+
+
+class _Formatter(LambdaPowertoolsFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        self.append_keys(task_id=getattr(record, "task_id", None), runner_id=getattr(record, "runner_id", None))
+        return super().format(record)
+
+
+def configure(level: str = "INFO", service: str = "aipm-runner") -> None:
+    """JSON lines on stderr for every logger of the process (idempotent)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_aipm", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._aipm = True  # type: ignore[attr-defined]
+    handler.setFormatter(_Formatter(service=service, utc=True))
+    handler.addFilter(_ContextFilter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("botocore", "boto3", "urllib3", "git", "werkzeug", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def task_context(task_id: str) -> Iterator[None]:
+    """Every log line inside carries ``task_id``."""
+    token = _task_id.set(task_id)
+    try:
+        yield
+    finally:
+        _task_id.reset(token)
+
+
+def set_runner_id(runner_id: str) -> None:
+    global _runner_id
+    _runner_id = runner_id

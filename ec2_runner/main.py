@@ -1,0 +1,66 @@
+"""Wiring: settings -> clients -> store, git, agent -> pipeline -> runner."""
+
+from __future__ import annotations
+
+import logging
+
+from ec2_runner import logs
+from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.config import RunnerSettings
+from ec2_runner.daemon import Runner
+from ec2_runner.gitops import GitWorkspace
+from ec2_runner.pipeline import PipelineOptions, TaskPipeline
+from shared import aws
+from shared.store import TaskStore
+
+logger = logging.getLogger(__name__)
+
+
+def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None = None) -> Runner:
+    """A runner wired to its queue, table, git remote and agent, from validated settings."""
+    logs.set_runner_id(settings.runner_id)
+    ddb = aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+    sqs = aws.client(
+        "sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url,
+        read_timeout=settings.wait_time_seconds + 10,
+    )
+    store = TaskStore(ddb, settings.table_name)
+    workspace = GitWorkspace(
+        settings.repo_path,
+        settings.git_remote,
+        settings.worktrees,
+        default_branch=settings.default_branch,
+        author_name=settings.git_author_name,
+        author_email=settings.git_author_email,
+    )
+    agent = make_agent(agent_settings or AgentSettings())
+    options = PipelineOptions(
+        protected_branches=tuple(settings.protected_branches),
+        lease_seconds=settings.lease_seconds,
+        max_details_bytes=settings.max_details_bytes,
+        fail_on_no_changes=settings.fail_on_no_changes,
+        no_changes_error=settings.no_changes_error,
+        keep_failed_worktrees=settings.keep_failed_worktrees,
+    )
+    pipeline = TaskPipeline(store, workspace, agent, settings.runner_id, options)
+    return Runner(
+        sqs,
+        settings.task_queue_url,
+        pipeline,
+        slots=settings.slots,
+        wait_time_seconds=settings.wait_time_seconds,
+        visibility_seconds=int(settings.lease_seconds),
+    )
+
+
+def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
+    """``aipm runner`` / ``python -m ec2_runner``: run until SIGTERM or SIGINT."""
+    from ec2_runner.config import apply_local_stack_env
+
+    logs.configure()
+    if apply_local_stack_env():
+        logger.info("using the local stack from .aipm/local.json")
+    runner = build_runner(RunnerSettings())
+    runner.install_signal_handlers()
+    runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
+    return 0
