@@ -1,0 +1,357 @@
+"""Every WebSocket frame of the Refine terminal, as pydantic models, with pure encode/decode.
+
+JSON text frames; ``action`` selects both the API Gateway route (``$request.body.action``) and the
+model. Browsers send ``open``, ``resume``, ``input``, ``resize``, ``close`` and ``push``; the relay
+forwards them to the runner holding the session, stamped with the sender's ``connectionId`` and
+``readOnly`` (whatever a browser puts there itself is overwritten). Runners send ``hello``,
+``opened``, ``output``, ``exit``, ``error`` and ``pushed``; their ``to`` names the browser
+connections the relay posts to (stripped before posting). The relay itself sends ``detach`` to a
+runner when a browser goes away.
+
+Limits are API Gateway's: a frame is at most 32 KB, a message at most 128 KB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+MAX_FRAME_BYTES = 32 * 1024
+MAX_MESSAGE_BYTES = 128 * 1024
+# a runner's output frame carries at most this much encoded data, leaving room for ``to``
+OUTPUT_DATA_BUDGET = 28 * 1024
+MAX_TO = 32
+
+BROWSER_ACTIONS = frozenset({"open", "resume", "input", "resize", "close", "push"})
+RUNNER_ACTIONS = frozenset({"hello", "opened", "output", "exit", "error", "pushed"})
+RELAY_ACTIONS = frozenset({"detach"})
+
+
+class FrameError(ValueError):
+    """A frame that cannot be decoded or encoded."""
+
+
+class MalformedFrameError(FrameError):
+    """Not JSON, not an object, an unknown action or fields of the wrong shape."""
+
+
+class FrameTooLargeError(FrameError):
+    """Over API Gateway's size limits."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"frame of {size} bytes is over the {limit}-byte limit")
+
+
+class ForbiddenActionError(FrameError):
+    """A valid action the sender's role may not send (a browser sending ``output``)."""
+
+    def __init__(self, action: str, role: str) -> None:
+        self.action = action
+        self.role = role
+        super().__init__(f"action {action!r} is not allowed for a {role} connection")
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SessionId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _BrowserFrame(_Frame):
+    # set by the relay on the way to the runner; a browser's own value is never trusted
+    connectionId: str | None = Field(default=None, max_length=128)  # noqa: N815
+    readOnly: bool = False  # noqa: N815
+
+
+# -- browser -> runner ---------------------------------------------------------------------------
+class OpenFrame(_BrowserFrame):
+    """Open (or attach to) the terminal of a task or a branch; the token must grant it."""
+
+    action: Literal["open"] = "open"
+    taskId: str | None = Field(default=None, min_length=1, max_length=256)  # noqa: N815
+    branch: str | None = Field(default=None, min_length=1, max_length=256)
+    lastSeq: int = Field(default=0, ge=0)  # noqa: N815
+    sessionId: SessionId | None = None  # noqa: N815 - set by the relay from the token's grant
+    cols: int | None = Field(default=None, ge=1, le=1000)
+    rows: int | None = Field(default=None, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> OpenFrame:
+        if (self.taskId is None) == (self.branch is None):
+            raise ValueError("open needs exactly one of taskId or branch")
+        return self
+
+
+class ResumeFrame(_BrowserFrame):
+    """Re-attach after a reconnect; the runner replays everything after ``lastSeq``."""
+
+    action: Literal["resume"] = "resume"
+    sessionId: SessionId  # noqa: N815
+    lastSeq: int = Field(default=0, ge=0)  # noqa: N815
+
+
+class InputFrame(_BrowserFrame):
+    action: Literal["input"] = "input"
+    sessionId: SessionId  # noqa: N815
+    data: str = Field(max_length=MAX_FRAME_BYTES)
+
+
+class ResizeFrame(_BrowserFrame):
+    action: Literal["resize"] = "resize"
+    sessionId: SessionId  # noqa: N815
+    cols: int = Field(ge=1, le=1000)
+    rows: int = Field(ge=1, le=1000)
+
+
+class CloseFrame(_BrowserFrame):
+    action: Literal["close"] = "close"
+    sessionId: SessionId  # noqa: N815
+
+
+class PushFrame(_BrowserFrame):
+    """Commit what the session changed and push it, under the pipeline's branch rules."""
+
+    action: Literal["push"] = "push"
+    sessionId: SessionId  # noqa: N815
+    message: str = Field(default="Refine with Kiro", min_length=1, max_length=4000)
+
+
+# -- relay -> runner -----------------------------------------------------------------------------
+class DetachFrame(_Frame):
+    """A browser connection of the session went away."""
+
+    action: Literal["detach"] = "detach"
+    sessionId: SessionId  # noqa: N815
+    connectionId: str  # noqa: N815
+
+
+# -- runner -> browsers --------------------------------------------------------------------------
+class _RunnerFrame(_Frame):
+    to: list[str] = Field(default_factory=list, max_length=MAX_TO)
+
+
+class HelloFrame(_RunnerFrame):
+    """A runner (re)connected; ``sessions`` are the ones it still holds, so routes follow it."""
+
+    action: Literal["hello"] = "hello"
+    runnerId: str = Field(min_length=1, max_length=128)  # noqa: N815
+    sessions: list[SessionId] = Field(default_factory=list, max_length=256)
+
+
+class OpenedFrame(_RunnerFrame):
+    """The session is ready; frames from ``nextSeq`` on follow (replay first)."""
+
+    action: Literal["opened"] = "opened"
+    sessionId: SessionId  # noqa: N815
+    branch: str
+    nextSeq: int = Field(ge=1)  # noqa: N815
+    resumed: bool = False
+
+
+class OutputFrame(_RunnerFrame):
+    action: Literal["output"] = "output"
+    sessionId: SessionId  # noqa: N815
+    seq: int = Field(ge=1)
+    data: str
+
+
+class ExitFrame(_RunnerFrame):
+    action: Literal["exit"] = "exit"
+    sessionId: SessionId  # noqa: N815
+    code: int
+    reason: str | None = None
+
+
+class ErrorFrame(_RunnerFrame):
+    """Also what the relay answers a refused browser frame with."""
+
+    action: Literal["error"] = "error"
+    message: str = Field(max_length=4000)
+    sessionId: SessionId | None = None  # noqa: N815
+    code: str | None = None  # machine-readable: forbidden, read_only, throttled, not_granted, ...
+
+
+class PushedFrame(_RunnerFrame):
+    action: Literal["pushed"] = "pushed"
+    sessionId: SessionId  # noqa: N815
+    commitSha: str | None = None  # noqa: N815 - None: nothing to commit
+
+
+BrowserFrame = Annotated[
+    OpenFrame | ResumeFrame | InputFrame | ResizeFrame | CloseFrame | PushFrame, Field(discriminator="action")
+]
+RunnerFrame = Annotated[
+    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame, Field(discriminator="action")
+]
+ToRunnerFrame = Annotated[
+    OpenFrame | ResumeFrame | InputFrame | ResizeFrame | CloseFrame | PushFrame | DetachFrame,
+    Field(discriminator="action"),
+]
+Frame = Annotated[
+    OpenFrame
+    | ResumeFrame
+    | InputFrame
+    | ResizeFrame
+    | CloseFrame
+    | PushFrame
+    | DetachFrame
+    | HelloFrame
+    | OpenedFrame
+    | OutputFrame
+    | ExitFrame
+    | ErrorFrame
+    | PushedFrame,
+    Field(discriminator="action"),
+]
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "browser": TypeAdapter(BrowserFrame),
+    "runner": TypeAdapter(RunnerFrame),
+    "to_runner": TypeAdapter(ToRunnerFrame),
+    "any": TypeAdapter(Frame),
+}
+_ALLOWED = {
+    "browser": BROWSER_ACTIONS,
+    "runner": RUNNER_ACTIONS,
+    "to_runner": BROWSER_ACTIONS | RELAY_ACTIONS,
+    "any": BROWSER_ACTIONS | RUNNER_ACTIONS | RELAY_ACTIONS,
+}
+
+
+def decode(raw: str | bytes, role: Literal["browser", "runner", "to_runner", "any"] = "any") -> Any:
+    """Parse one message into its frame model; ``role`` restricts the actions accepted.
+
+    Raises FrameTooLargeError (over 128 KB), ForbiddenActionError (a known action this role may not
+    send) or MalformedFrameError.
+    """
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > MAX_MESSAGE_BYTES:
+        raise FrameTooLargeError(size, MAX_MESSAGE_BYTES)
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MalformedFrameError(f"frame is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise MalformedFrameError("frame is not a JSON object")
+    action = obj.get("action")
+    if not isinstance(action, str):
+        raise MalformedFrameError("frame has no string 'action'")
+    all_actions = BROWSER_ACTIONS | RUNNER_ACTIONS | RELAY_ACTIONS
+    if action not in all_actions:
+        raise MalformedFrameError(f"unknown action {action[:40]!r}")
+    if action not in _ALLOWED[role]:
+        raise ForbiddenActionError(action, role)
+    try:
+        return _ADAPTERS[role].validate_python(obj)
+    except ValidationError as e:
+        raise MalformedFrameError(_short(e)) from e
+
+
+def encode(frame: _Frame, limit: int = MAX_FRAME_BYTES, *, exclude: set[str] | None = None) -> str:
+    """The frame as compact JSON text; raises FrameTooLargeError over ``limit`` bytes (32 KB)."""
+    drop = set(exclude or ())
+    if isinstance(frame, _RunnerFrame) and not frame.to:
+        drop.add("to")
+    if isinstance(frame, _BrowserFrame):
+        if frame.connectionId is None:
+            drop.add("connectionId")
+        if not frame.readOnly:
+            drop.add("readOnly")
+    text = json.dumps(frame.model_dump(mode="json", exclude=drop, exclude_none=True), ensure_ascii=False,
+                      separators=(",", ":"))
+    size = len(text.encode())
+    if size > limit:
+        raise FrameTooLargeError(size, limit)
+    return text
+
+
+def for_browser(frame: _RunnerFrame) -> str:
+    """A runner frame as posted to a browser: without the routing list."""
+    return encode(frame, exclude={"to"})
+
+
+def output_frames(session_id: str, first_seq: int, text: str, budget: int = OUTPUT_DATA_BUDGET) -> list[OutputFrame]:
+    """Split ``text`` into output frames whose encoding stays under ``budget`` bytes, seq from ``first_seq``.
+
+    JSON escaping can grow control characters six-fold, so chunks are measured after encoding.
+    """
+    frames: list[OutputFrame] = []
+    seq = first_seq
+    pos = 0
+    while pos < len(text):
+        n = min(len(text) - pos, budget)
+        while True:
+            frame = OutputFrame(sessionId=session_id, seq=seq, data=text[pos : pos + n])
+            if len(encode(frame, limit=10 * MAX_MESSAGE_BYTES).encode()) <= budget or n == 1:
+                break
+            n = max(1, n * 2 // 3)
+        frames.append(frame)
+        pos += n
+        seq += 1
+    return frames
+
+
+def session_id_for(task_id: str | None = None, branch: str | None = None) -> str:
+    """The one session a task or branch grant names: stable, so every browser of a grant meets there."""
+    if (task_id is None) == (branch is None):
+        raise ValueError("exactly one of task_id or branch")
+    scope = f"task:{task_id}" if task_id is not None else f"branch:{branch}"
+    return "s-" + hashlib.sha256(scope.encode()).hexdigest()[:24]
+
+
+class SeqReassembler:
+    """Puts a session's output back in ``seq`` order and drops duplicates.
+
+    API Gateway may run a connection's messages through concurrent Lambda invocations, and a resume
+    replays frames a browser may already hold, so clients apply output strictly by ``seq``.
+    Frames that arrive before ``start`` (the ``opened`` frame's ``nextSeq``) is known are held.
+    """
+
+    def __init__(self, next_seq: int | None = None, max_pending: int = 4096) -> None:
+        self.next_seq = next_seq
+        self._pending: dict[int, str] = {}
+        self._max_pending = max_pending
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq applied (what a ``resume`` asks to continue after)."""
+        return (self.next_seq or 1) - 1
+
+    def start(self, next_seq: int) -> list[str]:
+        """Learn where the stream starts (from ``opened``); returns what is now in order."""
+        if self.next_seq is None or next_seq > self.next_seq:
+            self.next_seq = next_seq
+        return self._drain()
+
+    def push(self, seq: int, data: str) -> list[str]:
+        """Add one output frame; returns the data now deliverable, in order."""
+        if self.next_seq is not None and seq < self.next_seq:
+            return []
+        self._pending[seq] = data
+        if len(self._pending) > self._max_pending and self.next_seq is not None:
+            # a gap that never fills (a lost frame): skip to what we have rather than stall forever
+            self.next_seq = min(self._pending)
+        return self._drain()
+
+    def _drain(self) -> list[str]:
+        out: list[str] = []
+        if self.next_seq is None:
+            return out
+        for k in [k for k in self._pending if k < self.next_seq]:
+            del self._pending[k]
+        while self.next_seq in self._pending:
+            out.append(self._pending.pop(self.next_seq))
+            self.next_seq += 1
+        return out
+
+
+def _short(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
+    return f"invalid frame: {loc or 'frame'}: {first.get('msg')}"

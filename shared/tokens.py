@@ -1,0 +1,159 @@
+"""Short-lived signed tokens: what a browser presents at ``$connect`` (and what a runner presents locally).
+
+A token is ``base64url(payload) "." base64url(HMAC-SHA256(secret, "v1." + payload))``; the payload is
+compact JSON with ``sub`` (the user), one of ``task`` / ``branch`` (the one session it grants),
+``ro`` (read-only watcher), ``role`` and ``exp`` (epoch seconds). The backend mints browser tokens
+with ``TOKEN_SECRET``; verification is constant-time and fails by type: expired, forged, malformed.
+
+Runners: on the local stack a runner proves it holds ``RUNNER_SECRET`` by presenting a runner token
+signed with it (never the secret itself: query strings end up in logs). In AWS the runner signs its
+connection with IAM (SigV4) on a route authorised with ``AWS_IAM``; that is the production path, and
+the runner secret only exists for stacks without IAM.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_VERSION = b"v1."
+MAX_TOKEN_CHARS = 2048
+DEFAULT_TTL = 15 * 60
+MAX_TTL = 24 * 3600
+CLOCK_SKEW = 30
+
+
+class TokenError(Exception):
+    """Base of every token failure; the message never contains the token."""
+
+
+class TokenMalformedError(TokenError):
+    """Not a token at all: wrong shape, bad base64, bad JSON, missing claims."""
+
+
+class TokenForgedError(TokenError):
+    """The signature does not match: another secret, or a payload changed after signing."""
+
+
+class TokenExpiredError(TokenError):
+    """A genuine token past its ``exp``."""
+
+
+class TokenClaims(BaseModel):
+    """What a token grants."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sub: str = Field(min_length=1, max_length=256)
+    role: Literal["browser", "runner"] = "browser"
+    task: str | None = Field(default=None, min_length=1, max_length=256)
+    branch: str | None = Field(default=None, min_length=1, max_length=256)
+    ro: bool = False
+    exp: int
+
+    @model_validator(mode="after")
+    def _grant(self) -> TokenClaims:
+        if self.role == "browser" and (self.task is None) == (self.branch is None):
+            raise ValueError("a browser token grants exactly one of task or branch")
+        return self
+
+    @property
+    def read_only(self) -> bool:
+        return self.ro
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _key(secret: str | bytes) -> bytes:
+    key = secret.encode() if isinstance(secret, str) else secret
+    if len(key) < 16:
+        raise ValueError("token secret must be at least 16 bytes")
+    return key
+
+
+def _sign(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, _VERSION + payload, hashlib.sha256).digest()
+
+
+def mint(
+    secret: str | bytes,
+    *,
+    sub: str,
+    task: str | None = None,
+    branch: str | None = None,
+    read_only: bool = False,
+    ttl: int = DEFAULT_TTL,
+    role: Literal["browser", "runner"] = "browser",
+    now: float | None = None,
+) -> str:
+    """A token for ``task`` or ``branch`` (exactly one), valid ``ttl`` seconds."""
+    if not 0 < ttl <= MAX_TTL:
+        raise ValueError(f"ttl must be between 1 and {MAX_TTL} seconds")
+    claims = TokenClaims(
+        sub=sub, role=role, task=task, branch=branch, ro=read_only, exp=int((now or time.time()) + ttl)
+    )
+    payload = json.dumps(claims.model_dump(exclude_none=True, exclude_defaults=False), separators=(",", ":"),
+                         sort_keys=True).encode()
+    return f"{_b64(payload)}.{_b64(_sign(_key(secret), payload))}"
+
+
+def mint_runner_token(runner_secret: str | bytes, runner_id: str, ttl: int = 300, now: float | None = None) -> str:
+    """What a runner presents at ``$connect`` on a stack without IAM."""
+    return mint(runner_secret, sub=runner_id, role="runner", ttl=ttl, now=now)
+
+
+def verify(token: object, secret: str | bytes, *, now: float | None = None) -> TokenClaims:
+    """The claims of a genuine, unexpired token; raises a TokenError subclass otherwise."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise TokenMalformedError("token missing or too long")
+    parts = token.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise TokenMalformedError("token is not payload.signature")
+    try:
+        payload = _unb64(parts[0])
+        signature = _unb64(parts[1])
+    except (binascii.Error, ValueError) as e:
+        raise TokenMalformedError("token is not base64url") from e
+    if not hmac.compare_digest(_sign(_key(secret), payload), signature):
+        raise TokenForgedError("token signature does not match")
+    try:
+        claims = TokenClaims.model_validate(json.loads(payload))
+    except (ValueError, ValidationError) as e:
+        raise TokenMalformedError("token payload is not valid claims") from e
+    if claims.exp + CLOCK_SKEW < (now if now is not None else time.time()):
+        raise TokenExpiredError("token expired")
+    return claims
+
+
+class SecretSource:
+    """A secret from configuration, resolved once per process: a literal value, or a Secrets Manager ARN.
+
+    ``client_factory`` builds the secretsmanager client only when an ARN has to be read.
+    """
+
+    def __init__(self, value: str | None, arn: str | None, client_factory: Any = None) -> None:
+        self._value = value
+        self._arn = arn
+        self._factory = client_factory
+
+    def get(self) -> str | None:
+        if self._value is None and self._arn:
+            resp = self._factory().get_secret_value(SecretId=self._arn)
+            secret = resp.get("SecretString")
+            if secret is None:
+                secret = resp["SecretBinary"].decode()
+            self._value = secret
+        return self._value

@@ -1,0 +1,108 @@
+"""WebSocket frames: models, pure encode/decode, API Gateway's size limits, seq reassembly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import frames as f
+
+pytestmark = pytest.mark.unit
+
+
+def test_browser_frames_round_trip() -> None:
+    for frame in [
+        f.OpenFrame(taskId="T-1", lastSeq=3),
+        f.OpenFrame(branch="feature/x"),
+        f.ResumeFrame(sessionId="s-1", lastSeq=7),
+        f.InputFrame(sessionId="s-1", data="ls\r"),
+        f.ResizeFrame(sessionId="s-1", cols=120, rows=40),
+        f.CloseFrame(sessionId="s-1"),
+        f.PushFrame(sessionId="s-1", message="tidy"),
+    ]:
+        assert f.decode(f.encode(frame), role="browser") == frame
+
+
+def test_runner_frames_round_trip() -> None:
+    for frame in [
+        f.HelloFrame(runnerId="r1", sessions=["s-1"]),
+        f.OpenedFrame(sessionId="s-1", branch="feature/x", nextSeq=1, to=["c1"]),
+        f.OutputFrame(sessionId="s-1", seq=1, data="\x1b[31mred\x1b[0m"),
+        f.ExitFrame(sessionId="s-1", code=0),
+        f.ErrorFrame(message="boom"),
+        f.PushedFrame(sessionId="s-1", commitSha="abc"),
+    ]:
+        assert f.decode(f.encode(frame), role="runner") == frame
+
+
+def test_browser_cannot_send_runner_only_actions() -> None:
+    for action in ("output", "exit", "error", "hello", "opened", "pushed", "detach"):
+        with pytest.raises(f.ForbiddenActionError):
+            f.decode(json.dumps({"action": action, "sessionId": "s", "seq": 1, "data": "x"}), role="browser")
+
+
+def test_runner_cannot_send_browser_actions() -> None:
+    with pytest.raises(f.ForbiddenActionError):
+        f.decode('{"action":"input","sessionId":"s","data":"x"}', role="runner")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not json",
+        "[1,2]",
+        '{"no":"action"}',
+        '{"action":"explode"}',
+        '{"action":"input","sessionId":"s"}',
+        '{"action":"resize","sessionId":"s","cols":0,"rows":5}',
+        '{"action":"open"}',
+        '{"action":"open","taskId":"a","branch":"b"}',
+        '{"action":"input","sessionId":"s","data":"x","extra":1}',
+    ],
+)
+def test_malformed_frames_are_refused(raw: str) -> None:
+    with pytest.raises(f.MalformedFrameError):
+        f.decode(raw, role="browser")
+
+
+def test_message_over_128_kb_is_refused_before_parsing() -> None:
+    raw = json.dumps({"action": "input", "sessionId": "s", "data": "x" * (f.MAX_MESSAGE_BYTES + 1)})
+    with pytest.raises(f.FrameTooLargeError):
+        f.decode(raw, role="browser")
+
+
+def test_encode_refuses_frames_over_32_kb() -> None:
+    with pytest.raises(f.FrameTooLargeError):
+        f.encode(f.OutputFrame(sessionId="s", seq=1, data="x" * f.MAX_FRAME_BYTES))
+
+
+def test_output_split_keeps_every_frame_under_budget_even_with_escapes() -> None:
+    """Control characters grow six-fold in JSON; splitting measures the encoded size."""
+    text = ("\x1b[0m" * 5000) + ("é" * 20000) + ("plain " * 10000)
+    out = f.output_frames("s-1", 5, text)
+    assert "".join(fr.data for fr in out) == text
+    assert [fr.seq for fr in out] == list(range(5, 5 + len(out)))
+    assert max(len(f.encode(fr).encode()) for fr in out) <= f.OUTPUT_DATA_BUDGET
+
+
+def test_for_browser_strips_routing() -> None:
+    frame = f.OutputFrame(sessionId="s", seq=1, data="x", to=["c1", "c2"])
+    assert "to" not in json.loads(f.for_browser(frame))
+    assert json.loads(f.encode(frame))["to"] == ["c1", "c2"]
+
+
+def test_session_id_is_stable_and_distinct_per_grant() -> None:
+    assert f.session_id_for(task_id="A") == f.session_id_for(task_id="A")
+    ids = {f.session_id_for(task_id="A"), f.session_id_for(task_id="B"), f.session_id_for(branch="A")}
+    assert len(ids) == 3
+
+
+def test_reassembler_orders_and_drops_duplicates() -> None:
+    r = f.SeqReassembler()
+    assert r.push(3, "c") == []  # before opened: held
+    assert r.start(2) == []
+    assert r.push(2, "b") == ["b", "c"]
+    assert r.push(2, "b") == [] and r.push(1, "a") == []
+    assert r.push(5, "e") == [] and r.push(4, "d") == ["d", "e"]
+    assert r.last_seq == 5
