@@ -187,7 +187,8 @@ BrowserFrame = Annotated[
     OpenFrame | ResumeFrame | InputFrame | ResizeFrame | CloseFrame | PushFrame, Field(discriminator="action")
 ]
 RunnerFrame = Annotated[
-    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame, Field(discriminator="action")
+    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame,
+    Field(discriminator="action"),
 ]
 ToRunnerFrame = Annotated[
     OpenFrame | ResumeFrame | InputFrame | ResizeFrame | CloseFrame | PushFrame | DetachFrame,
@@ -263,8 +264,11 @@ def encode(frame: _Frame, limit: int = MAX_FRAME_BYTES, *, exclude: set[str] | N
             drop.add("connectionId")
         if not frame.readOnly:
             drop.add("readOnly")
-    text = json.dumps(frame.model_dump(mode="json", exclude=drop, exclude_none=True), ensure_ascii=False,
-                      separators=(",", ":"))
+    text = json.dumps(
+        frame.model_dump(mode="json", exclude=drop, exclude_none=True),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     size = len(text.encode())
     if size > limit:
         raise FrameTooLargeError(size, limit)
@@ -276,7 +280,9 @@ def for_browser(frame: _RunnerFrame) -> str:
     return encode(frame, exclude={"to"})
 
 
-def output_frames(session_id: str, first_seq: int, text: str, budget: int = OUTPUT_DATA_BUDGET) -> list[OutputFrame]:
+def output_frames(
+    session_id: str, first_seq: int, text: str, budget: int = OUTPUT_DATA_BUDGET
+) -> list[OutputFrame]:
     """Split ``text`` into output frames whose encoding stays under ``budget`` bytes, seq from ``first_seq``.
 
     JSON escaping can grow control characters six-fold, so chunks are measured after encoding.

@@ -105,12 +105,15 @@ def mint(
     claims = TokenClaims(
         sub=sub, role=role, task=task, branch=branch, ro=read_only, exp=int((now or time.time()) + ttl)
     )
-    payload = json.dumps(claims.model_dump(exclude_none=True, exclude_defaults=False), separators=(",", ":"),
-                         sort_keys=True).encode()
+    payload = json.dumps(
+        claims.model_dump(exclude_none=True, exclude_defaults=False), separators=(",", ":"), sort_keys=True
+    ).encode()
     return f"{_b64(payload)}.{_b64(_sign(_key(secret), payload))}"
 
 
-def mint_runner_token(runner_secret: str | bytes, runner_id: str, ttl: int = 300, now: float | None = None) -> str:
+def mint_runner_token(
+    runner_secret: str | bytes, runner_id: str, ttl: int = 300, now: float | None = None
+) -> str:
     """What a runner presents at ``$connect`` on a stack without IAM."""
     return mint(runner_secret, sub=runner_id, role="runner", ttl=ttl, now=now)
 

@@ -20,7 +20,12 @@ def test_minted_token_verifies_to_its_claims() -> None:
     token = tokens.mint(SECRET, sub="alice", task="T-1", read_only=True, ttl=60, now=1000)
     claims = tokens.verify(token, SECRET, now=1010)
     assert (claims.sub, claims.task, claims.branch, claims.read_only, claims.role) == (
-        "alice", "T-1", None, True, "browser")
+        "alice",
+        "T-1",
+        None,
+        True,
+        "browser",
+    )
     assert claims.exp == 1060
 
 
