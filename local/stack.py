@@ -1,0 +1,222 @@
+"""The embedded default: the whole system on one machine, from the same template as AWS.
+
+moto (DynamoDB, Streams, SQS) over HTTP, template.yaml deployed into it, the real Lambda handlers
+fed by local event sources, a bare git remote, and real runner processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from local.gitremote import ensure_bare_remote
+from local.lambdas import ROOT, LocalFunction
+from local.motoserver import MotoServer
+from local.poller import Schedule, SqsPoller, StreamPoller
+from shared import aws
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_AWS_PORT = 4566
+
+
+class LocalStackConfig(BaseModel):
+    """What ``aipm local up`` writes to ``.aipm/local.json``. ``endpoint_url`` stays the first key."""
+
+    endpoint_url: str
+    region: str
+    table_name: str
+    task_queue_url: str
+    dlq_url: str
+    git_remote: str
+    stack_name: str
+    connections_table: str | None = None
+    ws_url: str | None = None
+    management_url: str | None = None
+    page_url: str | None = None
+    env: dict[str, str]
+
+
+class LocalStack:
+    """Starts and stops every part of the local system; usable as a context manager."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        runners: int = 1,
+        aws_port: int = 0,
+        stack_name: str = "aipm-local",
+        region: str = "us-east-1",
+        runner_env: dict[str, str] | None = None,
+        function_env: dict[str, str] | None = None,
+        reconcile_seconds: float = 30.0,
+        gateway_port: int | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.state = self.workdir / ".aipm"
+        self.runners_wanted = runners
+        self.aws_port = aws_port
+        self.stack_name = stack_name
+        self.region = region
+        self.extra_runner_env = runner_env or {}
+        self.extra_function_env = function_env or {}
+        self.reconcile_seconds = reconcile_seconds
+        self.gateway_port = gateway_port
+        self._external_endpoint = endpoint_url
+        self.moto: MotoServer | None = None
+        self.config: LocalStackConfig | None = None
+        self.runners: list[subprocess.Popen] = []
+        self._parts: list[Any] = []
+        self.stream: StreamPoller | None = None
+        self.functions: dict[str, LocalFunction] = {}
+        self._next_runner = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> LocalStackConfig:
+        from local.deploy import deploy  # the template is the one definition of the resources
+
+        self.state.mkdir(parents=True, exist_ok=True)
+        if self._external_endpoint:
+            endpoint = self._external_endpoint
+        else:
+            self.moto = MotoServer(port=self.aws_port)
+            try:
+                endpoint = self.moto.start()
+            except OSError:
+                logger.warning("port %s is busy; the local AWS endpoint takes a free port", self.aws_port)
+                self.moto = MotoServer(port=0)
+                endpoint = self.moto.start()
+        logger.info("local AWS endpoint (moto) at %s", endpoint)
+        res = deploy(endpoint, self.region, stack_name=self.stack_name)
+        remote = ensure_bare_remote(self.state / "remote.git")
+
+        base_env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "TABLE_NAME": res.table_name,
+            "TASK_QUEUE_URL": res.task_queue_url,
+            "DLQ_URL": res.dlq_url,
+            **({"CONNECTIONS_TABLE": res.connections_table} if res.connections_table else {}),
+            "POWERTOOLS_METRICS_NAMESPACE": "aipm-local",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }
+        function_env = {**base_env, **self.extra_function_env}
+        self.functions = {
+            name: LocalFunction(name, "app.lambda_handler", Path("functions") / name, {**res.function_env(name), **function_env})
+            for name in ("dispatch", "dead_letter", "reconciler")
+        }
+        ddb_streams = aws.client("dynamodbstreams", region=self.region, endpoint_url=endpoint)
+        ddb = aws.client("dynamodb", region=self.region, endpoint_url=endpoint)
+        sqs = aws.client("sqs", region=self.region, endpoint_url=endpoint, read_timeout=40)
+        stream_arn = ddb.describe_table(TableName=res.table_name)["Table"]["LatestStreamArn"]
+        self.stream = StreamPoller(
+            ddb_streams, stream_arn, self.functions["dispatch"].invoke,
+            region=self.region, filters=res.dispatch_filters, batch_size=res.dispatch_batch_size,
+        )
+        self.stream.start(from_start=True)
+        dlq = SqsPoller(sqs, res.dlq_url, self.functions["dead_letter"].invoke, region=self.region)
+        dlq.start()
+        reconciler = Schedule(self.functions["reconciler"].invoke, self.reconcile_seconds, self.region)
+        reconciler.start()
+        self._parts += [self.stream, dlq, reconciler]
+
+        gateway_urls = self._start_gateway(function_env, endpoint)
+
+        runner_env = {
+            **base_env,
+            "GIT_REMOTE": str(remote),
+            "AGENT": os.environ.get("AGENT", "auto"),
+            **self.extra_runner_env,
+        }
+        self.config = LocalStackConfig(
+            endpoint_url=endpoint,
+            region=self.region,
+            table_name=res.table_name,
+            task_queue_url=res.task_queue_url,
+            dlq_url=res.dlq_url,
+            git_remote=str(remote),
+            stack_name=self.stack_name,
+            connections_table=res.connections_table,
+            env=runner_env,
+            **gateway_urls,
+        )
+        (self.state / "local.json").write_text(self.config.model_dump_json(indent=2))
+        for _ in range(self.runners_wanted):
+            self.start_runner()
+        return self.config
+
+    def _start_gateway(self, function_env: dict[str, str], endpoint: str) -> dict[str, str]:
+        if self.gateway_port is None:
+            return {}
+        try:
+            from local.gateway import start_local_gateway
+        except ImportError:
+            logger.warning("the local WebSocket gateway is not available")
+            return {}
+        gw = start_local_gateway(self, function_env, self.gateway_port)
+        self._parts.append(gw)
+        return {"ws_url": gw.ws_url, "management_url": gw.management_url, "page_url": gw.page_url}
+
+    def stop(self) -> None:
+        for proc in self.runners:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.runners:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for part in reversed(self._parts):
+            part.stop()
+        self._parts.clear()
+        if self.moto:
+            self.moto.stop()
+            self.moto = None
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- runners ----------------------------------------------------------------------------
+    def runner_env(self, index: int) -> dict[str, str]:
+        assert self.config, "start the stack first"
+        home = self.state / "runners" / f"runner-{index}"
+        return {
+            **os.environ,
+            **self.config.env,
+            "REPO_PATH": str(home / "repo"),
+            "WORKTREES_DIR": str(home / "worktrees"),
+        }
+
+    def start_runner(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start one more runner process (``python -m ec2_runner``) against this stack."""
+        index = self._next_runner
+        self._next_runner += 1
+        env = {**self.runner_env(index), **(extra_env or {})}
+        proc = subprocess.Popen([sys.executable, "-m", "ec2_runner"], env=env, cwd=str(self.workdir))
+        self.runners.append(proc)
+        logger.info("runner %d started (pid %d)", index, proc.pid)
+        return proc
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+__all__ = ["ROOT", "LocalStack", "LocalStackConfig"]
