@@ -1,0 +1,130 @@
+"""Git for the runner against a real bare remote: worktrees, commits, pushes, conflicts."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import git
+import pytest
+
+from ec2_runner.gitops import GitOpError, GitWorkspace, PushConflictError
+from local.gitremote import ensure_bare_remote
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    return ensure_bare_remote(tmp_path / "remote.git")
+
+
+@pytest.fixture
+def ws(tmp_path: Path, remote: Path) -> GitWorkspace:
+    return GitWorkspace(tmp_path / "runner" / "repo", str(remote), tmp_path / "runner" / "wt")
+
+
+def other_clone(remote: Path, tmp: Path, branch: str) -> git.Repo:
+    repo = git.Repo.clone_from(str(remote), tmp, branch=branch)
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "someone").release()
+        cw.set_value("user", "email", "someone@example.invalid")
+    return repo
+
+
+def test_new_branch_starts_from_default_and_push_creates_it(ws: GitWorkspace, remote: Path) -> None:
+    co = ws.checkout("feature/new", "task-1")
+    assert not co.branch_existed
+    assert co.base_sha == git.Repo(remote).git.rev_parse("refs/heads/main")
+    (co.path / "a.txt").write_text("hello\n")
+    sha = ws.commit_all(co.path, "add a")
+    assert sha and ws.push(co.path, "feature/new") == sha
+    assert git.Repo(remote).git.rev_parse("refs/heads/feature/new") == sha
+    ws.remove(co.path)
+    assert not co.path.exists()
+
+
+def test_existing_branch_is_checked_out_at_its_remote_head(ws: GitWorkspace, remote: Path, tmp_path: Path) -> None:
+    other = other_clone(remote, tmp_path / "other", "main")
+    other.git.checkout("-b", "feature/existing")
+    (Path(other.working_dir) / "b.txt").write_text("theirs\n")
+    other.git.add("b.txt")
+    other.git.commit("-m", "theirs")
+    other.git.push("origin", "feature/existing")
+    co = ws.checkout("feature/existing", "task-2")
+    assert co.branch_existed and (co.path / "b.txt").read_text() == "theirs\n"
+
+
+def test_nothing_changed_commits_nothing(ws: GitWorkspace) -> None:
+    co = ws.checkout("feature/idle", "task-3")
+    assert ws.commit_all(co.path, "nothing") is None
+
+
+def test_moved_branch_is_rebased_once(ws: GitWorkspace, remote: Path, tmp_path: Path) -> None:
+    co = ws.checkout("feature/moving", "task-4")
+    other = other_clone(remote, tmp_path / "other", "main")
+    other.git.checkout("-b", "feature/moving")
+    (Path(other.working_dir) / "theirs.txt").write_text("x\n")
+    other.git.add("-A")
+    other.git.commit("-m", "someone pushed to the PR")
+    other.git.push("origin", "feature/moving")
+    (co.path / "ours.txt").write_text("y\n")
+    ws.commit_all(co.path, "ours")
+    sha = ws.push(co.path, "feature/moving")
+    log = git.Repo(remote).git.log("--format=%s", "refs/heads/feature/moving")
+    assert log.splitlines()[:2] == ["ours", "someone pushed to the PR"]
+    assert git.Repo(remote).git.rev_parse("refs/heads/feature/moving") == sha
+
+
+def test_conflicting_move_fails_without_force(ws: GitWorkspace, remote: Path, tmp_path: Path) -> None:
+    co = ws.checkout("feature/conflict", "task-5")
+    other = other_clone(remote, tmp_path / "other", "main")
+    other.git.checkout("-b", "feature/conflict")
+    (Path(other.working_dir) / "README.md").write_text("theirs\n")
+    other.git.commit("-am", "theirs")
+    other.git.push("origin", "feature/conflict")
+    theirs = other.head.commit.hexsha
+    (co.path / "README.md").write_text("ours\n")
+    ws.commit_all(co.path, "ours")
+    with pytest.raises(PushConflictError, match="moved during the task"):
+        ws.push(co.path, "feature/conflict")
+    assert git.Repo(remote).git.rev_parse("refs/heads/feature/conflict") == theirs
+
+
+def test_unreachable_remote_is_a_readable_error(tmp_path: Path) -> None:
+    with pytest.raises(git.GitCommandError):
+        GitWorkspace(tmp_path / "r", str(tmp_path / "missing.git"), tmp_path / "wt")
+
+
+def test_fetch_failure_is_a_gitop_error(ws: GitWorkspace, remote: Path) -> None:
+    ws.repo.git.remote("set-url", "origin", str(remote) + "-gone")
+    with pytest.raises(GitOpError, match="fetch"):
+        ws.checkout("feature/x", "task-6")
+
+
+def test_parallel_checkouts_in_one_clone(ws: GitWorkspace) -> None:
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            co = ws.checkout(f"feature/p{i}", f"task-p{i}")
+            (co.path / f"f{i}.txt").write_text(str(i))
+            ws.commit_all(co.path, f"p{i}")
+            ws.push(co.path, f"feature/p{i}")
+            ws.remove(co.path)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    heads = ws.repo.git.ls_remote("origin", "refs/heads/feature/*").splitlines()
+    assert len(heads) == 6
+
+
+def test_task_ids_never_escape_the_worktrees_dir(ws: GitWorkspace) -> None:
+    co = ws.checkout("feature/esc", "../../../etc/evil")
+    assert co.path.resolve().parent == ws.worktrees_dir.resolve()
