@@ -23,7 +23,9 @@ def _store() -> Any:
     from shared.store import TaskStore
 
     s = _aws_settings()
-    return TaskStore(aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name)
+    return TaskStore(
+        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name
+    )
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
@@ -59,15 +61,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     store = _store()
     for status in [TaskStatus(args.status)] if args.status else list(TaskStatus):
         for row in store.list_by_status(status, limit=args.limit):
-            print(json.dumps({k: row.get(k) for k in ("id", "status", "branch", "title", "commitSha", "error")}))
+            print(
+                json.dumps({k: row.get(k) for k in ("id", "status", "branch", "title", "commitSha", "error")})
+            )
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     import uuid
 
-    row: dict[str, Any] = {"id": args.id or f"task-{uuid.uuid4().hex[:12]}", "title": args.title,
-                           "details": args.details, "branch": args.branch}
+    row: dict[str, Any] = {
+        "id": args.id or f"task-{uuid.uuid4().hex[:12]}",
+        "title": args.title,
+        "details": args.details,
+        "branch": args.branch,
+    }
     if args.pr is not None:
         row["prNumber"] = args.pr
     if args.pr_url:
@@ -91,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = lsub.add_parser("up", help="start the local stack in the foreground")
     up.add_argument("--runners", type=int, default=1)
     up.add_argument("--aws-port", type=int, default=4566, help="moto server port (0: any free port)")
-    up.add_argument("--port", type=int, default=None, help="local WebSocket gateway port (default $PORT or 8080)")
+    up.add_argument(
+        "--port", type=int, default=None, help="local WebSocket gateway port (default $PORT or 8080)"
+    )
     demo = lsub.add_parser("demo", help="the local stack plus a sample task")
     demo.add_argument("--aws-port", type=int, default=4566)
     loc.set_defaults(func=cmd_local)

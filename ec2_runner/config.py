@@ -7,10 +7,10 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from shared.branches import DEFAULT_PROTECTED
 from shared.config import DEFAULT_TABLE
@@ -46,7 +46,9 @@ class RunnerSettings(BaseSettings):
         default=list(DEFAULT_PROTECTED), validation_alias="PROTECTED_BRANCHES"
     )
     git_author_name: str = Field(default="aipm runner", validation_alias="GIT_AUTHOR_NAME")
-    git_author_email: str = Field(default="aipm-runner@users.noreply.local", validation_alias="GIT_AUTHOR_EMAIL")
+    git_author_email: str = Field(
+        default="aipm-runner@users.noreply.local", validation_alias="GIT_AUTHOR_EMAIL"
+    )
     max_details_bytes: int = Field(default=64 * 1024, gt=0, validation_alias="MAX_DETAILS_BYTES")
     fail_on_no_changes: bool = Field(default=True, validation_alias="FAIL_ON_NO_CHANGES")
     no_changes_error: str = Field(default="agent made no changes", validation_alias="NO_CHANGES_ERROR")

@@ -134,7 +134,9 @@ class Runner:
         except ValidationError as e:
             # a body that can never name a task: say so and drop it, the queue keeps flowing
             logger.error(
-                "dropping malformed SQS message %s: %s", message.get("MessageId"), e.errors()[0]["msg"] if e.errors() else e
+                "dropping malformed SQS message %s: %s",
+                message.get("MessageId"),
+                e.errors()[0]["msg"] if e.errors() else e,
             )
             self._delete(receipt)
             return

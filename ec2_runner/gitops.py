@@ -108,7 +108,9 @@ class GitWorkspace:
             except git.GitCommandError as e:
                 raise GitOpError(f"git worktree add failed: {_short(e)}") from e
             sha = git.Repo(path).head.commit.hexsha
-        logger.info("worktree ready at %s (branch %s, base %s, branch existed: %s)", path, branch, sha[:12], existed)
+        logger.info(
+            "worktree ready at %s (branch %s, base %s, branch existed: %s)", path, branch, sha[:12], existed
+        )
         return Checkout(path=path, branch=branch, base_sha=sha, branch_existed=existed)
 
     def remove(self, path: Path) -> None:

@@ -23,7 +23,9 @@ class _ContextFilter(logging.Filter):
 
 class _Formatter(LambdaPowertoolsFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        self.append_keys(task_id=getattr(record, "task_id", None), runner_id=getattr(record, "runner_id", None))
+        self.append_keys(
+            task_id=getattr(record, "task_id", None), runner_id=getattr(record, "runner_id", None)
+        )
         return super().format(record)
 
 

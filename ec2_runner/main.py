@@ -21,7 +21,9 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
     logs.set_runner_id(settings.runner_id)
     ddb = aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
     sqs = aws.client(
-        "sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url,
+        "sqs",
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
         read_timeout=settings.wait_time_seconds + 10,
     )
     store = TaskStore(ddb, settings.table_name)

@@ -168,7 +168,9 @@ class TaskPipeline:
             result = self.agent.run(
                 task.prompt(), checkout.path, on_output=_progress_logger(), should_stop=stop_requested
             )
-            logger.info("agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok)
+            logger.info(
+                "agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok
+            )
             if beat.lost.is_set():
                 return Outcome.LEASE_LOST
             tail = result.output[-2000:] if result.output else ""
@@ -188,7 +190,10 @@ class TaskPipeline:
             self.store.complete(task_id, self.runner_id, attempt, sha, tail)
             logger.info(
                 "complete: pushed %s to %s (runner overhead %.3f s, agent %.1f s)",
-                sha[:12], task.branch, prep + (time.monotonic() - after), result.duration,
+                sha[:12],
+                task.branch,
+                prep + (time.monotonic() - after),
+                result.duration,
             )
             return Outcome.COMPLETE
         except GitOpError as e:

@@ -67,8 +67,13 @@ def demo(aws_port: int = DEFAULT_AWS_PORT) -> int:
             from shutil import which
 
             if not which("kiro-cli"):
-                print("kiro-cli not found: the runner uses the DEMO AGENT, a stand-in that edits a file", flush=True)
-        store = TaskStore(aws.client("dynamodb", region=cfg.region, endpoint_url=cfg.endpoint_url), cfg.table_name)
+                print(
+                    "kiro-cli not found: the runner uses the DEMO AGENT, a stand-in that edits a file",
+                    flush=True,
+                )
+        store = TaskStore(
+            aws.client("dynamodb", region=cfg.region, endpoint_url=cfg.endpoint_url), cfg.table_name
+        )
         task_id = f"demo-{uuid.uuid4().hex[:8]}"
         branch = f"feature/add-login-validation-{task_id}"
         store.put_new({"id": task_id, "branch": branch, **SAMPLE_TASK})
@@ -83,7 +88,10 @@ def demo(aws_port: int = DEFAULT_AWS_PORT) -> int:
             print(remote.git.show("--stat", "--format=  %h %s", sha), flush=True)
         else:
             print(f"task ended {final.get('status')}: {final.get('error')}", flush=True)
-        print("\nthe stack keeps running: insert more rows with the aws CLI (see README); Ctrl-C to stop", flush=True)
+        print(
+            "\nthe stack keeps running: insert more rows with the aws CLI (see README); Ctrl-C to stop",
+            flush=True,
+        )
         if cfg.page_url:
             print(f"terminal page: {cfg.page_url}", flush=True)
         _wait_for_signal()
@@ -111,7 +119,10 @@ def _follow(events: queue.Queue[dict], task_id: str, timeout: float) -> dict[str
         if old != row.get("status"):
             extra = f" commit {row['commitSha']}" if row.get("commitSha") else ""
             extra += f" error: {row['error']}" if row.get("error") and row.get("status") == "failed" else ""
-            print(f"  +{time.monotonic() - started:6.2f}s  {old or '-':>10} -> {row.get('status')}{extra}", flush=True)
+            print(
+                f"  +{time.monotonic() - started:6.2f}s  {old or '-':>10} -> {row.get('status')}{extra}",
+                flush=True,
+            )
         if row.get("status") in ("complete", "failed"):
             return row
     return {"status": "timeout", "error": f"no final status within {timeout} s"}

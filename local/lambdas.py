@@ -38,7 +38,9 @@ class LambdaContext:
 class LocalFunction:
     """One function of the template: its module loaded fresh with the function's environment."""
 
-    def __init__(self, name: str, handler: str, code_dir: Path, env: dict[str, str], timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, name: str, handler: str, code_dir: Path, env: dict[str, str], timeout_s: float = 30.0
+    ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         module_name, _, attr = handler.rpartition(".")

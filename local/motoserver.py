@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from moto.server import ThreadedMotoServer
@@ -29,6 +30,7 @@ class MotoServer:
 
     def start(self) -> str:
         ensure_local_credentials()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"

@@ -219,8 +219,14 @@ class SqsPoller:
     """Plays an SQS event source mapping: long-poll, invoke, delete all but the reported failures."""
 
     def __init__(
-        self, sqs: Any, queue_url: str, invoke: Callable[[dict], Any], *, region: str = "us-east-1",
-        batch_size: int = 10, wait_seconds: int = 20,
+        self,
+        sqs: Any,
+        queue_url: str,
+        invoke: Callable[[dict], Any],
+        *,
+        region: str = "us-east-1",
+        batch_size: int = 10,
+        wait_seconds: int = 20,
     ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url

@@ -97,7 +97,11 @@ class LocalStack:
                 self.moto = MotoServer(port=0)
                 endpoint = self.moto.start()
         logger.info("local AWS endpoint (moto) at %s", endpoint)
-        res = deploy(endpoint, self.region, stack_name=self.stack_name)
+        # the seed's table name for the one local stack; unique names when several share a server
+        table = (
+            "aipm-amazon-q-queue" if self.stack_name == "aipm-local" else f"{self.stack_name}-amazon-q-queue"
+        )
+        res = deploy(endpoint, self.region, stack_name=self.stack_name, parameters={"TableName": table})
         remote = ensure_bare_remote(self.state / "remote.git")
 
         base_env = {
@@ -113,7 +117,12 @@ class LocalStack:
         }
         function_env = {**base_env, **self.extra_function_env}
         self.functions = {
-            name: LocalFunction(name, "app.lambda_handler", Path("functions") / name, {**res.function_env(name), **function_env})
+            name: LocalFunction(
+                name,
+                "app.lambda_handler",
+                Path("functions") / name,
+                {**res.function_env(name), **function_env},
+            )
             for name in ("dispatch", "dead_letter", "reconciler")
         }
         ddb_streams = aws.client("dynamodbstreams", region=self.region, endpoint_url=endpoint)
@@ -121,8 +130,12 @@ class LocalStack:
         sqs = aws.client("sqs", region=self.region, endpoint_url=endpoint, read_timeout=40)
         stream_arn = ddb.describe_table(TableName=res.table_name)["Table"]["LatestStreamArn"]
         self.stream = StreamPoller(
-            ddb_streams, stream_arn, self.functions["dispatch"].invoke,
-            region=self.region, filters=res.dispatch_filters, batch_size=res.dispatch_batch_size,
+            ddb_streams,
+            stream_arn,
+            self.functions["dispatch"].invoke,
+            region=self.region,
+            filters=res.dispatch_filters,
+            batch_size=res.dispatch_batch_size,
         )
         self.stream.start(from_start=True)
         dlq = SqsPoller(sqs, res.dlq_url, self.functions["dead_letter"].invoke, region=self.region)

@@ -35,7 +35,9 @@ def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAUL
     if branch.startswith("-"):
         raise UnsafeBranchError(branch, "branch must not start with '-'")
     if m := _FORBIDDEN_CHARS.search(branch):
-        raise UnsafeBranchError(branch, f"branch contains a forbidden character {m.group()!r} (git check-ref-format)")
+        raise UnsafeBranchError(
+            branch, f"branch contains a forbidden character {m.group()!r} (git check-ref-format)"
+        )
     if ".." in branch:
         raise UnsafeBranchError(branch, "branch contains '..' (git check-ref-format)")
     if "@{" in branch or branch == "@":

@@ -14,7 +14,9 @@ class MalformedRecordError(ValueError):
     """A stream record that cannot be a task signal (no keys, no image, no id)."""
 
 
-def signal_for(event_name: str, new_image: dict[str, Any] | None, old_image: dict[str, Any] | None) -> TaskSignal | None:
+def signal_for(
+    event_name: str, new_image: dict[str, Any] | None, old_image: dict[str, Any] | None
+) -> TaskSignal | None:
     """The signal a stream record calls for, or None.
 
     INSERT with status pending signals; so does MODIFY into pending from anything else (the seed's

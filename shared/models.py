@@ -117,7 +117,9 @@ class Task(BaseModel):
         if self.prUrl or self.prNumber is not None:
             number = f" (#{self.prNumber})" if self.prNumber is not None else ""
             lines.append(f"The changes will be reviewed in pull request {self.prUrl or ''}{number}.")
-        lines.append("Make the change in this working directory. Do not commit or push; the runner does that.")
+        lines.append(
+            "Make the change in this working directory. Do not commit or push; the runner does that."
+        )
         return "\n".join(lines)
 
 

@@ -58,7 +58,9 @@ class TaskStore:
             raise TaskNotFoundError(task_id)
         return from_dynamodb(resp["Item"])
 
-    def list_by_status(self, status: TaskStatus, created_before: str | None = None, limit: int = 100) -> list[dict]:
+    def list_by_status(
+        self, status: TaskStatus, created_before: str | None = None, limit: int = 100
+    ) -> list[dict]:
         """Rows of one status from the status GSI, oldest first (never a scan)."""
         expr = "#s = :s"
         values: dict[str, Any] = {":s": {"S": status.value}}
@@ -66,14 +68,14 @@ class TaskStore:
             expr += " AND createdAt < :before"
             values[":before"] = {"S": created_before}
         items: list[dict] = []
-        kwargs: dict[str, Any] = dict(
-            TableName=self.table_name,
-            IndexName=STATUS_INDEX,
-            KeyConditionExpression=expr,
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=values,
-            Limit=limit,
-        )
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": expr,
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": values,
+            "Limit": limit,
+        }
         while True:
             resp = self._ddb.query(**kwargs)
             items += [from_dynamodb(i) for i in resp.get("Items", [])]
@@ -150,16 +152,23 @@ class TaskStore:
         values = {f":v{i}": v for i, v in enumerate(fields.values())}
         sets = ", ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True))
         self._owned_update(
-            task_id, runner_id, attempt, f"SET {sets}, updatedAt = :stamp",
+            task_id,
+            runner_id,
+            attempt,
+            f"SET {sets}, updatedAt = :stamp",
             {**{k: to_dynamodb({"x": v})["x"] for k, v in values.items()}, ":stamp": {"S": utc_now_iso()}},
             extra_names=names,
         )
 
-    def complete(self, task_id: str, runner_id: str, attempt: int, commit_sha: str, log_tail: str = "") -> None:
+    def complete(
+        self, task_id: str, runner_id: str, attempt: int, commit_sha: str, log_tail: str = ""
+    ) -> None:
         """processing -> complete with the pushed commit."""
         stamp = utc_now_iso()
         self._owned_update(
-            task_id, runner_id, attempt,
+            task_id,
+            runner_id,
+            attempt,
             "SET #s = :complete, commitSha = :sha, logTail = :tail, finishedAt = :stamp, updatedAt = :stamp "
             "REMOVE leaseExpiresAt, #e",
             {
@@ -174,7 +183,9 @@ class TaskStore:
         """processing -> failed with a readable error."""
         stamp = utc_now_iso()
         self._owned_update(
-            task_id, runner_id, attempt,
+            task_id,
+            runner_id,
+            attempt,
             "SET #s = :failed, #e = :err, logTail = :tail, finishedAt = :stamp, updatedAt = :stamp "
             "REMOVE leaseExpiresAt",
             {
@@ -188,7 +199,9 @@ class TaskStore:
     def release(self, task_id: str, runner_id: str, attempt: int, note: str) -> None:
         """processing -> pending: this runner gives the task back (shutdown), with a note in ``error``."""
         self._owned_update(
-            task_id, runner_id, attempt,
+            task_id,
+            runner_id,
+            attempt,
             "SET #s = :pending, #e = :note, updatedAt = :stamp REMOVE leaseExpiresAt, runnerId",
             {
                 ":pending": {"S": TaskStatus.PENDING.value},

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 FAKE_AGENT = ROOT / "tests" / "fake_agent"

@@ -15,7 +15,8 @@ settings = DispatchSettings()
 logger = Logger(service="aipm-dispatch")
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 dispatcher = Dispatcher(
-    aws.client("sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), settings.task_queue_url
+    aws.client("sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
+    settings.task_queue_url,
 )
 
 
@@ -29,7 +30,9 @@ def record_handler(record: DynamoDBRecord) -> None:
         )
     except (MalformedRecordError, TypeError, ValueError, KeyError, AttributeError) as e:
         # a record we can never turn into a signal: retrying it would only block the shard
-        logger.warning("skipping malformed stream record", record_id=record.raw_event.get("eventID"), reason=str(e))
+        logger.warning(
+            "skipping malformed stream record", record_id=record.raw_event.get("eventID"), reason=str(e)
+        )
         return
     if signal is None:
         return
@@ -41,4 +44,6 @@ def record_handler(record: DynamoDBRecord) -> None:
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

@@ -44,7 +44,9 @@ def test_new_branch_starts_from_default_and_push_creates_it(ws: GitWorkspace, re
     assert not co.path.exists()
 
 
-def test_existing_branch_is_checked_out_at_its_remote_head(ws: GitWorkspace, remote: Path, tmp_path: Path) -> None:
+def test_existing_branch_is_checked_out_at_its_remote_head(
+    ws: GitWorkspace, remote: Path, tmp_path: Path
+) -> None:
     other = other_clone(remote, tmp_path / "other", "main")
     other.git.checkout("-b", "feature/existing")
     (Path(other.working_dir) / "b.txt").write_text("theirs\n")

@@ -42,7 +42,14 @@ UNSAFE = {
     "back\\slash": "forbidden character",
 }
 
-SAFE = ["feature/add-login-validation", "fix/issue-42", "kiro/task_1.2", "user/name/deep/branch", "a", "ü-unicode"]
+SAFE = [
+    "feature/add-login-validation",
+    "fix/issue-42",
+    "kiro/task_1.2",
+    "user/name/deep/branch",
+    "a",
+    "ü-unicode",
+]
 
 
 @pytest.mark.parametrize(("branch", "rule"), list(UNSAFE.items()), ids=[repr(b)[:40] for b in UNSAFE])
@@ -71,7 +78,9 @@ def test_protected_patterns_are_configurable() -> None:
 @pytest.mark.parametrize("branch", [b for b in list(UNSAFE) + SAFE if "\x00" not in b])
 def test_everything_git_refuses_we_refuse(branch: str) -> None:
     """Our pure-Python rules are at least as strict as ``git check-ref-format --branch``."""
-    git_ok = subprocess.run(["git", "check-ref-format", "--branch", branch], capture_output=True).returncode == 0
+    git_ok = (
+        subprocess.run(["git", "check-ref-format", "--branch", branch], capture_output=True).returncode == 0
+    )
     try:
         check_branch(branch, protected=DEFAULT_PROTECTED)
         ours_ok = True

@@ -8,7 +8,10 @@ from local.poller import matches, passes
 
 pytestmark = pytest.mark.unit
 
-PENDING_PATTERN = {"eventName": ["INSERT", "MODIFY"], "dynamodb": {"NewImage": {"status": {"S": ["pending"]}}}}
+PENDING_PATTERN = {
+    "eventName": ["INSERT", "MODIFY"],
+    "dynamodb": {"NewImage": {"status": {"S": ["pending"]}}},
+}
 
 
 def record(event: str, status: str | None) -> dict:
@@ -18,8 +21,13 @@ def record(event: str, status: str | None) -> dict:
 
 @pytest.mark.parametrize(
     ("event", "status", "expected"),
-    [("INSERT", "pending", True), ("MODIFY", "pending", True), ("MODIFY", "processing", False),
-     ("REMOVE", "pending", False), ("INSERT", None, False)],
+    [
+        ("INSERT", "pending", True),
+        ("MODIFY", "pending", True),
+        ("MODIFY", "processing", False),
+        ("REMOVE", "pending", False),
+        ("INSERT", None, False),
+    ],
 )
 def test_pending_filter(event: str, status: str | None, expected: bool) -> None:
     assert matches(PENDING_PATTERN, record(event, status)) is expected

@@ -1,0 +1,204 @@
+"""The core pipeline on the local stack: rows inserted with the plain aws CLI, real runner
+processes, the fake Kiro CLI in a real pty, a bare git remote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import git
+import pytest
+
+from tests.fixtures import AwsCli, unique, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def cli(local_stack: Any) -> AwsCli:
+    return AwsCli(local_stack.config.endpoint_url, local_stack.config.table_name)
+
+
+def final(cli: AwsCli, task_id: str, timeout: float = 60) -> dict:
+    return wait_until(
+        lambda: (row := cli.get(task_id)).get("status") in ("complete", "failed") and row,
+        timeout,
+        interval=0.2,
+        what=f"{task_id} to end",
+    )
+
+
+def remote_sha(stack: Any, branch: str) -> str | None:
+    out = git.Repo(stack.config.git_remote).git.for_each_ref("--format=%(objectname)", f"refs/heads/{branch}")
+    return out.strip() or None
+
+
+def test_row_inserted_with_aws_cli_completes_with_the_agents_commit(local_stack: Any, cli: AwsCli) -> None:
+    """put-item -> pending -> processing -> complete; the remote branch holds what the agent wrote."""
+    # given
+    task_id, branch = unique("cli"), f"feature/add-login-validation-{unique('b')}"
+    # when
+    cli.put_task(
+        task_id, branch, details="Validate emails. [fake:write path=src/login.py text=def validate(): ...]"
+    )
+    row = final(cli, task_id)
+    # then
+    assert row["status"] == "complete", row.get("error")
+    assert row["attempts"] == 1 and len(row["commitSha"]) == 40
+    assert remote_sha(local_stack, branch) == row["commitSha"]
+    remote = git.Repo(local_stack.config.git_remote)
+    assert remote.git.show(f"{row['commitSha']}:src/login.py").strip() == "def validate(): ..."
+    message = remote.git.log("-1", "--format=%B", row["commitSha"])
+    assert "Add login validation" in message and task_id in message
+
+
+def test_reset_to_pending_with_update_item_runs_the_task_again(local_stack: Any, cli: AwsCli) -> None:
+    """The seed's fix (update-item status back to pending) re-runs a task: attempts = 2."""
+    task_id, branch = unique("reset"), f"feature/{unique('reset')}"
+    cli.put_task(task_id, branch)
+    first = final(cli, task_id)
+    assert first["status"] == "complete", first.get("error")
+    cli.reset(task_id)
+    second = wait_until(
+        lambda: (
+            (row := cli.get(task_id)).get("attempts") == 2 and row["status"] in ("complete", "failed") and row
+        ),
+        60,
+        interval=0.2,
+        what="the second run",
+    )
+    assert second["status"] == "complete", second.get("error")
+    assert second["commitSha"] != first["commitSha"]
+    log = git.Repo(local_stack.config.git_remote).git.log("--format=%H", f"refs/heads/{branch}").split()
+    assert log[:2] == [second["commitSha"], first["commitSha"]]
+
+
+AGENT_FAILURES = {
+    "[fake:exit=1]": "exit 1",
+    "[fake:exit=3]": "MCP",
+    "[fake:exit=4]": "agent not found",
+    "[fake:hang]": "timed out",
+    "[fake:nochange]": "agent made no changes",
+    "[fake:approval tool=fs_write]": "fs_write",
+    "[fake:login]": "not logged in",
+    "[fake:authfail]": "authentication failed",
+}
+
+
+@pytest.mark.parametrize(("marker", "error"), list(AGENT_FAILURES.items()), ids=list(AGENT_FAILURES))
+def test_agent_failure_ends_failed_with_a_clear_error_and_nothing_pushed(
+    local_stack: Any, cli: AwsCli, marker: str, error: str
+) -> None:
+    task_id, branch = unique("agentfail"), f"feature/{unique('af')}"
+    cli.put_task(task_id, branch, details=f"Do the thing. {marker}")
+    row = final(cli, task_id)
+    assert row["status"] == "failed"
+    assert error.lower() in row["error"].lower()
+    assert remote_sha(local_stack, branch) is None
+    assert "\x1b[" not in row.get("logTail", "")
+
+
+UNSAFE_BRANCHES = {
+    "main": "protected",
+    "master": "protected",
+    "-x": "start with '-'",
+    "--upload-pack=touch /tmp/pwned": "start with '-'",
+    "a..b": "'..'",
+    "feature/../../x": "'..'",
+    "": "empty",
+    "b" * 300: "longer than",
+    "with space": "forbidden character",
+    "ctl\x1bchar": "forbidden character",
+}
+
+
+@pytest.mark.parametrize(
+    ("branch", "rule"), list(UNSAFE_BRANCHES.items()), ids=[repr(b)[:30] for b in UNSAFE_BRANCHES]
+)
+def test_unsafe_branch_fails_naming_the_rule_and_touches_nothing(
+    local_stack: Any, cli: AwsCli, branch: str, rule: str, tmp_path: Path
+) -> None:
+    before = set(local_stack.workdir.parent.iterdir())
+    task_id = unique("branch")
+    cli.put_task(task_id, branch, details="[fake:write path=pwned.txt text=x]")
+    row = final(cli, task_id)
+    assert row["status"] == "failed" and rule in row["error"]
+    heads = git.Repo(local_stack.config.git_remote).git.for_each_ref("--format=%(refname)", "refs/heads/")
+    assert "pwned" not in heads and "refs/heads/main" in heads
+    assert not Path("/tmp/pwned").exists()
+    assert set(local_stack.workdir.parent.iterdir()) == before
+    main_tip = git.Repo(local_stack.config.git_remote).git.log("-1", "--format=%s", "refs/heads/main")
+    assert main_tip == "Initial commit"
+
+
+def test_malformed_rows_fail_or_are_skipped_and_the_runner_keeps_serving(
+    local_stack: Any, cli: AwsCli
+) -> None:
+    bad: dict[str, dict[str, Any]] = {
+        unique("nobranch"): {"branch": None},
+        unique("badtype"): {"prNumber": {"S": "forty-two"}},
+        unique("notitle"): {"title": {"N": "12"}},
+        unique("huge"): {"details": {"S": "x" * 350_000}},
+    }
+    for task_id, change in bad.items():
+        item = {"branch": {"S": f"feature/{task_id}"}, **{k: v for k, v in change.items() if v}}
+        now = "2026-11-25T00:00:00.000Z"
+        full = {
+            "id": {"S": task_id},
+            "title": {"S": "Malformed"},
+            "details": {"S": "d"},
+            "status": {"S": "pending"},
+            "createdAt": {"S": now},
+            "updatedAt": {"S": now},
+            **item,
+        }
+        if "branch" in change and change["branch"] is None:
+            full.pop("branch")
+        cli("dynamodb", "put-item", "--table-name", cli.table, "--item", json.dumps(full))
+    # a status outside the enum is never signalled and never touched
+    odd = unique("oddstatus")
+    cli(
+        "dynamodb",
+        "put-item",
+        "--table-name",
+        cli.table,
+        "--item",
+        json.dumps(
+            {"id": {"S": odd}, "title": {"S": "t"}, "branch": {"S": "feature/odd"}, "status": {"S": "queued"}}
+        ),
+    )
+    good = unique("good")
+    cli.put_task(good, f"feature/{good}")
+    errors = {task_id: final(cli, task_id)["error"] for task_id in bad}
+    assert "branch" in errors[next(k for k in bad if k.startswith("nobranch"))]
+    assert "prNumber" in errors[next(k for k in bad if k.startswith("badtype"))]
+    assert "title" in errors[next(k for k in bad if k.startswith("notitle"))]
+    assert "over the" in errors[next(k for k in bad if k.startswith("huge"))]
+    assert final(cli, good)["status"] == "complete"
+    assert cli.get(odd)["status"] == "queued"
+    huge = cli.get(next(k for k in bad if k.startswith("huge")))
+    assert len(huge["details"]) == 350_000  # the failure wrote the status, not over the row
+
+
+def test_two_runners_process_each_of_ten_tasks_exactly_once(local_stack: Any, cli: AwsCli) -> None:
+    second = local_stack.start_runner()
+    try:
+        ids = [unique("pair") for _ in range(10)]
+        for task_id in ids:
+            cli.put_task(task_id, f"feature/{task_id}", details="[fake:sleep=0.3]")
+        rows = [final(cli, task_id, timeout=90) for task_id in ids]
+        assert [r["status"] for r in rows] == ["complete"] * 10
+        assert all(r["attempts"] == 1 for r in rows)
+        starts = [json.loads(line) for line in local_stack.fake_agent_log.read_text().splitlines()]
+        per_task = {
+            task_id: sum(1 for s in starts if s.get("event") == "start" and task_id in s.get("cwd", ""))
+            for task_id in ids
+        }
+        assert per_task == dict.fromkeys(ids, 1)
+        assert len({r["runnerId"] for r in rows}) >= 1
+        for r in rows:
+            assert remote_sha(local_stack, r["branch"]) == r["commitSha"]
+    finally:
+        second.terminate()
+        second.wait(timeout=30)

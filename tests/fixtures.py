@@ -1,0 +1,178 @@
+"""Fixtures for tests that need the deployed template or the whole local stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import aws
+from shared.models import from_dynamodb, utc_now_iso
+from shared.store import TaskStore
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_KIRO = ROOT / "tests" / "fake_agent" / "kiro-cli"
+FAKE_AGENT_COMMAND = f"{FAKE_KIRO} chat --no-interactive --trust-all-tools --wrap never"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def deployed(moto_endpoint: str) -> Any:
+    """template.yaml deployed into the moto server under a fresh stack name."""
+    from local.deploy import deploy
+
+    return deploy(moto_endpoint, "us-east-1", stack_name=unique("t"))
+
+
+@pytest.fixture
+def ddb(moto_endpoint: str) -> Any:
+    return aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def sqs(moto_endpoint: str) -> Any:
+    return aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def store(ddb: Any, deployed: Any) -> TaskStore:
+    return TaskStore(ddb, deployed.table_name)
+
+
+class AwsCli:
+    """The plain aws CLI (from the venv) against the local endpoint, as operators use it."""
+
+    def __init__(self, endpoint: str, table: str) -> None:
+        self.endpoint = endpoint
+        self.table = table
+        exe = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "aws"
+        self.exe = str(exe if exe.exists() else "aws")
+
+    def __call__(self, *args: str) -> dict:
+        out = subprocess.run(
+            [self.exe, "--endpoint-url", self.endpoint, "--region", "us-east-1", "--output", "json", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+    def put_task(
+        self,
+        task_id: str,
+        branch: str,
+        *,
+        title: str = "Add login validation",
+        details: str = "Implement email/password validation...",
+        extra: dict | None = None,
+    ) -> None:
+        now = utc_now_iso()
+        item = {
+            "id": {"S": task_id},
+            "title": {"S": title},
+            "details": {"S": details},
+            "branch": {"S": branch},
+            "prNumber": {"N": "42"},
+            "prUrl": {"S": "https://github.com/example/aipm/pull/42"},
+            "status": {"S": "pending"},
+            "createdAt": {"S": now},
+            "updatedAt": {"S": now},
+            **(extra or {}),
+        }
+        self("dynamodb", "put-item", "--table-name", self.table, "--item", json.dumps(item))
+
+    def reset(self, task_id: str) -> None:
+        self(
+            "dynamodb",
+            "update-item",
+            "--table-name",
+            self.table,
+            "--key",
+            json.dumps({"id": {"S": task_id}}),
+            "--update-expression",
+            "SET #status = :pending",
+            "--expression-attribute-names",
+            '{"#status":"status"}',
+            "--expression-attribute-values",
+            '{":pending":{"S":"pending"}}',
+        )
+
+    def get(self, task_id: str) -> dict:
+        item = self(
+            "dynamodb",
+            "get-item",
+            "--table-name",
+            self.table,
+            "--consistent-read",
+            "--key",
+            json.dumps({"id": {"S": task_id}}),
+        ).get("Item")
+        return from_dynamodb(item) if item else {}
+
+
+def wait_until(
+    check: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition"
+) -> Any:
+    """Poll ``check`` until it returns something truthy (test-side only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def wait_final(store: TaskStore, task_id: str, timeout: float = 60) -> dict:
+    def final() -> dict | None:
+        row = store.get(task_id)
+        return row if row.get("status") in ("complete", "failed") else None
+
+    return wait_until(final, timeout, what=f"task {task_id} to end")
+
+
+@pytest.fixture(scope="module")
+def local_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The local stack (template in moto, pollers, bare remote) with one runner on the fake agent."""
+    from local.stack import LocalStack
+
+    work = tmp_path_factory.mktemp("stack")
+    log = work / "fake-agent.log"
+    stack = LocalStack(
+        work,
+        runners=1,
+        stack_name=unique("e2e"),
+        endpoint_url=moto_endpoint,
+        reconcile_seconds=3600,
+        runner_env={
+            "AGENT": "kiro",
+            "AGENT_COMMAND": FAKE_AGENT_COMMAND,
+            "AGENT_TIMEOUT": "4",
+            "FAKE_AGENT_LOG": str(log),
+            "SQS_WAIT_SECONDS": "1",
+            "RUNNER_SLOTS": "2",
+            "LEASE_SECONDS": "30",
+        },
+    )
+    stack.start()
+    stack.fake_agent_log = log  # type: ignore[attr-defined]
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def read_plain(item: dict) -> dict:
+    return from_dynamodb(item)
