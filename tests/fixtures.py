@@ -26,7 +26,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def deployed(moto_endpoint: str) -> Any:
     """template.yaml deployed into the moto server under a fresh stack name."""
     from local.deploy import deploy
@@ -34,17 +34,17 @@ def deployed(moto_endpoint: str) -> Any:
     return deploy(moto_endpoint, "us-east-1", stack_name=unique("t"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ddb(moto_endpoint: str) -> Any:
     return aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sqs(moto_endpoint: str) -> Any:
     return aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def store(ddb: Any, deployed: Any) -> TaskStore:
     return TaskStore(ddb, deployed.table_name)
 

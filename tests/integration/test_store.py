@@ -1,0 +1,136 @@
+"""Every transition is one conditional write, checked against the moto server over HTTP."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from shared.models import TaskStatus
+from shared.store import ClaimLostError, LeaseLostError, TaskNotFoundError, TaskStore, TransitionError
+from tests.fixtures import unique
+
+pytestmark = pytest.mark.integration
+
+
+def new_task(store: TaskStore, **extra: Any) -> str:
+    task_id = unique("st")
+    store.put_new({"id": task_id, "title": "T", "details": "d", "branch": f"feature/{task_id}", **extra})
+    return task_id
+
+
+def test_claim_sets_owner_attempt_and_lease(store: TaskStore) -> None:
+    task_id = new_task(store)
+    row = store.claim(task_id, "r1", lease_seconds=60)
+    assert row["status"] == "processing" and row["runnerId"] == "r1" and row["attempts"] == 1
+    assert row["leaseExpiresAt"] > 0 and row["startedAt"]
+
+
+def test_only_one_of_many_concurrent_claims_wins(store: TaskStore) -> None:
+    task_id = new_task(store)
+    winners: list[str] = []
+    losers: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(me: str) -> None:
+        barrier.wait()
+        try:
+            store.claim(task_id, me, 60)
+            winners.append(me)
+        except ClaimLostError:
+            losers.append(me)
+
+    threads = [threading.Thread(target=claim, args=(f"r{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(losers) == 7
+    assert store.get(task_id)["runnerId"] == winners[0]
+
+
+def test_a_second_claim_loses_until_the_lease_expires(ddb: Any, deployed: Any) -> None:
+    now = [1000.0]
+    store = TaskStore(ddb, deployed.table_name, clock=lambda: now[0])
+    task_id = new_task(store)
+    store.claim(task_id, "r1", lease_seconds=30)
+    with pytest.raises(ClaimLostError):
+        store.claim(task_id, "r2", lease_seconds=30)
+    now[0] += 31
+    row = store.claim(task_id, "r2", lease_seconds=30)
+    assert row["runnerId"] == "r2" and row["attempts"] == 2
+    with pytest.raises(LeaseLostError):
+        store.complete(task_id, "r1", 1, "a" * 40)
+    with pytest.raises(LeaseLostError):
+        store.renew(task_id, "r1", 1, 30)
+    store.complete(task_id, "r2", 2, "b" * 40)
+    assert store.get(task_id)["status"] == "complete"
+
+
+def test_complete_and_fail_need_the_owner(store: TaskStore) -> None:
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60)
+    with pytest.raises(LeaseLostError):
+        store.fail(task_id, "r2", 1, "not mine")
+    store.fail(task_id, "r1", 1, "agent failed (exit 1): boom", "tail")
+    row = store.get(task_id)
+    assert row["status"] == "failed" and row["error"] == "agent failed (exit 1): boom"
+    assert "leaseExpiresAt" not in row and row["finishedAt"]
+
+
+def test_ended_rows_are_not_claimable_until_reset(store: TaskStore) -> None:
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60)
+    store.complete(task_id, "r1", 1, "c" * 40)
+    with pytest.raises(ClaimLostError):
+        store.claim(task_id, "r2", 60)
+    store.reset(task_id)
+    assert store.claim(task_id, "r2", 60)["attempts"] == 2
+    with pytest.raises(TransitionError):
+        store.reset(task_id)
+
+
+def test_release_gives_the_task_back_with_a_note(store: TaskStore) -> None:
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60)
+    store.release(task_id, "r1", 1, "runner shutting down")
+    row = store.get(task_id)
+    assert row["status"] == "pending" and row["error"] == "runner shutting down" and "runnerId" not in row
+
+
+def test_fail_unowned_leaves_ended_rows_alone(store: TaskStore) -> None:
+    done = new_task(store)
+    store.claim(done, "r1", 60)
+    store.complete(done, "r1", 1, "d" * 40)
+    assert store.fail_unowned(done, "gave up") is False
+    stuck = new_task(store)
+    store.claim(stuck, "r1", 60)
+    assert store.fail_unowned(stuck, "gave up after 5 attempts: x") is True
+    assert store.get(stuck)["status"] == "failed"
+
+
+def test_list_by_status_uses_the_index(store: TaskStore) -> None:
+    ids = [new_task(store) for _ in range(3)]
+    store.claim(ids[0], "r1", 60)
+    pending = {r["id"] for r in store.list_by_status(TaskStatus.PENDING)}
+    assert set(ids[1:]) <= pending and ids[0] not in pending
+
+
+def test_missing_rows_and_duplicate_inserts_are_errors(store: TaskStore) -> None:
+    with pytest.raises(TaskNotFoundError):
+        store.get("nope-" + unique("x"))
+    with pytest.raises(ClaimLostError):
+        store.claim("nope-" + unique("x"), "r1", 60)
+    task_id = new_task(store)
+    with pytest.raises(TransitionError):
+        store.put_new({"id": task_id, "title": "T", "branch": "feature/x"})
+
+
+def test_record_sets_fields_only_for_the_owner(store: TaskStore) -> None:
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60)
+    store.record(task_id, "r1", 1, baseSha="e" * 40)
+    assert store.get(task_id)["baseSha"] == "e" * 40
+    with pytest.raises(LeaseLostError):
+        store.record(task_id, "r2", 1, baseSha="f" * 40)
