@@ -27,3 +27,15 @@ class DispatchSettings(AwsSettings):
     """The dispatch function: where it sends its signals."""
 
     task_queue_url: str = Field(validation_alias="TASK_QUEUE_URL")
+
+
+class DeadLetterSettings(AwsSettings):
+    """The dead-letter function: only the queue table (it reads and fails rows)."""
+
+
+class ReconcilerSettings(AwsSettings):
+    """The reconciler: which rows count as lost, and where it re-signals them."""
+
+    task_queue_url: str = Field(validation_alias="TASK_QUEUE_URL")
+    pending_age_seconds: float = Field(default=60, ge=0, validation_alias="PENDING_AGE_SECONDS")
+    stale_lease_seconds: float = Field(default=60, ge=0, validation_alias="STALE_LEASE_SECONDS")

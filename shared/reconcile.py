@@ -1,0 +1,133 @@
+"""Tasks no runner will finish on its own: lost signals, expired leases, dead letters.
+
+The reconciler (a schedule in AWS, a timer on the local stack) re-signals rows the queue forgot:
+``pending`` rows nobody claimed (a stream record or SQS message lost) and ``processing`` rows whose
+lease expired long ago (a runner died). It only queries the status GSI; signals are idempotent
+because the row is the truth, so a duplicate costs one failed claim.
+
+The dead-letter handler gives a task up when its signal was received ``maxReceiveCount`` times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.dispatch import Dispatcher
+from shared.models import TaskSignal, TaskStatus
+from shared.store import TaskNotFoundError, TaskStore
+
+logger = logging.getLogger(__name__)
+
+NO_ERROR = "no error recorded"
+
+
+def iso_at(epoch_seconds: float) -> str:
+    """Epoch seconds in the rows' timestamp format (ISO 8601 UTC, milliseconds, ``Z``)."""
+    at = dt.datetime.fromtimestamp(epoch_seconds, dt.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+class ReconcileReport(BaseModel):
+    """What one reconciler pass re-signalled, by task id."""
+
+    pending: list[str] = Field(default_factory=list)  # pending, unclaimed past the threshold
+    expired: list[str] = Field(default_factory=list)  # processing, lease expired past the threshold
+
+    @property
+    def total(self) -> int:
+        return len(self.pending) + len(self.expired)
+
+
+class Reconciler:
+    """One pass over the status GSI: re-signal lost pending rows and long-expired leases."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        dispatcher: Dispatcher,
+        clock: Callable[[], float] = time.time,
+        pending_age_seconds: float = 60,
+        stale_lease_seconds: float = 60,
+        limit: int = 500,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self.pending_age_seconds = pending_age_seconds
+        self.stale_lease_seconds = stale_lease_seconds
+        self.limit = limit
+
+    def run(self) -> ReconcileReport:
+        """Re-signal what needs it; returns the ids signalled."""
+        now = self._clock()
+        report = ReconcileReport()
+        cutoff = iso_at(now - self.pending_age_seconds)
+        for row in self._store.list_by_status(TaskStatus.PENDING, created_before=cutoff, limit=self.limit):
+            # a row reset to pending keeps its createdAt: its own MODIFY already signalled it
+            if str(row.get("updatedAt") or "") >= cutoff:
+                continue
+            if self._signal(row, "reconcile: pending and unclaimed"):
+                report.pending.append(row["id"])
+        stale_before = now - self.stale_lease_seconds
+        for row in self._store.list_by_status(TaskStatus.PROCESSING, limit=self.limit):
+            lease = row.get("leaseExpiresAt")
+            if isinstance(lease, int | float) and lease >= stale_before:
+                continue
+            if self._signal(row, "reconcile: lease expired"):
+                report.expired.append(row["id"])
+        return report
+
+    def _signal(self, row: dict[str, Any], reason: str) -> bool:
+        task_id = row.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            logger.warning("row without a string id in the status index: %r", task_id)
+            return False
+        message_id = self._dispatcher.send(TaskSignal(taskId=task_id, reason=reason))
+        logger.info("re-signalled task %s (%s), message %s", task_id, reason, message_id)
+        return True
+
+
+class LeaseStillLiveError(Exception):
+    """The row is being worked on under a live lease: the dead letter waits for it to end or expire."""
+
+
+class DeadLetterOutcome(BaseModel):
+    """What the dead-letter handler did with one signal."""
+
+    task_id: str
+    failed: bool  # the row was marked failed by this call
+    error: str | None = None  # the error written, when it was
+    note: str = ""  # why not, when it was not
+
+
+def give_up(
+    store: TaskStore, task_id: str, receive_count: int, clock: Callable[[], float] = time.time
+) -> DeadLetterOutcome:
+    """Mark the task ``failed`` with "gave up after N attempts: <last error>" unless it already ended.
+
+    N is the larger of the signal's receive count and the row's ``attempts``. A row still held under
+    a live lease raises LeaseStillLiveError, so the dead letter is retried instead of pulling the
+    row from under a working runner.
+    """
+    try:
+        row = store.get(task_id)
+    except TaskNotFoundError:
+        return DeadLetterOutcome(task_id=task_id, failed=False, note="no such row")
+    status = row.get("status")
+    if status in (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value):
+        return DeadLetterOutcome(task_id=task_id, failed=False, note=f"already {status}")
+    lease = row.get("leaseExpiresAt")
+    if status == TaskStatus.PROCESSING.value and isinstance(lease, int | float) and lease > clock():
+        raise LeaseStillLiveError(f"task {task_id} is processing under a lease until {iso_at(lease)}")
+    attempts = row.get("attempts")
+    n = max(receive_count, attempts if isinstance(attempts, int) else 0)
+    error = f"gave up after {n} attempts: {row.get('error') or NO_ERROR}"
+    if store.fail_unowned(task_id, error):
+        return DeadLetterOutcome(task_id=task_id, failed=True, error=error)
+    return DeadLetterOutcome(task_id=task_id, failed=False, note="ended meanwhile")
