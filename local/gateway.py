@@ -1,0 +1,458 @@
+"""The local stand-in for the API Gateway WebSocket endpoint.
+
+- A websockets server (max message 128 KiB: larger ones close with 1009, as API Gateway does) that
+  gives each connection an id, calls the REAL authorizer and ``$connect`` handler before accepting
+  the handshake, selects a route from ``$request.body.action`` (unknown -> ``$default``) and calls
+  the real handlers in-process with API-Gateway-shaped events, one message at a time per connection.
+- A small HTTP server with ``POST/GET/DELETE [/{stage}]/@connections/{id}``, so boto3's
+  ``apigatewaymanagementapi`` client works unchanged with ``endpoint_url`` (410 GoneException for
+  unknown ids, 413 over 128 KiB).
+- The terminal page (``web/index.html``) on ``GET /`` of the WebSocket port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import http
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from local.lambdas import LocalFunction
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "web" / "index.html"
+MAX_MESSAGE = 128 * 1024
+API_ID = "localws"
+ACCOUNT = "123456789012"
+
+DEFAULT_FUNCTIONS = {
+    "authorizer": "ws_authorizer",
+    "$connect": "ws_connect",
+    "$disconnect": "ws_disconnect",
+    "$default": "ws_relay",
+}
+
+
+@dataclass
+class _Conn:
+    connection_id: str
+    authorizer: dict[str, Any]
+    connected_at: int
+    source_ip: str
+    user_agent: str
+    ws: ServerConnection | None = None
+    last_active: int = 0
+    max_in: int = 0
+    max_out: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _new_connection_id() -> str:
+    # API Gateway ids look like "L0SM9cOFvHcCIhw=": 10 random bytes in base64 (url-safe here)
+    return base64.urlsafe_b64encode(os.urandom(10)).decode()
+
+
+class LocalGateway:
+    """API Gateway's WebSocket endpoint on loopback, running the real ws_* handlers in-process.
+
+    ``env`` is the functions' environment (``CONNECTIONS_TABLE``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``,
+    ``TOKEN_SECRET``/``RUNNER_SECRET`` or their ``*_ARN``); ``WS_MANAGEMENT_ENDPOINT`` is added.
+    Missing secrets are generated and exposed as ``token_secret`` / ``runner_secret``.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        stage: str = "local",
+        functions: dict[str, str] | None = None,
+        workers: int = 16,
+    ) -> None:
+        self.env = dict(env)
+        if not self.env.get("TOKEN_SECRET") and not self.env.get("TOKEN_SECRET_ARN"):
+            self.env["TOKEN_SECRET"] = secrets.token_urlsafe(32)
+        if not self.env.get("RUNNER_SECRET") and not self.env.get("RUNNER_SECRET_ARN"):
+            self.env["RUNNER_SECRET"] = secrets.token_urlsafe(32)
+        self.port = int(os.environ.get("PORT", "8080")) if port is None else port
+        self.host = host
+        self.stage = stage
+        self._function_names = {**DEFAULT_FUNCTIONS, **(functions or {})}
+        self._functions: dict[str, LocalFunction] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="ws-lambda"
+        )
+        self._conns: dict[str, _Conn] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self.ws_port = 0
+        self.max_message_by_role: dict[str, int] = {}
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def token_secret(self) -> str | None:
+        return self.env.get("TOKEN_SECRET")
+
+    @property
+    def runner_secret(self) -> str | None:
+        return self.env.get("RUNNER_SECRET")
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.ws_port}/{self.stage}"
+
+    @property
+    def page_url(self) -> str:
+        return f"http://{self.host}:{self.ws_port}/"
+
+    @property
+    def management_url(self) -> str:
+        assert self._http is not None, "start the gateway first"
+        return f"http://{self.host}:{self._http.server_address[1]}/{self.stage}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> LocalGateway:
+        self._http = ThreadingHTTPServer((self.host, 0), _management_handler(self))
+        self._http.daemon_threads = True
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever, name="ws-management", daemon=True
+        )
+        self._http_thread.start()
+        env = {**self.env, "WS_MANAGEMENT_ENDPOINT": self.management_url}
+        for key, name in self._function_names.items():
+            self._functions[key] = LocalFunction(name, "app.lambda_handler", Path("functions") / name, env)
+        self._thread = threading.Thread(target=self._run, name="ws-gateway", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error:
+            raise self._error
+        logger.info("local WebSocket gateway at %s (management %s)", self.ws_url, self.management_url)
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread:
+            self._thread.join(10)
+        if self._http:
+            self._http.shutdown()
+            self._http.server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> LocalGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._error = e
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(
+            self._handler,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            max_size=MAX_MESSAGE,
+            # API Gateway has its own keep-alive; the local stand-in needs no pings
+            ping_interval=None,
+        ) as server:
+            self.ws_port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+            server.close()
+            await server.wait_closed()
+
+    # -- events ------------------------------------------------------------------------------
+    def _request_context(self, conn: _Conn, route: str, event_type: str, **extra: Any) -> dict[str, Any]:
+        now = _now_ms()
+        ctx = {
+            "routeKey": route,
+            "eventType": event_type,
+            "extendedRequestId": uuid.uuid4().hex[:16],
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()),
+            "messageDirection": "IN",
+            "stage": self.stage,
+            "connectedAt": conn.connected_at,
+            "requestTimeEpoch": now,
+            "identity": {"sourceIp": conn.source_ip, "userAgent": conn.user_agent},
+            "requestId": uuid.uuid4().hex[:16],
+            "domainName": f"{self.host}:{self.ws_port}",
+            "connectionId": conn.connection_id,
+            "apiId": API_ID,
+            **extra,
+        }
+        if conn.authorizer:
+            ctx["authorizer"] = conn.authorizer
+        return ctx
+
+    async def _invoke(self, key: str, event: dict[str, Any]) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._pool, self._functions[key].invoke, event)
+
+    # -- handshake: authorizer, then $connect --------------------------------------------------
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            return self._page(connection, request)
+        split = urlsplit(request.path)
+        multi = parse_qs(split.query)
+        query = {k: v[-1] for k, v in multi.items()}
+        headers = {k: v for k, v in request.headers.raw_items()}
+        remote = connection.remote_address[0] if connection.remote_address else "127.0.0.1"
+        conn = _Conn(_new_connection_id(), {}, _now_ms(), remote, request.headers.get("User-Agent", ""))
+        base = {
+            "headers": headers,
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "queryStringParameters": query or None,
+            "multiValueQueryStringParameters": multi or None,
+            "stageVariables": None,
+        }
+        auth_event = {
+            "type": "REQUEST",
+            "methodArn": f"arn:aws:execute-api:us-east-1:{ACCOUNT}:{API_ID}/{self.stage}/$connect",
+            **base,
+            "requestContext": self._request_context(conn, "$connect", "CONNECT"),
+        }
+        if not query.get("token"):
+            # the identity source is route.request.querystring.token: API Gateway never calls the authorizer
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+        try:
+            policy = await self._invoke("authorizer", auth_event)
+        except Exception as e:  # noqa: BLE001 - an authorizer error is the client's 401/500
+            if str(e) == "Unauthorized":
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+            logger.warning("authorizer failed: %s", type(e).__name__)
+            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
+        statements = (policy or {}).get("policyDocument", {}).get("Statement", [])
+        if not statements or any(s.get("Effect") != "Allow" for s in statements):
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden\n")
+        conn.authorizer = {**(policy.get("context") or {}), "principalId": policy.get("principalId")}
+        connect_event = {
+            **base,
+            "isBase64Encoded": False,
+            "requestContext": self._request_context(conn, "$connect", "CONNECT"),
+        }
+        try:
+            result = await self._invoke("$connect", connect_event)
+        except Exception:  # noqa: BLE001 - a failing $connect refuses the connection
+            logger.exception("$connect handler failed")
+            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
+        status = int((result or {}).get("statusCode", 200))
+        if not 200 <= status < 300:
+            return connection.respond(status, "Forbidden\n")
+        connection.aipm_conn = conn  # type: ignore[attr-defined]
+        return None
+
+    def _page(self, connection: ServerConnection, request: Request) -> Response:
+        path = urlsplit(request.path).path
+        if path not in ("/", "/index.html", f"/{self.stage}", f"/{self.stage}/") or not PAGE.is_file():
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found\n")
+        response = connection.respond(http.HTTPStatus.OK, PAGE.read_text())
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "text/html; charset=utf-8"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # -- messages ------------------------------------------------------------------------------
+    async def _handler(self, ws: ServerConnection) -> None:
+        conn: _Conn = ws.aipm_conn  # type: ignore[attr-defined]
+        conn.ws = ws
+        self._conns[conn.connection_id] = conn
+        role = str(conn.authorizer.get("role", "unknown"))
+        code, reason = 1000, ""
+        try:
+            async for message in ws:
+                body = message if isinstance(message, str) else message.decode("utf-8", "replace")
+                size = len(body.encode())
+                conn.max_in = max(conn.max_in, size)
+                self.max_message_by_role[role] = max(self.max_message_by_role.get(role, 0), size)
+                conn.last_active = _now_ms()
+                route = self._select_route(body)
+                event = {
+                    "requestContext": self._request_context(
+                        conn, route, "MESSAGE", messageId=uuid.uuid4().hex[:16]
+                    ),
+                    "body": body,
+                    "isBase64Encoded": False,
+                }
+                try:
+                    await self._invoke(route, event)
+                except Exception:  # noqa: BLE001 - API Gateway logs an integration failure and carries on
+                    logger.exception("%s handler failed", route)
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "message": "Internal server error",
+                                "connectionId": conn.connection_id,
+                                "requestId": event["requestContext"]["requestId"],
+                            }
+                        )
+                    )
+        except ConnectionClosed:
+            pass
+        finally:
+            if ws.close_code is not None:
+                code, reason = ws.close_code, ws.close_reason or ""
+            self._conns.pop(conn.connection_id, None)
+            conn.closed.set()
+            event = {
+                "headers": {},
+                "multiValueHeaders": {},
+                "requestContext": self._request_context(
+                    conn, "$disconnect", "DISCONNECT", disconnectStatusCode=code, disconnectReason=reason
+                ),
+                "isBase64Encoded": False,
+            }
+            try:
+                await self._invoke("$disconnect", event)
+            except Exception:  # noqa: BLE001
+                logger.exception("$disconnect handler failed")
+
+    def _select_route(self, body: str) -> str:
+        try:
+            action = json.loads(body).get("action")
+        except (ValueError, AttributeError):
+            return "$default"
+        if isinstance(action, str) and action in self._functions and not action.startswith("$"):
+            return action
+        return "$default"
+
+    # -- management API (called from the HTTP server's threads) ----------------------------------
+    def _call(self, coro: Any, timeout: float = 10.0) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _post(self, connection_id: str, data: bytes) -> bool:
+        conn = self._conns.get(connection_id)
+        if conn is None or conn.ws is None:
+            return False
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = None
+        conn.max_out = max(conn.max_out, len(data))
+        try:
+            await conn.ws.send(text if text is not None else data)
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def _close(self, connection_id: str) -> bool:
+        conn = self._conns.get(connection_id)
+        if conn is None or conn.ws is None:
+            return False
+        await conn.ws.close(1000, "closed by the API")
+        return True
+
+    def connection_info(self, connection_id: str) -> dict[str, Any] | None:
+        conn = self._conns.get(connection_id)
+        if conn is None:
+            return None
+        return {
+            "connectedAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(conn.connected_at / 1000)),
+            "identity": {"sourceIp": conn.source_ip, "userAgent": conn.user_agent},
+            "lastActiveAt": time.strftime(
+                "%Y-%m-%dT%H:%M:%S.000Z", time.gmtime((conn.last_active or conn.connected_at) / 1000)
+            ),
+        }
+
+    @property
+    def connection_ids(self) -> list[str]:
+        return list(self._conns)
+
+
+_CONN_PATH = re.compile(r"^(?:/[^/@]+)?/@connections/([^/?]+)$")
+
+
+def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+            logger.debug("management api: " + format, *args)
+
+        def _id(self) -> str | None:
+            m = _CONN_PATH.match(urlsplit(self.path).path)
+            return unquote(m.group(1)) if m else None
+
+        def _reply(self, status: int, body: dict[str, Any] | None = None, error: str | None = None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if error:
+                self.send_header("x-amzn-ErrorType", error)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _gone(self) -> None:
+            self._reply(410, {"message": None}, "GoneException")
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib's name
+            cid = self._id()
+            length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length)
+            if cid is None:
+                return self._reply(404, {"message": "Not Found"}, "NotFoundException")
+            if length > MAX_MESSAGE:
+                return self._reply(413, {"message": "Payload too large"}, "PayloadTooLargeException")
+            if not gateway._call(gateway._post(cid, data)):
+                return self._gone()
+            return self._reply(200)
+
+        def do_GET(self) -> None:  # noqa: N802
+            cid = self._id()
+            info = gateway.connection_info(cid) if cid else None
+            if info is None:
+                return self._gone()
+            return self._reply(200, info)
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            cid = self._id()
+            if cid is None or not gateway._call(gateway._close(cid)):
+                return self._gone()
+            return self._reply(204)
+
+    return Handler
+
+
+def start_local_gateway(stack: Any, function_env: dict[str, str], port: int | None = None) -> LocalGateway:
+    """What ``aipm local up`` calls: a started gateway over the stack's connections table."""
+    gw = LocalGateway(function_env, port=port)
+    return gw.start()

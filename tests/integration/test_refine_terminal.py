@@ -1,0 +1,72 @@
+"""Refine terminal end to end: browser -> local gateway -> real relay handlers -> runner -> pty -> back."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from shared import frames as fr
+from tests.integration.refine_support import (
+    Browser,
+    browser_token,
+    connections_table,
+    running_gateway,
+    running_runner,
+    session_manager,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+
+@pytest.fixture(scope="module")
+def table(moto_endpoint: str) -> str:
+    return connections_table(moto_endpoint)
+
+
+def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    """What a user types in the browser reaches the agent's pty and its echo comes back, in order."""
+    with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/echo"))
+            opened = await b.open(branch="feature/echo")
+            assert opened.branch == "feature/echo" and opened.nextSeq == 1
+            await b.wait_text("git status")
+            await b.type("echo hello-$((40+2))\r")
+            await b.wait_text("hello-42")
+            # latency of one keystroke's echo, measured (printed, not asserted)
+            samples = []
+            for ch in "abcdefghijklmnopqrst":
+                before = len(b.text)
+                t0 = time.perf_counter()
+                await b.type(ch)
+                await b.wait_for(lambda br, ch=ch, before=before: ch in br.text[before:], 5)
+                samples.append((time.perf_counter() - t0) * 1000)
+            print(
+                f"\nterminal echo latency through the local gateway: p50 {statistics.median(samples):.1f} ms, "
+                f"max {max(samples):.1f} ms over {len(samples)} keystrokes"
+            )
+            await b.close()
+
+        asyncio.run(scenario())
+
+
+def test_resize_reaches_the_pty(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    """A resize frame changes the pty's window size (``stty size`` sees it)."""
+    with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/resize"))
+            await b.open(branch="feature/resize", cols=90, rows=30)
+            await b.type("stty size\r")
+            await b.wait_text("30 90")
+            await b.send(fr.ResizeFrame(sessionId=b.session_id, cols=132, rows=43))
+            await b.type("stty size\r")
+            await b.wait_text("43 132")
+            await b.close()
+
+        asyncio.run(scenario())
