@@ -14,7 +14,8 @@ pollers and the local WebSocket stand-in follow the template rather than a copy 
 Secrets Manager secrets are the one exception: CloudFormation in moto cannot create them, so
 ``deploy`` creates them through moto's Secrets Manager API with the template's own
 GenerateSecretString settings, and the functions' ``TOKEN_SECRET_ARN`` / ``RUNNER_SECRET_ARN``
-point at them.
+point at them. Table settings moto's CloudFormation accepts but ignores (TTL, point-in-time
+recovery) are applied afterwards through the DynamoDB API from the same definition.
 """
 
 from __future__ import annotations
@@ -286,6 +287,7 @@ def deploy(
         for r in client.cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
         if "LogicalResourceId" in r and "PhysicalResourceId" in r
     }
+    _apply_table_settings(client, moto_template, physical)
     secrets_made = _create_secrets(client, stack_name, cfn, dropped)
     resolver = _Resolver(cfn, _all_parameters(cfn, params), physical, secrets_made, client, region)
 
@@ -344,6 +346,27 @@ def _wait_created(cfn: Any, stack_name: str, timeout: float) -> None:
             ]
             raise DeployError(f"stack {stack_name} is {status}: {stack.get('StackStatusReason')} {reasons}")
         time.sleep(0.05)
+
+
+def _apply_table_settings(client: _Clients, template: dict[str, Any], physical: dict[str, str]) -> None:
+    """Table settings moto's CloudFormation accepts but does not apply (TTL, point-in-time recovery),
+    applied through the DynamoDB API from the same definition."""
+    for logical_id, res in template["Resources"].items():
+        if res["Type"] != "AWS::DynamoDB::Table" or logical_id not in physical:
+            continue
+        props = res.get("Properties", {})
+        ttl = props.get("TimeToLiveSpecification") or {}
+        if ttl.get("Enabled") and ttl.get("AttributeName"):
+            client.ddb.update_time_to_live(
+                TableName=physical[logical_id],
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]},
+            )
+        pitr = props.get("PointInTimeRecoverySpecification") or {}
+        if pitr.get("PointInTimeRecoveryEnabled"):
+            client.ddb.update_continuous_backups(
+                TableName=physical[logical_id],
+                PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+            )
 
 
 def _create_secrets(

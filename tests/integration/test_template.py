@@ -1,0 +1,166 @@
+"""template.yaml deployed into moto by local/deploy.py: the resources the local stack relies on."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from local.deploy import LocalStackResources, deploy, for_moto, load_template, translate
+from local.poller import passes
+from shared import aws
+from shared.store import STATUS_INDEX
+from tests.integration.conftest import load_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(moto_endpoint: str) -> LocalStackResources:
+    return deploy(moto_endpoint, "us-east-1", stack_name=f"tpl{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def ddb(moto_endpoint: str) -> Any:
+    return aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture(scope="module")
+def sqs(moto_endpoint: str) -> Any:
+    return aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
+
+
+def test_queue_table_has_the_stream_and_the_status_index(stack: LocalStackResources, ddb: Any) -> None:
+    table = ddb.describe_table(TableName=stack.table_name)["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert table["LatestStreamArn"] == stack.table_stream_arn
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    backups = ddb.describe_continuous_backups(TableName=stack.table_name)["ContinuousBackupsDescription"]
+    assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+    (gsi,) = table["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == STATUS_INDEX
+    assert gsi["KeySchema"] == [
+        {"AttributeName": "status", "KeyType": "HASH"},
+        {"AttributeName": "createdAt", "KeyType": "RANGE"},
+    ]
+
+
+def test_task_queue_redrives_to_the_dlq_at_max_receive_count(stack: LocalStackResources, sqs: Any) -> None:
+    attrs = sqs.get_queue_attributes(QueueUrl=stack.task_queue_url, AttributeNames=["All"])["Attributes"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=stack.dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == dlq_arn
+    assert int(redrive["maxReceiveCount"]) == 5
+    assert attrs["VisibilityTimeout"] == "120"
+
+
+def test_max_receive_count_comes_from_the_parameter(moto_endpoint: str, sqs: Any) -> None:
+    stack = deploy(
+        moto_endpoint, "us-east-1", stack_name=f"mrc{uuid.uuid4().hex[:8]}", parameters={"MaxReceiveCount": 2}
+    )
+    attrs = sqs.get_queue_attributes(QueueUrl=stack.task_queue_url, AttributeNames=["RedrivePolicy"])[
+        "Attributes"
+    ]
+    assert int(json.loads(attrs["RedrivePolicy"])["maxReceiveCount"]) == 2
+
+
+def test_a_message_received_max_receive_count_times_lands_in_the_dlq(moto_endpoint: str, sqs: Any) -> None:
+    """The redrive the dead-letter function relies on, as moto plays it."""
+    stack = deploy(
+        moto_endpoint,
+        "us-east-1",
+        stack_name=f"red{uuid.uuid4().hex[:8]}",
+        parameters={"MaxReceiveCount": 2, "TaskVisibilityTimeout": 30},
+    )
+    sqs.send_message(QueueUrl=stack.task_queue_url, MessageBody='{"taskId":"t-1","reason":"insert"}')
+    for _ in range(2):
+        (msg,) = sqs.receive_message(QueueUrl=stack.task_queue_url, WaitTimeSeconds=1)["Messages"]
+        sqs.change_message_visibility(
+            QueueUrl=stack.task_queue_url, ReceiptHandle=msg["ReceiptHandle"], VisibilityTimeout=0
+        )
+    assert sqs.receive_message(QueueUrl=stack.task_queue_url, WaitTimeSeconds=0).get("Messages", []) == []
+    (dead,) = sqs.receive_message(
+        QueueUrl=stack.dlq_url, WaitTimeSeconds=1, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert json.loads(dead["Body"])["taskId"] == "t-1"
+
+
+def test_connections_table_has_ttl_and_session_index(stack: LocalStackResources, ddb: Any) -> None:
+    assert stack.connections_table
+    table = ddb.describe_table(TableName=stack.connections_table)["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "connectionId", "KeyType": "HASH"}]
+    assert [g["IndexName"] for g in table["GlobalSecondaryIndexes"]] == ["sessionId-index"]
+    ttl = ddb.describe_time_to_live(TableName=stack.connections_table)["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expiresAt"}
+
+
+def test_dispatch_filter_matches_pending_insert_and_reset_not_processing(stack: LocalStackResources) -> None:
+    """The FilterCriteria parsed from the template, applied to the canonical events."""
+    filters = stack.dispatch_filters
+    assert filters, "the dispatch stream event declares FilterCriteria"
+
+    def first(name: str) -> dict:
+        return load_event(name)["Records"][0]
+
+    assert passes(filters, first("stream_insert.json"))
+    assert passes(filters, first("stream_modify_reset.json"))
+    assert not passes(filters, first("stream_modify_processing.json"))
+    assert not passes(filters, {**first("stream_insert.json"), "eventName": "REMOVE"})
+
+
+def test_function_env_is_resolved_against_the_local_stack(stack: LocalStackResources) -> None:
+    dispatch = stack.function("DispatchFunction")
+    assert dispatch.handler == "app.lambda_handler" and dispatch.code_uri == "functions/dispatch/"
+    assert stack.function_env("dispatch")["TASK_QUEUE_URL"] == stack.task_queue_url
+    assert stack.function_env("dispatch")["TABLE_NAME"] == stack.table_name
+    assert stack.function_env("reconciler")["PENDING_AGE_SECONDS"] == "60"
+    relay = stack.function_env("ws_relay")
+    assert relay["CONNECTIONS_TABLE"] == stack.connections_table
+    assert relay["TOKEN_SECRET_ARN"] == stack.token_secret_arn
+    (dlq_source,) = stack.function("dead_letter").events
+    assert dlq_source.type == "SQS" and dlq_source.queue_url == stack.dlq_url
+    assert dlq_source.function_response_types == ["ReportBatchItemFailures"]
+
+
+def test_generated_secrets_exist_in_the_local_secrets_manager(
+    stack: LocalStackResources, moto_endpoint: str
+) -> None:
+    sm = aws.client("secretsmanager", region="us-east-1", endpoint_url=moto_endpoint)
+    value = sm.get_secret_value(SecretId=stack.token_secret_arn)["SecretString"]
+    assert len(value) == 64 and value.isalnum()
+    assert value != sm.get_secret_value(SecretId=stack.runner_secret_arn)["SecretString"]
+
+
+def test_websocket_routes_come_from_the_template(stack: LocalStackResources) -> None:
+    ws = stack.websocket
+    assert ws is not None
+    assert ws.route_selection_expression == "$request.body.action"
+    assert ws.routes == {"$connect": "ws_connect", "$disconnect": "ws_disconnect", "$default": "ws_relay"}
+    assert ws.authorizer == "ws_authorizer"
+    assert ws.identity_sources == ["route.request.querystring.token"]
+    assert ws.stage == "prod"
+
+
+def test_two_stacks_live_side_by_side(moto_endpoint: str, stack: LocalStackResources) -> None:
+    other = deploy(moto_endpoint, "us-east-1", stack_name=f"two{uuid.uuid4().hex[:8]}")
+    assert {other.table_name, other.task_queue_url, other.dlq_url}.isdisjoint(
+        {stack.table_name, stack.task_queue_url, stack.dlq_url}
+    )
+
+
+def test_moto_template_keeps_tables_and_queues_and_drops_what_moto_cannot_create() -> None:
+    cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
+    kept, dropped = for_moto(cfn)
+    assert {r["Type"] for r in kept["Resources"].values()} == {"AWS::DynamoDB::Table", "AWS::SQS::Queue"}
+    assert set(kept["Resources"]) == {"QueueTable", "TaskQueue", "TaskDeadLetterQueue", "ConnectionsTable"}
+    assert (
+        dropped["WebSocketApi"] == "AWS::ApiGatewayV2::Api"
+        and dropped["DispatchFunction"] == "AWS::Lambda::Function"
+    )
+    assert "WebSocketUrl" not in kept.get("Outputs", {}) and "TaskQueueUrl" in kept["Outputs"]
+    assert "RunnerAmiId" not in kept.get("Parameters", {})
