@@ -233,7 +233,7 @@ class LocalGateway:
         split = urlsplit(request.path)
         multi = parse_qs(split.query)
         query = {k: v[-1] for k, v in multi.items()}
-        headers = {k: v for k, v in request.headers.raw_items()}
+        headers = dict(request.headers.raw_items())
         remote = connection.remote_address[0] if connection.remote_address else "127.0.0.1"
         conn = _Conn(_new_connection_id(), {}, _now_ms(), remote, request.headers.get("User-Agent", ""))
         base = {

@@ -47,7 +47,7 @@ def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: st
                 await b.wait_for(lambda br, ch=ch, before=before: ch in br.text[before:], 5)
                 samples.append((time.perf_counter() - t0) * 1000)
             print(
-                f"\nterminal echo latency through the local gateway: p50 {statistics.median(samples):.1f} ms, "
+                f"\nterminal echo latency via the local gateway: p50 {statistics.median(samples):.1f} ms, "
                 f"max {max(samples):.1f} ms over {len(samples)} keystrokes"
             )
             await b.close()
