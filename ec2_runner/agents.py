@@ -226,7 +226,10 @@ class _OutputCleaner:
 # ------------------------------------------------------------------------------------- failure rules
 
 _LOGIN = re.compile(
-    r"Open this URL:?\s*https?://|/start/#/device|^\s*Code:\s*[A-Z0-9]{4}-[A-Z0-9]{4}\b", re.MULTILINE
+    r"Open this URL:?\s*https?://\S*(?:device|user_code|awsapps\.com|signin|login|oauth|authorize)"
+    r"|Confirm the following code in the browser"
+    r"|^\s*Code:\s*[A-Z0-9]{4}-[A-Z0-9]{4}\b",
+    re.MULTILINE | re.IGNORECASE,
 )
 _LOGGED_IN = re.compile(
     r"(?i)\b(?:logged in successfully|login (?:succeeded|successful)|successfully logged in)\b"
@@ -444,6 +447,8 @@ class PtyAgent:
                 continue
             if earlier:
                 run.keep_before(earlier)
+                if error and run.trouble:
+                    error += " (retried once)"
             return result(ok, error, run, attempts)
 
     # -- internals
@@ -458,16 +463,19 @@ class PtyAgent:
         if run.auth_failed and not run.credits:
             return False, "agent authentication failed (check KIRO_API_KEY)"
         code = run.exit_code
-        if code == 0:
+        stalled = run.trouble and not run.credits  # said it had trouble and never finished a turn
+        if code == 0 and not stalled:
             return True, None
         if code is None:
-            sig = run.signal
-            name = signal.Signals(sig).name if sig and sig in signal.Signals._value2member_map_ else str(sig)
+            try:
+                name = signal.Signals(run.signal).name if run.signal else "unknown"
+            except ValueError:
+                name = str(run.signal)
             return False, f"agent was killed by signal {name}"
         if code in self.exit_messages:
             return False, self.exit_messages[code]
-        if run.trouble:
-            return False, f"agent failed (exit {code}): agent is having trouble responding (retried once)"
+        if stalled:
+            return False, f"agent failed (exit {code}): agent is having trouble responding"
         line = last_meaningful_line(run.output)
         return False, f"agent failed (exit {code})" + (f": {line}" if line else "")
 
@@ -653,7 +661,7 @@ class DemoAgent(PtyAgent):
         super().__init__(settings, [*base, "--no-interactive", "--trust-all-tools", "--wrap", "never"], base)
 
 
-def make_agent(settings: AgentSettings) -> PtyAgent:
+def make_agent(settings: AgentSettings) -> Agent:
     """The adapter ``AGENT`` names; ``auto`` picks Kiro when ``kiro-cli`` is on PATH, else the demo."""
     kind = settings.agent
     if kind == "auto":

@@ -1,0 +1,110 @@
+"""Agent configuration from the environment, and the commands it yields."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from ec2_runner.agents import AgentSettings, CommandAgent, DemoAgent, KiroAgent
+
+pytestmark = pytest.mark.unit
+
+NAMES = (
+    "AGENT",
+    "AGENT_COMMAND",
+    "AGENT_INTERACTIVE_COMMAND",
+    "AGENT_RESUME_ARGS",
+    "AGENT_TIMEOUT",
+    "AGENT_LOGIN_TIMEOUT",
+    "AGENT_KILL_GRACE",
+    "KIRO_API_KEY",
+    "AGENT_ENV_PASSTHROUGH",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_kiro_headless() -> None:
+    """With nothing set, the runner drives kiro-cli headless with a 30-minute limit."""
+    s = AgentSettings()
+    agent = KiroAgent(s)
+
+    assert s.agent == "kiro" and s.timeout == 1800 and s.login_timeout == 0
+    assert agent.argv == ["kiro-cli", "chat", "--no-interactive", "--trust-all-tools", "--wrap", "never"]
+    assert agent.interactive_argv(resume=False) == ["kiro-cli", "chat", "--wrap", "never"]
+    assert agent.interactive_argv(resume=True) == ["kiro-cli", "chat", "--wrap", "never", "--resume"]
+
+
+def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every setting has its documented environment name."""
+    monkeypatch.setenv("AGENT", "Command")
+    monkeypatch.setenv("AGENT_COMMAND", "claude -p --output-format 'stream-json'")
+    monkeypatch.setenv("AGENT_INTERACTIVE_COMMAND", "claude")
+    monkeypatch.setenv("AGENT_RESUME_ARGS", "--continue")
+    monkeypatch.setenv("AGENT_TIMEOUT", "60")
+    monkeypatch.setenv("AGENT_LOGIN_TIMEOUT", "5")
+    monkeypatch.setenv("KIRO_API_KEY", "k-123456")
+    monkeypatch.setenv("AGENT_ENV_PASSTHROUGH", "ANTHROPIC_API_KEY, HTTPS_PROXY")
+
+    s = AgentSettings()
+    agent = CommandAgent(s)
+
+    assert s.agent == "command" and s.timeout == 60 and s.login_timeout == 5
+    assert s.kiro_api_key is not None and s.kiro_api_key.get_secret_value() == "k-123456"
+    assert s.env_passthrough == ["ANTHROPIC_API_KEY", "HTTPS_PROXY"]
+    assert agent.argv == ["claude", "-p", "--output-format", "stream-json"]
+    assert agent.interactive_argv(resume=True) == ["claude", "--continue"]
+
+
+def test_command_agent_needs_a_command() -> None:
+    """AGENT=command without AGENT_COMMAND is refused at start-up."""
+    with pytest.raises(ValidationError, match="AGENT_COMMAND"):
+        AgentSettings(agent="command")
+
+
+def test_unparseable_command_is_refused() -> None:
+    """An unbalanced quote in AGENT_COMMAND fails validation, not the first task."""
+    with pytest.raises(ValidationError, match="not a valid command line"):
+        AgentSettings(command="kiro-cli chat 'oops")
+
+
+def test_unknown_agent_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        AgentSettings(agent="gpt")
+
+
+def test_kiro_interactive_command_follows_a_custom_headless_command() -> None:
+    """Pointing AGENT_COMMAND at another kiro-cli also moves the Refine session to it."""
+    agent = KiroAgent(AgentSettings(command="/opt/kiro/bin/kiro-cli chat --no-interactive --trust-all-tools"))
+
+    assert agent.interactive_argv(resume=False) == ["/opt/kiro/bin/kiro-cli", "chat"]
+
+
+def test_command_agent_interactive_defaults_to_its_executable() -> None:
+    agent = CommandAgent(AgentSettings(agent="command", command="codex exec --json", resume_args=""))
+
+    assert agent.interactive_argv(resume=True) == ["codex"]
+
+
+def test_demo_agent_runs_the_bundled_stand_in() -> None:
+    agent = DemoAgent(AgentSettings(agent="demo"))
+
+    assert agent.argv[0] == sys.executable and agent.argv[1].endswith("demo_agent.py")
+    assert "--no-interactive" not in agent.interactive_argv(resume=False)
+
+
+def test_secret_is_hidden_in_repr() -> None:
+    assert "k-123456" not in repr(AgentSettings(kiro_api_key="k-123456"))
+
+
+def test_prompt_starting_with_a_dash_is_not_an_option() -> None:
+    agent = KiroAgent(AgentSettings())
+
+    assert agent._argv_for("--help me")[-1] == " --help me"
+    assert agent._argv_for("Task: x")[-1] == "Task: x"
