@@ -91,7 +91,16 @@ class AwsCli:
             "updatedAt": {"S": now},
             **(extra or {}),
         }
-        self("dynamodb", "put-item", "--table-name", self.table, "--item", json.dumps(item))
+        self.put_item(item)
+
+    def put_item(self, item: dict) -> None:
+        """put-item with the item in a file (``file://``), as large items need."""
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(item, f)
+            f.flush()
+            self("dynamodb", "put-item", "--table-name", self.table, "--item", f"file://{f.name}")
 
     def reset(self, task_id: str) -> None:
         self(

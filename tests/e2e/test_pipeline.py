@@ -40,7 +40,7 @@ def test_row_inserted_with_aws_cli_completes_with_the_agents_commit(local_stack:
     task_id, branch = unique("cli"), f"feature/add-login-validation-{unique('b')}"
     # when
     cli.put_task(
-        task_id, branch, details="Validate emails. [fake:write path=src/login.py text=def validate(): ...]"
+        task_id, branch, details='Validate emails. [fake:write path=src/login.py text="def validate(): ..."]'
     )
     row = final(cli, task_id)
     # then
@@ -155,7 +155,7 @@ def test_malformed_rows_fail_or_are_skipped_and_the_runner_keeps_serving(
         }
         if "branch" in change and change["branch"] is None:
             full.pop("branch")
-        cli("dynamodb", "put-item", "--table-name", cli.table, "--item", json.dumps(full))
+        cli.put_item(full)
     # a status outside the enum is never signalled and never touched
     odd = unique("oddstatus")
     cli(
