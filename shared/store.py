@@ -59,9 +59,13 @@ class TaskStore:
         return from_dynamodb(resp["Item"])
 
     def list_by_status(
-        self, status: TaskStatus, created_before: str | None = None, limit: int = 100
+        self,
+        status: TaskStatus,
+        created_before: str | None = None,
+        limit: int = 100,
+        branch: str | None = None,
     ) -> list[dict]:
-        """Rows of one status from the status GSI, oldest first (never a scan)."""
+        """Rows of one status from the status GSI, oldest first (never a scan); ``branch`` filters."""
         expr = "#s = :s"
         values: dict[str, Any] = {":s": {"S": status.value}}
         if created_before:
@@ -76,6 +80,9 @@ class TaskStore:
             "ExpressionAttributeValues": values,
             "Limit": limit,
         }
+        if branch is not None:
+            kwargs["FilterExpression"] = "branch = :branch"
+            values[":branch"] = {"S": branch}
         while True:
             resp = self._ddb.query(**kwargs)
             items += [from_dynamodb(i) for i in resp.get("Items", [])]
@@ -213,7 +220,7 @@ class TaskStore:
     def fail_unowned(self, task_id: str, error: str) -> bool:
         """Mark a row failed that no live runner will finish (dead letter, unclaimable garbage).
 
-        Leaves rows that already ended alone; returns whether the row changed.
+        Leaves rows that already ended, and rows under a live lease, alone; returns whether it changed.
         """
         stamp = utc_now_iso()
         try:
@@ -222,11 +229,15 @@ class TaskStore:
                 Key={"id": {"S": task_id}},
                 UpdateExpression="SET #s = :failed, #e = :err, finishedAt = :stamp, updatedAt = :stamp "
                 "REMOVE leaseExpiresAt",
-                ConditionExpression="attribute_exists(id) AND #s <> :complete AND #s <> :failed",
+                # never pull a row from under a runner that still holds a live lease on it
+                ConditionExpression="attribute_exists(id) AND #s <> :complete AND #s <> :failed AND "
+                "(#s <> :processing OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)",
                 ExpressionAttributeNames={"#s": "status", "#e": "error"},
                 ExpressionAttributeValues={
                     ":failed": {"S": TaskStatus.FAILED.value},
                     ":complete": {"S": TaskStatus.COMPLETE.value},
+                    ":processing": {"S": TaskStatus.PROCESSING.value},
+                    ":now": {"N": f"{self._clock():.3f}"},
                     ":err": {"S": error[:ERROR_CHARS]},
                     ":stamp": {"S": stamp},
                 },

@@ -99,15 +99,26 @@ def test_release_gives_the_task_back_with_a_note(store: TaskStore) -> None:
     assert row["status"] == "pending" and row["error"] == "runner shutting down" and "runnerId" not in row
 
 
-def test_fail_unowned_leaves_ended_rows_alone(store: TaskStore) -> None:
+def test_fail_unowned_leaves_ended_and_live_rows_alone(ddb: Any, deployed: Any) -> None:
+    now = [1000.0]
+    store = TaskStore(ddb, deployed.table_name, clock=lambda: now[0])
     done = new_task(store)
     store.claim(done, "r1", 60)
     store.complete(done, "r1", 1, "d" * 40)
     assert store.fail_unowned(done, "gave up") is False
     stuck = new_task(store)
     store.claim(stuck, "r1", 60)
+    assert store.fail_unowned(stuck, "gave up after 5 attempts: x") is False  # lease still live
+    now[0] += 61
     assert store.fail_unowned(stuck, "gave up after 5 attempts: x") is True
     assert store.get(stuck)["status"] == "failed"
+    assert store.fail_unowned(new_task(store), "never claimed") is True
+
+
+def test_list_by_status_filters_by_branch(store: TaskStore) -> None:
+    a, b = new_task(store), new_task(store)
+    rows = store.list_by_status(TaskStatus.PENDING, branch=f"feature/{a}")
+    assert [r["id"] for r in rows] == [a] and b != a
 
 
 def test_list_by_status_uses_the_index(store: TaskStore) -> None:
