@@ -552,8 +552,9 @@ class PtyAgent:
                     break
                 if index != 1 and self._scan(run, window + cleaner.peek(), child):
                     break
-                if index == 1 and not child.isalive():
-                    # the agent exited but something it started still holds the pty: stop waiting for EOF
+                if not child.isalive():
+                    # done = the agent's exit; something it started may still hold the pty open, so
+                    # read what is left instead of waiting for an EOF that might never come
                     self._drain(child, cleaner, emit)
                     break
             emit(cleaner.flush())

@@ -212,7 +212,7 @@ def test_hang_is_killed_at_the_timeout_with_nothing_left_running(work: Path, age
     elapsed = time.monotonic() - started
     assert not result.ok
     assert result.error == "agent timed out after 1 s"
-    assert 1.0 <= elapsed < 3.0
+    assert 1.0 <= elapsed < 4.0
     assert any("helper_pid" in e for e in events(agent_log))
     assert_no_agent_left(agent_log)
 
@@ -233,7 +233,7 @@ def test_should_stop_stops_the_agent(work: Path, agent_log: Path) -> None:
 
     assert not result.ok
     assert result.error == "agent stopped: stop requested"
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 3.5
     assert_no_agent_left(agent_log)
 
 
@@ -255,7 +255,7 @@ def test_device_login_fails_at_once(work: Path, agent_log: Path) -> None:
 
     assert not result.ok
     assert result.error == "agent is not logged in"
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0  # the fake's own start-up; the timeout is 15 s
     assert "Open this URL" in result.output
     assert_no_agent_left(agent_log)
 
@@ -275,7 +275,7 @@ def test_device_login_may_wait_for_the_login_timeout(work: Path) -> None:
     result = kiro(login_timeout=1.0).run("Task [fake:login]", work)
 
     assert result.error == "agent is not logged in"
-    assert 1.0 <= time.monotonic() - started < 3.0
+    assert 1.0 <= time.monotonic() - started < 4.0
 
 
 def test_authentication_failure_with_exit_zero_is_a_failure(work: Path) -> None:
@@ -494,3 +494,18 @@ def test_result_is_a_model(work: Path) -> None:
 
     assert isinstance(result, AgentResult)
     assert AgentResult.model_validate(result.model_dump()) == result
+
+
+def test_done_when_the_agent_exits_even_if_a_child_keeps_the_pty(work: Path, tmp_path: Path) -> None:
+    """A background process left holding the terminal neither keeps the run going nor survives it."""
+    script = tmp_path / "agent.sh"
+    script.write_text("#!/bin/sh\n(sleep 30; echo late) &\necho started $!\nexit 0\n")
+    script.chmod(0o755)
+    started = time.monotonic()
+
+    result = CommandAgent(AgentSettings(agent="command", command=str(script), kill_grace=0.3)).run("x", work)
+
+    assert result.ok, result.error
+    assert time.monotonic() - started < 3
+    helper = int(result.output.split("started ")[1].split()[0])
+    assert not alive(helper)
