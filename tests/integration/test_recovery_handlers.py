@@ -1,0 +1,214 @@
+"""The dead-letter and reconciler functions against a stack deployed from template.yaml."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+from local.deploy import LocalStackResources
+from shared import aws
+from shared.dispatch import Dispatcher
+from shared.reconcile import Reconciler, iso_at
+from shared.store import STATUS_INDEX, TaskStore
+from tests.integration.conftest import load_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(fresh_stack: LocalStackResources, moto_endpoint: str) -> TaskStore:
+    return TaskStore(
+        aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint), fresh_stack.table_name
+    )
+
+
+def add_row(store: TaskStore, **fields: Any) -> str:
+    task_id = fields.pop("id", f"task-{uuid.uuid4().hex[:8]}")
+    store.put_new({"id": task_id, "title": "Add login validation", "branch": f"feature/{task_id}", **fields})
+    return task_id
+
+
+def dlq_event(*task_ids: str, receive_count: int = 5) -> dict[str, Any]:
+    """events/sqs_dlq.json with its record repeated for each task id."""
+    template = load_event("sqs_dlq.json")["Records"][0]
+    records = [
+        {
+            **template,
+            "messageId": f"msg-{task_id}",
+            "body": json.dumps({"taskId": task_id, "reason": "insert"}),
+            "attributes": {**template["attributes"], "ApproximateReceiveCount": str(receive_count)},
+        }
+        for task_id in task_ids
+    ]
+    return {"Records": records}
+
+
+def queued(queue_url: str, endpoint: str) -> list[dict[str, Any]]:
+    sqs = aws.client("sqs", region="us-east-1", endpoint_url=endpoint)
+    bodies: list[dict[str, Any]] = []
+    while msgs := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
+        "Messages", []
+    ):
+        for m in msgs:
+            bodies.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return bodies
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+def test_canonical_dlq_event_gives_the_task_up(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+) -> None:
+    """events/sqs_dlq.json (received 5 times) -> failed, "gave up after 5 attempts: <last error>"."""
+    task_id = add_row(store, id=json.loads(load_event("sqs_dlq.json")["Records"][0]["body"])["taskId"])
+    store.claim(task_id, "runner-1", lease_seconds=-1)  # claimed once, then its runner vanished
+    app = load_handler("dead_letter", fresh_stack)
+
+    result = app.lambda_handler(load_event("sqs_dlq.json"), lambda_context)
+
+    assert result == {"batchItemFailures": []}
+    row = store.get(task_id)
+    assert row["status"] == "failed"
+    assert row["error"] == "gave up after 5 attempts: no error recorded"
+    assert row["finishedAt"]
+
+
+def test_last_error_and_larger_attempt_count_are_reported(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+) -> None:
+    """N is the larger of the receive count and the row's attempts; the row's error is the last error."""
+    task_id = add_row(store, attempts=7, error="agent exited with code 1")
+    app = load_handler("dead_letter", fresh_stack)
+
+    app.lambda_handler(dlq_event(task_id, receive_count=5), lambda_context)
+
+    assert store.get(task_id)["error"] == "gave up after 7 attempts: agent exited with code 1"
+
+
+def test_rows_that_already_ended_are_left_alone(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+) -> None:
+    complete = add_row(store, status="complete", commitSha="abc123")
+    failed = add_row(store, status="failed", error="agent made no changes")
+    app = load_handler("dead_letter", fresh_stack)
+
+    result = app.lambda_handler(dlq_event(complete, failed), lambda_context)
+
+    assert result == {"batchItemFailures": []}
+    assert store.get(complete)["status"] == "complete" and "error" not in store.get(complete)
+    assert store.get(failed)["error"] == "agent made no changes"
+
+
+def test_a_row_under_a_live_lease_is_retried_not_failed(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+) -> None:
+    """A runner still holds the task: the dead letter comes back later instead of failing its row."""
+    working = add_row(store)
+    store.claim(working, "runner-1", lease_seconds=300)
+    lost = add_row(store)
+    app = load_handler("dead_letter", fresh_stack)
+
+    result = app.lambda_handler(dlq_event(working, lost), lambda_context)
+
+    assert result == {"batchItemFailures": [{"itemIdentifier": f"msg-{working}"}]}
+    assert store.get(working)["status"] == "processing"
+    assert store.get(lost)["status"] == "failed"
+
+
+def test_signals_for_missing_rows_and_garbage_bodies_are_dropped(
+    fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any
+) -> None:
+    event = dlq_event("no-such-task")
+    event["Records"].append({**event["Records"][0], "messageId": "garbage", "body": "not json {"})
+    app = load_handler("dead_letter", fresh_stack)
+
+    assert app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+
+
+def test_store_errors_fail_the_batch_so_lambda_retries(
+    fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any
+) -> None:
+    """A table that cannot be read is not a reason to drop the dead letter."""
+    app = load_handler("dead_letter", fresh_stack, TABLE_NAME="no-such-table")
+
+    with pytest.raises(BatchProcessingError):
+        app.lambda_handler(dlq_event("task-1"), lambda_context)
+
+
+# -- reconciler -----------------------------------------------------------------------------------
+def test_reconciler_resignals_lost_pending_and_expired_leases_only(
+    fresh_stack: LocalStackResources,
+    store: TaskStore,
+    load_handler: Any,
+    lambda_context: Any,
+    moto_endpoint: str,
+) -> None:
+    # given
+    now = time.time()
+    old = iso_at(now - 600)
+    lost = add_row(store, createdAt=old, updatedAt=old)
+    add_row(store)  # fresh pending: its signal may still be on the way
+    reset = add_row(store, createdAt=old, updatedAt=iso_at(now))  # reset just now: the stream signals it
+    dead_runner = add_row(store, createdAt=old, updatedAt=old)
+    store.claim(dead_runner, "runner-gone", lease_seconds=-300)
+    just_expired = add_row(store, createdAt=old, updatedAt=old)
+    store.claim(just_expired, "runner-slow", lease_seconds=-5)
+    working = add_row(store, createdAt=old, updatedAt=old)
+    store.claim(working, "runner-1", lease_seconds=300)
+    add_row(store, status="complete", createdAt=old, updatedAt=old)
+    app = load_handler("reconciler", fresh_stack)
+
+    # when
+    report = app.lambda_handler(load_event("schedule.json"), lambda_context)
+
+    # then
+    assert report == {"pending": [lost], "expired": [dead_runner]}
+    assert sorted(
+        (b["taskId"], b["reason"]) for b in queued(fresh_stack.task_queue_url, moto_endpoint)
+    ) == sorted([(lost, "reconcile: pending and unclaimed"), (dead_runner, "reconcile: lease expired")])
+    assert reset not in report["pending"]
+
+
+def test_reconciler_only_queries_the_status_index(
+    fresh_stack: LocalStackResources, moto_endpoint: str, store: TaskStore
+) -> None:
+    """Never a Scan: every DynamoDB call of a pass is a Query on the status GSI."""
+    old = iso_at(time.time() - 600)
+    add_row(store, createdAt=old, updatedAt=old)
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    calls: list[tuple[str, dict]] = []
+    ddb.meta.events.register(
+        "provide-client-params.dynamodb.*",
+        lambda params, model, **_: calls.append((model.name, dict(params))),
+    )
+    sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
+    reconciler = Reconciler(
+        TaskStore(ddb, fresh_stack.table_name), Dispatcher(sqs, fresh_stack.task_queue_url)
+    )
+
+    report = reconciler.run()
+
+    assert report.total == 1
+    assert {name for name, _ in calls} == {"Query"}
+    assert all(params["IndexName"] == STATUS_INDEX for _, params in calls)
+
+
+def test_reconciler_clock_is_injected(
+    fresh_stack: LocalStackResources, moto_endpoint: str, store: TaskStore
+) -> None:
+    """With the clock an hour ahead, a row created now counts as lost."""
+    task_id = add_row(store)
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
+    later = Reconciler(
+        TaskStore(ddb, fresh_stack.table_name),
+        Dispatcher(sqs, fresh_stack.task_queue_url),
+        clock=lambda: time.time() + 3600,
+    )
+
+    assert later.run().pending == [task_id]
