@@ -1,0 +1,222 @@
+"""The shared set-up: moto over HTTP, counting proxies, the template deployed by the local stack,
+real runner processes on the fake Kiro CLI, and the bench's own view of the table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.proxy import CountingProxy
+from bench.seed import create_seed_table
+from local.motoserver import MotoServer
+from local.stack import LocalStack
+from shared import aws
+from shared.models import from_dynamodb, to_dynamodb, utc_now_iso
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_KIRO = ROOT / "tests" / "fake_agent" / "kiro-cli"
+AGENT_COMMAND = f"{FAKE_KIRO} chat --no-interactive --trust-all-tools --wrap never"
+REGION = "us-east-1"
+
+logger = logging.getLogger(__name__)
+
+
+def iso_to_epoch(stamp: str) -> float:
+    """The rows' ``...T12:00:00.123Z`` timestamps as epoch seconds."""
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident set (or ``VmHWM``, its peak) in KiB, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Runner:
+    """One real runner process (``python -m ec2_runner``) that this bench started."""
+
+    def __init__(self, proc: subprocess.Popen, slots: int, log: Path) -> None:
+        self.proc, self.slots, self.log = proc, slots, log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        # idle runners sit in a 20 s long poll: a warm stop would wait it out, so ask, then insist
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Harness:
+    """Everything the benchmarks share; start once, then ask for runners and tasks."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.workdir = Path(tempfile.mkdtemp(prefix="aipm-bench-"))
+        self.agent_log = self.workdir / "fake-agent.log"
+        self.moto: MotoServer | None = None
+        self.stack: LocalStack | None = None
+        self.runner_proxy: CountingProxy | None = None  # every request the runners send
+        self.system_proxy: CountingProxy | None = None  # the stream poller and the functions
+        self.seed_proxy: CountingProxy | None = None  # the seed baseline's poller
+        self.current: Runner | None = None
+        self._runner_index = 0
+        self.started_at = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.moto = MotoServer(port=0)
+        self.endpoint = self.moto.start()
+        self.system_proxy = CountingProxy(self.endpoint, "system")
+        self.runner_proxy = CountingProxy(self.endpoint, "runner")
+        self.seed_proxy = CountingProxy(self.endpoint, "seed")
+        for p in (self.system_proxy, self.runner_proxy, self.seed_proxy):
+            p.start()
+        self.stack = LocalStack(
+            self.workdir,
+            runners=0,
+            stack_name="aipm-bench",
+            endpoint_url=self.system_proxy.url,
+            reconcile_seconds=60.0,
+            function_env={"POWERTOOLS_LOG_LEVEL": "WARNING"},  # the table is the output here  # the template's ReconcileSchedule default, rate(1 minute)
+            runner_env={
+                "AWS_ENDPOINT_URL": self.runner_proxy.url,
+                "AGENT": "kiro",
+                "AGENT_COMMAND": AGENT_COMMAND,
+                "AGENT_TIMEOUT": "120",
+                "FAKE_AGENT_LOG": str(self.agent_log),
+                "SQS_WAIT_SECONDS": "20",
+                "LEASE_SECONDS": "60",
+            },
+        )
+        self.config = self.stack.start()
+        self.table = self.config.table_name
+        # the bench's own reads and writes go straight to moto: they are not the system's
+        self.ddb = aws.client("dynamodb", region=REGION, endpoint_url=self.endpoint)
+        self.seed_table = "aipm-seed-baseline-queue"
+        create_seed_table(self.ddb, self.seed_table)
+        self.seed_ddb = aws.client("dynamodb", region=REGION, endpoint_url=self.seed_proxy.url)
+
+    def stop(self) -> None:
+        if self.current:
+            self.current.stop()
+            self.current = None
+        if self.stack:
+            self.stack.stop()
+        for p in (self.system_proxy, self.runner_proxy, self.seed_proxy):
+            if p:
+                p.stop()
+        if self.moto:
+            self.moto.stop()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- runners -----------------------------------------------------------------------------
+    def runner(self, slots: int) -> Runner:
+        """A warmed-up runner with ``slots`` slots, the only consumer of the task queue."""
+        if self.current and self.current.slots == slots and self.current.proc.poll() is None:
+            return self.current
+        if self.current:
+            self.current.stop()
+        assert self.stack
+        index = self._runner_index
+        self._runner_index += 1
+        env = {**self.stack.runner_env(index), "RUNNER_SLOTS": str(slots)}
+        log = self.workdir / f"runner-{index}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ec2_runner"],
+                env=env,
+                cwd=str(self.workdir),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.current = Runner(proc, slots, log)
+        # warm-up: imports, the clone and the first worktree are start-up costs, not per-task ones
+        warm = self.put_task("warmup", "[fake:sleep=0]")
+        row = self.wait_final(warm, timeout=90)
+        if row.get("status") != "complete":
+            raise RuntimeError(f"warm-up task did not complete: {row.get('error')!r}; see {log}")
+        return self.current
+
+    # -- tasks -------------------------------------------------------------------------------
+    def put_task(self, prefix: str, details: str, table: str | None = None) -> str:
+        """Insert a pending row as a backend does (a put-item); returns its id."""
+        task_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        now = utc_now_iso()
+        row = {
+            "id": task_id,
+            "title": f"Bench {prefix}",
+            "details": f"Benchmark task. {details}",
+            "branch": f"feature/bench-{task_id}",
+            "prNumber": 42,
+            "prUrl": "https://github.com/example/aipm/pull/42",
+            "status": "pending",
+            "createdAt": now,
+            "updatedAt": now,
+        }
+        self.ddb.put_item(TableName=table or self.table, Item=to_dynamodb(row))
+        return task_id
+
+    def get(self, task_id: str, table: str | None = None) -> dict[str, Any]:
+        item = self.ddb.get_item(
+            TableName=table or self.table, Key={"id": {"S": task_id}}, ConsistentRead=True
+        ).get("Item")
+        return from_dynamodb(item) if item else {}
+
+    def wait_final(self, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        row: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            row = self.get(task_id)
+            if row.get("status") in ("complete", "failed"):
+                return row
+            time.sleep(0.05)
+        return row
+
+    def agent_runs(self) -> dict[str, tuple[float, float]]:
+        """The fake agent's own start and end times, by the worktree it ran in."""
+        starts: dict[str, float] = {}
+        runs: dict[str, tuple[float, float]] = {}
+        if not self.agent_log.exists():
+            return runs
+        for line in self.agent_log.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == "start":
+                starts[ev["cwd"]] = ev["time"]
+            elif ev.get("event") == "end" and ev.get("cwd") in starts:
+                runs[ev["cwd"]] = (starts[ev["cwd"]], ev["time"])
+        return runs
+
+    def agent_time(self, task_id: str) -> float | None:
+        for cwd, (start, end) in self.agent_runs().items():
+            if f"task-{task_id}" in cwd:
+                return end - start
+        return None
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
