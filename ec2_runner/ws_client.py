@@ -157,7 +157,7 @@ class TerminalService:
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the sessions (browsers get ``exit``), close the connection, join the thread."""
-        if self._loop and self._stop:
+        if self._loop and self._stop and self._thread and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread:
             self._thread.join(timeout)

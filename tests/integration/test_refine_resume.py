@@ -1,0 +1,164 @@
+"""Refine terminal resilience: resume without loss, the runner going away, the real agent's REPL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ec2_runner.agents import AgentSettings, make_agent
+from shared import frames as fr
+from tests.conftest import FAKE_AGENT, ROOT
+from tests.integration.refine_support import (
+    SHELL_ENV,
+    Browser,
+    browser_token,
+    connections_table,
+    error_codes,
+    running_gateway,
+    running_runner,
+    session_manager,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
+
+BURST = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def table(moto_endpoint: str) -> str:
+    return connections_table(moto_endpoint)
+
+
+def test_disconnect_and_resume_lose_nothing_in_a_5mb_burst(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """A browser that drops mid-burst and resumes from its last seq ends with every byte, once;
+    no frame the runner sends is over 32 KB."""
+    with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
+
+        async def scenario() -> None:
+            token = browser_token(branch="feature/burst")
+            first = await Browser.connect(gw.ws_url, token)
+            await first.open(branch="feature/burst")
+            await first.wait_text("$ ")
+            start = len(first.text)
+            t0 = time.perf_counter()
+            await first.type(f"head -c {BURST} /dev/zero | tr '\\0' x; echo; echo END-$((20+22))\r")
+            await first.wait_for(lambda b: b.text.count("x", start) > 200_000, 10)
+            await first.close()
+            await asyncio.sleep(0.3)  # output keeps coming while nobody watches
+
+            second = await Browser.connect(gw.ws_url, token)
+            second.reasm = fr.SeqReassembler()
+            await second.send(fr.ResumeFrame(sessionId=first.session_id, lastSeq=first.reasm.last_seq))
+            await second.wait_text("END-42", 20)
+            elapsed = time.perf_counter() - t0
+            whole = first.text + second.text
+            # count after the echoed command line (its own "x" is not output)
+            body = whole[whole.index("END-$((20+22))", start) :]
+            xs = body.count("x")
+            assert xs == BURST, f"got {xs} of {BURST} bytes"
+            assert "output_lost" not in error_codes(second)
+            print(
+                f"\n5 MB burst, reconnect included: {elapsed:.2f} s ({BURST / elapsed / 1e6:.1f} MB/s)"
+            )
+            await second.close()
+
+        asyncio.run(scenario())
+        assert 0 < gw.max_message_by_role["runner"] <= fr.MAX_FRAME_BYTES
+
+
+def test_killed_runner_gives_the_browser_an_error_then_exit(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """``kill -9`` of the runner mid-session: the browser hears ``runner_gone`` at once, and its next
+    keystroke gets an ``exit``: never a silent hang."""
+    with running_gateway(moto_endpoint, table) as gw:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.refine_runner_proc", gw.ws_url, str(tmp_path)],
+            cwd=ROOT,
+            env=env,
+        )
+        try:
+
+            async def scenario() -> None:
+                deadline = time.monotonic() + 15
+                while not gw.max_message_by_role.get("runner") and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                b = await Browser.connect(gw.ws_url, browser_token(branch="feature/kill"))
+                await b.open(branch="feature/kill", timeout=10)
+                await b.type("echo alive-$((2*21))\r")
+                await b.wait_text("alive-42")
+                os.kill(proc.pid, signal.SIGKILL)
+                await b.wait_for(lambda br: "runner_gone" in error_codes(br), 10)
+                await b.type("echo anyone\r")
+                exit_frame = await b.wait_frame(fr.ExitFrame, 5)
+                assert exit_frame.code == -1 and exit_frame.sessionId == b.session_id
+                await b.close()
+
+            asyncio.run(scenario())
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_stopped_runner_sends_exit_to_its_browsers(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    with running_gateway(moto_endpoint, table) as gw:
+        runner = running_runner(gw, lambda: session_manager(tmp_path))
+        svc = runner.__enter__()
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/stop"))
+            await b.open(branch="feature/stop")
+            await asyncio.get_running_loop().run_in_executor(None, svc.stop)
+            exit_frame = await b.wait_frame(fr.ExitFrame, 10)
+            assert exit_frame.reason == "runner stopping"
+            await b.close()
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            runner.__exit__(None, None, None)
+
+
+def test_fake_kiro_repl_resumes_and_sees_resize(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    """The agent's interactive command (fake kiro-cli) runs in the pty: prompt, echo, ``--resume``, size."""
+    agent = make_agent(
+        AgentSettings(
+            agent="kiro", command=f"{FAKE_AGENT / 'kiro-cli'} chat --no-interactive --trust-all-tools"
+        )
+    )
+    env = {**SHELL_ENV, "PATH": f"{FAKE_AGENT}:/usr/bin:/bin"}
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(
+            gw, lambda: session_manager(tmp_path, argv=agent.interactive_argv, env=env, resume="always")
+        ),
+    ):
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/kiro"))
+            await b.open(branch="feature/kiro", cols=100, rows=33)
+            await b.wait_text("conversation")  # "Resumed ..." or "No previous conversation ..."
+            await b.wait_text("\x1b[38;5;141m> \x1b[0m")
+            await b.type("stty size\r")
+            await b.wait_text("33 100")
+            await b.send(fr.ResizeFrame(sessionId=b.session_id, cols=77, rows=22))
+            await b.type("stty size\r")
+            await b.wait_text("22 77")
+            await b.type("hello kiro\r")
+            await b.wait_text("you said: hello kiro")
+            await b.type("/quit\r")
+            exit_frame = await b.wait_frame(fr.ExitFrame, 5)
+            assert exit_frame.code == 0
+            await b.close()
+
+        asyncio.run(scenario())
