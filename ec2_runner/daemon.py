@@ -1,4 +1,9 @@
-"""The runner daemon: long-polls SQS, runs up to ``slots`` tasks at once, stops warm or cold."""
+"""The runner daemon: long-polls SQS, runs up to ``slots`` tasks at once, stops warm or cold.
+
+Warm stop (SIGTERM or SIGINT): take no new messages, let running tasks finish for up to the grace
+period; then a cold stop: stop their agents, keep their work on ``kiro-wip/<taskId>``, give the
+rows back as ``pending`` and make their messages visible again. A second signal goes cold at once.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -17,6 +22,14 @@ from ec2_runner.pipeline import Outcome, TaskPipeline
 from shared.models import TaskSignal
 
 logger = logging.getLogger(__name__)
+
+# the message stays hidden a little longer than the lease, so a crashed runner's task is
+# claimable (lease expired) by the time its message is visible again
+VISIBILITY_MARGIN = 5
+
+
+class _Interrupted(Exception):
+    """Raised by the signal handler to cut an idle long poll short."""
 
 
 class Runner:
@@ -30,20 +43,23 @@ class Runner:
         *,
         slots: int = 2,
         wait_time_seconds: int = 20,
-        visibility_seconds: int = 120,
+        lease_seconds: float = 120,
+        shutdown_grace_seconds: float = 30,
     ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.pipeline = pipeline
         self.slots = slots
         self.wait_time_seconds = wait_time_seconds
-        self.visibility_seconds = visibility_seconds
+        self.visibility_seconds = int(lease_seconds) + VISIBILITY_MARGIN
+        self.shutdown_grace_seconds = shutdown_grace_seconds
         self._stopping = threading.Event()  # warm stop: take no new messages
         self._cold = threading.Event()  # cold stop: stop running agents too
         self._free = threading.Semaphore(slots)
         self._running: set[Future] = set()
         self._lock = threading.Lock()
-        self.processed = 0
+        self._polling = False
+        self.outcomes: dict[str, int] = {}
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, cold: bool = False) -> None:
@@ -58,6 +74,8 @@ class Runner:
             cold = self._stopping.is_set()
             logger.info("%s received: %s stop", signal.Signals(signum).name, "cold" if cold else "warm")
             self.request_stop(cold=cold)
+            if self._polling:
+                raise _Interrupted
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -69,44 +87,75 @@ class Runner:
         logger.info("runner started: %d slots, long-polling %s", self.slots, self.queue_url)
         pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="slot")
         received = 0
-        backoff = 0.5
         try:
-            while not self._stopping.is_set():
-                if max_tasks is not None and received >= max_tasks:
-                    break
-                free = self._acquire_slots(max_tasks, received)
-                if not free:
-                    continue
-                try:
-                    messages = self.sqs.receive_message(
-                        QueueUrl=self.queue_url,
-                        MaxNumberOfMessages=min(free, 10),
-                        WaitTimeSeconds=0 if stop_when_idle and received else self.wait_time_seconds,
-                        VisibilityTimeout=self.visibility_seconds,
-                        MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                    ).get("Messages", [])
-                    backoff = 0.5
-                except (ClientError, BotoCoreError) as e:
-                    self._release(free)
-                    logger.warning("SQS receive failed (%s); retrying in %.1f s", e, backoff)
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, 20)
-                    continue
-                self._release(free - len(messages))
-                if not messages:
-                    if stop_when_idle and not self._running:
-                        break
-                    continue
-                for message in messages:
-                    received += 1
-                    fut = pool.submit(self._handle, message)
-                    with self._lock:
-                        self._running.add(fut)
-                    fut.add_done_callback(self._done)
+            received = self._serve(pool, max_tasks, stop_when_idle)
+        except _Interrupted:
+            pass
         finally:
+            self._polling = False
+            self._drain()
             pool.shutdown(wait=True)
-            logger.info("runner stopped after %d messages", received)
+            logger.info("runner stopped after %d messages (%s)", received, self.outcomes)
         return received
+
+    def _serve(self, pool: ThreadPoolExecutor, max_tasks: int | None, stop_when_idle: bool) -> int:
+        received = 0
+        backoff = 0.5
+        while not self._stopping.is_set():
+            if max_tasks is not None and received >= max_tasks:
+                break
+            free = self._acquire_slots(max_tasks, received)
+            if not free:
+                continue
+            try:
+                self._polling = True
+                messages = self.sqs.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=min(free, 10),
+                    WaitTimeSeconds=0 if stop_when_idle and received else self.wait_time_seconds,
+                    VisibilityTimeout=self.visibility_seconds,
+                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                ).get("Messages", [])
+                backoff = 0.5
+            except (ClientError, BotoCoreError) as e:
+                self._release(free)
+                logger.warning("SQS receive failed (%s); retrying in %.1f s", e, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 20)
+                continue
+            except _Interrupted:
+                self._release(free)
+                raise
+            finally:
+                self._polling = False
+            self._release(free - len(messages))
+            if not messages:
+                if stop_when_idle and not self._running:
+                    break
+                continue
+            for message in messages:
+                received += 1
+                fut = pool.submit(self._handle, message)
+                with self._lock:
+                    self._running.add(fut)
+                fut.add_done_callback(self._done)
+        return received
+
+    def _drain(self) -> None:
+        """Let running tasks finish within the grace period, then stop them (cold)."""
+        with self._lock:
+            running = set(self._running)
+        if not running:
+            return
+        if not self._cold.is_set():
+            logger.info(
+                "waiting up to %.0f s for %d running task(s)", self.shutdown_grace_seconds, len(running)
+            )
+            _, running = wait(running, timeout=self.shutdown_grace_seconds)
+        if running:
+            logger.warning("stopping %d running task(s) and giving them back", len(running))
+            self._cold.set()
+            wait(running)
 
     def _acquire_slots(self, max_tasks: int | None, received: int) -> int:
         if not self._free.acquire(timeout=0.5):
@@ -133,11 +182,8 @@ class Runner:
             sig = TaskSignal.model_validate_json(message.get("Body") or "")
         except ValidationError as e:
             # a body that can never name a task: say so and drop it, the queue keeps flowing
-            logger.error(
-                "dropping malformed SQS message %s: %s",
-                message.get("MessageId"),
-                e.errors()[0]["msg"] if e.errors() else e,
-            )
+            reason = e.errors()[0]["msg"] if e.errors() else str(e)
+            logger.error("dropping malformed SQS message %s: %s", message.get("MessageId"), reason)
             self._delete(receipt)
             return
         with logs.task_context(sig.taskId):
@@ -145,19 +191,32 @@ class Runner:
                 outcome = self.pipeline.process(
                     sig.taskId,
                     extend_visibility=lambda s: self.sqs.change_message_visibility(
-                        QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=int(s)
+                        QueueUrl=self.queue_url,
+                        ReceiptHandle=receipt,
+                        VisibilityTimeout=int(s) + VISIBILITY_MARGIN,
                     ),
                     should_stop=self._cold.is_set,
                 )
             except Exception:
-                # the row is not final: leave the message, it comes back after its visibility
+                # the row is not final: leave the message; it comes back after its visibility
                 # timeout and, past maxReceiveCount, lands in the DLQ whose handler marks it failed
                 logger.exception("task errored before its row was final; the message will be retried")
                 return
             logger.info("signal handled: %s", outcome.value)
-            if outcome is not Outcome.LEASE_LOST:
+            with self._lock:
+                self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+            if outcome is Outcome.RELEASED:
+                self._make_visible(receipt)
+            elif outcome is not Outcome.LEASE_LOST:
                 self._delete(receipt)
-            self.processed += 1
+
+    def _make_visible(self, receipt: str) -> None:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
+            )
+        except (ClientError, BotoCoreError) as e:
+            logger.warning("could not make the message visible again (%s); the row is pending anyway", e)
 
     def _delete(self, receipt: str) -> None:
         for attempt in range(3):

@@ -38,7 +38,7 @@ class Checkout:
     branch_existed: bool
 
 
-def _dir_name(name: str) -> str:
+def safe_dir_name(name: str) -> str:
     # a filesystem-safe, collision-free folder name for any task id or branch
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:48] or "x"
     return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
@@ -87,16 +87,24 @@ class GitWorkspace:
         return repo
 
     # -- worktrees -------------------------------------------------------------------------
-    def checkout(self, branch: str, name: str, start_sha: str | None = None) -> Checkout:
+    def checkout(
+        self, branch: str, name: str, start_sha: str | None = None, start_ref: str | None = None
+    ) -> Checkout:
         """A fresh worktree for ``branch`` (call check_branch first), detached at the remote head,
-        or at the default branch when the remote has no such branch yet; ``start_sha`` (a WIP
-        commit of an earlier attempt) wins when given and present."""
-        path = self.worktrees_dir / _dir_name(name)
+        or at the default branch when the remote has no such branch yet. ``start_sha`` (the WIP
+        commit of an earlier attempt, pushed to ``start_ref``) wins when it can be had."""
+        path = self.worktrees_dir / safe_dir_name(name)
         with self._lock:
             if path.exists():
                 self._remove_locked(path)
             existed = self._fetch_locked(branch)
+            if start_sha and not self._has_commit(start_sha) and start_ref:
+                try:
+                    self._fetch_locked(start_ref)
+                except GitOpError as e:
+                    logger.warning("could not fetch the earlier attempt's work %s: %s", start_ref, e)
             if start_sha and self._has_commit(start_sha):
+                logger.info("resuming from the earlier attempt's work %s", start_sha[:12])
                 base = start_sha
             elif existed:
                 base = f"refs/remotes/origin/{branch}"
@@ -143,6 +151,9 @@ class GitWorkspace:
             return False
 
     # -- commit and push -------------------------------------------------------------------
+    def head(self, path: Path) -> str:
+        return git.Repo(path).head.commit.hexsha
+
     def commit_all(self, path: Path, message: str) -> str | None:
         """Commit everything that changed in the worktree; None when nothing did."""
         wt = git.Repo(path)

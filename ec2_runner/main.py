@@ -11,6 +11,7 @@ from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
 from shared import aws
+from shared.dispatch import Dispatcher
 from shared.store import TaskStore
 
 logger = logging.getLogger(__name__)
@@ -44,14 +45,22 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
         no_changes_error=settings.no_changes_error,
         keep_failed_worktrees=settings.keep_failed_worktrees,
     )
-    pipeline = TaskPipeline(store, workspace, agent, settings.runner_id, options)
+    pipeline = TaskPipeline(
+        store,
+        workspace,
+        agent,
+        settings.runner_id,
+        options,
+        dispatcher=Dispatcher(sqs, settings.task_queue_url),
+    )
     return Runner(
         sqs,
         settings.task_queue_url,
         pipeline,
         slots=settings.slots,
         wait_time_seconds=settings.wait_time_seconds,
-        visibility_seconds=int(settings.lease_seconds),
+        lease_seconds=settings.lease_seconds,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -12,18 +14,24 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from ec2_runner.gitops import GitOpError, GitWorkspace
+from ec2_runner.gitops import Checkout, GitOpError, GitWorkspace, PushConflictError, safe_dir_name
 from shared.branches import UnsafeBranchError, check_branch
-from shared.models import Task, TaskStatus
+from shared.dispatch import Dispatcher
+from shared.models import Task, TaskSignal, TaskStatus
 from shared.store import ClaimLostError, LeaseLostError, TaskNotFoundError, TaskStore
 
 logger = logging.getLogger(__name__)
+
+SHUTDOWN = "runner shutting down"
+LEASE_LOST = "lease lost to another runner"
 
 
 class Outcome(Enum):
     COMPLETE = "complete"  # row final: complete
     FAILED = "failed"  # row final: failed
     NOT_CLAIMABLE = "not-claimable"  # a duplicate or stale signal: the row is someone else's or ended
+    WAITING = "waiting"  # another task holds the branch; its end wakes this one
+    RELEASED = "released"  # given back as pending (shutdown); the message should be visible again
     LEASE_LOST = "lease-lost"  # another runner took the row over; it owns the outcome now
 
 
@@ -41,6 +49,15 @@ class PipelineOptions:
     keep_failed_worktrees: bool = False
 
 
+def wip_ref(task_id: str) -> str:
+    """The runner-owned branch where a stopped attempt's work is kept: ``kiro-wip/<taskId>``."""
+    ref = f"kiro-wip/{task_id}"
+    try:
+        return check_branch(ref, protected=())
+    except UnsafeBranchError:
+        return f"kiro-wip/{safe_dir_name(task_id)}"
+
+
 def _describe_validation(err: ValidationError) -> str:
     parts = []
     for e in err.errors()[:5]:
@@ -53,21 +70,18 @@ class Heartbeat:
     """Renews the row's lease and the message's visibility together, until stopped.
 
     ``lost`` turns true when the row is no longer this runner's: the agent must stop and nothing
-    may be pushed.
+    may be pushed to the task's branch.
     """
 
-    def __init__(self, renew: Any, interval: float) -> None:
+    def __init__(self, renew: Callable[[], None], interval: float) -> None:
         self._renew = renew
         self._interval = interval
         self._stop = threading.Event()
         self.lost = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        import contextvars
-
         ctx = contextvars.copy_context()  # keep the task id on the heartbeat's log lines
         self._thread = threading.Thread(target=ctx.run, args=(self._loop,), name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -97,23 +111,34 @@ class TaskPipeline:
         agent: AgentLike,
         runner_id: str,
         options: PipelineOptions,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.store = store
         self.workspace = workspace
         self.agent = agent
         self.runner_id = runner_id
         self.options = options
+        self.dispatcher = dispatcher
 
-    def process(self, task_id: str, extend_visibility: Any = None, should_stop: Any = None) -> Outcome:
+    def process(
+        self,
+        task_id: str,
+        extend_visibility: Callable[[float], Any] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Outcome:
         """Claim and run ``task_id``. ``extend_visibility(seconds)`` keeps the SQS message hidden
-        while the task runs; ``should_stop()`` asks the task to stop early (shutdown)."""
+        while the task runs; ``should_stop()`` true asks the task to stop and give itself back."""
+        try:
+            row = self.store.get(task_id)
+        except TaskNotFoundError:
+            logger.warning("no such task; dropping the signal")
+            return Outcome.NOT_CLAIMABLE
+        if self._branch_taken(row):
+            return Outcome.WAITING
         try:
             row = self.store.claim(task_id, self.runner_id, self.options.lease_seconds)
         except ClaimLostError:
             logger.info("not claimable (owned by another runner or already ended); dropping the signal")
-            return Outcome.NOT_CLAIMABLE
-        except TaskNotFoundError:
-            logger.warning("no such task; dropping the signal")
             return Outcome.NOT_CLAIMABLE
         attempt = int(row.get("attempts") or 1)
         logger.info("claimed (attempt %d)", attempt)
@@ -123,19 +148,52 @@ class TaskPipeline:
             if extend_visibility:
                 extend_visibility(self.options.lease_seconds)
 
+        outcome = Outcome.LEASE_LOST
         with Heartbeat(renew, max(self.options.lease_seconds / 3, 0.5)) as beat:
             try:
-                return self._run(task_id, attempt, row, beat, should_stop)
+                outcome = self._run(task_id, attempt, row, beat, should_stop or (lambda: False))
             except LeaseLostError:
                 logger.warning("lease lost before the status write; the new owner decides the outcome")
-                return Outcome.LEASE_LOST
+        if outcome in (Outcome.COMPLETE, Outcome.FAILED) and isinstance(row.get("branch"), str):
+            self._wake_next(row["branch"])
+        return outcome
 
+    # -- one branch at a time ---------------------------------------------------------------
+    def _branch_taken(self, row: dict) -> bool:
+        branch = row.get("branch")
+        if row.get("status") != TaskStatus.PENDING.value or not isinstance(branch, str) or not branch:
+            return False
+        now = time.time()
+        for other in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch):
+            lease = other.get("leaseExpiresAt")
+            if other.get("id") != row["id"] and isinstance(lease, int | float) and lease > now:
+                logger.info(
+                    "branch %s is being worked on by task %s; this task waits for it", branch, other["id"]
+                )
+                return True
+        return False
+
+    def _wake_next(self, branch: str) -> None:
+        """Signal the oldest task waiting for ``branch`` now that it is free."""
+        if not self.dispatcher:
+            return
+        try:
+            waiting = self.store.list_by_status(TaskStatus.PENDING, branch=branch, limit=1)
+            if waiting:
+                self.dispatcher.send(TaskSignal(taskId=waiting[0]["id"], reason=f"branch {branch} free"))
+                logger.info("woke task %s waiting for branch %s", waiting[0]["id"], branch)
+        except Exception as e:  # the reconciler re-signals old pending rows anyway
+            logger.warning("could not wake tasks waiting for %s (%s)", branch, e)
+
+    # -- the work ---------------------------------------------------------------------------
     def _fail(self, task_id: str, attempt: int, error: str, log_tail: str = "") -> Outcome:
         logger.error("task failed: %s", error)
         self.store.fail(task_id, self.runner_id, attempt, error, log_tail)
         return Outcome.FAILED
 
-    def _run(self, task_id: str, attempt: int, row: dict, beat: Heartbeat, should_stop: Any) -> Outcome:
+    def _run(
+        self, task_id: str, attempt: int, row: dict, beat: Heartbeat, should_stop: Callable[[], bool]
+    ) -> Outcome:
         opts = self.options
         try:
             task = Task.model_validate(row)
@@ -153,7 +211,9 @@ class TaskPipeline:
 
         started = time.monotonic()
         try:
-            checkout = self.workspace.checkout(task.branch, f"task-{task_id}", start_sha=task.wipSha)
+            checkout = self.workspace.checkout(
+                task.branch, f"task-{task_id}", start_sha=task.wipSha, start_ref=wip_ref(task_id)
+            )
         except GitOpError as e:
             return self._fail(task_id, attempt, str(e))
         self.store.record(task_id, self.runner_id, attempt, baseSha=checkout.base_sha)
@@ -161,32 +221,51 @@ class TaskPipeline:
         try:
             prep = time.monotonic() - started
 
-            def stop_requested() -> bool:
-                return beat.lost.is_set() or bool(should_stop and should_stop())
+            def stop_reason() -> str | bool:
+                if beat.lost.is_set():
+                    return LEASE_LOST
+                return SHUTDOWN if should_stop() else False
 
             logger.info("agent starting in %s", checkout.path)
             result = self.agent.run(
-                task.prompt(), checkout.path, on_output=_progress_logger(), should_stop=stop_requested
+                task.prompt(), checkout.path, on_output=_progress_logger(), should_stop=stop_reason
             )
             logger.info(
                 "agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok
             )
-            if beat.lost.is_set():
-                return Outcome.LEASE_LOST
             tail = result.output[-2000:] if result.output else ""
+            if beat.lost.is_set():
+                self._save_wip(task, checkout)  # the work is kept; the row is not ours to write
+                return Outcome.LEASE_LOST
             if not result.ok:
                 keep = opts.keep_failed_worktrees
+                if should_stop():
+                    return self._release(task, attempt, checkout)
+                if result.exit_code is None:  # killed (timeout): keep what the agent had done
+                    saved = self._save_wip(task, checkout)
+                    if saved:
+                        self.store.record(task_id, self.runner_id, attempt, wipSha=saved)
+                        return self._fail(
+                            task_id, attempt, f"{result.error}; work kept on {wip_ref(task_id)}", tail
+                        )
                 return self._fail(task_id, attempt, result.error or "agent failed", tail)
             after = time.monotonic()
             sha = self.workspace.commit_all(checkout.path, _commit_message(task))
-            if sha is None:
+            if sha is None and self.workspace.head(checkout.path) == checkout.base_sha:
                 if opts.fail_on_no_changes:
                     return self._fail(task_id, attempt, opts.no_changes_error, tail)
                 sha = checkout.base_sha
-            elif beat.lost.is_set():
-                return Outcome.LEASE_LOST
             else:
-                sha = self.workspace.push(checkout.path, task.branch)
+                try:
+                    sha = self.workspace.push(checkout.path, task.branch)
+                except PushConflictError as e:
+                    keep = opts.keep_failed_worktrees
+                    saved = self._save_wip(task, checkout)
+                    if saved:
+                        self.store.record(task_id, self.runner_id, attempt, wipSha=saved)
+                    return self._fail(
+                        task_id, attempt, f"{e}; the agent's work is kept on {wip_ref(task_id)}"
+                    )
             self.store.complete(task_id, self.runner_id, attempt, sha, tail)
             logger.info(
                 "complete: pushed %s to %s (runner overhead %.3f s, agent %.1f s)",
@@ -203,25 +282,44 @@ class TaskPipeline:
             if not keep:
                 self.workspace.remove(checkout.path)
 
+    def _save_wip(self, task: Task, checkout: Checkout) -> str | None:
+        """Commit whatever the agent changed and push it to ``kiro-wip/<taskId>``; the sha or None."""
+        try:
+            self.workspace.commit_all(checkout.path, f"WIP: {task.title}\n\nTask-Id: {task.id}\n")
+            if self.workspace.head(checkout.path) == checkout.base_sha:
+                return None
+            sha = self.workspace.push_ref(checkout.path, wip_ref(task.id))
+            logger.info("work in progress saved on %s at %s", wip_ref(task.id), sha[:12])
+            return sha
+        except GitOpError as e:
+            logger.error("could not save the work in progress: %s", e)
+            return None
+
+    def _release(self, task: Task, attempt: int, checkout: Checkout) -> Outcome:
+        saved = self._save_wip(task, checkout)
+        if saved:
+            self.store.record(task.id, self.runner_id, attempt, wipSha=saved)
+        note = f"released by runner {self.runner_id}: {SHUTDOWN}"
+        if saved:
+            note += f"; work kept on {wip_ref(task.id)} at {saved[:12]}"
+        self.store.release(task.id, self.runner_id, attempt, note)
+        logger.warning("task given back as pending: %s", note)
+        return Outcome.RELEASED
+
 
 def _commit_message(task: Task) -> str:
     pr = f" (PR #{task.prNumber})" if task.prNumber is not None else ""
     return f"{task.title}{pr}\n\nGenerated by the agent for task {task.id}.\n\nTask-Id: {task.id}\n"
 
 
-def _progress_logger() -> Any:
+def _progress_logger() -> Callable[[str], None]:
     """Log the agent's streamed output a line at a time, so long work shows progress."""
-    buf = {"text": "", "last": 0.0}
+    pending = [""]
 
     def on_output(chunk: str) -> None:
-        buf["text"] += chunk
-        *lines, buf["text"] = buf["text"].split("\n")
+        *lines, pending[0] = (pending[0] + chunk).split("\n")
         for line in lines:
-            line = line.strip()
-            if line:
-                logger.info("agent: %s", line[:300])
+            if line.strip():
+                logger.info("agent: %s", line.strip()[:300])
 
     return on_output
-
-
-__all__ = ["Outcome", "PipelineOptions", "TaskPipeline", "TaskStatus"]
