@@ -323,6 +323,16 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
+def die_with_parent() -> None:
+    """In the agent's child process: be killed if the runner dies (even by SIGKILL), so a crashed
+    runner never leaves an agent working on a task that another runner is about to reclaim."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def kill_process_group(child: pexpect.spawn, grace: float) -> None:
     """Stop the agent and everything it started: SIGTERM to its process group, SIGKILL after the grace."""
     pgid = child.pid  # the pty child calls setsid(): it leads its own session and process group
@@ -503,6 +513,7 @@ class PtyAgent:
                 maxread=65536,
                 echo=False,
                 timeout=None,
+                preexec_fn=die_with_parent,
             )
         except (pexpect.ExceptionPexpect, OSError) as e:
             run.error = f"could not start the agent ({argv[0]}): {e}"
