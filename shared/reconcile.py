@@ -130,4 +130,8 @@ def give_up(
     error = f"gave up after {n} attempts: {row.get('error') or NO_ERROR}"
     if store.fail_unowned(task_id, error):
         return DeadLetterOutcome(task_id=task_id, failed=True, error=error)
-    return DeadLetterOutcome(task_id=task_id, failed=False, note="ended meanwhile")
+    # the row changed between the read and the write: it ended, or a runner took it again
+    now_status = store.get(task_id).get("status")
+    if now_status == TaskStatus.PROCESSING.value:
+        raise LeaseStillLiveError(f"task {task_id} was claimed again while being given up")
+    return DeadLetterOutcome(task_id=task_id, failed=False, note=f"became {now_status} meanwhile")
