@@ -120,11 +120,30 @@ class LocalGateway:
     # -- properties --------------------------------------------------------------------------
     @property
     def token_secret(self) -> str | None:
-        return self.env.get("TOKEN_SECRET")
+        """The browser-token key (read from Secrets Manager when only ``TOKEN_SECRET_ARN`` is set)."""
+        return self._secret("TOKEN_SECRET")
 
     @property
     def runner_secret(self) -> str | None:
-        return self.env.get("RUNNER_SECRET")
+        """The runner key (read from Secrets Manager when only ``RUNNER_SECRET_ARN`` is set)."""
+        return self._secret("RUNNER_SECRET")
+
+    def _secret(self, name: str) -> str | None:
+        if not self.env.get(name) and self.env.get(f"{name}_ARN"):
+            from shared import aws
+            from shared.tokens import SecretSource
+
+            def factory() -> Any:
+                return aws.client(
+                    "secretsmanager",
+                    region=self.env.get("AWS_REGION"),
+                    endpoint_url=self.env.get("AWS_ENDPOINT_URL"),
+                )
+
+            value = SecretSource(None, self.env[f"{name}_ARN"], factory).get()
+            if value:
+                self.env[name] = value
+        return self.env.get(name)
 
     @property
     def ws_url(self) -> str:
