@@ -132,6 +132,7 @@ async def _attach(ws_url: str, token: str, fd: int, out: Any) -> int:
                 continue
             attempts = 0
             cols, rows = _size()
+            opener: fr.OpenFrame | fr.ResumeFrame
             if state.session_id is None:
                 opener = fr.OpenFrame(
                     taskId=grant.get("task"), branch=grant.get("branch"), cols=cols, rows=rows

@@ -115,7 +115,7 @@ async def _drain(ws: ClientConnection, sessions: SessionManager) -> None:
             # the frame stays in the session's ring; browsers resume from their last seq
             return
         except fr.FrameTooLargeError:
-            logger.error("dropping a frame over the size limit (%s)", frame.action)
+            logger.error("dropping a frame over the size limit (%s)", type(frame).__name__)
         sessions.frame_sent()
 
 
