@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples, a shorter run")
     parser.add_argument(
-        "--only", action="append", default=[], metavar="NAME",
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
         help=f"run only these benchmarks ({', '.join(BENCHMARKS)}; repeatable)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (runner and agent logs)")

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE_KIRO = ROOT / "tests" / "fake_agent" / "kiro-cli"
 AGENT_COMMAND = f"{FAKE_KIRO} chat --no-interactive --trust-all-tools --wrap never"
 REGION = "us-east-1"
+SQS_WAIT = 5
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +48,26 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
 class Runner:
     """One real runner process (``python -m ec2_runner``) that this bench started."""
 
-    def __init__(self, proc: subprocess.Popen, slots: int, log: Path) -> None:
-        self.proc, self.slots, self.log = proc, slots, log
+    def __init__(self, proc: subprocess.Popen, slots: int, log: Path, proxy: CountingProxy) -> None:
+        self.proc, self.slots, self.log, self.proxy = proc, slots, log, proxy
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def stop(self) -> None:
-        # idle runners sit in a 20 s long poll: a warm stop would wait it out, so ask, then insist
+        # a warm stop (SIGTERM) ends after the current long poll; then wait until the proxy has no
+        # receive of it left open at moto, which would swallow the next message
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=3)
+                self.proc.wait(timeout=SQS_WAIT + 10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        deadline = time.monotonic() + SQS_WAIT + 2
+        while self.proxy.pending("ReceiveMessage") and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 class Harness:
@@ -96,15 +101,20 @@ class Harness:
             runners=0,
             stack_name="aipm-bench",
             endpoint_url=self.system_proxy.url,
-            reconcile_seconds=60.0,
-            function_env={"POWERTOOLS_LOG_LEVEL": "WARNING"},  # the table is the output here  # the template's ReconcileSchedule default, rate(1 minute)
+            reconcile_seconds=60.0,  # the template's ReconcileSchedule default, rate(1 minute)
+            function_env={"POWERTOOLS_LOG_LEVEL": "WARNING"},  # the table is the output here
             runner_env={
                 "AWS_ENDPOINT_URL": self.runner_proxy.url,
                 "AGENT": "kiro",
                 "AGENT_COMMAND": AGENT_COMMAND,
                 "AGENT_TIMEOUT": "120",
                 "FAKE_AGENT_LOG": str(self.agent_log),
-                "SQS_WAIT_SECONDS": "20",
+                # long polls of 5 s, not 20: a stopped runner's poll must end before the next one
+                # starts, or moto hands the next message to the dead poll (see README)
+                "SQS_WAIT_SECONDS": str(SQS_WAIT),
+                # the fake agent's `#!/usr/bin/env python3` should find the venv's python, not a
+                # pyenv shim that costs ~0.2 s per start: agent start-up is not the runner's cost
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
                 "LEASE_SECONDS": "60",
             },
         )
@@ -151,7 +161,8 @@ class Harness:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        self.current = Runner(proc, slots, log)
+        assert self.runner_proxy
+        self.current = Runner(proc, slots, log, self.runner_proxy)
         # warm-up: imports, the clone and the first worktree are start-up costs, not per-task ones
         warm = self.put_task("warmup", "[fake:sleep=0]")
         row = self.wait_final(warm, timeout=90)
@@ -211,10 +222,11 @@ class Harness:
                 runs[ev["cwd"]] = (starts[ev["cwd"]], ev["time"])
         return runs
 
-    def agent_time(self, task_id: str) -> float | None:
-        for cwd, (start, end) in self.agent_runs().items():
+    def agent_run(self, task_id: str) -> tuple[float, float] | None:
+        """The fake agent's own (start, end) wall times for a task, from its log."""
+        for cwd, run in self.agent_runs().items():
             if f"task-{task_id}" in cwd:
-                return end - start
+                return run
         return None
 
 

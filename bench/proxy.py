@@ -17,8 +17,13 @@ from urllib.parse import parse_qs, urlsplit
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"}
 
 # what counts as a read of the table (billed read units); stream reads are free to Lambda in AWS
-TABLE_READS = ("DynamoDB_20120810.GetItem", "DynamoDB_20120810.BatchGetItem", "DynamoDB_20120810.Query",
-               "DynamoDB_20120810.Scan", "DynamoDB_20120810.TransactGetItems")
+TABLE_READS = (
+    "DynamoDB_20120810.GetItem",
+    "DynamoDB_20120810.BatchGetItem",
+    "DynamoDB_20120810.Query",
+    "DynamoDB_20120810.Scan",
+    "DynamoDB_20120810.TransactGetItems",
+)
 
 
 def operation(headers: object, body: bytes) -> str:
@@ -40,6 +45,7 @@ class CountingProxy:
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.name = name
         self.counts: Counter[str] = Counter()
+        self.inflight: Counter[str] = Counter()  # requests sent upstream and not yet answered
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
@@ -60,6 +66,14 @@ class CountingProxy:
                 op = operation(self.headers, body)
                 with proxy._lock:
                     proxy.counts[op] += 1
+                    proxy.inflight[op] += 1
+                try:
+                    self._relay(body, op)
+                finally:
+                    with proxy._lock:
+                        proxy.inflight[op] -= 1
+
+            def _relay(self, body: bytes, op: str) -> None:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body:
                     headers["Content-Length"] = str(len(body))
@@ -84,12 +98,20 @@ class CountingProxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    try:
+                        self.wfile.write(data)
+                    except OSError:  # the client went away (a runner the bench stopped)
+                        self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that hung up mid-request is not news here
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, name=f"proxy-{self.name}", daemon=True).start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         return self.url
@@ -97,6 +119,11 @@ class CountingProxy:
     def snapshot(self) -> Counter[str]:
         with self._lock:
             return Counter(self.counts)
+
+    def pending(self, suffix: str) -> int:
+        """Requests of operations ending in ``suffix`` still waiting for an answer upstream."""
+        with self._lock:
+            return sum(v for k, v in self.inflight.items() if k.endswith(suffix))
 
     def stop(self) -> None:
         if self._server:
