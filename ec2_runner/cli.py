@@ -85,6 +85,58 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_secret() -> str:
+    import os
+
+    from shared import aws
+    from shared.tokens import SecretSource
+
+    s = _aws_settings()
+    secret = SecretSource(
+        os.environ.get("TOKEN_SECRET"),
+        os.environ.get("TOKEN_SECRET_ARN"),
+        lambda: aws.client("secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+    ).get()
+    if not secret:
+        raise SystemExit("aipm: no TOKEN_SECRET or TOKEN_SECRET_ARN (start `aipm local up`, or set one)")
+    return secret
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from ec2_runner.terminal_cli import mint_token
+
+    print(
+        mint_token(
+            task_id=args.task,
+            branch=args.branch,
+            read_only=args.read_only,
+            ttl=args.ttl,
+            secret=_token_secret(),
+            user=args.user,
+        )
+    )
+    return 0
+
+
+def cmd_terminal(args: argparse.Namespace) -> int:
+    import os
+
+    from ec2_runner.terminal_cli import attach, mint_token
+    from shared.store import TaskNotFoundError
+
+    secret = _token_secret()
+    ws_url = os.environ.get("WS_URL") or os.environ.get("WEBSOCKET_URL")
+    if not ws_url:
+        raise SystemExit("aipm terminal: no WS_URL (start `aipm local up`, or set WS_URL)")
+    try:
+        _store().get(args.target)
+        grant = {"task_id": args.target}
+    except TaskNotFoundError:
+        grant = {"branch": args.target}
+    token = mint_token(**grant, read_only=args.read_only, ttl=args.ttl, secret=secret, user=args.user)
+    return attach(ws_url, token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aipm", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -123,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--pr-url")
     sb.add_argument("--id")
     sb.set_defaults(func=cmd_submit)
+
+    tk = sub.add_parser("token", help="mint a browser token for the Refine terminal, as the backend does")
+    target = tk.add_mutually_exclusive_group(required=True)
+    target.add_argument("--task")
+    target.add_argument("--branch")
+    tk.add_argument("--read-only", action="store_true")
+    tk.add_argument("--ttl", type=int, default=900, help="seconds the token is valid (default 900)")
+    tk.add_argument("--user", default="cli")
+    tk.set_defaults(func=cmd_token)
+
+    tm = sub.add_parser("terminal", help="attach this terminal to a Refine session (Ctrl-] detaches)")
+    tm.add_argument("target", help="a task id or a branch")
+    tm.add_argument("--read-only", action="store_true")
+    tm.add_argument("--ttl", type=int, default=3600)
+    tm.add_argument("--user", default="cli")
+    tm.set_defaults(func=cmd_terminal)
     return p
 
 

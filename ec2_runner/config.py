@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.branches import DEFAULT_PROTECTED
@@ -53,6 +53,11 @@ class RunnerSettings(BaseSettings):
     fail_on_no_changes: bool = Field(default=True, validation_alias="FAIL_ON_NO_CHANGES")
     no_changes_error: str = Field(default="agent made no changes", validation_alias="NO_CHANGES_ERROR")
     keep_failed_worktrees: bool = Field(default=False, validation_alias="KEEP_FAILED_WORKTREES")
+
+    # Refine terminals: the runner's one outbound WebSocket connection (unset: no terminals)
+    ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))
+    runner_secret: SecretStr | None = Field(default=None, validation_alias="RUNNER_SECRET")
+    runner_secret_arn: str | None = Field(default=None, validation_alias="RUNNER_SECRET_ARN")
 
     @field_validator("protected_branches", mode="before")
     @classmethod

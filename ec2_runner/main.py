@@ -10,9 +10,12 @@ from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
+from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
+from ec2_runner.ws_client import TerminalService
 from shared import aws
 from shared.dispatch import Dispatcher
 from shared.store import TaskStore
+from shared.tokens import SecretSource
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,37 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
     )
 
 
+def start_terminals(settings: RunnerSettings, runner: Runner) -> TerminalService | None:
+    """The Refine terminal service on the runner's outbound WebSocket, when one is configured."""
+    if not settings.ws_url:
+        return None
+    secret = SecretSource(
+        settings.runner_secret.get_secret_value() if settings.runner_secret else None,
+        settings.runner_secret_arn,
+        lambda: aws.client(
+            "secretsmanager", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
+        ),
+    ).get()
+    if not secret:
+        logger.warning("WS_URL is set but no RUNNER_SECRET / RUNNER_SECRET_ARN: terminals are off")
+        return None
+    pipeline = runner.pipeline
+    agent = pipeline.agent
+
+    def make_sessions() -> SessionManager:
+        return SessionManager(
+            TerminalSettings(),
+            argv_for=agent.interactive_argv,
+            git=GitCallables.from_workspace(pipeline.workspace),
+            resolve_task=lambda task_id: pipeline.store.get(task_id)["branch"],
+            protected=tuple(settings.protected_branches),
+            env=agent.child_env() if hasattr(agent, "child_env") else None,
+        )
+
+    logger.info("terminal service connecting to %s", settings.ws_url)
+    return TerminalService(settings.ws_url, secret, settings.runner_id, make_sessions).start()
+
+
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
     """``aipm runner`` / ``python -m ec2_runner``: run until SIGTERM or SIGINT."""
     from ec2_runner.config import apply_local_stack_env
@@ -71,7 +105,13 @@ def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
     logs.configure()
     if apply_local_stack_env():
         logger.info("using the local stack from .aipm/local.json")
-    runner = build_runner(RunnerSettings())
+    settings = RunnerSettings()
+    runner = build_runner(settings)
     runner.install_signal_handlers()
-    runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
+    terminals = start_terminals(settings, runner)
+    try:
+        runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
+    finally:
+        if terminals:
+            terminals.stop()
     return 0

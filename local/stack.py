@@ -61,6 +61,7 @@ class LocalStack:
         reconcile_seconds: float = 30.0,
         gateway_port: int | None = None,
         endpoint_url: str | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.state = self.workdir / ".aipm"
@@ -73,6 +74,7 @@ class LocalStack:
         self.reconcile_seconds = reconcile_seconds
         self.gateway_port = gateway_port
         self._external_endpoint = endpoint_url
+        self.parameters = parameters or {}  # template parameters (MaxReceiveCount, ...)
         self.moto: MotoServer | None = None
         self.config: LocalStackConfig | None = None
         self.runners: list[subprocess.Popen] = []
@@ -101,7 +103,8 @@ class LocalStack:
         table = (
             "aipm-amazon-q-queue" if self.stack_name == "aipm-local" else f"{self.stack_name}-amazon-q-queue"
         )
-        res = deploy(endpoint, self.region, stack_name=self.stack_name, parameters={"TableName": table})
+        params = {"TableName": table, **self.parameters}
+        res = deploy(endpoint, self.region, stack_name=self.stack_name, parameters=params)
         remote = ensure_bare_remote(self.state / "remote.git")
 
         base_env = {
@@ -144,12 +147,13 @@ class LocalStack:
         reconciler.start()
         self._parts += [self.stream, dlq, reconciler]
 
-        gateway_urls = self._start_gateway(function_env, endpoint)
+        gateway_urls, gateway_env = self._start_gateway(function_env)
 
         runner_env = {
             **base_env,
             "GIT_REMOTE": str(remote),
             "AGENT": os.environ.get("AGENT", "auto"),
+            **gateway_env,
             **self.extra_runner_env,
         }
         self.config = LocalStackConfig(
@@ -169,17 +173,17 @@ class LocalStack:
             self.start_runner()
         return self.config
 
-    def _start_gateway(self, function_env: dict[str, str], endpoint: str) -> dict[str, str]:
+    def _start_gateway(self, function_env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """The API Gateway WebSocket stand-in; its URLs, and the env runners need to connect."""
         if self.gateway_port is None:
-            return {}
-        try:
-            from local.gateway import start_local_gateway
-        except ImportError:
-            logger.warning("the local WebSocket gateway is not available")
-            return {}
+            return {}, {}
+        from local.gateway import start_local_gateway
+
         gw = start_local_gateway(self, function_env, self.gateway_port)
         self._parts.append(gw)
-        return {"ws_url": gw.ws_url, "management_url": gw.management_url, "page_url": gw.page_url}
+        urls = {"ws_url": gw.ws_url, "management_url": gw.management_url, "page_url": gw.page_url}
+        env = {"WS_URL": gw.ws_url, "RUNNER_SECRET": gw.runner_secret, "TOKEN_SECRET": gw.token_secret}
+        return urls, {k: v for k, v in env.items() if v}
 
     def stop(self) -> None:
         for proc in self.runners:
@@ -216,12 +220,30 @@ class LocalStack:
             "WORKTREES_DIR": str(home / "worktrees"),
         }
 
-    def start_runner(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start one more runner process (``python -m ec2_runner``) against this stack."""
-        index = self._next_runner
-        self._next_runner += 1
+    def start_runner(
+        self,
+        extra_env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        index: int | None = None,
+    ) -> subprocess.Popen:
+        """Start one more runner process (``python -m ec2_runner``) against this stack; its log
+        lines go to ``log_path`` (appended) when given, else to this process's stderr. ``index``
+        reuses an earlier runner's home (clone and worktrees), as a restarted machine would."""
+        if index is None:
+            index = self._next_runner
+            self._next_runner += 1
         env = {**self.runner_env(index), **(extra_env or {})}
-        proc = subprocess.Popen([sys.executable, "-m", "ec2_runner"], env=env, cwd=str(self.workdir))
+        if log_path is None:
+            proc = subprocess.Popen([sys.executable, "-m", "ec2_runner"], env=env, cwd=str(self.workdir))
+        else:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ec2_runner"],
+                    env=env,
+                    cwd=str(self.workdir),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         self.runners.append(proc)
         logger.info("runner %d started (pid %d)", index, proc.pid)
         return proc
