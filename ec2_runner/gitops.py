@@ -209,6 +209,24 @@ class GitWorkspace:
                 f"the PR branch {branch!r} moved during the task and the agent's commit conflicts with it"
             ) from e
 
+    def find_task_commit(self, branch: str, since_sha: str, task_id: str) -> str | None:
+        """The newest commit on the fetched ``origin/<branch>`` after ``since_sha`` that carries the
+        trailer ``Task-Id: <task_id>`` (not a WIP save), or None. Call after ``checkout`` fetched it."""
+        trailer = f"Task-Id: {task_id}"
+        try:
+            with self._lock:
+                log = self.repo.git.log(
+                    "--format=%H%x00%B%x01", f"{since_sha}..refs/remotes/origin/{branch}", "--"
+                )
+        except git.GitCommandError as e:
+            logger.warning("could not look for an earlier attempt's commit on %s: %s", branch, _short(e))
+            return None
+        for entry in log.split("\x01"):
+            sha, _, body = entry.strip().partition("\x00")
+            if sha and not body.startswith("WIP: ") and trailer in body.splitlines():
+                return sha
+        return None
+
     def remote_head(self, branch: str) -> str | None:
         """The remote's head of ``branch``, or None (used by tests and the WIP logic)."""
         out = self.repo.git.ls_remote("origin", f"refs/heads/{branch}")

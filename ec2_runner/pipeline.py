@@ -135,6 +135,8 @@ class TaskPipeline:
             return Outcome.NOT_CLAIMABLE
         if self._branch_taken(row):
             return Outcome.WAITING
+        # a reclaim of a row whose owner died: it may have pushed before it could write the status
+        earlier_base = row.get("baseSha") if row.get("status") == TaskStatus.PROCESSING.value else None
         try:
             row = self.store.claim(task_id, self.runner_id, self.options.lease_seconds)
         except ClaimLostError:
@@ -151,7 +153,7 @@ class TaskPipeline:
         outcome = Outcome.LEASE_LOST
         with Heartbeat(renew, max(self.options.lease_seconds / 3, 0.5)) as beat:
             try:
-                outcome = self._run(task_id, attempt, row, beat, should_stop or (lambda: False))
+                outcome = self._run(task_id, attempt, row, beat, should_stop or (lambda: False), earlier_base)
             except LeaseLostError:
                 logger.warning("lease lost before the status write; the new owner decides the outcome")
         if outcome in (Outcome.COMPLETE, Outcome.FAILED) and isinstance(row.get("branch"), str):
@@ -192,7 +194,13 @@ class TaskPipeline:
         return Outcome.FAILED
 
     def _run(
-        self, task_id: str, attempt: int, row: dict, beat: Heartbeat, should_stop: Callable[[], bool]
+        self,
+        task_id: str,
+        attempt: int,
+        row: dict,
+        beat: Heartbeat,
+        should_stop: Callable[[], bool],
+        earlier_base: str | None = None,
     ) -> Outcome:
         opts = self.options
         try:
@@ -216,6 +224,14 @@ class TaskPipeline:
             )
         except GitOpError as e:
             return self._fail(task_id, attempt, str(e))
+        if isinstance(earlier_base, str) and earlier_base:
+            pushed = self.workspace.find_task_commit(task.branch, earlier_base, task_id)
+            if pushed:
+                # the dead owner's push landed; running the agent again would push the work twice
+                self.workspace.remove(checkout.path)
+                self.store.complete(task_id, self.runner_id, attempt, pushed)
+                logger.info("complete: the earlier attempt had pushed %s to %s", pushed[:12], task.branch)
+                return Outcome.COMPLETE
         self.store.record(task_id, self.runner_id, attempt, baseSha=checkout.base_sha)
         keep = False
         try:
