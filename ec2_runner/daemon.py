@@ -28,10 +28,6 @@ logger = logging.getLogger(__name__)
 VISIBILITY_MARGIN = 5
 
 
-class _Interrupted(Exception):
-    """Raised by the signal handler to cut an idle long poll short."""
-
-
 class Runner:
     """Consumes task signals from one SQS queue and hands each to the pipeline."""
 
@@ -58,7 +54,7 @@ class Runner:
         self._free = threading.Semaphore(slots)
         self._running: set[Future] = set()
         self._lock = threading.Lock()
-        self._polling = False
+        self.received = 0
         self.outcomes: dict[str, int] = {}
 
     # -- control ----------------------------------------------------------------------------
@@ -74,8 +70,6 @@ class Runner:
             cold = self._stopping.is_set()
             logger.info("%s received: %s stop", signal.Signals(signum).name, "cold" if cold else "warm")
             self.request_stop(cold=cold)
-            if self._polling:
-                raise _Interrupted
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -86,36 +80,38 @@ class Runner:
         ``stop_when_idle``); returns how many messages were handled."""
         logger.info("runner started: %d slots, long-polling %s", self.slots, self.queue_url)
         pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="slot")
-        received = 0
         try:
-            received = self._serve(pool, max_tasks, stop_when_idle)
-        except _Interrupted:
-            pass
+            self._serve(pool, max_tasks, stop_when_idle)
         finally:
-            self._polling = False
             self._drain()
             pool.shutdown(wait=True)
-            logger.info("runner stopped after %d messages (%s)", received, self.outcomes)
-        return received
+            logger.info("runner stopped after %d messages (%s)", self.received, self.outcomes)
+        return self.received
 
-    def _serve(self, pool: ThreadPoolExecutor, max_tasks: int | None, stop_when_idle: bool) -> int:
-        received = 0
+    def _serve(self, pool: ThreadPoolExecutor, max_tasks: int | None, stop_when_idle: bool) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
-            if max_tasks is not None and received >= max_tasks:
+            if max_tasks is not None and self.received >= max_tasks:
                 break
-            free = self._acquire_slots(max_tasks, received)
+            free = self._acquire_slots(max_tasks, self.received)
             if not free:
                 continue
+            poll = self._receive_in_background(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(free, 10),
+                WaitTimeSeconds=0 if stop_when_idle and self.received else self.wait_time_seconds,
+                VisibilityTimeout=self.visibility_seconds,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+            while not poll.done() and not self._stopping.is_set():
+                wait([poll], timeout=0.2)
+            if not poll.done():
+                # stopping mid-poll: whatever it still brings goes straight back to the queue
+                poll.add_done_callback(self._give_back)
+                self._release(free)
+                break
             try:
-                self._polling = True
-                messages = self.sqs.receive_message(
-                    QueueUrl=self.queue_url,
-                    MaxNumberOfMessages=min(free, 10),
-                    WaitTimeSeconds=0 if stop_when_idle and received else self.wait_time_seconds,
-                    VisibilityTimeout=self.visibility_seconds,
-                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                ).get("Messages", [])
+                messages = poll.result().get("Messages", [])
                 backoff = 0.5
             except (ClientError, BotoCoreError) as e:
                 self._release(free)
@@ -123,23 +119,35 @@ class Runner:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 20)
                 continue
-            except _Interrupted:
-                self._release(free)
-                raise
-            finally:
-                self._polling = False
             self._release(free - len(messages))
             if not messages:
                 if stop_when_idle and not self._running:
                     break
                 continue
             for message in messages:
-                received += 1
+                self.received += 1
                 fut = pool.submit(self._handle, message)
                 with self._lock:
                     self._running.add(fut)
                 fut.add_done_callback(self._done)
-        return received
+
+    def _receive_in_background(self, **kwargs: Any) -> Future:
+        """The long poll in a daemon thread, so a stop (or the process exit) never waits for it."""
+        poll: Future = Future()
+
+        def receive() -> None:
+            try:
+                poll.set_result(self.sqs.receive_message(**kwargs))
+            except BaseException as e:  # handed to the main loop through the future
+                poll.set_exception(e)
+
+        threading.Thread(target=receive, name="sqs-poll", daemon=True).start()
+        return poll
+
+    def _give_back(self, poll: Future) -> None:
+        if poll.exception() is None:
+            for message in poll.result().get("Messages", []):
+                self._make_visible(message["ReceiptHandle"])
 
     def _drain(self) -> None:
         """Let running tasks finish within the grace period, then stop them (cold)."""

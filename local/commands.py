@@ -92,8 +92,12 @@ def demo(aws_port: int = DEFAULT_AWS_PORT) -> int:
             "\nthe stack keeps running: insert more rows with the aws CLI (see README); Ctrl-C to stop",
             flush=True,
         )
-        if cfg.page_url:
-            print(f"terminal page: {cfg.page_url}", flush=True)
+        if cfg.page_url and cfg.env.get("TOKEN_SECRET"):
+            from shared import tokens
+
+            token = tokens.mint(cfg.env["TOKEN_SECRET"], sub="demo", task=task_id, ttl=3600)
+            print(f"refine it live in the terminal page: {cfg.page_url}?token={token}", flush=True)
+            print(f"  or from this shell: .venv/bin/aipm terminal {task_id}", flush=True)
         _wait_for_signal()
         return 0 if final.get("status") == "complete" else 1
     finally:

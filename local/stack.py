@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from local.gitremote import ensure_bare_remote
 from local.lambdas import ROOT, LocalFunction
-from local.motoserver import MotoServer
+from local.motoserver import LOCAL_CREDENTIALS, MotoServer
 from local.poller import Schedule, SqsPoller, StreamPoller
 from shared import aws
 
@@ -109,6 +109,8 @@ class LocalStack:
 
         base_env = {
             "AWS_ENDPOINT_URL": endpoint,
+            # the local AWS takes any credentials; these dummies keep clients from looking for real ones
+            **LOCAL_CREDENTIALS,
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
             "TABLE_NAME": res.table_name,
