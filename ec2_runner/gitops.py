@@ -226,8 +226,3 @@ class GitWorkspace:
             if sha and not body.startswith("WIP: ") and trailer in body.splitlines():
                 return sha
         return None
-
-    def remote_head(self, branch: str) -> str | None:
-        """The remote's head of ``branch``, or None (used by tests and the WIP logic)."""
-        out = self.repo.git.ls_remote("origin", f"refs/heads/{branch}")
-        return out.split()[0] if out else None

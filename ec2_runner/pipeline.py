@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
+from ec2_runner.agents import Agent
 from ec2_runner.gitops import Checkout, GitOpError, GitWorkspace, PushConflictError, safe_dir_name
 from shared.branches import UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
@@ -33,10 +33,6 @@ class Outcome(Enum):
     WAITING = "waiting"  # another task holds the branch; its end wakes this one
     RELEASED = "released"  # given back as pending (shutdown); the message should be visible again
     LEASE_LOST = "lease-lost"  # another runner took the row over; it owns the outcome now
-
-
-class AgentLike(Protocol):
-    def run(self, prompt: str, cwd: Path, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -108,7 +104,7 @@ class TaskPipeline:
         self,
         store: TaskStore,
         workspace: GitWorkspace,
-        agent: AgentLike,
+        agent: Agent,
         runner_id: str,
         options: PipelineOptions,
         dispatcher: Dispatcher | None = None,

@@ -339,7 +339,7 @@ class LocalGateway:
                             {
                                 "message": "Internal server error",
                                 "connectionId": conn.connection_id,
-                                "requestId": event["requestContext"]["requestId"],
+                                "requestId": event["requestContext"]["requestId"],  # type: ignore[index]
                             }
                         )
                     )

@@ -8,7 +8,7 @@ import boto3
 from botocore.config import Config
 
 # botocore's standard mode retries throttling and 5xx with exponential backoff and jitter
-_RETRY = {"mode": "standard", "max_attempts": 8}
+_RETRY: Any = {"mode": "standard", "max_attempts": 8}
 
 
 def client(
@@ -22,6 +22,5 @@ def client(
     """A boto3 client for ``service``; ``endpoint_url`` None means the real AWS endpoint
     (or ``AWS_ENDPOINT_URL`` from the environment, which boto3 honours itself)."""
     cfg = Config(retries=_RETRY, read_timeout=read_timeout, connect_timeout=5, **config)
-    return boto3.session.Session().client(
-        service, region_name=region, endpoint_url=endpoint_url or None, config=cfg
-    )
+    session: Any = boto3.session.Session()  # the service is a runtime string, not a stubbed literal
+    return session.client(service, region_name=region, endpoint_url=endpoint_url or None, config=cfg)
