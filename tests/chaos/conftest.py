@@ -78,6 +78,7 @@ class Chaos:
     logs: Path
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)  # runner index -> process
     kills: list[tuple[float, int]] = field(default_factory=list)  # (time, pid) of every SIGKILL
+    exits: list[tuple[float, int]] = field(default_factory=list)  # (time, pid) of runners seen gone
     started: float = field(default_factory=time.monotonic)
 
     # -- runners ----------------------------------------------------------------------------
@@ -95,6 +96,13 @@ class Chaos:
         self.kills.append((time.time(), pid))
         proc.wait(timeout=10)
         return pid
+
+    def wait_exit(self, index: int, timeout: float = 30) -> int:
+        """Wait for runner ``index`` to end by itself; its exit code. Its agents ended by then."""
+        proc = self.procs[index]
+        code = proc.wait(timeout=timeout)
+        self.exits.append((time.time(), proc.pid))
+        return code
 
     def runner_lines(self) -> list[dict]:
         lines = []
@@ -160,8 +168,8 @@ class Chaos:
 
     def double_owned(self, ids: list[str]) -> list[str]:
         """Tasks whose agent runs overlapped in time. A run without an end died with its runner
-        (PR_SET_PDEATHSIG) at that runner's SIGKILL; with neither, it counts as running forever."""
-        killed_at = {pid: t for t, pid in self.kills}
+        (PR_SET_PDEATHSIG) at that runner's SIGKILL or exit; with neither, it counts as running forever."""
+        killed_at = {pid: t for t, pid in self.kills + self.exits}
         per_task: dict[str, list[tuple[float, float]]] = {}
         for run in self.agent_runs(ids):
             end = run.end if run.end is not None else killed_at.get(run.ppid, float("inf"))
