@@ -53,7 +53,10 @@ def test_attach_runs_the_users_terminal_in_raw_mode(moto_endpoint: str, tmp_path
             child.expect(r"\$ ")
             child.send("stty size\r")
             child.expect("31 97")
+            child.expect(r"\$ ")
             child.setwinsize(40, 111)
+            # bash redraws its prompt once the resize reached its pty; type after that, as a person would
+            child.expect(r"\x1b\[K")
             child.send("stty size\r")
             child.expect("40 111")
             child.send("\x1d")
