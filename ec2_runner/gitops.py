@@ -70,6 +70,7 @@ class GitWorkspace:
         self._author = (author_name, author_email)
         # fetch, worktree add/remove touch shared refs and admin files of the one clone
         self._lock = threading.Lock()
+        self._held: set[Path] = set()
         self.repo = self._open_or_clone()
 
     def _open_or_clone(self) -> git.Repo:
@@ -93,8 +94,14 @@ class GitWorkspace:
         """A fresh worktree for ``branch`` (call check_branch first), detached at the remote head,
         or at the default branch when the remote has no such branch yet. ``start_sha`` (the WIP
         commit of an earlier attempt, pushed to ``start_ref``) wins when it can be had."""
-        path = self.worktrees_dir / safe_dir_name(name)
         with self._lock:
+            path = self.worktrees_dir / safe_dir_name(name)
+            # a worktree still held (a running task, an open or kept terminal session) is never
+            # replaced: the newcomer gets a folder of its own
+            n = 1
+            while path in self._held:
+                n += 1
+                path = self.worktrees_dir / f"{safe_dir_name(name)}-{n}"
             if path.exists():
                 self._remove_locked(path)
             existed = self._fetch_locked(branch)
@@ -115,6 +122,7 @@ class GitWorkspace:
                 self.repo.git.worktree("add", "--detach", "--force", str(path), base)
             except git.GitCommandError as e:
                 raise GitOpError(f"git worktree add failed: {_short(e)}") from e
+            self._held.add(path)
             sha = git.Repo(path).head.commit.hexsha
         logger.info(
             "worktree ready at %s (branch %s, base %s, branch existed: %s)", path, branch, sha[:12], existed
@@ -124,6 +132,7 @@ class GitWorkspace:
     def remove(self, path: Path) -> None:
         with self._lock:
             self._remove_locked(Path(path))
+            self._held.discard(Path(path))
 
     def _remove_locked(self, path: Path) -> None:
         try:

@@ -241,7 +241,9 @@ class SessionManager:
         await self._attach(sid, conn, frame.readOnly, frame.lastSeq)
 
     async def _start(self, session: Session, cols: int, rows: int) -> None:
-        name = f"term-{session.id}"
+        # a task's session opens where the task's agent ran (the same folder when it is free), so the
+        # agent's own per-directory conversation is there to resume: the user refines that very run
+        name = f"task-{session.task_id}" if session.task_id else f"term-{session.id}"
         session.path = path = await asyncio.to_thread(self._git.open_worktree, session.branch, name)
         if self.settings.show_git_status:
             self._feed(session, await asyncio.to_thread(_git_summary, path, session.branch))

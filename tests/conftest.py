@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,8 @@ os.environ.update(
     SAM_CLI_TELEMETRY="0",
 )
 os.environ.pop("AWS_PROFILE", None)
+# the fake Kiro CLI keeps its conversations outside the worktrees, as the real one does: not in ~
+os.environ.setdefault("FAKE_KIRO_HOME", tempfile.mkdtemp(prefix="fake-kiro-home-"))
 
 
 @pytest.fixture(scope="session")

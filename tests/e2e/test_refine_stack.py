@@ -76,6 +76,8 @@ def test_refine_a_finished_task_live_and_push_the_result(refine_stack: Any) -> N
         try:
             await browser.open(taskId=task_id, timeout=20)
             await browser.wait_text("interactive chat", timeout=20)
+            # the session opened where the task's agent ran: the agent resumes that very conversation
+            await browser.wait_text("Resumed the previous conversation", timeout=20)
             await browser.type('[fake:write path=refined.txt text="refined live"]\r')
             await browser.wait_text("[y/n/t]", timeout=20)  # the interactive agent asks, the user allows
             await browser.type("y\r")

@@ -130,3 +130,14 @@ def test_parallel_checkouts_in_one_clone(ws: GitWorkspace) -> None:
 def test_task_ids_never_escape_the_worktrees_dir(ws: GitWorkspace) -> None:
     co = ws.checkout("feature/esc", "../../../etc/evil")
     assert co.path.resolve().parent == ws.worktrees_dir.resolve()
+
+
+def test_a_held_worktree_is_never_replaced(ws: GitWorkspace) -> None:
+    """A task and a terminal session asking for the same folder each get their own."""
+    first = ws.checkout("feature/held", "task-same")
+    (first.path / "work.txt").write_text("in progress\n")
+    second = ws.checkout("feature/held", "task-same")
+    assert second.path != first.path and (first.path / "work.txt").exists()
+    ws.remove(first.path)
+    again = ws.checkout("feature/held", "task-same")
+    assert again.path == first.path and not (again.path / "work.txt").exists()
