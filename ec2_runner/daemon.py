@@ -28,6 +28,24 @@ logger = logging.getLogger(__name__)
 VISIBILITY_MARGIN = 5
 
 
+def log_transient_faults(client: Any) -> None:
+    """Say so when an AWS call fails and botocore retries it (its standard mode retries throttling,
+    5xx and connection errors with backoff, silently): an outage shows in the runner's log."""
+
+    def on_needs_retry(
+        attempts: int, operation: Any, response: Any = None, caught_exception: Any = None, **_: Any
+    ) -> None:
+        status = (response or (None, {}))[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if caught_exception is None and status < 500 and status != 429:
+            return  # a success, or an error botocore does not retry
+        reason = caught_exception or f"HTTP {status}"
+        logger.warning(
+            "AWS %s failed (attempt %d: %s); retrying with backoff", operation.name, attempts, reason
+        )
+
+    client.meta.events.register("needs-retry", on_needs_retry)
+
+
 class Runner:
     """Consumes task signals from one SQS queue and hands each to the pipeline."""
 
@@ -56,6 +74,10 @@ class Runner:
         self._lock = threading.Lock()
         self.received = 0
         self.outcomes: dict[str, int] = {}
+        log_transient_faults(sqs)
+        ddb = getattr(getattr(pipeline, "store", None), "_ddb", None)
+        if ddb is not None and hasattr(ddb, "meta"):
+            log_transient_faults(ddb)
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, cold: bool = False) -> None:
