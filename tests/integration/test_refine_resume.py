@@ -66,9 +66,7 @@ def test_disconnect_and_resume_lose_nothing_in_a_5mb_burst(
             xs = body.count("x")
             assert xs == BURST, f"got {xs} of {BURST} bytes"
             assert "output_lost" not in error_codes(second)
-            print(
-                f"\n5 MB burst, reconnect included: {elapsed:.2f} s ({BURST / elapsed / 1e6:.1f} MB/s)"
-            )
+            print(f"\n5 MB burst, reconnect included: {elapsed:.2f} s ({BURST / elapsed / 1e6:.1f} MB/s)")
             await second.close()
 
         asyncio.run(scenario())
