@@ -35,7 +35,8 @@ def log_transient_faults(client: Any) -> None:
     def on_needs_retry(
         attempts: int, operation: Any, response: Any = None, caught_exception: Any = None, **_: Any
     ) -> None:
-        status = (response or (None, {}))[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        parsed: dict[str, Any] = response[1] if response else {}
+        status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if caught_exception is None and status < 500 and status != 429:
             return  # a success, or an error botocore does not retry
         reason = caught_exception or f"HTTP {status}"

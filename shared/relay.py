@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 RUNNERS_KEY = "#runners"
 ROUTE_PREFIX = "route#"
+RATE_PREFIX = "rate#"
+ROUTE_CACHE_SECONDS = 5.0  # per-connection, per-second input counters
 SESSION_INDEX = "sessionId-index"
 
 
@@ -185,37 +187,18 @@ class ConnectionStore:
     def take_input_token(self, connection_id: str, limit: int) -> bool:
         """Count one input frame in this second's window; False once ``limit`` is reached.
 
-        Two conditional writes at most; works across any number of concurrent relay instances.
+        One atomic counter per connection and second (an ``ADD`` on its own item, expiring by TTL):
+        a single write per frame, exact across any number of concurrent relay instances.
         """
-        window = str(int(self._clock()))
-        key = {"connectionId": {"S": connection_id}}
-        try:
-            self._ddb.update_item(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression="SET rw = :w, rc = :one",
-                ConditionExpression=(
-                    "attribute_exists(connectionId) AND (attribute_not_exists(rw) OR rw <> :w)"
-                ),
-                ExpressionAttributeValues={":w": {"N": window}, ":one": {"N": "1"}},
-            )
-            return True
-        except ClientError as e:
-            if not _conditional(e):
-                raise
-        try:
-            self._ddb.update_item(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression="ADD rc :one",
-                ConditionExpression="attribute_exists(connectionId) AND rw = :w AND rc < :n",
-                ExpressionAttributeValues={":w": {"N": window}, ":one": {"N": "1"}, ":n": {"N": str(limit)}},
-            )
-            return True
-        except ClientError as e:
-            if not _conditional(e):
-                raise
-            return False
+        now = self._clock()
+        resp = self._ddb.update_item(
+            TableName=self.table,
+            Key={"connectionId": {"S": f"{RATE_PREFIX}{connection_id}#{int(now)}"}},
+            UpdateExpression="ADD rc :one SET expiresAt = :exp",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(int(now) + 60)}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(resp["Attributes"]["rc"]["N"]) <= limit
 
     def route(self, session_id: str) -> str | None:
         resp = self._ddb.get_item(
@@ -335,10 +318,31 @@ class Poster:
 class Relay:
     """What ``$connect``, ``$disconnect`` and ``$default`` do; handlers only parse and call in."""
 
-    def __init__(self, store: ConnectionStore, poster: Poster, input_rate: int = 50) -> None:
+    def __init__(
+        self,
+        store: ConnectionStore,
+        poster: Poster,
+        input_rate: int = 50,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.poster = poster
         self.input_rate = input_rate
+        self._clock = clock
+        # session -> (runner connection, when read): a warm instance skips the route read per
+        # keystroke; a stale entry shows itself as a GoneException and is read again
+        self._routes: dict[str, tuple[str, float]] = {}
+
+    def _route(self, session: str, fresh: bool = False) -> str | None:
+        cached = self._routes.get(session)
+        if cached and not fresh and self._clock() - cached[1] < ROUTE_CACHE_SECONDS:
+            return cached[0]
+        runner = self.store.route(session)
+        if runner is None:
+            self._routes.pop(session, None)
+        else:
+            self._routes[session] = (runner, self._clock())
+        return runner
 
     # $connect / $disconnect ------------------------------------------------------------------
     def connect(self, ident: Identity) -> None:
@@ -416,15 +420,19 @@ class Relay:
         assert session is not None
         if isinstance(frame, fr.OpenFrame):
             return self._open(ident, session, stamped, endpoint)
-        runner = self.store.route(session)
-        if runner is None or not self.poster.post(endpoint, runner, fr.encode(stamped)):
+        text = fr.encode(stamped)
+        for fresh in (False, True):
+            runner = self._route(session, fresh)
+            if runner is not None and self.poster.post(endpoint, runner, text):
+                return None
             if runner is not None:
                 self._runner_gone(runner, session)
-            self._send(
-                endpoint,
-                ident.connection_id,
-                fr.ExitFrame(sessionId=session, code=-1, reason="no runner holds this session"),
-            )
+        self._send(
+            endpoint,
+            ident.connection_id,
+            fr.ExitFrame(sessionId=session, code=-1, reason="no runner holds this session"),
+        )
+        return None
 
     def _open(self, ident: Identity, session: str, frame: fr.OpenFrame, endpoint: str) -> None:
         for _ in range(3):
@@ -437,6 +445,7 @@ class Relay:
                     )
                 runner = self.store.claim_route(session, random.choice(runners))
             if self.poster.post(endpoint, runner, fr.encode(frame)):
+                self._routes[session] = (runner, self._clock())
                 return None
             self._runner_gone(runner, session)
         return self._refuse(endpoint, ident, "no_runner", "no runner answered; try again later", session)
@@ -444,6 +453,7 @@ class Relay:
     def _runner_gone(self, runner: str, session: str | None) -> None:
         logger.info("runner connection %s is gone; cleaning it", runner)
         self.store.remove(runner)
+        self._routes = {k: v for k, v in self._routes.items() if v[0] != runner}
         if session:
             self.store.drop_route(session, runner)
 
@@ -456,6 +466,7 @@ class Relay:
         if isinstance(frame, fr.HelloFrame):
             for sid in frame.sessions:
                 self.store.set_route(sid, ident.connection_id)
+                self._routes[sid] = (ident.connection_id, self._clock())
             self.store.runner_holds(ident.connection_id, frame.sessions)
             return None
         if isinstance(frame, fr.OpenedFrame):
@@ -463,6 +474,7 @@ class Relay:
         elif isinstance(frame, fr.ExitFrame):
             self.store.runner_holds(ident.connection_id, [frame.sessionId], add=False)
             self.store.drop_route(frame.sessionId, ident.connection_id)
+            self._routes.pop(frame.sessionId, None)
         session = getattr(frame, "sessionId", None)
         targets = list(frame.to) or (self.store.browsers(session) if session else [])
         text = fr.for_browser(frame)

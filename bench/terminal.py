@@ -1,0 +1,113 @@
+"""Terminal echo and output throughput through the local API Gateway stand-in.
+
+Browser -> gateway -> $default Lambda (relay) -> the runner's WebSocket -> pty -> runner -> gateway
+-> browser, every hop real: the relay handlers in-process as the gateway calls them, the connections
+table in moto over HTTP, the runner's terminal service with bash in a pty over a real git worktree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from ec2_runner.gitops import GitWorkspace
+from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
+from ec2_runner.ws_client import TerminalService
+from local.deploy import deploy
+from local.gateway import LocalGateway
+from local.gitremote import ensure_bare_remote
+from shared import frames as fr
+from shared import tokens
+
+SHELL = ["/bin/bash", "--norc", "--noprofile"]
+SHELL_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "TERM": "xterm-256color",
+    "PS1": "$ ",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+}
+
+
+class _Browser:
+    def __init__(self, ws: object) -> None:
+        self.ws = ws
+        self.reasm = fr.SeqReassembler()
+        self.text = ""
+        self.session_id: str | None = None
+
+    async def pump_until(self, done: object, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self):  # type: ignore[operator]
+            raw = await asyncio.wait_for(self.ws.recv(), max(deadline - time.monotonic(), 0.001))  # type: ignore[attr-defined]
+            frame = fr.decode(raw, role="runner")
+            if isinstance(frame, fr.OpenedFrame):
+                self.session_id = frame.sessionId
+                self.text += "".join(self.reasm.start(frame.nextSeq))
+            elif isinstance(frame, fr.OutputFrame):
+                self.text += "".join(self.reasm.push(frame.seq, frame.data))
+
+    async def type(self, data: str) -> None:
+        await self.ws.send(fr.encode(fr.InputFrame(sessionId=self.session_id, data=data)))  # type: ignore[attr-defined]
+
+
+def measure(endpoint: str, workdir: Path, echo_samples: int = 30, burst_bytes: int = 5_000_000) -> dict:
+    """Echo latencies (s) of single keystrokes and the throughput (bytes/s) of a burst of output."""
+    res = deploy(endpoint, "us-east-1", stack_name="aipm-bench-term")
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "CONNECTIONS_TABLE": str(res.connections_table),
+        "TOKEN_SECRET": "bench-token-secret-0123456789abcdef",
+        "RUNNER_SECRET": "bench-runner-secret-0123456789abcdef",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+    gw = LocalGateway(env, port=0).start()
+    remote = ensure_bare_remote(workdir / "term-remote.git")
+    ws_git = GitWorkspace(workdir / "term-clone", str(remote), workdir / "term-worktrees")
+
+    def sessions() -> SessionManager:
+        return SessionManager(
+            TerminalSettings(show_git_status=False),
+            argv_for=lambda resume: list(SHELL),
+            git=GitCallables.from_workspace(ws_git),
+            env=SHELL_ENV,
+        )
+
+    svc = TerminalService(gw.ws_url, env["RUNNER_SECRET"], "bench-runner", sessions).start()
+    try:
+        while not gw.max_message_by_role.get("runner"):  # the runner's hello has reached the relay
+            time.sleep(0.01)
+        token = tokens.mint(env["TOKEN_SECRET"], sub="bench", branch="bench/terminal", ttl=300)
+        return asyncio.run(_scenario(gw.ws_url, token, echo_samples, burst_bytes))
+    finally:
+        svc.stop()
+        gw.stop()
+
+
+async def _scenario(ws_url: str, token: str, samples: int, burst: int) -> dict:
+    async with connect(f"{ws_url}?token={token}", max_size=None, ping_interval=None) as ws:
+        b = _Browser(ws)
+        await ws.send(fr.encode(fr.OpenFrame(branch="bench/terminal", cols=200, rows=50)))
+        await b.pump_until(lambda x: x.text.endswith("$ "), 20)
+        echoes = []
+        for i in range(samples):
+            key = "abcdefghij"[i % 10]
+            seen = len(b.text)
+            t0 = time.perf_counter()
+            await b.type(key)
+            await b.pump_until(lambda x, s=seen, k=key: k in x.text[s:], 10)
+            echoes.append(time.perf_counter() - t0)
+        await b.type("\x15")  # Ctrl-U: clear the typed line
+        command = f"head -c {burst} /dev/zero | tr '\\0' y; echo; echo END-OF-BURST\r"
+        seen = len(b.text)
+        t0 = time.perf_counter()
+        await b.type(command)
+        await b.pump_until(lambda x, s=seen: "\nEND-OF-BURST" in x.text[s:], 120)
+        elapsed = time.perf_counter() - t0
+        received = b.text[seen:].count("y")
+    return {"echo": echoes, "burst_seconds": elapsed, "burst_bytes": received}
