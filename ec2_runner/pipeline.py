@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from ec2_runner.agents import Agent
@@ -138,6 +139,15 @@ class TaskPipeline:
         except ClaimLostError:
             logger.info("not claimable (owned by another runner or already ended); dropping the signal")
             return Outcome.NOT_CLAIMABLE
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ValidationException":
+                raise
+            # the row itself cannot take the claim (e.g. attempts is not a number): retrying the
+            # signal would fail the same way until the DLQ; fail it now with the reason instead
+            error = f"the row cannot be claimed: {e.response['Error'].get('Message', e)}"
+            logger.error("task failed: %s", error)
+            self.store.fail_unowned(task_id, error)
+            return Outcome.FAILED
         attempt = int(row.get("attempts") or 1)
         logger.info("claimed (attempt %d)", attempt)
 

@@ -204,7 +204,7 @@ class Chaos:
         return time.monotonic() - self.started
 
 
-def summary(capsys: pytest.CaptureFixture[str], scenario: str, **figures: Any) -> str:
+def summary(capsys: Any, scenario: str, **figures: Any) -> str:
     """The scenario's one-line summary, printed past pytest's capture so it reads in any run."""
     parts = [f"{k}={v:.1f}s" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()]
     line = f"[chaos] {scenario}: " + " ".join(parts)
