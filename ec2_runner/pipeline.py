@@ -150,6 +150,8 @@ class TaskPipeline:
             return Outcome.FAILED
         attempt = int(row.get("attempts") or 1)
         logger.info("claimed (attempt %d)", attempt)
+        if self._yield_branch(task_id, attempt, row):
+            return Outcome.WAITING
 
         def renew() -> None:
             self.store.renew(task_id, self.runner_id, attempt, self.options.lease_seconds)
@@ -178,6 +180,26 @@ class TaskPipeline:
                 logger.info(
                     "branch %s is being worked on by task %s; this task waits for it", branch, other["id"]
                 )
+                return True
+        return False
+
+    def _yield_branch(self, task_id: str, attempt: int, row: dict) -> bool:
+        """After the claim: when another task of the branch holds a live claim made earlier (the
+        check before the claim raced with it), give this one back as pending and let it wait.
+        Both claimants order themselves by (startedAt, id) the same way, so exactly one yields."""
+        branch = row.get("branch")
+        if not isinstance(branch, str) or not branch:
+            return False
+        mine = (str(row.get("startedAt") or ""), task_id)
+        now = time.time()
+        for other in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch):
+            lease = other.get("leaseExpiresAt")
+            if other.get("id") == task_id or not (isinstance(lease, int | float) and lease > now):
+                continue
+            if (str(other.get("startedAt") or ""), str(other.get("id"))) < mine:
+                note = f"waiting: branch {branch} is being worked on by task {other['id']}"
+                self.store.release(task_id, self.runner_id, attempt, note)
+                logger.info("claimed together with task %s on branch %s; this one waits", other["id"], branch)
                 return True
         return False
 
