@@ -28,7 +28,7 @@ def record_handler(record: DynamoDBRecord) -> None:
             stream.new_image if stream else None,
             stream.old_image if stream else None,
         )
-    except (MalformedRecordError, TypeError, ValueError, KeyError, AttributeError) as e:
+    except (MalformedRecordError, TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as e:
         # a record we can never turn into a signal: retrying it would only block the shard
         logger.warning(
             "skipping malformed stream record", record_id=record.raw_event.get("eventID"), reason=str(e)

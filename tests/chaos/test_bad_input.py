@@ -36,7 +36,7 @@ def test_malformed_corpus_is_logged_or_failed_and_the_queue_keeps_flowing(
     chaos_factory: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     stream, bodies, rows = (
-        [c for c in corpus("malformed_stream_records") if "known_issue" not in c],
+        corpus("malformed_stream_records"),
         corpus("malformed_sqs_bodies"),
         corpus("malformed_rows"),
     )
@@ -162,9 +162,8 @@ def test_malformed_corpus_is_logged_or_failed_and_the_queue_keeps_flowing(
     assert not Path("/tmp/chaos-pwned").exists()
 
 
-@pytest.mark.xfail(reason="known issue in functions/dispatch, see the corpus' known_issue", strict=True)
-def test_stream_records_with_known_issues_are_skipped_without_failing_the_batch(chaos_factory: Any) -> None:
-    known = [c for c in corpus("malformed_stream_records") if "known_issue" in c]
+def test_stream_records_with_bad_numbers_are_skipped_without_failing_the_batch(chaos_factory: Any) -> None:
+    known = [c for c in corpus("malformed_stream_records") if "regression" in c]
     assert known
     chaos: Chaos = chaos_factory("knownbad")
     for case in known:
