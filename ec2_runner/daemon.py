@@ -7,6 +7,7 @@ rows back as ``pending`` and make their messages visible again. A second signal 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -45,6 +46,13 @@ def log_transient_faults(client: Any) -> None:
         )
 
     client.meta.events.register("needs-retry", on_needs_retry)
+
+
+def _receive_count(message: dict) -> int:
+    try:
+        return int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 class Runner:
@@ -121,7 +129,9 @@ class Runner:
                 continue
             poll = self._receive_in_background(
                 QueueUrl=self.queue_url,
-                MaxNumberOfMessages=min(free, 10),
+                # one message per receive: messages received together would become visible together
+                # again if their runner died, and keep sharing one runner's fate (a poison's slot-mate)
+                MaxNumberOfMessages=1,
                 WaitTimeSeconds=0 if stop_when_idle and self.received else self.wait_time_seconds,
                 VisibilityTimeout=self.visibility_seconds,
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
@@ -148,11 +158,33 @@ class Runner:
                     break
                 continue
             for message in messages:
+                # received before: its runner may have died of it (a poison task), so it runs alone
+                # and cannot take a slot-mate down with it
+                suspect = _receive_count(message) > 1
+                if suspect:
+                    self._wait_alone(message)
                 self.received += 1
                 fut = pool.submit(self._handle, message)
                 with self._lock:
                     self._running.add(fut)
                 fut.add_done_callback(self._done)
+                if suspect:
+                    while not fut.done() and not self._stopping.is_set():
+                        wait([fut], timeout=0.2)
+
+    def _wait_alone(self, message: dict) -> None:
+        """Wait until no other task runs here, keeping ``message`` hidden meanwhile."""
+        last = time.monotonic()
+        while self._running and not self._stopping.is_set():
+            wait(list(self._running), timeout=0.2)
+            if time.monotonic() - last > self.visibility_seconds / 3:
+                last = time.monotonic()
+                with contextlib.suppress(ClientError, BotoCoreError):
+                    self.sqs.change_message_visibility(
+                        QueueUrl=self.queue_url,
+                        ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=self.visibility_seconds,
+                    )
 
     def _receive_in_background(self, **kwargs: Any) -> Future:
         """The long poll in a daemon thread, so a stop (or the process exit) never waits for it."""

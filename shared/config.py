@@ -30,7 +30,12 @@ class DispatchSettings(AwsSettings):
 
 
 class DeadLetterSettings(AwsSettings):
-    """The dead-letter function: only the queue table (it reads and fails rows)."""
+    """The dead-letter function: the queue table (it reads and fails rows) and, for tasks whose
+    receives mostly never reached a claim, the task queue (it signals them once more)."""
+
+    task_queue_url: str | None = Field(default=None, validation_alias="TASK_QUEUE_URL")
+    max_receive_count: int = Field(default=5, ge=1, validation_alias="MAX_RECEIVE_COUNT")
+    max_requeues: int = Field(default=2, ge=0, validation_alias="MAX_REQUEUES")
 
 
 class ReconcilerSettings(AwsSettings):

@@ -130,3 +130,4 @@ class TaskSignal(BaseModel):
 
     taskId: str = Field(min_length=1, max_length=256)  # noqa: N815
     reason: str = "insert"
+    requeues: int = Field(default=0, ge=0)  # times the dead-letter handler signalled it afresh

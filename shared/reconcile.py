@@ -103,17 +103,30 @@ class DeadLetterOutcome(BaseModel):
     task_id: str
     failed: bool  # the row was marked failed by this call
     error: str | None = None  # the error written, when it was
+    requeued: bool = False  # signalled afresh instead: most receives never reached a claim
     note: str = ""  # why not, when it was not
 
 
 def give_up(
-    store: TaskStore, task_id: str, receive_count: int, clock: Callable[[], float] = time.time
+    store: TaskStore,
+    task_id: str,
+    receive_count: int,
+    clock: Callable[[], float] = time.time,
+    *,
+    dispatcher: Dispatcher | None = None,
+    max_receive_count: int | None = None,
+    requeues: int = 0,
+    max_requeues: int = 2,
 ) -> DeadLetterOutcome:
     """Mark the task ``failed`` with "gave up after N attempts: <last error>" unless it already ended.
 
     N is the larger of the signal's receive count and the row's ``attempts``. A row still held under
     a live lease raises LeaseStillLiveError, so the dead letter is retried instead of pulling the
     row from under a working runner.
+
+    A task whose receives mostly never reached a claim (``attempts`` below ``max_receive_count``:
+    its signal sat in a runner that a poison task took down, say) is not the poison: with a
+    ``dispatcher`` it is signalled afresh instead, at most ``max_requeues`` times.
     """
     try:
         row = store.get(task_id)
@@ -126,7 +139,12 @@ def give_up(
     if status == TaskStatus.PROCESSING.value and isinstance(lease, int | float) and lease > clock():
         raise LeaseStillLiveError(f"task {task_id} is processing under a lease until {iso_at(lease)}")
     attempts = row.get("attempts")
-    n = max(receive_count, attempts if isinstance(attempts, int) else 0)
+    claims = attempts if isinstance(attempts, int) else 0
+    if dispatcher and max_receive_count and claims < max_receive_count and requeues < max_requeues:
+        reason = f"requeued from the DLQ: {receive_count} receives but {claims} attempts"
+        dispatcher.send(TaskSignal(taskId=task_id, reason=reason, requeues=requeues + 1))
+        return DeadLetterOutcome(task_id=task_id, failed=False, requeued=True, note=reason)
+    n = max(receive_count, claims)
     error = f"gave up after {n} attempts: {row.get('error') or NO_ERROR}"
     if store.fail_unowned(task_id, error):
         return DeadLetterOutcome(task_id=task_id, failed=True, error=error)

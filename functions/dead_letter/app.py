@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from shared import aws
 from shared.config import DeadLetterSettings
+from shared.dispatch import Dispatcher
 from shared.models import TaskSignal
 from shared.reconcile import give_up
 from shared.store import TaskStore
@@ -20,6 +21,14 @@ processor = BatchProcessor(event_type=EventType.SQS)
 store = TaskStore(
     aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
     settings.table_name,
+)
+dispatcher = (
+    Dispatcher(
+        aws.client("sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
+        settings.task_queue_url,
+    )
+    if settings.task_queue_url
+    else None
 )
 
 
@@ -38,9 +47,19 @@ def record_handler(record: SQSRecord) -> None:
     logger.append_keys(task_id=signal.taskId)
     try:
         # a LeaseStillLiveError propagates: the record is reported failed and comes back later
-        outcome = give_up(store, signal.taskId, int(record.attributes.approximate_receive_count or 0))
+        outcome = give_up(
+            store,
+            signal.taskId,
+            int(record.attributes.approximate_receive_count or 0),
+            dispatcher=dispatcher,
+            max_receive_count=settings.max_receive_count,
+            requeues=signal.requeues,
+            max_requeues=settings.max_requeues,
+        )
         if outcome.failed:
             logger.warning("task given up", error=outcome.error)
+        elif outcome.requeued:
+            logger.warning("task signalled afresh", note=outcome.note)
         else:
             logger.info("dead letter needs no change", note=outcome.note)
     finally:

@@ -48,21 +48,7 @@ class Supervisor:
                     self.chaos.start_runner(index)
 
 
-@pytest.mark.parametrize(
-    "slots",
-    [
-        1,
-        pytest.param(
-            2,
-            marks=pytest.mark.xfail(
-                reason="known: a poison task that kills its runner also kills the tasks in the runner's "
-                "other slots; received in the same batch each time, a slot-mate can share its fate up "
-                "to the DLQ",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("slots", [1, 2])
 def test_poison_task_lands_in_the_dlq_and_fails_while_the_others_complete(
     chaos_factory: Any, capsys: pytest.CaptureFixture[str], slots: int
 ) -> None:

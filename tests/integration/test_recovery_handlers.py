@@ -65,8 +65,10 @@ def test_canonical_dlq_event_gives_the_task_up(
     fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
 ) -> None:
     """events/sqs_dlq.json (received 5 times) -> failed, "gave up after 5 attempts: <last error>"."""
-    task_id = add_row(store, id=json.loads(load_event("sqs_dlq.json")["Records"][0]["body"])["taskId"])
-    store.claim(task_id, "runner-1", lease_seconds=-1)  # claimed once, then its runner vanished
+    task_id = add_row(
+        store, id=json.loads(load_event("sqs_dlq.json")["Records"][0]["body"])["taskId"], attempts=4
+    )
+    store.claim(task_id, "runner-1", lease_seconds=-1)  # its fifth claim, then its runner vanished
     app = load_handler("dead_letter", fresh_stack)
 
     result = app.lambda_handler(load_event("sqs_dlq.json"), lambda_context)
@@ -76,6 +78,33 @@ def test_canonical_dlq_event_gives_the_task_up(
     assert row["status"] == "failed"
     assert row["error"] == "gave up after 5 attempts: no error recorded"
     assert row["finishedAt"]
+
+
+def test_a_task_whose_receives_never_reached_a_claim_is_signalled_afresh(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any, sqs: Any
+) -> None:
+    """Received 5 times, claimed once (it sat in runners a poison task took down): not the poison.
+    It gets a fresh signal (bounded by MAX_REQUEUES), and a signal already requeued twice gives up."""
+    victim = add_row(store)
+    store.claim(victim, "runner-1", lease_seconds=-1)
+    app = load_handler("dead_letter", fresh_stack)
+
+    assert app.lambda_handler(dlq_event(victim, receive_count=5), lambda_context) == {"batchItemFailures": []}
+
+    assert store.get(victim)["status"] == "processing"  # untouched: the fresh signal reclaims it
+    bodies = [
+        json.loads(m["Body"])
+        for m in sqs.receive_message(
+            QueueUrl=fresh_stack.task_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", [])
+    ]
+    assert [(b["taskId"], b["requeues"]) for b in bodies] == [(victim, 1)]
+    assert "5 receives but 1 attempts" in bodies[0]["reason"]
+
+    spent = dlq_event(victim, receive_count=5)
+    spent["Records"][0]["body"] = json.dumps({"taskId": victim, "reason": "requeued", "requeues": 2})
+    app.lambda_handler(spent, lambda_context)
+    assert store.get(victim)["error"] == "gave up after 5 attempts: no error recorded"
 
 
 def test_last_error_and_larger_attempt_count_are_reported(
@@ -110,7 +139,7 @@ def test_a_row_under_a_live_lease_is_retried_not_failed(
     """A runner still holds the task: the dead letter comes back later instead of failing its row."""
     working = add_row(store)
     store.claim(working, "runner-1", lease_seconds=300)
-    lost = add_row(store)
+    lost = add_row(store, attempts=5)  # tried as often as it was received: given up
     app = load_handler("dead_letter", fresh_stack)
 
     result = app.lambda_handler(dlq_event(working, lost), lambda_context)
