@@ -160,6 +160,17 @@ class GitWorkspace:
             return False
 
     # -- commit and push -------------------------------------------------------------------
+    def squash_onto_upstream(self, path: Path, branch: str) -> None:
+        """Fold the commits made on top of the branch (an earlier attempt's WIP) back into the
+        index, so the task ends as one commit on its branch."""
+        wt = git.Repo(path)
+        upstream = f"refs/remotes/origin/{branch}"
+        try:
+            wt.git.rev_parse("--verify", "--quiet", upstream)
+        except git.GitCommandError:
+            upstream = f"refs/remotes/origin/{self.default_branch}"
+        wt.git.reset("--soft", wt.git.merge_base("HEAD", upstream))
+
     def head(self, path: Path) -> str:
         return git.Repo(path).head.commit.hexsha
 

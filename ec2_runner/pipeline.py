@@ -294,6 +294,8 @@ class TaskPipeline:
                         )
                 return self._fail(task_id, attempt, result.error or "agent failed", tail)
             after = time.monotonic()
+            if task.wipSha and checkout.base_sha == task.wipSha:
+                self.workspace.squash_onto_upstream(checkout.path, task.branch)  # WIP + rest: one commit
             sha = self.workspace.commit_all(checkout.path, _commit_message(task))
             if sha is None and self.workspace.head(checkout.path) == checkout.base_sha:
                 if opts.fail_on_no_changes:

@@ -128,8 +128,14 @@ def test_sigterm_mid_task_gives_the_task_back_with_its_work_and_the_next_runner_
     assert not agent_alive and agent_pid not in agent_alive, f"{line}; agent left running: {agent_alive}"
     assert final["status"] == "complete", f"{line}; {final.get('error')}"
     assert final["attempts"] == 2, line
-    assert parent == wip, f"{line}: the second attempt must start from the WIP commit"
+    # the second attempt started from the WIP (its work is in the result) and the branch gets one
+    # commit for the task: the WIP folded into it, on the branch's own base
     assert "started by" in content and "finished by" in content, line
+    assert parent == chaos.remote().git.rev_parse(f"{wip}^"), (
+        f"{line}: the WIP must be squashed into one commit"
+    )
+    branch_log = chaos.remote().git.log("--format=%H", f"{parent}..{final['commitSha']}").split()
+    assert branch_log == [final["commitSha"]], line
 
 
 def test_push_conflict_fails_keeping_the_work_and_a_clean_move_is_rebased(
