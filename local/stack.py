@@ -181,7 +181,13 @@ class LocalStack:
             return {}, {}
         from local.gateway import start_local_gateway
 
-        gw = start_local_gateway(self, function_env, self.gateway_port)
+        try:
+            gw = start_local_gateway(self, function_env, self.gateway_port)
+        except OSError:
+            logger.warning(
+                "port %s is busy; the local WebSocket gateway takes a free port", self.gateway_port
+            )
+            gw = start_local_gateway(self, function_env, 0)
         self._parts.append(gw)
         urls = {"ws_url": gw.ws_url, "management_url": gw.management_url, "page_url": gw.page_url}
         env = {"WS_URL": gw.ws_url, "RUNNER_SECRET": gw.runner_secret, "TOKEN_SECRET": gw.token_secret}
