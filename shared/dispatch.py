@@ -49,5 +49,5 @@ class Dispatcher:
         self._queue_url = queue_url
 
     def send(self, signal: TaskSignal) -> str:
-        resp = self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=signal.model_dump_json())
+        resp = self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=signal.body())
         return resp["MessageId"]

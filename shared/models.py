@@ -131,3 +131,7 @@ class TaskSignal(BaseModel):
     taskId: str = Field(min_length=1, max_length=256)  # noqa: N815
     reason: str = "insert"
     requeues: int = Field(default=0, ge=0)  # times the dead-letter handler signalled it afresh
+
+    def body(self) -> str:
+        """The message body, ``{"taskId", "reason"}`` as in DESIGN.md; ``requeues`` once it counts."""
+        return self.model_dump_json(exclude={"requeues"} if not self.requeues else None)
