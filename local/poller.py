@@ -70,6 +70,29 @@ def passes(patterns: list[dict], event_record: dict) -> bool:
     return not patterns or any(matches(p, event_record) for p in patterns)
 
 
+class _Background:
+    """One daemon thread running ``_loop`` until ``stop()``; what every local event source shares."""
+
+    thread_name = "event-source"
+    join_seconds = 5.0
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=self.join_seconds)
+
+
 # -- the DynamoDB stream ----------------------------------------------------------------------
 def lambda_stream_record(raw: dict, stream_arn: str, region: str) -> dict:
     """A ``GetRecords`` record in the shape Lambda hands to a stream-triggered function."""
@@ -88,8 +111,10 @@ def lambda_stream_record(raw: dict, stream_arn: str, region: str) -> dict:
     }
 
 
-class StreamPoller:
+class StreamPoller(_Background):
     """Plays the event source mapping of a function on a table's stream."""
+
+    thread_name = "stream-poller"
 
     def __init__(
         self,
@@ -113,8 +138,7 @@ class StreamPoller:
         self.max_retries = max_retries
         self.poll_interval = poll_interval
         self.listeners = listeners or []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._iterators: dict[str, str] = {}
         self.delivered = 0
 
@@ -124,13 +148,7 @@ class StreamPoller:
             self._iterators[shard] = self.streams.get_shard_iterator(
                 StreamArn=self.stream_arn, ShardId=shard, ShardIteratorType=kind
             )["ShardIterator"]
-        self._thread = threading.Thread(target=self._loop, name="stream-poller", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        self._start_thread()
 
     def _shards(self) -> list[str]:
         desc = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]
@@ -215,8 +233,10 @@ def lambda_sqs_record(message: dict, queue_arn: str, region: str) -> dict:
     }
 
 
-class SqsPoller:
+class SqsPoller(_Background):
     """Plays an SQS event source mapping: long-poll, invoke, delete all but the reported failures."""
+
+    thread_name = "sqs-poller"
 
     def __init__(
         self,
@@ -234,21 +254,14 @@ class SqsPoller:
         self.region = region
         self.batch_size = batch_size
         self.wait_seconds = wait_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.queue_arn = ""
+        super().__init__()
 
     def start(self) -> None:
         self.queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
-        self._thread = threading.Thread(target=self._loop, name="sqs-poller", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=self.wait_seconds + 5)
+        self._start_thread()
 
     def poll_once(self, wait_seconds: int | None = None) -> int:
         messages = self.sqs.receive_message(
@@ -280,24 +293,19 @@ class SqsPoller:
                 self._stop.wait(1.0)
 
 
-class Schedule:
+class Schedule(_Background):
     """Plays an EventBridge schedule: calls ``invoke`` with a scheduled event every ``seconds``."""
+
+    thread_name = "schedule"
 
     def __init__(self, invoke: Callable[[dict], Any], seconds: float, region: str = "us-east-1") -> None:
         self.invoke = invoke
         self.seconds = seconds
         self.region = region
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="schedule", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        self._start_thread()
 
     def event(self) -> dict:
         return json.loads(
