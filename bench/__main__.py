@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 
 from bench.cases import ALIASES, BENCHMARKS, Plan, Row
 from bench.harness import Harness
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rows += BENCHMARKS[name](harness, plan)
             except Exception as e:  # report, never stop the other rows
-                rows.append(Row(name, f"error: {e}"[:60], "-", "-", "-", None, "0"))
+                rows.append(Row(name, f"error: {type(e).__name__}: {e}"[:60], "-", "-", "-", None, "0"))
+                traceback.print_exc()
             print(f"bench: {name} took {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
     finally:
         harness.stop()

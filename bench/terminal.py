@@ -2,34 +2,26 @@
 
 Browser -> gateway -> $default Lambda (relay) -> the runner's WebSocket -> pty -> runner -> gateway
 -> browser, every hop real: the relay handlers in-process as the gateway calls them, the connections
-table in moto over HTTP, the runner's terminal service with bash in a pty over a real git worktree.
+table in moto over HTTP, a real runner process (its terminal service runs bash in a pty over a git
+worktree of the local stack's remote).
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from ec2_runner.gitops import GitWorkspace
-from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
-from ec2_runner.ws_client import TerminalService
 from local.deploy import deploy
 from local.gateway import LocalGateway
-from local.gitremote import ensure_bare_remote
 from shared import frames as fr
 from shared import tokens
 
 SHELL = ["/bin/bash", "--norc", "--noprofile"]
-SHELL_ENV = {
-    "PATH": "/usr/bin:/bin",
-    "TERM": "xterm-256color",
-    "PS1": "$ ",
-    "HOME": "/tmp",
-    "LANG": "C.UTF-8",
-}
 
 
 class _Browser:
@@ -42,7 +34,13 @@ class _Browser:
     async def pump_until(self, done: object, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not done(self):  # type: ignore[operator]
-            raw = await asyncio.wait_for(self.ws.recv(), max(deadline - time.monotonic(), 0.001))  # type: ignore[attr-defined]
+            try:
+                raw = await asyncio.wait_for(self.ws.recv(), max(deadline - time.monotonic(), 0.001))  # type: ignore[attr-defined]
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no progress after {timeout} s: next seq {self.reasm.next_seq}, "
+                    f"held back {sorted(self.reasm._pending)[:5]}, text tail {self.text[-80:]!r}"
+                ) from None
             frame = fr.decode(raw, role="runner")
             if isinstance(frame, fr.OpenedFrame):
                 self.session_id = frame.sessionId
@@ -54,8 +52,15 @@ class _Browser:
         await self.ws.send(fr.encode(fr.InputFrame(sessionId=self.session_id, data=data)))  # type: ignore[attr-defined]
 
 
-def measure(endpoint: str, workdir: Path, echo_samples: int = 30, burst_bytes: int = 5_000_000) -> dict:
-    """Echo latencies (s) of single keystrokes and the throughput (bytes/s) of a burst of output."""
+def measure(
+    endpoint: str,
+    workdir: Path,
+    start_runner: Callable[[dict[str, str]], subprocess.Popen],
+    echo_samples: int = 30,
+    burst_bytes: int = 5_000_000,
+) -> dict:
+    """Echo latencies (s) of single keystrokes and the throughput (bytes/s) of a burst of output,
+    with the runner in its own process (``start_runner(env)``), as on its own machine in AWS."""
     res = deploy(endpoint, "us-east-1", stack_name="aipm-bench-term")
     env = {
         "AWS_ENDPOINT_URL": endpoint,
@@ -67,25 +72,27 @@ def measure(endpoint: str, workdir: Path, echo_samples: int = 30, burst_bytes: i
         "POWERTOOLS_TRACE_DISABLED": "true",
     }
     gw = LocalGateway(env, port=0).start()
-    remote = ensure_bare_remote(workdir / "term-remote.git")
-    ws_git = GitWorkspace(workdir / "term-clone", str(remote), workdir / "term-worktrees")
-
-    def sessions() -> SessionManager:
-        return SessionManager(
-            TerminalSettings(show_git_status=False),
-            argv_for=lambda resume: list(SHELL),
-            git=GitCallables.from_workspace(ws_git),
-            env=SHELL_ENV,
-        )
-
-    svc = TerminalService(gw.ws_url, env["RUNNER_SECRET"], "bench-runner", sessions).start()
+    runner = start_runner(
+        {
+            "WS_URL": gw.ws_url,
+            "RUNNER_SECRET": env["RUNNER_SECRET"],
+            "AGENT_INTERACTIVE_COMMAND": " ".join(SHELL),
+            "TERMINAL_GIT_STATUS": "false",
+            "TERMINAL_RESUME": "never",  # a shell has no conversation to resume
+            "PS1": "$ ",  # the session's shell inherits it through the agent's environment
+        }
+    )
     try:
+        deadline = time.monotonic() + 30
         while not gw.max_message_by_role.get("runner"):  # the runner's hello has reached the relay
-            time.sleep(0.01)
+            if time.monotonic() > deadline or runner.poll() is not None:
+                raise RuntimeError("the runner never connected to the gateway")
+            time.sleep(0.02)
         token = tokens.mint(env["TOKEN_SECRET"], sub="bench", branch="bench/terminal", ttl=300)
         return asyncio.run(_scenario(gw.ws_url, token, echo_samples, burst_bytes))
     finally:
-        svc.stop()
+        runner.terminate()
+        runner.wait(timeout=30)
         gw.stop()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import http
 import json
 import logging
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "web" / "index.html"
 MAX_MESSAGE = 128 * 1024
+RUNNER_CONCURRENCY = 8  # concurrent invocations for one runner connection's frames
 API_ID = "localws"
 ACCOUNT = "123456789012"
 
@@ -315,6 +317,8 @@ class LocalGateway:
         self._conns[conn.connection_id] = conn
         role = str(conn.authorizer.get("role", "unknown"))
         code, reason = 1000, ""
+        in_flight = asyncio.Semaphore(RUNNER_CONCURRENCY)
+        pending: set[asyncio.Task] = set()
         try:
             async for message in ws:
                 body = message if isinstance(message, str) else message.decode("utf-8", "replace")
@@ -330,22 +334,22 @@ class LocalGateway:
                     "body": body,
                     "isBase64Encoded": False,
                 }
-                try:
-                    await self._invoke(route, event)
-                except Exception:  # noqa: BLE001 - API Gateway logs an integration failure and carries on
-                    logger.exception("%s handler failed", route)
-                    await ws.send(
-                        json.dumps(
-                            {
-                                "message": "Internal server error",
-                                "connectionId": conn.connection_id,
-                                "requestId": event["requestContext"]["requestId"],  # type: ignore[index]
-                            }
-                        )
-                    )
+                if role == "runner":
+                    # API Gateway runs a connection's messages through concurrent invocations; the
+                    # runner's frames carry a seq for exactly that, so they are not serialised here
+                    await in_flight.acquire()
+                    task = asyncio.create_task(self._invoke_or_report(ws, conn, route, event))
+                    task.add_done_callback(lambda _t: in_flight.release())
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                else:
+                    # a browser's keystrokes keep their order (input frames carry no seq)
+                    await self._invoke_or_report(ws, conn, route, event)
         except ConnectionClosed:
             pass
         finally:
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
             if ws.close_code is not None:
                 code, reason = ws.close_code, ws.close_reason or ""
             self._conns.pop(conn.connection_id, None)
@@ -362,6 +366,22 @@ class LocalGateway:
                 await self._invoke("$disconnect", event)
             except Exception:  # noqa: BLE001
                 logger.exception("$disconnect handler failed")
+
+    async def _invoke_or_report(self, ws: ServerConnection, conn: _Conn, route: str, event: dict) -> None:
+        try:
+            await self._invoke(route, event)
+        except Exception:  # noqa: BLE001 - API Gateway logs an integration failure and carries on
+            logger.exception("%s handler failed", route)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(
+                    json.dumps(
+                        {
+                            "message": "Internal server error",
+                            "connectionId": conn.connection_id,
+                            "requestId": event["requestContext"]["requestId"],
+                        }
+                    )
+                )
 
     def _select_route(self, body: str) -> str:
         try:
