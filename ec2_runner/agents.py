@@ -112,6 +112,11 @@ class AgentSettings(BaseSettings):
         return self
 
 
+def agent_env_names() -> list[str]:
+    """The environment variables AgentSettings reads."""
+    return [str(f.validation_alias) for f in AgentSettings.model_fields.values() if f.validation_alias]
+
+
 class AgentResult(BaseModel):
     """How one headless run ended. ``output`` is plain text (ANSI stripped, secrets redacted)."""
 

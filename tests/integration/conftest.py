@@ -70,3 +70,11 @@ def load_handler(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterato
     yield load
     for module in loaded:
         sys.modules.pop(module, None)
+
+
+@pytest.fixture(scope="module")
+def table(moto_endpoint: str) -> str:
+    """The connections table of a fresh stack, one per test module (the Refine tests)."""
+    from tests.integration.refine_support import connections_table
+
+    return connections_table(moto_endpoint)

@@ -23,6 +23,7 @@ from ec2_runner.agents import (
     CommandAgent,
     DemoAgent,
     KiroAgent,
+    agent_env_names,
     make_agent,
 )
 from shared.models import Task, TaskStatus
@@ -38,17 +39,7 @@ PROMPT_RE = r"(?:\x1b\[[0-9;]*m)*> (?:\x1b\[[0-9;]*m)*"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "AGENT",
-        "AGENT_COMMAND",
-        "AGENT_INTERACTIVE_COMMAND",
-        "AGENT_RESUME_ARGS",
-        "AGENT_TIMEOUT",
-        "AGENT_LOGIN_TIMEOUT",
-        "AGENT_KILL_GRACE",
-        "KIRO_API_KEY",
-        "AGENT_ENV_PASSTHROUGH",
-    ):
+    for name in agent_env_names():
         monkeypatch.delenv(name, raising=False)
 
 

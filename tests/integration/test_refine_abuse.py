@@ -16,7 +16,6 @@ from tests.integration.refine_support import (
     TOKEN_SECRET,
     Browser,
     browser_token,
-    connections_table,
     error_codes,
     running_gateway,
     running_runner,
@@ -24,11 +23,6 @@ from tests.integration.refine_support import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
-
-
-@pytest.fixture(scope="module")
-def table(moto_endpoint: str) -> str:
-    return connections_table(moto_endpoint)
 
 
 def test_expired_forged_and_missing_tokens_are_refused_at_connect(moto_endpoint: str, table: str) -> None:

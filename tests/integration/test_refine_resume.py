@@ -19,7 +19,6 @@ from tests.integration.refine_support import (
     SHELL_ENV,
     Browser,
     browser_token,
-    connections_table,
     error_codes,
     running_gateway,
     running_runner,
@@ -29,11 +28,6 @@ from tests.integration.refine_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
 
 BURST = 5_000_000
-
-
-@pytest.fixture(scope="module")
-def table(moto_endpoint: str) -> str:
-    return connections_table(moto_endpoint)
 
 
 def test_disconnect_and_resume_lose_nothing_in_a_5mb_burst(

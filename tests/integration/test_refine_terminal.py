@@ -13,18 +13,12 @@ from shared import frames as fr
 from tests.integration.refine_support import (
     Browser,
     browser_token,
-    connections_table,
     running_gateway,
     running_runner,
     session_manager,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
-
-
-@pytest.fixture(scope="module")
-def table(moto_endpoint: str) -> str:
-    return connections_table(moto_endpoint)
 
 
 def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: str, tmp_path: Path) -> None:

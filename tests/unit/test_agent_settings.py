@@ -7,21 +7,11 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from ec2_runner.agents import AgentSettings, CommandAgent, DemoAgent, KiroAgent
+from ec2_runner.agents import AgentSettings, CommandAgent, DemoAgent, KiroAgent, agent_env_names
 
 pytestmark = pytest.mark.unit
 
-NAMES = (
-    "AGENT",
-    "AGENT_COMMAND",
-    "AGENT_INTERACTIVE_COMMAND",
-    "AGENT_RESUME_ARGS",
-    "AGENT_TIMEOUT",
-    "AGENT_LOGIN_TIMEOUT",
-    "AGENT_KILL_GRACE",
-    "KIRO_API_KEY",
-    "AGENT_ENV_PASSTHROUGH",
-)
+NAMES = agent_env_names()
 
 
 @pytest.fixture(autouse=True)
