@@ -83,7 +83,6 @@ class Harness:
         self.system_proxy: CountingProxy | None = None  # the stream poller and the functions
         self.seed_proxy: CountingProxy | None = None  # the seed baseline's poller
         self.current: Runner | None = None
-        self._runner_index = 0
         self.started_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -148,19 +147,9 @@ class Harness:
         if self.current:
             self.current.stop()
         assert self.stack
-        index = self._runner_index
-        self._runner_index += 1
-        env = {**self.stack.runner_env(index), "RUNNER_SLOTS": str(slots)}
-        log = self.workdir / f"runner-{index}.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ec2_runner"],
-                env=env,
-                cwd=str(self.workdir),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        # the stack numbers its runners, so every runner (the terminal bench's too) has its own clone
+        log = self.workdir / f"runner-{len(self.stack.runners)}-{slots}-slots.log"
+        proc = self.stack.start_runner(extra_env={"RUNNER_SLOTS": str(slots)}, log_path=log)
         assert self.runner_proxy
         self.current = Runner(proc, slots, log, self.runner_proxy)
         # warm-up: imports, the clone and the first worktree are start-up costs, not per-task ones
