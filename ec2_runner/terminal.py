@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 FLUSH_BYTES = 16 * 1024
 READ_CHUNK = 64 * 1024
+INPUT_GAP_SECONDS = 0.2  # how long an out-of-order keystroke waits for the one before it
 OUTBOX_HIGH = 64  # frames waiting for the socket before the pty is paused (backpressure)
 OUTBOX_LOW = 16
 
@@ -94,6 +95,7 @@ class Session:
     ring: collections.deque[fr.OutputFrame] = field(default_factory=collections.deque)
     ring_size: int = 0
     viewers: dict[str, bool] = field(default_factory=dict)  # connection id -> read-only
+    inputs: dict[str, fr.InputOrderer] = field(default_factory=dict)  # connection id -> typed order
     last_activity: float = 0.0
     alone_since: float | None = None
     pending: list[str] = field(default_factory=list)
@@ -292,6 +294,8 @@ class SessionManager:
 
     def _detach(self, sid: str, conn: str) -> None:
         session = self.sessions.get(sid)
+        if session:
+            session.inputs.pop(conn, None)
         if session and session.viewers.pop(conn, None) is not None and not session.viewers:
             session.alone_since = self._clock()
 
@@ -318,8 +322,19 @@ class SessionManager:
             session.viewers[frame.connectionId] = False
             session.alone_since = None
         session.last_activity = self._clock()
+        orderer = session.inputs.setdefault(frame.connectionId or "", fr.InputOrderer())
+        self._write(session, orderer.push(frame.seq, frame.data))
+        if orderer.held:
+            # a keystroke is missing: wait a moment for it, then carry on without it
+            asyncio.get_running_loop().call_later(
+                INPUT_GAP_SECONDS, lambda: self._write(session, orderer.skip_gap())
+            )
+
+    def _write(self, session: Session, chunks: list[str]) -> None:
+        if not chunks or session.child is None:
+            return
         try:
-            os.write(session.child.child_fd, frame.data.encode())
+            os.write(session.child.child_fd, "".join(chunks).encode())
         except OSError:
             logger.info("session %s: input after the agent exited", session.id)
 

@@ -161,15 +161,18 @@ async def _pump(
     """Shuttle frames until the session exits (its code), the user detaches (0) or the socket drops."""
 
     async def send_keys() -> int:
+        typed = 0
         while True:
             data = await keys.get()
             if DETACH_KEY in data:
                 say("detached; the session keeps running for its grace period")
                 return 0
             if state.session_id:
-                await ws.send(
-                    fr.encode(fr.InputFrame(sessionId=state.session_id, data=data.decode("utf-8", "replace")))
+                typed += 1  # numbered per connection: the runner writes keystrokes in typed order
+                frame = fr.InputFrame(
+                    sessionId=state.session_id, data=data.decode("utf-8", "replace"), seq=typed
                 )
+                await ws.send(fr.encode(frame))
 
     async def send_resizes() -> None:
         while True:

@@ -100,6 +100,9 @@ class InputFrame(_BrowserFrame):
     action: Literal["input"] = "input"
     sessionId: SessionId  # noqa: N815
     data: str = Field(max_length=MAX_FRAME_BYTES)
+    # typed order, from 1 on each connection: API Gateway may run a connection's messages through
+    # concurrent invocations, so keystrokes can reach the runner out of order (None: as they come)
+    seq: int | None = Field(default=None, ge=1)
 
 
 class ResizeFrame(_BrowserFrame):
@@ -309,6 +312,44 @@ def session_id_for(task_id: str | None = None, branch: str | None = None) -> str
         raise ValueError("exactly one of task_id or branch")
     scope = f"task:{task_id}" if task_id is not None else f"branch:{branch}"
     return "s-" + hashlib.sha256(scope.encode()).hexdigest()[:24]
+
+
+class InputOrderer:
+    """Puts one connection's input back in typed order (``InputFrame.seq``); pure, no I/O.
+
+    A gap that does not fill (the relay refused a frame, say a throttled one) is skipped by
+    ``skip_gap()``, which the runner calls after a short wait, or at once when ``max_held`` frames
+    are waiting; frames without a seq pass straight through.
+    """
+
+    def __init__(self, max_held: int = 64) -> None:
+        self.next_seq = 1
+        self.held: dict[int, str] = {}
+        self._max_held = max_held
+
+    def push(self, seq: int | None, data: str) -> list[str]:
+        """Add one frame; returns the data now in order to be written."""
+        if seq is None:
+            return [data]
+        if seq < self.next_seq:
+            return []  # a duplicate
+        self.held[seq] = data
+        if len(self.held) > self._max_held:
+            return self.skip_gap()
+        return self._drain()
+
+    def skip_gap(self) -> list[str]:
+        """Give up on the missing frame(s): continue from the lowest one held."""
+        if self.held:
+            self.next_seq = min(self.held)
+        return self._drain()
+
+    def _drain(self) -> list[str]:
+        out = []
+        while self.next_seq in self.held:
+            out.append(self.held.pop(self.next_seq))
+            self.next_seq += 1
+        return out
 
 
 class SeqReassembler:

@@ -49,6 +49,32 @@ def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: st
         asyncio.run(scenario())
 
 
+def test_keystrokes_arriving_out_of_order_are_written_in_typed_order(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """API Gateway may deliver a connection's frames through concurrent invocations: the runner writes
+    them by their seq, and a keystroke the relay never delivers holds the rest back only briefly."""
+    with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/order"))
+            await b.open(branch="feature/order")
+            await b.wait_text("git status")
+            sid = b.session_id
+            assert sid
+            for seq, data in ((3, "3"), (2, "2"), (1, "echo ordered-1")):
+                await b.send(fr.InputFrame(sessionId=sid, data=data, seq=seq))
+            await b.send(fr.InputFrame(sessionId=sid, data="\r", seq=4))
+            await b.wait_text("ordered-123")
+            # seq 5 never arrives (refused by the relay, say): 6 and 7 still get through
+            await b.send(fr.InputFrame(sessionId=sid, data="echo gap-", seq=6))
+            await b.send(fr.InputFrame(sessionId=sid, data="ok\r", seq=7))
+            await b.wait_text("gap-ok", timeout=5)
+            await b.close()
+
+        asyncio.run(scenario())
+
+
 def test_resize_reaches_the_pty(moto_endpoint: str, table: str, tmp_path: Path) -> None:
     """A resize frame changes the pty's window size (``stty size`` sees it)."""
     with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):

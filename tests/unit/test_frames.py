@@ -106,3 +106,23 @@ def test_reassembler_orders_and_drops_duplicates() -> None:
     assert r.push(2, "b") == [] and r.push(1, "a") == []
     assert r.push(5, "e") == [] and r.push(4, "d") == ["d", "e"]
     assert r.last_seq == 5
+
+
+def test_input_orderer_writes_keystrokes_in_typed_order() -> None:
+    """API Gateway may invoke a connection's messages concurrently: seq puts keystrokes back in order."""
+    o = f.InputOrderer()
+    assert o.push(2, "b") == []
+    assert o.push(1, "a") == ["a", "b"]
+    assert o.push(1, "a") == []  # a duplicate
+    assert o.push(None, "raw") == ["raw"]  # no seq: as it comes
+    assert o.push(3, "c") == ["c"]
+
+
+def test_input_orderer_skips_a_gap_that_never_fills() -> None:
+    o = f.InputOrderer(max_held=2)
+    assert o.push(2, "y") == [] and o.push(3, "z") == []
+    assert o.skip_gap() == ["y", "z"]  # the runner's timer gave up on seq 1 (refused by the relay)
+    assert o.push(1, "late") == []
+    assert (
+        o.push(5, "e") == [] and o.push(6, "f") == [] and o.push(7, "g") == ["e", "f", "g"]
+    )  # too many held
