@@ -169,34 +169,40 @@ class TaskPipeline:
         return outcome
 
     # -- one branch at a time ---------------------------------------------------------------
-    def _branch_taken(self, row: dict) -> bool:
+    def _live_on_branch(self, row: dict) -> list[dict]:
+        """Other tasks of ``row``'s branch held under a live lease (from the status index)."""
         branch = row.get("branch")
-        if row.get("status") != TaskStatus.PENDING.value or not isinstance(branch, str) or not branch:
-            return False
+        if not isinstance(branch, str) or not branch:
+            return []
         now = time.time()
-        for other in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch):
-            lease = other.get("leaseExpiresAt")
-            if other.get("id") != row["id"] and isinstance(lease, int | float) and lease > now:
-                logger.info(
-                    "branch %s is being worked on by task %s; this task waits for it", branch, other["id"]
-                )
-                return True
-        return False
+        return [
+            other
+            for other in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch)
+            if other.get("id") != row.get("id")
+            and isinstance(lease := other.get("leaseExpiresAt"), int | float)
+            and lease > now
+        ]
+
+    def _branch_taken(self, row: dict) -> bool:
+        if row.get("status") != TaskStatus.PENDING.value:
+            return False
+        holders = self._live_on_branch(row)
+        if holders:
+            logger.info(
+                "branch %s is being worked on by task %s; this task waits for it",
+                row["branch"],
+                holders[0]["id"],
+            )
+        return bool(holders)
 
     def _yield_branch(self, task_id: str, attempt: int, row: dict) -> bool:
         """After the claim: when another task of the branch holds a live claim made earlier (the
         check before the claim raced with it), give this one back as pending and let it wait.
         Both claimants order themselves by (startedAt, id) the same way, so exactly one yields."""
-        branch = row.get("branch")
-        if not isinstance(branch, str) or not branch:
-            return False
         mine = (str(row.get("startedAt") or ""), task_id)
-        now = time.time()
-        for other in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch):
-            lease = other.get("leaseExpiresAt")
-            if other.get("id") == task_id or not (isinstance(lease, int | float) and lease > now):
-                continue
+        for other in self._live_on_branch(row):
             if (str(other.get("startedAt") or ""), str(other.get("id"))) < mine:
+                branch = row["branch"]
                 note = f"waiting: branch {branch} is being worked on by task {other['id']}"
                 self.store.release(task_id, self.runner_id, attempt, note)
                 logger.info("claimed together with task %s on branch %s; this one waits", other["id"], branch)

@@ -6,7 +6,6 @@ fed by local event sources, a bare git remote, and real runner processes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -255,11 +254,6 @@ class LocalStack:
         self.runners.append(proc)
         logger.info("runner %d started (pid %d)", index, proc.pid)
         return proc
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
 
 
 __all__ = ["ROOT", "LocalStack", "LocalStackConfig"]
