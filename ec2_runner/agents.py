@@ -350,9 +350,11 @@ def kill_process_group(child: pexpect.spawn, grace: float) -> None:
             break
         time.sleep(0.02)
     else:
-        _signal_group(pgid, signal.SIGKILL)
         end = time.monotonic() + 5
         while time.monotonic() < end:
+            # again on every pass: a process the group forked while the last signal went out
+            # would otherwise outlive it (seen as an orphaned agent helper under load)
+            _signal_group(pgid, signal.SIGKILL)
             child.isalive()
             if not _group_alive(pgid):
                 break
