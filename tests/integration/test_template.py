@@ -164,3 +164,32 @@ def test_moto_template_keeps_tables_and_queues_and_drops_what_moto_cannot_create
     )
     assert "WebSocketUrl" not in kept.get("Outputs", {}) and "TaskQueueUrl" in kept["Outputs"]
     assert "RunnerAmiId" not in kept.get("Parameters", {})
+
+
+def _allowed_actions(role: dict[str, Any]) -> set[str]:
+    actions: set[str] = set()
+    for policy in role["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if statement.get("Effect") == "Allow":
+                action = statement["Action"]
+                actions.update([action] if isinstance(action, str) else action)
+    return actions
+
+
+def test_roles_allow_the_calls_their_code_makes() -> None:
+    """moto enforces no IAM, so the permissions each component's code needs are checked here:
+    $disconnect and $default post to connections, the runner wakes a task waiting for its branch."""
+    cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
+    res = cfn["Resources"]
+    assert "execute-api:ManageConnections" in _allowed_actions(res["WsDisconnectFunctionRole"])
+    assert "execute-api:ManageConnections" in _allowed_actions(res["WsRelayFunctionRole"])
+    runner = _allowed_actions(res["RunnerRole"])
+    assert {
+        "sqs:ReceiveMessage",
+        "sqs:SendMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+    } <= runner
+    # the relay never reads the queue table: least privilege
+    relay_resources = json.dumps(res["WsRelayFunctionRole"]["Properties"]["Policies"])
+    assert "QueueTable" not in relay_resources
