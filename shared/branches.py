@@ -10,6 +10,8 @@ import fnmatch
 import re
 
 DEFAULT_PROTECTED = ("main", "master", "develop", "release/*")
+# the runner keeps stopped tasks' work under this prefix; a task may not name it as its branch
+WIP_PREFIX = "kiro-wip/"
 MAX_BRANCH_BYTES = 200
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -40,6 +42,8 @@ def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAUL
         )
     if ".." in branch:
         raise UnsafeBranchError(branch, "branch contains '..' (git check-ref-format)")
+    if branch == "HEAD":
+        raise UnsafeBranchError(branch, "branch is 'HEAD' (git check-ref-format)")
     if "@{" in branch or branch == "@":
         raise UnsafeBranchError(branch, "branch contains '@{' or is '@' (git check-ref-format)")
     if branch.startswith("/") or branch.endswith("/") or "//" in branch:
@@ -51,6 +55,8 @@ def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAUL
             raise UnsafeBranchError(branch, "a path component starts with '.' (git check-ref-format)")
         if part.endswith(".lock"):
             raise UnsafeBranchError(branch, "a path component ends with '.lock' (git check-ref-format)")
+    if branch.startswith(WIP_PREFIX):
+        raise UnsafeBranchError(branch, f"branch is reserved ({WIP_PREFIX}*) for the runner's saved work")
     for pattern in protected:
         if fnmatch.fnmatchcase(branch, pattern):
             raise UnsafeBranchError(branch, f"branch is protected ({pattern}); the runner never writes to it")

@@ -33,6 +33,8 @@ UNSAFE = {
     "dot.": "ends with '.'",
     "at@{1}": "'@{'",
     "@": "'@{' or is '@'",
+    "HEAD": "'HEAD'",
+    "kiro-wip/task-1": "reserved",
     "colon:x": "forbidden character",
     "tilde~1": "forbidden character",
     "caret^": "forbidden character",
