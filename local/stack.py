@@ -153,6 +153,9 @@ class LocalStack:
         runner_env = {
             **base_env,
             "GIT_REMOTE": str(remote),
+            # runners started by hand (`aipm runner` in this folder) share one clone here, never the
+            # user's ~/.aipm/repo, which may be a clone of a real repository
+            "REPO_PATH": str(self.state / "runners" / "by-hand" / "repo"),
             "AGENT": os.environ.get("AGENT", "auto"),
             **gateway_env,
             **self.extra_runner_env,
@@ -169,7 +172,11 @@ class LocalStack:
             env=runner_env,
             **gateway_urls,
         )
-        (self.state / "local.json").write_text(self.config.model_dump_json(indent=2))
+        # it holds the local secrets: readable by this user only
+        fd = os.open(self.state / "local.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.config.model_dump_json(indent=2))
+        os.chmod(self.state / "local.json", 0o600)
         for _ in range(self.runners_wanted):
             self.start_runner()
         return self.config
