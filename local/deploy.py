@@ -141,6 +141,12 @@ class LocalStackResources(BaseModel):
     def dispatch_batch_size(self) -> int:
         return self._dispatch_stream().batch_size or 100
 
+    @property
+    def dispatch_max_retries(self) -> int:
+        """The mapping's MaximumRetryAttempts (-1, or unset: until the record expires)."""
+        retries = self._dispatch_stream().maximum_retry_attempts
+        return -1 if retries is None else retries
+
 
 # -- template handling ---------------------------------------------------------------------------
 class _NoManagedPolicies:

@@ -125,7 +125,7 @@ class StreamPoller(_Background):
         region: str = "us-east-1",
         filters: list[dict] | None = None,
         batch_size: int = 100,
-        max_retries: int = 3,
+        max_retries: int = 3,  # -1: retry until stopped, as Lambda does until the record expires
         poll_interval: float = 0.05,
         listeners: list[Callable[[dict], None]] | None = None,
     ) -> None:
@@ -211,7 +211,7 @@ class StreamPoller(_Background):
             self.delivered += first
             batch = batch[first:]
             attempt += 1
-            if attempt > self.max_retries:
+            if 0 <= self.max_retries < attempt:
                 logger.error("giving up on %d stream records after %d retries", len(batch), self.max_retries)
                 return
             self._stop.wait(min(0.2 * 2**attempt, 5))

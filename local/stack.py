@@ -140,6 +140,7 @@ class LocalStack:
             region=self.region,
             filters=res.dispatch_filters,
             batch_size=res.dispatch_batch_size,
+            max_retries=res.dispatch_max_retries,
         )
         self.stream.start(from_start=True)
         dlq = SqsPoller(sqs, res.dlq_url, self.functions["dead_letter"].invoke, region=self.region)

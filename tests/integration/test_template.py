@@ -113,6 +113,13 @@ def test_dispatch_filter_matches_pending_insert_and_reset_not_processing(stack: 
     assert not passes(filters, {**first("stream_insert.json"), "eventName": "REMOVE"})
 
 
+def test_the_local_stream_mapping_takes_batch_size_and_retries_from_the_template(
+    stack: LocalStackResources,
+) -> None:
+    assert stack.dispatch_batch_size == 100
+    assert stack.dispatch_max_retries == 20
+
+
 def test_function_env_is_resolved_against_the_local_stack(stack: LocalStackResources) -> None:
     dispatch = stack.function("DispatchFunction")
     assert dispatch.handler == "app.lambda_handler" and dispatch.code_uri == "functions/dispatch/"
