@@ -36,7 +36,7 @@ build: venv
 	env $(PY312_ENV) $(BIN)/sam build --template template.yaml --cached --parallel >/dev/null
 
 test: lint build
-	@$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
+	@rc=0; $(BIN)/pytest || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 unit: venv
 	$(BIN)/pytest tests/unit
