@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -48,11 +49,11 @@ class PipelineOptions:
 
 def wip_ref(task_id: str) -> str:
     """The runner-owned branch where a stopped attempt's work is kept: ``kiro-wip/<taskId>``."""
-    ref = f"kiro-wip/{task_id}"
     try:
-        return check_branch(ref, protected=())
+        # the id itself must be a safe ref name (the prefix is reserved for exactly this use)
+        return f"kiro-wip/{check_branch(task_id, protected=())}"
     except UnsafeBranchError:
-        return f"kiro-wip/{safe_dir_name(task_id)}"
+        return "kiro-wip/" + re.sub(r"\.{2,}", ".", safe_dir_name(task_id))
 
 
 def _describe_validation(err: ValidationError) -> str:
@@ -64,17 +65,36 @@ def _describe_validation(err: ValidationError) -> str:
 
 
 class Heartbeat:
-    """Renews the row's lease and the message's visibility together, until stopped.
+    """Renews the row's lease, and then the message's visibility, until stopped.
 
-    ``lost`` turns true when the row is no longer this runner's: the agent must stop and nothing
-    may be pushed to the task's branch.
+    The lease counts as lost (``is_lost()``) when the row is someone else's, and also when no renewal
+    has succeeded for the lease's length less a margin: by then another runner may have reclaimed the
+    row, so the agent must stop and nothing may be pushed to the task's branch. The check reads the
+    clock, so it holds even while a renewal call hangs.
     """
 
-    def __init__(self, renew: Callable[[], None], interval: float) -> None:
+    def __init__(
+        self,
+        renew: Callable[[], Any],
+        interval: float,
+        lease_seconds: float,
+        *,
+        extend: Callable[[], Any] | None = None,
+        since: float | None = None,
+        margin: float | None = None,
+    ) -> None:
         self._renew = renew
+        self._extend = extend
         self._interval = interval
+        # a lease runs from when its write was sent; the margin covers clock skew between runners
+        # and the time it takes to stop the agent
+        if margin is None:
+            margin = min(max(lease_seconds / 4, interval), 30.0)
+        self._budget = max(lease_seconds - margin, interval)
+        self._last_ok = time.monotonic() if since is None else since
         self._stop = threading.Event()
         self.lost = threading.Event()
+        self.reason = ""
         ctx = contextvars.copy_context()  # keep the task id on the heartbeat's log lines
         self._thread = threading.Thread(target=ctx.run, args=(self._loop,), name="heartbeat", daemon=True)
 
@@ -86,16 +106,63 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def is_lost(self) -> bool:
+        """True once the row may no longer be this runner's."""
+        if self.lost.is_set():
+            return True
+        silent = time.monotonic() - self._last_ok
+        if silent > self._budget:
+            self._lose(f"no lease renewal succeeded for {silent:.1f} s (lease budget {self._budget:.1f} s)")
+            return True
+        return False
+
+    def renew_now(self) -> bool:
+        """One synchronous renewal (right before a push): True when the row is still this runner's,
+        under a fresh lease. Any failure counts as a lost lease: a push needs proof of ownership."""
+        if self.is_lost():
+            return False
+        sent = time.monotonic()
+        try:
+            self._renew()
+        except LeaseLostError:
+            self._lose("another runner owns the task now")
+            return False
+        except Exception as e:
+            self._lose(f"the lease could not be renewed ({e})")
+            return False
+        self._last_ok = max(self._last_ok, sent)
+        return True
+
+    def _lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.reason = reason
+            logger.warning("lease lost: %s; stopping", reason)
+            self.lost.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        wait = self._interval
+        while not self._stop.wait(wait):
+            if self.is_lost():
+                return
+            sent = time.monotonic()
             try:
                 self._renew()
             except LeaseLostError:
-                logger.warning("lease lost: another runner owns the task now; stopping")
-                self.lost.set()
+                self._lose("another runner owns the task now")
                 return
-            except Exception as e:  # transient AWS trouble: the lease has slack, try again next beat
+            except Exception as e:  # transient AWS trouble: retry sooner, until the budget runs out
                 logger.warning("heartbeat failed (%s); will retry", e)
+                if self.is_lost():
+                    return
+                wait = self._interval / 3
+                continue
+            self._last_ok = max(self._last_ok, sent)
+            wait = self._interval
+            if self._extend is not None:
+                try:
+                    self._extend()
+                except Exception as e:  # the row is what counts; the message is hidden a while longer
+                    logger.warning("could not extend the message's visibility (%s); will retry", e)
 
 
 class TaskPipeline:
@@ -134,6 +201,7 @@ class TaskPipeline:
             return Outcome.WAITING
         # a reclaim of a row whose owner died: it may have pushed before it could write the status
         earlier_base = row.get("baseSha") if row.get("status") == TaskStatus.PROCESSING.value else None
+        claim_sent = time.monotonic()  # the lease runs from here
         try:
             row = self.store.claim(task_id, self.runner_id, self.options.lease_seconds)
         except ClaimLostError:
@@ -153,13 +221,17 @@ class TaskPipeline:
         if self._yield_branch(task_id, attempt, row):
             return Outcome.WAITING
 
+        lease = self.options.lease_seconds
+
         def renew() -> None:
-            self.store.renew(task_id, self.runner_id, attempt, self.options.lease_seconds)
+            self.store.renew(task_id, self.runner_id, attempt, lease)
+
+        def extend() -> None:
             if extend_visibility:
-                extend_visibility(self.options.lease_seconds)
+                extend_visibility(lease)
 
         outcome = Outcome.LEASE_LOST
-        with Heartbeat(renew, max(self.options.lease_seconds / 3, 0.5)) as beat:
+        with Heartbeat(renew, max(lease / 3, 0.5), lease, extend=extend, since=claim_sent) as beat:
             try:
                 outcome = self._run(task_id, attempt, row, beat, should_stop or (lambda: False), earlier_base)
             except LeaseLostError:
@@ -272,7 +344,7 @@ class TaskPipeline:
             prep = time.monotonic() - started
 
             def stop_reason() -> str | bool:
-                if beat.lost.is_set():
+                if beat.is_lost():
                     return LEASE_LOST
                 return SHUTDOWN if should_stop() else False
 
@@ -284,9 +356,8 @@ class TaskPipeline:
                 "agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok
             )
             tail = result.output[-2000:] if result.output else ""
-            if beat.lost.is_set():
-                self._save_wip(task, checkout)  # the work is kept; the row is not ours to write
-                return Outcome.LEASE_LOST
+            if beat.is_lost():
+                return self._lease_lost(task, attempt, checkout, beat)
             if not result.ok:
                 keep = opts.keep_failed_worktrees
                 if should_stop():
@@ -308,6 +379,10 @@ class TaskPipeline:
                     return self._fail(task_id, attempt, opts.no_changes_error, tail)
                 sha = checkout.base_sha
             else:
+                # proof of ownership right before the push: a runner whose row was reclaimed (or
+                # that cannot tell) must not push to the task's branch
+                if not beat.renew_now():
+                    return self._lease_lost(task, attempt, checkout, beat)
                 try:
                     sha = self.workspace.push(checkout.path, task.branch)
                 except PushConflictError as e:
@@ -346,6 +421,18 @@ class TaskPipeline:
         except GitOpError as e:
             logger.error("could not save the work in progress: %s", e)
             return None
+
+    def _lease_lost(self, task: Task, attempt: int, checkout: Checkout, beat: Heartbeat) -> Outcome:
+        """Keep the work on the WIP ref; the row belongs to whoever holds it now (or to no one
+        once the lease runs out), so it is only told of the WIP if it is still this runner's."""
+        logger.warning("not pushing to %s: %s", task.branch, beat.reason or LEASE_LOST)
+        saved = self._save_wip(task, checkout)
+        if saved:
+            try:
+                self.store.record(task.id, self.runner_id, attempt, wipSha=saved)
+            except Exception as e:  # LeaseLostError above all: the new owner starts from its own base
+                logger.info("work in progress not recorded on the row (%s)", type(e).__name__)
+        return Outcome.LEASE_LOST
 
     def _release(self, task: Task, attempt: int, checkout: Checkout) -> Outcome:
         saved = self._save_wip(task, checkout)
