@@ -84,6 +84,15 @@ class GitCallables:
         )
 
 
+@dataclass(frozen=True)
+class _OpenFailure:
+    """Why an open did not get a session: an error ``code`` (None: exit only) and whether to send ``exit``."""
+
+    code: str | None
+    message: str
+    exit: bool = True
+
+
 @dataclass
 class Session:
     id: str
@@ -139,6 +148,9 @@ class SessionManager:
         self._reaper: asyncio.Task[None] | None = None
         self._paused: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # sessions being started: a second open of the same session waits for the first one's outcome
+        self._opening: dict[str, asyncio.Future[_OpenFailure | None]] = {}
+        self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -148,9 +160,13 @@ class SessionManager:
 
     async def shutdown(self, reason: str = "runner stopping") -> None:
         """End every session (their browsers get ``exit``); commits nothing."""
+        self._stopping = True
         if self._reaper:
             self._reaper.cancel()
             self._reaper = None
+        if self._opening:
+            # sessions still starting end with the others rather than after them
+            await asyncio.wait([asyncio.shield(f) for f in self._opening.values()], timeout=30)
         for session in list(self.sessions.values()):
             await self._end(session, reason)
 
@@ -212,47 +228,81 @@ class SessionManager:
         sid, conn = frame.sessionId, frame.connectionId
         if sid is None or conn is None:
             return
-        if sid not in self.sessions:
-            if len(self.held()) >= self.settings.max_sessions:
-                self._error(conn, "this runner has no free terminal slot; try again later", sid, "busy")
-                return
+        opening = self._opening.get(sid)
+        if opening is not None:
+            # another open of this session is starting it: attach to that one, never start a second
+            failure = await asyncio.shield(opening)
+        elif sid not in self.sessions:
+            fut: asyncio.Future[_OpenFailure | None] = asyncio.get_running_loop().create_future()
+            self._opening[sid] = fut
+            failure = None
             try:
-                branch = frame.branch
-                if branch is None:
-                    if self._resolve_task is None:
-                        raise LookupError("this runner cannot look tasks up")
-                    branch = await asyncio.to_thread(self._resolve_task, frame.taskId or "")
-                branch = check_branch(branch, self._protected)
-            except (UnsafeBranchError, LookupError, KeyError, ValueError) as e:
-                self._error(conn, f"cannot open a terminal: {e}", sid, "bad_target")
-                self._send(fr.ExitFrame(sessionId=sid, code=-1, reason=str(e)[:500], to=[conn]))
-                return
-            session = Session(id=sid, branch=branch, task_id=frame.taskId, last_activity=self._clock())
-            self.sessions[sid] = session
-            try:
-                await self._start(session, frame.cols or self.settings.cols, frame.rows or self.settings.rows)
-            except Exception as e:  # noqa: BLE001 - whatever broke, the browser must hear about it
-                logger.exception("session %s failed to start", sid)
-                self.sessions.pop(sid, None)
-                session.ended = True
-                session.ready.set()
-                self._send(
-                    fr.ExitFrame(sessionId=sid, code=-1, reason=f"failed to start: {e}"[:500], to=[conn])
-                )
-                return
+                failure = await self._create(sid, frame)
+            finally:
+                del self._opening[sid]
+                fut.set_result(failure)
+        else:
+            failure = None
+        if failure is not None:
+            self._refuse_open(conn, sid, failure)
+            return
         await self._attach(sid, conn, frame.readOnly, frame.lastSeq)
+
+    def _refuse_open(self, conn: str, sid: str, failure: _OpenFailure) -> None:
+        if failure.code:
+            self._error(conn, failure.message, sid, failure.code)
+        if failure.exit:
+            self._send(fr.ExitFrame(sessionId=sid, code=-1, reason=failure.message[:500], to=[conn]))
+
+    async def _create(self, sid: str, frame: fr.OpenFrame) -> _OpenFailure | None:
+        """Start the session ``sid``; None when it runs, else why not (for every browser waiting on it)."""
+        if self._stopping:
+            return _OpenFailure(None, "runner stopping")
+        if len(self.held()) + len(self._opening) > self.settings.max_sessions:
+            return _OpenFailure("busy", "this runner has no free terminal slot; try again later", exit=False)
+        try:
+            branch = frame.branch
+            if branch is None:
+                if self._resolve_task is None:
+                    raise LookupError("this runner cannot look tasks up")
+                branch = await asyncio.to_thread(self._resolve_task, frame.taskId or "")
+            branch = check_branch(branch, self._protected)
+        except (UnsafeBranchError, LookupError, KeyError, ValueError) as e:
+            return _OpenFailure("bad_target", f"cannot open a terminal: {e}")
+        if self._stopping:
+            return _OpenFailure(None, "runner stopping")
+        session = Session(id=sid, branch=branch, task_id=frame.taskId, last_activity=self._clock())
+        self.sessions[sid] = session
+        try:
+            await self._start(session, frame.cols or self.settings.cols, frame.rows or self.settings.rows)
+        except Exception as e:  # noqa: BLE001 - whatever broke, the browser must hear about it
+            logger.exception("session %s failed to start", sid)
+            self.sessions.pop(sid, None)
+            session.ended = True
+            session.ready.set()
+            return _OpenFailure(None, f"failed to start: {e}")
+        if session.ended:
+            return _OpenFailure(None, "the session ended while it was starting")
+        return None
 
     async def _start(self, session: Session, cols: int, rows: int) -> None:
         # a task's session opens where the task's agent ran (the same folder when it is free), so the
         # agent's own per-directory conversation is there to resume: the user refines that very run
         name = f"task-{session.task_id}" if session.task_id else f"term-{session.id}"
         session.path = path = await asyncio.to_thread(self._git.open_worktree, session.branch, name)
+        if session.ended:
+            # ended (runner stopping) while its worktree was made, before _end could see the folder
+            await asyncio.to_thread(self._cleanup, path)
+            return
         if self.settings.show_git_status:
-            self._feed(session, await asyncio.to_thread(_git_summary, path, session.branch))
+            summary = await asyncio.to_thread(_git_summary, path, session.branch)
+            self._feed(session, summary)
         resume = self.settings.resume == "always" or (
             self.settings.resume == "auto"
             and (self._has_conversation is None or await asyncio.to_thread(self._has_conversation, path))
         )
+        if session.ended:
+            return  # _end has released the folder; start no agent
         argv = self._argv_for(resume)
         logger.info("session %s: %s in %s (resume: %s)", session.id, argv[0], path, resume)
         child = pexpect.spawn(

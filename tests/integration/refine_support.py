@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from ec2_runner.agents import AgentSettings, make_agent
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
 from ec2_runner.ws_client import TerminalService
@@ -23,6 +25,7 @@ from local.gateway import LocalGateway
 from local.gitremote import ensure_bare_remote
 from shared import frames as fr
 from shared import tokens
+from tests.conftest import FAKE_AGENT
 
 TOKEN_SECRET = "browser-token-secret-for-tests-0123456789"
 RUNNER_SECRET = "runner-secret-for-tests-0123456789abcdef"
@@ -70,21 +73,80 @@ def workspace(tmp: Path) -> GitWorkspace:
     return GitWorkspace(tmp / "clone", str(remote), tmp / "worktrees")
 
 
+TASK_BRANCHES = {"T-1": "feature/one", "T-2": "feature/two"}
+
+
 def session_manager(
     tmp: Path,
     argv: list[str] | Callable[[bool], list[str]] = SHELL,
     env: dict[str, str] | None = None,
+    *,
+    ws: GitWorkspace | None = None,
+    resolve_delay: float = 0.0,
     **settings: Any,
 ) -> SessionManager:
-    ws = workspace(tmp)
+    """A runner's session manager over real git in ``tmp``. ``resolve_delay`` makes the task lookup
+    take as long as a table read over the network would."""
+    ws = ws or workspace(tmp)
     argv_for = argv if callable(argv) else (lambda resume: list(argv))
+
+    def resolve_task(task_id: str) -> str:
+        time.sleep(resolve_delay)
+        return TASK_BRANCHES[task_id]
+
     return SessionManager(
         TerminalSettings(**settings),
         argv_for=argv_for,
         git=GitCallables.from_workspace(ws),
-        resolve_task=lambda task_id: {"T-1": "feature/one", "T-2": "feature/two"}[task_id],
+        resolve_task=resolve_task,
         env=env if env is not None else SHELL_ENV,
     )
+
+
+KIRO_PROMPT = "\x1b[38;5;141m> \x1b[0m"
+
+
+@dataclass
+class FakeKiro:
+    """The fake kiro-cli as a session's agent, with its own conversation home and start/end log."""
+
+    tmp: Path
+
+    def __post_init__(self) -> None:
+        self.log = self.tmp / "fake-kiro.log"
+        self.home = self.tmp / "kiro-home"
+        agent = make_agent(
+            AgentSettings(
+                agent="kiro", command=f"{FAKE_AGENT / 'kiro-cli'} chat --no-interactive --trust-all-tools"
+            )
+        )
+        self.argv_for: Callable[[bool], list[str]] = agent.interactive_argv
+        self.env = {
+            **SHELL_ENV,
+            "PATH": f"{FAKE_AGENT}:/usr/bin:/bin",
+            "FAKE_AGENT_LOG": str(self.log),
+            "FAKE_KIRO_HOME": str(self.home),
+        }
+
+    def events(self, event: str = "start") -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        records = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [r for r in records if r["event"] == event]
+
+    def run_headless(self, cwd: Path, prompt: str) -> None:
+        """What the task's pipeline run does in its folder: one headless turn, remembered there."""
+        argv = [str(FAKE_AGENT / "kiro-cli"), "chat", "--no-interactive", "--trust-all-tools", prompt]
+        subprocess.run(argv, cwd=cwd, env=self.env, check=True, capture_output=True, timeout=30)
+
+
+def process_running(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @contextlib.contextmanager
