@@ -53,13 +53,27 @@ def up(runners: int = 1, aws_port: int = DEFAULT_AWS_PORT, gateway_port: int | N
     return 0
 
 
+def _lambda_logs_to(path: Path) -> None:
+    """The in-process Lambdas' Powertools loggers write to ``path``, as CloudWatch would hold them,
+    so the demo's own lines stay readable."""
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger) and name.startswith("aipm-"):
+            for handler in lg.handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    handler.setStream(out)
+
+
 def demo(aws_port: int = DEFAULT_AWS_PORT) -> int:
     """The whole system on the embedded default: one sample task from pending to a pushed commit."""
     events: queue.Queue[dict] = queue.Queue()
     gateway_port = int(os.environ.get("PORT", "8080"))
-    stack = LocalStack(Path.cwd(), runners=1, aws_port=aws_port, gateway_port=gateway_port)
+    log_dir = Path.cwd() / ".aipm" / "logs"
+    stack = LocalStack(Path.cwd(), runners=1, aws_port=aws_port, gateway_port=gateway_port, log_dir=log_dir)
     try:
         cfg = stack.start()
+        _lambda_logs_to(log_dir / "lambdas.log")
+        print(f"logs (JSON lines): {log_dir}/runner-0.log, {log_dir}/lambdas.log", flush=True)
         assert stack.stream is not None
         stack.stream.listeners.append(events.put)
         print(f"local stack up (AWS endpoint {cfg.endpoint_url}, table {cfg.table_name})", flush=True)

@@ -61,8 +61,10 @@ class LocalStack:
         gateway_port: int | None = None,
         endpoint_url: str | None = None,
         parameters: dict[str, Any] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        self.log_dir = log_dir  # runners log to runner-N.log there instead of this process's stderr
         self.state = self.workdir / ".aipm"
         self.runners_wanted = runners
         self.aws_port = aws_port
@@ -248,6 +250,9 @@ class LocalStack:
             index = self._next_runner
             self._next_runner += 1
         env = {**self.runner_env(index), **(extra_env or {})}
+        if log_path is None and self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"runner-{index}.log"
         if log_path is None:
             proc = subprocess.Popen([sys.executable, "-m", "ec2_runner"], env=env, cwd=str(self.workdir))
         else:

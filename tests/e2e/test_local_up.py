@@ -158,3 +158,40 @@ def test_runners_started_by_hand_find_the_stack_and_share_one_clone_safely(
     finally:
         codes = [_stop(p) for p in procs]
     assert codes == [0, 0], [p.read_text()[-2000:] for p in logs]
+
+
+def test_make_demo_shows_the_sample_task_reach_a_pushed_commit(tmp_path: Path) -> None:
+    """`aipm local demo` (what `make demo` runs) on the demo agent: the transitions, the pushed
+    commit on the remote, a terminal link; Ctrl-C stops it cleanly."""
+    env = {k: v for k, v in _env(PORT="0").items() if k not in ("AGENT", "AGENT_COMMAND")}
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [str(AIPM), "local", "demo", "--aws-port", "0"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "the stack keeps running" in out_path.read_text(), 90, what="the demo task")
+        text = out_path.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=40)
+    assert code == 0, out_path.read_text()
+    assert "DEMO AGENT" in text
+    assert "pending -> processing" in text
+    sha = text.split("processing -> complete commit ")[1].split()[0]
+    branch = text.split(f"pushed commit {sha} on ")[1].split(":")[0]
+    remote = tmp_path / ".aipm" / "remote.git"
+    tip = subprocess.run(
+        ["git", "--git-dir", str(remote), "rev-parse", f"refs/heads/{branch}"], capture_output=True, text=True
+    )
+    assert tip.stdout.strip() == sha
+    assert "terminal page: http://127.0.0.1:" in text and "?token=" in text
+    # the Lambdas' and the runner's JSON lines went to the log folder, not over the demo's lines
+    assert not any(line.startswith("{") for line in text.splitlines())
+    assert (tmp_path / ".aipm" / "logs" / "runner-0.log").stat().st_size > 0
