@@ -20,6 +20,7 @@ import git
 logger = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 3
+NETWORK_TIMEOUT = 120.0  # seconds any one git command that talks to the remote may take
 
 
 class GitOpError(Exception):
@@ -50,6 +51,11 @@ def _short(err: git.GitCommandError) -> str:
     return " ".join(text.replace("'", "").split())[:500]
 
 
+def _timed_out(err: git.GitCommandError) -> bool:
+    # GitPython's kill_after_timeout replaces stderr with this sentence once it killed the command
+    return "did not complete in" in str(err.stderr or "") and "Timeout:" in str(err.stderr or "")
+
+
 class GitWorkspace:
     """The runner's clone of the remote and the worktrees made from it."""
 
@@ -62,11 +68,15 @@ class GitWorkspace:
         default_branch: str = "main",
         author_name: str = "aipm runner",
         author_email: str = "aipm-runner@users.noreply.local",
+        network_timeout: float = NETWORK_TIMEOUT,
     ) -> None:
         self.repo_path = Path(repo_path)
         self.remote = remote
         self.worktrees_dir = Path(worktrees_dir)
         self.default_branch = default_branch
+        # a stalled remote must not hold a task (and its renewed lease) forever: every git command
+        # that talks to the remote is killed after this long
+        self.network_timeout = network_timeout
         self._author = (author_name, author_email)
         # fetch, worktree add/remove touch shared refs and admin files of the one clone
         self._lock = threading.Lock()
@@ -79,7 +89,18 @@ class GitWorkspace:
             repo.git.remote("set-url", "origin", self.remote)
         else:
             self.repo_path.parent.mkdir(parents=True, exist_ok=True)
-            repo = git.Repo.clone_from(self.remote, self.repo_path, no_checkout=True)
+            git.Git.check_unsafe_protocols(self.remote)
+            try:
+                git.Git().clone(
+                    "--no-checkout",
+                    "--",
+                    self.remote,
+                    str(self.repo_path),
+                    kill_after_timeout=self.network_timeout,
+                )
+            except git.GitCommandError as e:
+                raise self._network_error(f"git clone of {self.remote!r}", e) from e
+            repo = git.Repo(self.repo_path)
         with repo.config_writer() as cw:
             cw.set_value("user", "name", self._author[0])
             cw.set_value("user", "email", self._author[1])
@@ -145,12 +166,19 @@ class GitWorkspace:
         """Fetch one branch into refs/remotes/origin/; False if the remote has no such branch."""
         refspec = f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
         try:
-            self.repo.git.fetch("origin", "--no-tags", refspec)
+            self.repo.git.fetch("origin", "--no-tags", refspec, kill_after_timeout=self.network_timeout)
             return True
         except git.GitCommandError as e:
             if "couldn't find remote ref" in (e.stderr or "").lower() and not required:
                 return False
-            raise GitOpError(f"git fetch of {branch!r} failed: {_short(e)}") from e
+            raise self._network_error(f"git fetch of {branch!r}", e) from e
+
+    def _network_error(self, what: str, e: git.GitCommandError) -> GitOpError:
+        if _timed_out(e):
+            return GitOpError(
+                f"{what} timed out after {self.network_timeout:g} s (the remote did not answer)"
+            )
+        return GitOpError(f"{what} failed: {_short(e)}")
 
     def _has_commit(self, sha: str) -> bool:
         try:
@@ -190,9 +218,11 @@ class GitWorkspace:
         rebased = False
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             try:
-                wt.git.push("origin", f"HEAD:refs/heads/{branch}")
+                wt.git.push("origin", f"HEAD:refs/heads/{branch}", kill_after_timeout=self.network_timeout)
                 return wt.head.commit.hexsha
             except git.GitCommandError as e:
+                if _timed_out(e):  # a remote that stalled once is not asked again at once
+                    raise self._network_error(f"git push to {branch!r}", e) from e
                 text = (e.stderr or "").lower()
                 rejected = "rejected" in text or "non-fast-forward" in text or "fetch first" in text
                 if rejected and rebase_once and not rebased:
@@ -209,9 +239,9 @@ class GitWorkspace:
         """Push HEAD to a runner-owned ref (``kiro-wip/<task>``), replacing it: only runners write these."""
         wt = git.Repo(path)
         try:
-            wt.git.push("origin", f"+HEAD:refs/heads/{ref}")
+            wt.git.push("origin", f"+HEAD:refs/heads/{ref}", kill_after_timeout=self.network_timeout)
         except git.GitCommandError as e:
-            raise GitOpError(f"git push to {ref!r} failed: {_short(e)}") from e
+            raise self._network_error(f"git push to {ref!r}", e) from e
         return wt.head.commit.hexsha
 
     def _rebase_onto_remote(self, wt: git.Repo, branch: str) -> None:

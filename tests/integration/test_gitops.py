@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import git
@@ -94,7 +97,7 @@ def test_conflicting_move_fails_without_force(ws: GitWorkspace, remote: Path, tm
 
 
 def test_unreachable_remote_is_a_readable_error(tmp_path: Path) -> None:
-    with pytest.raises(git.GitCommandError):
+    with pytest.raises(GitOpError, match="git clone of .* failed"):
         GitWorkspace(tmp_path / "r", str(tmp_path / "missing.git"), tmp_path / "wt")
 
 
@@ -141,3 +144,64 @@ def test_a_held_worktree_is_never_replaced(ws: GitWorkspace) -> None:
     ws.remove(first.path)
     again = ws.checkout("feature/held", "task-same")
     assert again.path == first.path and not (again.path / "work.txt").exists()
+
+
+@pytest.fixture
+def stalled_remote() -> Iterator[str]:
+    """A git:// URL on loopback whose server accepts connections and then never says a word."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"git://127.0.0.1:{server.getsockname()[1]}/repo.git"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_stalled_fetch_times_out_as_a_gitop_error(
+    tmp_path: Path, remote: Path, stalled_remote: str
+) -> None:
+    # given: a workspace with a 1 s network timeout whose remote stops answering
+    ws = GitWorkspace(tmp_path / "repo", str(remote), tmp_path / "wt", network_timeout=1)
+    ws.repo.git.remote("set-url", "origin", stalled_remote)
+    # when
+    started = time.monotonic()
+    with pytest.raises(GitOpError, match=r"git fetch of 'feature/stall' timed out after 1 s"):
+        ws.checkout("feature/stall", "task-stall")
+    # then: the stalled command is killed at the timeout
+    assert time.monotonic() - started < 10
+    assert not list((tmp_path / "wt").iterdir())
+
+
+def test_a_stalled_push_times_out_as_a_gitop_error(tmp_path: Path, remote: Path, stalled_remote: str) -> None:
+    ws = GitWorkspace(tmp_path / "repo", str(remote), tmp_path / "wt", network_timeout=1)
+    co = ws.checkout("feature/stallpush", "task-stallpush")
+    (co.path / "a.txt").write_text("a\n")
+    ws.commit_all(co.path, "a")
+    ws.repo.git.remote("set-url", "origin", stalled_remote)
+    started = time.monotonic()
+    with pytest.raises(GitOpError, match=r"git push to 'feature/stallpush' timed out after 1 s"):
+        ws.push(co.path, "feature/stallpush")
+    with pytest.raises(GitOpError, match=r"git push to 'kiro-wip/stallpush' timed out after 1 s"):
+        ws.push_ref(co.path, "kiro-wip/stallpush")
+    assert time.monotonic() - started < 10  # one try each: a remote that stalled is not hammered
+
+
+def test_a_stalled_clone_times_out_as_a_gitop_error(tmp_path: Path, stalled_remote: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(GitOpError, match=r"git clone of .* timed out after 1 s"):
+        GitWorkspace(tmp_path / "repo", stalled_remote, tmp_path / "wt", network_timeout=1)
+    assert time.monotonic() - started < 10
