@@ -330,17 +330,16 @@ class TaskPipeline:
             )
         except GitOpError as e:
             return self._fail(task_id, attempt, str(e))
-        if isinstance(earlier_base, str) and earlier_base:
-            pushed = self.workspace.find_task_commit(task.branch, earlier_base, task_id)
-            if pushed:
-                # the dead owner's push landed; running the agent again would push the work twice
-                self.workspace.remove(checkout.path)
-                self.store.complete(task_id, self.runner_id, attempt, pushed)
-                logger.info("complete: the earlier attempt had pushed %s to %s", pushed[:12], task.branch)
-                return Outcome.COMPLETE
-        self.store.record(task_id, self.runner_id, attempt, baseSha=checkout.base_sha)
         keep = False
-        try:
+        try:  # from here on, whatever fails, the worktree goes (or is kept on purpose)
+            if isinstance(earlier_base, str) and earlier_base:
+                pushed = self.workspace.find_task_commit(task.branch, earlier_base, task_id)
+                if pushed:
+                    # the dead owner's push landed; running the agent again would push the work twice
+                    self.store.complete(task_id, self.runner_id, attempt, pushed)
+                    logger.info("complete: the earlier attempt had pushed %s to %s", pushed[:12], task.branch)
+                    return Outcome.COMPLETE
+            self.store.record(task_id, self.runner_id, attempt, baseSha=checkout.base_sha)
             prep = time.monotonic() - started
 
             def stop_reason() -> str | bool:
