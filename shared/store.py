@@ -170,14 +170,15 @@ class TaskStore:
     def complete(
         self, task_id: str, runner_id: str, attempt: int, commit_sha: str, log_tail: str = ""
     ) -> None:
-        """processing -> complete with the pushed commit."""
+        """processing -> complete with the pushed commit. The saved work in progress (``wipSha``,
+        ``wipRef``) is folded into that commit, so it is cleared: a retry must not resume from it."""
         stamp = utc_now_iso()
         self._owned_update(
             task_id,
             runner_id,
             attempt,
             "SET #s = :complete, commitSha = :sha, logTail = :tail, finishedAt = :stamp, updatedAt = :stamp "
-            "REMOVE leaseExpiresAt, #e",
+            "REMOVE leaseExpiresAt, #e, wipSha, wipRef",
             {
                 ":complete": {"S": TaskStatus.COMPLETE.value},
                 ":sha": {"S": commit_sha},

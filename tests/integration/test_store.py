@@ -153,3 +153,25 @@ def test_record_sets_fields_only_for_the_owner(store: TaskStore) -> None:
     assert store.get(task_id)["baseSha"] == "e" * 40
     with pytest.raises(LeaseLostError):
         store.record(task_id, "r2", 1, baseSha="f" * 40)
+
+
+def test_complete_clears_the_wip_so_a_retry_starts_afresh(store: TaskStore) -> None:
+    """A task that completed (from its WIP or not) and is retried must not resume from that old WIP."""
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60)
+    store.record(task_id, "r1", 1, wipSha="a" * 40, wipRef=f"kiro-wip/{task_id}-1")
+    store.complete(task_id, "r1", 1, "b" * 40)
+    row = store.get(task_id)
+    assert row["status"] == "complete" and row["commitSha"] == "b" * 40
+    assert "wipSha" not in row and "wipRef" not in row
+    store.reset(task_id)
+    assert "wipSha" not in store.claim(task_id, "r2", 60)
+
+
+def test_fail_keeps_the_wip_for_the_retry(store: TaskStore) -> None:
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60)
+    store.record(task_id, "r1", 1, wipSha="c" * 40)
+    store.fail(task_id, "r1", 1, "agent timed out; work kept on kiro-wip")
+    store.reset(task_id)
+    assert store.claim(task_id, "r2", 60)["wipSha"] == "c" * 40
