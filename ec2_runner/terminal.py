@@ -232,6 +232,9 @@ class SessionManager:
         if opening is not None:
             # another open of this session is starting it: attach to that one, never start a second
             failure = await asyncio.shield(opening)
+        elif sid not in self.sessions and frame.readOnly:
+            # a watcher only ever attaches: starting a session (worktree, agent, slot) takes write access
+            failure = _OpenFailure("no_session", fr.NO_SESSION_READ_ONLY, exit=False)
         elif sid not in self.sessions:
             fut: asyncio.Future[_OpenFailure | None] = asyncio.get_running_loop().create_future()
             self._opening[sid] = fut

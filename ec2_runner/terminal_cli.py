@@ -197,7 +197,7 @@ async def _pump(
                 say(f"session ended (code {frame.code}{': ' + frame.reason if frame.reason else ''})")
                 return frame.code
             elif isinstance(frame, fr.ErrorFrame):
-                if frame.code in ("not_granted", "no_runner", "bad_target", "busy"):
+                if frame.code in ("not_granted", "no_runner", "bad_target", "busy", "no_session"):
                     say(frame.message)
                     return 1
                 say(frame.message)

@@ -24,6 +24,11 @@ MAX_MESSAGE_BYTES = 128 * 1024
 # a runner's output frame carries at most this much encoded data, leaving room for ``to``
 OUTPUT_DATA_BUDGET = 28 * 1024
 MAX_TO = 32
+# what a read-only open of a session nobody has opened gets (``error`` code ``no_session``)
+NO_SESSION_READ_ONLY = (
+    "nothing is open here yet: a read-only token can only watch a session that someone with write "
+    "access has opened"
+)
 
 BROWSER_ACTIONS = frozenset({"open", "resume", "input", "resize", "close", "push"})
 RUNNER_ACTIONS = frozenset({"hello", "opened", "output", "exit", "error", "pushed"})

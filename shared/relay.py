@@ -437,6 +437,9 @@ class Relay:
     def _open(self, ident: Identity, session: str, frame: fr.OpenFrame, endpoint: str) -> None:
         for _ in range(3):
             runner = self.store.route(session)
+            if runner is None and frame.readOnly:
+                # a watcher attaches to a live session; it never makes a runner start one
+                return self._refuse(endpoint, ident, "no_session", fr.NO_SESSION_READ_ONLY, session)
             if runner is None:
                 runners = self.store.runners()
                 if not runners:

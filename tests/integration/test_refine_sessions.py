@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import frames as fr
 from tests.fixtures import wait_until
 from tests.integration.refine_support import (
     KIRO_PROMPT,
@@ -63,3 +64,61 @@ def test_concurrent_opens_of_one_task_share_one_session(
             runner.__exit__(None, None, None)
     pids = [e["pid"] for e in kiro.events("start")]
     wait_until(lambda: not any(process_running(p) for p in pids), 10, what="the agents to end")
+
+
+def test_read_only_open_only_watches_a_live_session(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    """A read-only token cannot start a session (no worktree, no agent, no slot): with nothing open it
+    gets a clear ``no_session`` error; once a writer has opened the session, it watches it."""
+    kiro = FakeKiro(tmp_path)
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path, kiro.argv_for, kiro.env)),
+    ):
+
+        async def scenario() -> None:
+            watcher = await Browser.connect(gw.ws_url, browser_token(task="T-2", read_only=True))
+            # when
+            await watcher.send(fr.OpenFrame(taskId="T-2"))
+            # then
+            refused = await watcher.wait_frame(fr.ErrorFrame, 10)
+            assert refused.code == "no_session" and "read-only" in refused.message
+            assert not any(isinstance(f, fr.OpenedFrame) for f in watcher.frames)
+            assert kiro.events("start") == []
+            assert not (tmp_path / "worktrees").exists() or list((tmp_path / "worktrees").iterdir()) == []
+            # a writer opens it; now the same read-only open attaches and watches
+            writer = await Browser.connect(gw.ws_url, browser_token(task="T-2"))
+            await writer.open(taskId="T-2", timeout=10)
+            await watcher.open(taskId="T-2", timeout=10)
+            await writer.type("watch this\r")
+            await watcher.wait_text("you said: watch this", 10)
+            assert len(kiro.events("start")) == 1
+            await watcher.close()
+            await writer.close()
+
+        asyncio.run(scenario())
+
+
+def test_runner_refuses_a_read_only_open_of_no_session(tmp_path: Path) -> None:
+    """The runner does not trust the relay alone: a read-only open that reaches it with no such
+    session starts nothing and answers ``no_session``."""
+    manager = session_manager(tmp_path)
+    sid = fr.session_id_for(task_id="T-1")
+
+    async def scenario() -> list[object]:
+        manager.start()
+        await manager.handle(fr.OpenFrame(taskId="T-1", sessionId=sid, connectionId="c-ro", readOnly=True))
+        frames = [await asyncio.wait_for(manager.outbox.get(), 5)]
+        await asyncio.sleep(0.2)  # anything else it would have sent comes within this
+        while not manager.outbox.empty():
+            frames.append(manager.outbox.get_nowait())
+        held = manager.held()
+        await manager.shutdown()
+        assert held == []
+        return frames
+
+    frames = asyncio.run(scenario())
+    assert [type(f) for f in frames] == [fr.ErrorFrame]
+    error = frames[0]
+    assert isinstance(error, fr.ErrorFrame)
+    assert (error.code, error.sessionId, error.to) == ("no_session", sid, ["c-ro"])
+    assert not (tmp_path / "worktrees").exists() or list((tmp_path / "worktrees").iterdir()) == []
