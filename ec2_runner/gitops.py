@@ -1,7 +1,8 @@
 """Git for the runner: one clone per runner, one detached worktree per task or terminal session.
 
 Worktrees are detached at the branch's remote head, so the same branch can be open in a task and
-in a terminal session at once; commits are pushed with ``HEAD:refs/heads/<branch>``, never forced.
+in a terminal session at once; commits are pushed with ``HEAD:refs/heads/<branch>``, never forced,
+and so is the work in progress saved on ``kiro-wip/`` refs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ class GitOpError(Exception):
 
 class PushConflictError(GitOpError):
     """The remote branch moved and our commit does not rebase cleanly onto it."""
+
+
+class RefRejectedError(GitOpError):
+    """The remote refused the push: ``moved`` when the ref holds commits we do not have (a
+    non-fast-forward), otherwise the remote itself declined (a hook, a protected ref)."""
+
+    def __init__(self, message: str, moved: bool) -> None:
+        super().__init__(message)
+        self.moved = moved
 
 
 @dataclass(frozen=True)
@@ -212,37 +222,54 @@ class GitWorkspace:
         return wt.head.commit.hexsha
 
     def push(self, path: Path, branch: str, *, rebase_once: bool = True) -> str:
-        """Push HEAD to ``branch`` (never forced). A rejected push rebases once onto the moved
-        branch; a conflict raises PushConflictError. Network failures are retried."""
+        """Push HEAD to ``branch`` (never forced). A push rejected because the branch moved rebases
+        once onto it; a conflict raises PushConflictError. Network failures are retried; a refusal
+        by the remote (a hook) or a timeout raises GitOpError at once."""
         wt = git.Repo(path)
-        rebased = False
+        try:
+            self._push(wt, branch)
+        except RefRejectedError as e:
+            if not (e.moved and rebase_once):
+                raise
+            self._rebase_onto_remote(wt, branch)
+            self._push(wt, branch)
+        return wt.head.commit.hexsha
+
+    def push_ref(self, path: Path, ref: str) -> str:
+        """Push HEAD to a runner-owned ref (``kiro-wip/<task>``), never forced: a later attempt starts
+        from the earlier one's work, so this is normally a fast-forward. RefRejectedError if not."""
+        wt = git.Repo(path)
+        self._push(wt, ref)
+        return wt.head.commit.hexsha
+
+    def push_wip(self, path: Path, refs: list[str]) -> tuple[str, str]:
+        """Push HEAD to the first of ``refs`` that takes it without force: ``(sha, ref)``. A ref
+        holding unrelated work is left as it is and the next one tried, so no work is ever lost."""
+        rejected: list[RefRejectedError] = []
+        for ref in refs:
+            try:
+                return self.push_ref(path, ref), ref
+            except RefRejectedError as e:
+                logger.warning("%s; trying a fresh ref", e)
+                rejected.append(e)
+        raise rejected[-1] if rejected else ValueError("no ref to push to")
+
+    def _push(self, wt: git.Repo, branch: str) -> None:
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             try:
                 wt.git.push("origin", f"HEAD:refs/heads/{branch}", kill_after_timeout=self.network_timeout)
-                return wt.head.commit.hexsha
+                return
             except git.GitCommandError as e:
                 if _timed_out(e):  # a remote that stalled once is not asked again at once
                     raise self._network_error(f"git push to {branch!r}", e) from e
                 text = (e.stderr or "").lower()
-                rejected = "rejected" in text or "non-fast-forward" in text or "fetch first" in text
-                if rejected and rebase_once and not rebased:
-                    self._rebase_onto_remote(wt, branch)
-                    rebased = True
-                    continue
-                if rejected or attempt == PUSH_ATTEMPTS:
+                if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
+                    moved = "non-fast-forward" in text or "fetch first" in text
+                    raise RefRejectedError(f"git push to {branch!r} was rejected: {_short(e)}", moved) from e
+                if attempt == PUSH_ATTEMPTS:
                     raise GitOpError(f"git push to {branch!r} failed: {_short(e)}") from e
                 logger.warning("push attempt %d failed (%s); retrying", attempt, _short(e))
                 time.sleep(0.5 * 2 ** (attempt - 1))
-        raise GitOpError(f"git push to {branch!r} failed")  # pragma: no cover - loop always returns or raises
-
-    def push_ref(self, path: Path, ref: str) -> str:
-        """Push HEAD to a runner-owned ref (``kiro-wip/<task>``), replacing it: only runners write these."""
-        wt = git.Repo(path)
-        try:
-            wt.git.push("origin", f"+HEAD:refs/heads/{ref}", kill_after_timeout=self.network_timeout)
-        except git.GitCommandError as e:
-            raise self._network_error(f"git push to {ref!r}", e) from e
-        return wt.head.commit.hexsha
 
     def _rebase_onto_remote(self, wt: git.Repo, branch: str) -> None:
         logger.info("remote branch %s moved during the task; rebasing once", branch)

@@ -10,14 +10,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from ec2_runner.agents import Agent
-from ec2_runner.gitops import Checkout, GitOpError, GitWorkspace, PushConflictError, safe_dir_name
-from shared.branches import UnsafeBranchError, check_branch
+from ec2_runner.gitops import Checkout, GitOpError, GitWorkspace, safe_dir_name
+from shared.branches import WIP_PREFIX, UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
 from shared.models import Task, TaskSignal, TaskStatus
 from shared.store import ClaimLostError, LeaseLostError, TaskNotFoundError, TaskStore
@@ -326,7 +327,7 @@ class TaskPipeline:
         started = time.monotonic()
         try:
             checkout = self.workspace.checkout(
-                task.branch, f"task-{task_id}", start_sha=task.wipSha, start_ref=wip_ref(task_id)
+                task.branch, f"task-{task_id}", start_sha=task.wipSha, start_ref=_start_ref(row, task_id)
             )
         except GitOpError as e:
             return self._fail(task_id, attempt, str(e))
@@ -356,19 +357,21 @@ class TaskPipeline:
             )
             tail = result.output[-2000:] if result.output else ""
             if beat.is_lost():
-                return self._lease_lost(task, attempt, checkout, beat)
+                saved = self._lease_lost(task, attempt, checkout, beat)
+                keep = saved.unsaved
+                return Outcome.LEASE_LOST
             if not result.ok:
                 keep = opts.keep_failed_worktrees
                 if should_stop():
-                    return self._release(task, attempt, checkout)
+                    saved = self._keep_work(task, attempt, checkout)
+                    keep = keep or saved.unsaved
+                    return self._release(task, attempt, saved, checkout)
+                error = result.error or "agent failed"
                 if result.exit_code is None:  # killed (timeout): keep what the agent had done
-                    saved = self._save_wip(task, checkout)
-                    if saved:
-                        self.store.record(task_id, self.runner_id, attempt, wipSha=saved)
-                        return self._fail(
-                            task_id, attempt, f"{result.error}; work kept on {wip_ref(task_id)}", tail
-                        )
-                return self._fail(task_id, attempt, result.error or "agent failed", tail)
+                    saved = self._keep_work(task, attempt, checkout)
+                    keep = keep or saved.unsaved
+                    error = _with_note(error, saved.note(checkout.path))
+                return self._fail(task_id, attempt, error, tail)
             after = time.monotonic()
             if task.wipSha and checkout.base_sha == task.wipSha:
                 self.workspace.squash_onto_upstream(checkout.path, task.branch)  # WIP + rest: one commit
@@ -381,17 +384,15 @@ class TaskPipeline:
                 # proof of ownership right before the push: a runner whose row was reclaimed (or
                 # that cannot tell) must not push to the task's branch
                 if not beat.renew_now():
-                    return self._lease_lost(task, attempt, checkout, beat)
+                    saved = self._lease_lost(task, attempt, checkout, beat)
+                    keep = saved.unsaved
+                    return Outcome.LEASE_LOST
                 try:
                     sha = self.workspace.push(checkout.path, task.branch)
-                except PushConflictError as e:
-                    keep = opts.keep_failed_worktrees
-                    saved = self._save_wip(task, checkout)
-                    if saved:
-                        self.store.record(task_id, self.runner_id, attempt, wipSha=saved)
-                    return self._fail(
-                        task_id, attempt, f"{e}; the agent's work is kept on {wip_ref(task_id)}"
-                    )
+                except GitOpError as e:  # a conflict, a refusal, the network: the task fails, its work stays
+                    saved = self._keep_work(task, attempt, checkout)
+                    keep = opts.keep_failed_worktrees or saved.unsaved
+                    return self._fail(task_id, attempt, _with_note(str(e), saved.note(checkout.path)), tail)
             self.store.complete(task_id, self.runner_id, attempt, sha, tail)
             logger.info(
                 "complete: pushed %s to %s (runner overhead %.3f s, agent %.1f s)",
@@ -408,41 +409,87 @@ class TaskPipeline:
             if not keep:
                 self.workspace.remove(checkout.path)
 
-    def _save_wip(self, task: Task, checkout: Checkout) -> str | None:
-        """Commit whatever the agent changed and push it to ``kiro-wip/<taskId>``; the sha or None."""
+    def _save_wip(self, task: Task, attempt: int, checkout: Checkout) -> SavedWork:
+        """Commit whatever the agent changed and push it, never forced, to ``kiro-wip/<taskId>`` (or,
+        when that holds other work, to a fresh ``kiro-wip/<taskId>-<attempt>``)."""
         try:
             self.workspace.commit_all(checkout.path, f"WIP: {task.title}\n\nTask-Id: {task.id}\n")
-            if self.workspace.head(checkout.path) == checkout.base_sha:
-                return None
-            sha = self.workspace.push_ref(checkout.path, wip_ref(task.id))
-            logger.info("work in progress saved on %s at %s", wip_ref(task.id), sha[:12])
-            return sha
-        except GitOpError as e:
+            head = self.workspace.head(checkout.path)
+            if head == checkout.base_sha:
+                return SavedWork()
+            sha, ref = self.workspace.push_wip(checkout.path, wip_refs(task.id, attempt, head))
+        except Exception as e:  # the push above all (network, refusal); the worktree still has it
             logger.error("could not save the work in progress: %s", e)
-            return None
+            return SavedWork(unsaved=True)
+        logger.info("work in progress saved on %s at %s", ref, sha[:12])
+        return SavedWork(sha=sha, ref=ref)
 
-    def _lease_lost(self, task: Task, attempt: int, checkout: Checkout, beat: Heartbeat) -> Outcome:
+    def _keep_work(self, task: Task, attempt: int, checkout: Checkout) -> SavedWork:
+        """Save the work in progress and record it on the row (this runner's), where the next
+        attempt starts from it."""
+        saved = self._save_wip(task, attempt, checkout)
+        if saved.sha:
+            self.store.record(task.id, self.runner_id, attempt, wipSha=saved.sha, wipRef=saved.ref)
+        return saved
+
+    def _lease_lost(self, task: Task, attempt: int, checkout: Checkout, beat: Heartbeat) -> SavedWork:
         """Keep the work on the WIP ref; the row belongs to whoever holds it now (or to no one
         once the lease runs out), so it is only told of the WIP if it is still this runner's."""
         logger.warning("not pushing to %s: %s", task.branch, beat.reason or LEASE_LOST)
-        saved = self._save_wip(task, checkout)
-        if saved:
+        saved = self._save_wip(task, attempt, checkout)
+        if saved.sha:
             try:
-                self.store.record(task.id, self.runner_id, attempt, wipSha=saved)
+                self.store.record(task.id, self.runner_id, attempt, wipSha=saved.sha, wipRef=saved.ref)
             except Exception as e:  # LeaseLostError above all: the new owner starts from its own base
                 logger.info("work in progress not recorded on the row (%s)", type(e).__name__)
-        return Outcome.LEASE_LOST
+        if saved.unsaved:
+            logger.warning("the agent's work stays in %s", checkout.path)
+        return saved
 
-    def _release(self, task: Task, attempt: int, checkout: Checkout) -> Outcome:
-        saved = self._save_wip(task, checkout)
-        if saved:
-            self.store.record(task.id, self.runner_id, attempt, wipSha=saved)
-        note = f"released by runner {self.runner_id}: {SHUTDOWN}"
-        if saved:
-            note += f"; work kept on {wip_ref(task.id)} at {saved[:12]}"
+    def _release(self, task: Task, attempt: int, saved: SavedWork, checkout: Checkout) -> Outcome:
+        note = _with_note(f"released by runner {self.runner_id}: {SHUTDOWN}", saved.note(checkout.path))
         self.store.release(task.id, self.runner_id, attempt, note)
         logger.warning("task given back as pending: %s", note)
         return Outcome.RELEASED
+
+
+@dataclass(frozen=True)
+class SavedWork:
+    """Where a stopped attempt's work went: pushed (``sha`` on ``ref``), nothing to save, or
+    ``unsaved`` (the push failed: the worktree is kept so the work is not lost)."""
+
+    sha: str | None = None
+    ref: str | None = None
+    unsaved: bool = False
+
+    def note(self, path: Path) -> str:
+        if self.sha:
+            return f"the agent's work is kept on {self.ref} at {self.sha[:12]}"
+        if self.unsaved:
+            return f"the agent's work could not be pushed and is kept in the worktree {path}"
+        return ""
+
+
+def wip_refs(task_id: str, attempt: int, sha: str) -> list[str]:
+    """Where a WIP may go, in order: ``kiro-wip/<taskId>``, then refs of this attempt's own (git
+    refuses ``kiro-wip/<id>`` and ``kiro-wip/<id>/x`` together, hence the dash)."""
+    base = wip_ref(task_id)
+    return [base, f"{base}-{attempt}", f"{base}-{attempt}-{sha[:12]}"]
+
+
+def _start_ref(row: dict, task_id: str) -> str:
+    """The ref holding the row's ``wipSha``: ``wipRef`` when it is a safe ref of the runner's own."""
+    ref = row.get("wipRef")
+    if isinstance(ref, str) and ref.startswith(WIP_PREFIX):
+        try:
+            return WIP_PREFIX + check_branch(ref.removeprefix(WIP_PREFIX), protected=())
+        except UnsafeBranchError:
+            logger.warning("ignoring an unsafe wipRef on the row")
+    return wip_ref(task_id)
+
+
+def _with_note(error: str, note: str) -> str:
+    return f"{error}; {note}" if note else error
 
 
 def _commit_message(task: Task) -> str:

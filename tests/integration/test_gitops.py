@@ -11,7 +11,7 @@ from pathlib import Path
 import git
 import pytest
 
-from ec2_runner.gitops import GitOpError, GitWorkspace, PushConflictError
+from ec2_runner.gitops import GitOpError, GitWorkspace, PushConflictError, RefRejectedError
 from local.gitremote import ensure_bare_remote
 
 pytestmark = pytest.mark.integration
@@ -205,3 +205,48 @@ def test_a_stalled_clone_times_out_as_a_gitop_error(tmp_path: Path, stalled_remo
     with pytest.raises(GitOpError, match=r"git clone of .* timed out after 1 s"):
         GitWorkspace(tmp_path / "repo", stalled_remote, tmp_path / "wt", network_timeout=1)
     assert time.monotonic() - started < 10
+
+
+def test_wip_pushes_fast_forward_and_never_replace_other_work(ws: GitWorkspace, remote: Path) -> None:
+    """The WIP ref is pushed without force: the next attempt's WIP (built on the first) is a
+    fast-forward; unrelated work finds the ref taken and goes to the fresh ref named next."""
+    bare = git.Repo(remote)
+    refs = ["kiro-wip/t1", "kiro-wip/t1-2"]
+    # given: a first attempt's WIP
+    first = ws.checkout("feature/wip", "task-wip-1")
+    (first.path / "a.txt").write_text("first\n")
+    ws.commit_all(first.path, "WIP: one")
+    sha1, ref1 = ws.push_wip(first.path, refs)
+    assert ref1 == "kiro-wip/t1" and bare.git.rev_parse("refs/heads/kiro-wip/t1") == sha1
+    # when: a second attempt resumes from it -> fast-forward of the same ref
+    second = ws.checkout("feature/wip", "task-wip-2", start_sha=sha1, start_ref=ref1)
+    (second.path / "a.txt").write_text("second\n")
+    ws.commit_all(second.path, "WIP: two")
+    sha2, ref2 = ws.push_wip(second.path, refs)
+    assert ref2 == "kiro-wip/t1" and bare.git.rev_parse("refs/heads/kiro-wip/t1") == sha2
+    assert bare.git.rev_parse(f"{sha2}^") == sha1
+    # and: work that does not build on it goes to the fresh ref; the earlier WIP stays as it was
+    other = ws.checkout("feature/wip", "task-wip-3")
+    (other.path / "b.txt").write_text("other\n")
+    ws.commit_all(other.path, "WIP: unrelated")
+    sha3, ref3 = ws.push_wip(other.path, refs)
+    assert ref3 == "kiro-wip/t1-2" and bare.git.rev_parse("refs/heads/kiro-wip/t1-2") == sha3
+    assert bare.git.rev_parse("refs/heads/kiro-wip/t1") == sha2
+    with pytest.raises(RefRejectedError) as rejected:
+        ws.push_ref(other.path, "kiro-wip/t1")
+    assert rejected.value.moved
+
+
+def test_push_refused_by_a_hook_is_not_rebased_or_retried(
+    ws: GitWorkspace, remote: Path, tmp_path: Path
+) -> None:
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'branch is frozen' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    co = ws.checkout("feature/frozen", "task-frozen")
+    (co.path / "a.txt").write_text("a\n")
+    ws.commit_all(co.path, "a")
+    with pytest.raises(RefRejectedError, match="branch is frozen") as err:
+        ws.push(co.path, "feature/frozen")
+    assert not err.value.moved
+    assert git.Repo(remote).git.for_each_ref("refs/heads/feature/frozen") == ""

@@ -3,15 +3,17 @@ worktrees never leak, whatever write fails."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import git
 import pytest
 from botocore.exceptions import ClientError
 
 from ec2_runner.agents import AgentSettings, make_agent
 from ec2_runner.gitops import GitWorkspace
-from ec2_runner.pipeline import PipelineOptions, TaskPipeline
+from ec2_runner.pipeline import Outcome, PipelineOptions, TaskPipeline
 from local.gitremote import ensure_bare_remote
 from shared.branches import DEFAULT_PROTECTED
 from shared.store import TaskStore
@@ -36,10 +38,32 @@ def remote(tmp_path: Path) -> Path:
     return ensure_bare_remote(tmp_path / "remote.git")
 
 
-def make_pipeline(store: TaskStore, tmp_path: Path, remote: Path) -> TaskPipeline:
-    workspace = GitWorkspace(tmp_path / "repo", str(remote), tmp_path / "wt")
-    agent = make_agent(AgentSettings(agent="kiro", command=FAKE_AGENT_COMMAND, timeout=30, kill_grace=0.3))
-    return TaskPipeline(store, workspace, agent, "r1", PipelineOptions(protected_branches=DEFAULT_PROTECTED))
+def make_pipeline(
+    store: TaskStore, tmp_path: Path, remote: Path, runner_id: str = "r1", agent_timeout: float = 30
+) -> TaskPipeline:
+    home = tmp_path / runner_id
+    workspace = GitWorkspace(home / "repo", str(remote), home / "wt")
+    agent = make_agent(
+        AgentSettings(agent="kiro", command=FAKE_AGENT_COMMAND, timeout=agent_timeout, kill_grace=0.3)
+    )
+    options = PipelineOptions(protected_branches=DEFAULT_PROTECTED)
+    return TaskPipeline(store, workspace, agent, runner_id, options)
+
+
+def new_task(store: TaskStore, details: str) -> str:
+    task_id = unique("pl")
+    store.put_new(
+        {"id": task_id, "title": "Pipeline task", "details": details, "branch": f"feature/{task_id}"}
+    )
+    return task_id
+
+
+def remote_sha(remote: Path, ref: str) -> str:
+    return git.Repo(remote).git.for_each_ref("--format=%(objectname)", f"refs/heads/{ref}").strip()
+
+
+def worktrees(tmp_path: Path, runner_id: str = "r1") -> list[Path]:
+    return [p for p in (tmp_path / runner_id / "wt").iterdir() if not p.name.startswith(".")]
 
 
 def test_worktree_is_removed_when_recording_the_base_fails(
@@ -57,4 +81,70 @@ def test_worktree_is_removed_when_recording_the_base_fails(
         pipeline.process(task_id)
     # then: the worktree made for it is gone (the row stays processing: its lease runs out)
     assert "baseSha" in store.recorded
-    assert not list((tmp_path / "wt").iterdir())
+    assert not worktrees(tmp_path)
+
+
+FROZEN_FEATURES = """#!/bin/sh
+while read old new ref; do
+  case "$ref" in refs/heads/feature/*) echo "feature branches are frozen" >&2; exit 1 ;; esac
+done
+exit 0
+"""
+
+
+def test_push_refused_by_the_remote_fails_the_task_and_keeps_the_work_on_the_wip_ref(
+    store: TaskStore, remote: Path, tmp_path: Path
+) -> None:
+    # given: a remote whose hook refuses pushes to feature branches (kiro-wip/ is fine)
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(FROZEN_FEATURES)
+    hook.chmod(0o755)
+    task_id = new_task(store, "[fake:sleep=0.1]")
+    # when
+    outcome = make_pipeline(store, tmp_path, remote).process(task_id)
+    # then: failed with the remote's reason, the agent's commit on kiro-wip/<id> and on the row
+    row = store.get(task_id)
+    wip = remote_sha(remote, f"kiro-wip/{task_id}")
+    assert outcome is Outcome.FAILED and row["status"] == "failed"
+    assert (
+        "feature branches are frozen" in row["error"] and f"kiro-wip/{task_id} at {wip[:12]}" in row["error"]
+    )
+    assert row["wipSha"] == wip and row["wipRef"] == f"kiro-wip/{task_id}"
+    assert "Pipeline task" in git.Repo(remote).git.show(f"{wip}:fake_agent_output.txt")
+    assert remote_sha(remote, f"feature/{task_id}") == ""
+    assert not worktrees(tmp_path)
+
+
+def test_wip_ref_holding_other_work_is_never_forced_and_the_retry_resumes_from_the_fresh_ref(
+    store: TaskStore, remote: Path, tmp_path: Path
+) -> None:
+    """A retried task's WIP ref may hold work that the new attempt does not build on (an attempt
+    that completed, say): the new WIP goes to kiro-wip/<id>-<attempt>, the row names that ref, and
+    the next attempt, on another runner's clone, starts from it."""
+    # given: kiro-wip/<id> already holds a commit unrelated to this attempt
+    task_id = new_task(store, "[fake:checkpoint=30]")
+    with tempfile.TemporaryDirectory() as tmp:
+        other = git.Repo.clone_from(str(remote), tmp)
+        other.git.config("user.name", "x")
+        other.git.config("user.email", "x@example.invalid")
+        (Path(tmp) / "old.txt").write_text("old\n")
+        other.git.add("old.txt")
+        other.git.commit("-m", "WIP: an older attempt")
+        other.git.push("origin", f"HEAD:refs/heads/kiro-wip/{task_id}")
+        old = other.head.commit.hexsha
+    # when: the agent is stopped at its timeout after writing its checkpoint
+    first = make_pipeline(store, tmp_path, remote, "r1", agent_timeout=2).process(task_id)
+    row = store.get(task_id)
+    # then: the old WIP is untouched; the new one is on a fresh ref the row names
+    fresh = f"kiro-wip/{task_id}-1"
+    assert first is Outcome.FAILED and "timed out" in row["error"] and fresh in row["error"]
+    assert remote_sha(remote, f"kiro-wip/{task_id}") == old
+    assert row["wipRef"] == fresh and row["wipSha"] == remote_sha(remote, fresh)
+    # and when: retried on another runner, it resumes from that WIP and completes
+    store.reset(task_id)
+    second = make_pipeline(store, tmp_path, remote, "r2").process(task_id)
+    done = store.get(task_id)
+    assert second is Outcome.COMPLETE, done.get("error")
+    content = git.Repo(remote).git.show(f"{done['commitSha']}:checkpoint.txt")
+    assert "started by" in content and "finished by" in content
+    assert "wipSha" not in done and "wipRef" not in done
