@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 RUNNERS_KEY = "#runners"
 ROUTE_PREFIX = "route#"
 RATE_PREFIX = "rate#"
-ROUTE_CACHE_SECONDS = 5.0  # per-connection, per-second input counters
+ROUTE_CACHE_SECONDS = 5.0
+# open / resume per connection and window: each makes the runner start a session or replay its ring
+# (a resume from seq 0 replays up to the whole 8 MB), so they get a far smaller budget than keystrokes
+CONTROL_RATE = 5
+CONTROL_WINDOW_SECONDS = 10.0
 SESSION_INDEX = "sessionId-index"
 
 
@@ -185,17 +189,25 @@ class ConnectionStore:
         return resp.get("Attributes")
 
     def take_input_token(self, connection_id: str, limit: int) -> bool:
-        """Count one input frame in this second's window; False once ``limit`` is reached.
+        """Count one input frame in this second's window; False once ``limit`` is reached."""
+        return self.take_token(connection_id, limit)
 
-        One atomic counter per connection and second (an ``ADD`` on its own item, expiring by TTL):
-        a single write per frame, exact across any number of concurrent relay instances.
+    def take_token(self, connection_id: str, limit: int, *, kind: str = "", window: float = 1.0) -> bool:
+        """Count one frame of ``kind`` in the current ``window``-second window; False past ``limit``.
+
+        One atomic counter per connection, kind and window (an ``ADD`` on its own item, expiring by
+        TTL): a single write per frame, exact across any number of concurrent relay instances.
         """
         now = self._clock()
+        scope = f"{kind}#" if kind else ""
         resp = self._ddb.update_item(
             TableName=self.table,
-            Key={"connectionId": {"S": f"{RATE_PREFIX}{connection_id}#{int(now)}"}},
+            Key={"connectionId": {"S": f"{RATE_PREFIX}{connection_id}#{scope}{int(now // window)}"}},
             UpdateExpression="ADD rc :one SET expiresAt = :exp",
-            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(int(now) + 60)}},
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":exp": {"N": str(int(now + max(60.0, 2 * window)))},
+            },
             ReturnValues="UPDATED_NEW",
         )
         return int(resp["Attributes"]["rc"]["N"]) <= limit
@@ -324,10 +336,15 @@ class Relay:
         poster: Poster,
         input_rate: int = 50,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        control_rate: int = CONTROL_RATE,
+        control_window: float = CONTROL_WINDOW_SECONDS,
     ) -> None:
         self.store = store
         self.poster = poster
         self.input_rate = input_rate
+        self.control_rate = control_rate
+        self.control_window = control_window
         self._clock = clock
         # session -> (runner connection, when read): a warm instance skips the route read per
         # keystroke; a stale entry shows itself as a GoneException and is read again
@@ -413,6 +430,16 @@ class Relay:
         ):
             return self._refuse(
                 endpoint, ident, "throttled", f"more than {self.input_rate} input frames a second", session
+            )
+        if isinstance(frame, fr.OpenFrame | fr.ResumeFrame) and not self.store.take_token(
+            ident.connection_id, self.control_rate, kind="ctl", window=self.control_window
+        ):
+            return self._refuse(
+                endpoint,
+                ident,
+                "throttled",
+                f"more than {self.control_rate} open/resume frames in {self.control_window:g} s",
+                session,
             )
         stamped = frame.model_copy(
             update={"connectionId": ident.connection_id, "readOnly": ident.read_only, "sessionId": session}

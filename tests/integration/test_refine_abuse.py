@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared import frames as fr
 from shared import tokens
+from shared.relay import CONTROL_RATE
 from tests.integration.refine_support import (
     TOKEN_SECRET,
     Browser,
@@ -146,6 +147,32 @@ def test_input_flood_is_throttled(moto_endpoint: str, table: str, tmp_path: Path
             await b.close()
 
         asyncio.run(scenario())
+
+
+def test_open_and_resume_floods_are_throttled(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    """``open`` and ``resume`` make the runner start or replay a session (a resume from 0 replays the
+    whole ring): past CONTROL_RATE per window from one connection they are refused as throttled and
+    never reach the runner (it answers every one it gets with ``opened``)."""
+    with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/replay"))
+            await b.open(branch="feature/replay")
+            sent = 1 + 3 * CONTROL_RATE
+            # when
+            for _ in range(sent - 1):
+                await b.send(fr.ResumeFrame(sessionId=b.session_id, lastSeq=0))
+            # then: every frame got its answer, and the burst (well under a window) spans at most two
+            await b.wait_for(lambda br: error_codes(br).count("throttled") + opened_count(br) == sent, 15)
+            assert opened_count(b) <= 2 * CONTROL_RATE
+            assert error_codes(b).count("throttled") >= sent - 2 * CONTROL_RATE
+            await b.close()
+
+        asyncio.run(scenario())
+
+
+def opened_count(browser: Browser) -> int:
+    return sum(isinstance(f, fr.OpenedFrame) for f in browser.frames)
 
 
 def test_message_over_128_kb_closes_with_1009(moto_endpoint: str, table: str) -> None:
