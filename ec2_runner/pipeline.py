@@ -237,8 +237,10 @@ class TaskPipeline:
                 outcome = self._run(task_id, attempt, row, beat, should_stop or (lambda: False), earlier_base)
             except LeaseLostError:
                 logger.warning("lease lost before the status write; the new owner decides the outcome")
-        if outcome in (Outcome.COMPLETE, Outcome.FAILED) and isinstance(row.get("branch"), str):
-            self._wake_next(row["branch"])
+        # the branch is free (or changed hands): the task waiting longest for it gets a signal
+        ended = (Outcome.COMPLETE, Outcome.FAILED, Outcome.RELEASED, Outcome.LEASE_LOST)
+        if outcome in ended and isinstance(row.get("branch"), str):
+            self._wake_next(row["branch"], task_id)
         return outcome
 
     # -- one branch at a time ---------------------------------------------------------------
@@ -282,12 +284,14 @@ class TaskPipeline:
                 return True
         return False
 
-    def _wake_next(self, branch: str) -> None:
-        """Signal the oldest task waiting for ``branch`` now that it is free."""
+    def _wake_next(self, branch: str, task_id: str) -> None:
+        """Signal the oldest task waiting for ``branch`` now that ``task_id`` let it go (a task given
+        back as pending is not its own waiter: its message is made visible again anyway)."""
         if not self.dispatcher:
             return
         try:
-            waiting = self.store.list_by_status(TaskStatus.PENDING, branch=branch, limit=1)
+            pending = self.store.list_by_status(TaskStatus.PENDING, branch=branch, limit=2)
+            waiting = [r for r in pending if r.get("id") != task_id]
             if waiting:
                 self.dispatcher.send(TaskSignal(taskId=waiting[0]["id"], reason=f"branch {branch} free"))
                 logger.info("woke task %s waiting for branch %s", waiting[0]["id"], branch)

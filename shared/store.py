@@ -16,6 +16,7 @@ from shared.models import TaskStatus, from_dynamodb, to_dynamodb, utc_now_iso
 STATUS_INDEX = "status-createdAt-index"
 LOG_TAIL_CHARS = 4000
 ERROR_CHARS = 2000
+FILTERED_PAGE = 100  # rows read per Query when a filter drops some of them
 
 
 class StoreError(Exception):
@@ -65,7 +66,10 @@ class TaskStore:
         limit: int = 100,
         branch: str | None = None,
     ) -> list[dict]:
-        """Rows of one status from the status GSI, oldest first (never a scan); ``branch`` filters."""
+        """Rows of one status from the status GSI, oldest first (never a scan); ``branch`` filters.
+
+        DynamoDB applies ``Limit`` to the rows it reads, before the filter: with a filter, pages of
+        ``FILTERED_PAGE`` rows are read until ``limit`` rows matched (or the index ends)."""
         expr = "#s = :s"
         values: dict[str, Any] = {":s": {"S": status.value}}
         if created_before:
@@ -82,6 +86,7 @@ class TaskStore:
         }
         if branch is not None:
             kwargs["FilterExpression"] = "branch = :branch"
+            kwargs["Limit"] = max(limit, FILTERED_PAGE)
             values[":branch"] = {"S": branch}
         while True:
             resp = self._ddb.query(**kwargs)

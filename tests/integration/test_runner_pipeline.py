@@ -4,6 +4,7 @@ worktrees never leak, whatever write fails."""
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,14 @@ from botocore.exceptions import ClientError
 from ec2_runner.agents import AgentSettings, make_agent
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import Outcome, PipelineOptions, TaskPipeline
+from local.deploy import LocalStackResources
 from local.gitremote import ensure_bare_remote
+from shared import aws
 from shared.branches import DEFAULT_PROTECTED
+from shared.dispatch import Dispatcher
+from shared.models import TaskSignal
 from shared.store import TaskStore
-from tests.fixtures import FAKE_AGENT_COMMAND, unique
+from tests.fixtures import FAKE_AGENT_COMMAND, unique, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -148,3 +153,33 @@ def test_wip_ref_holding_other_work_is_never_forced_and_the_retry_resumes_from_t
     content = git.Repo(remote).git.show(f"{done['commitSha']}:checkpoint.txt")
     assert "started by" in content and "finished by" in content
     assert "wipSha" not in done and "wipRef" not in done
+
+
+def test_task_given_back_at_shutdown_wakes_the_task_waiting_for_its_branch(
+    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path
+) -> None:
+    # given: a task at work on a branch and, behind it, a second task of that branch waiting
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
+    store = TaskStore(ddb, fresh_stack.table_name)
+    pipeline = make_pipeline(store, tmp_path, remote)
+    pipeline.dispatcher = Dispatcher(sqs, fresh_stack.task_queue_url)
+    holder = new_task(store, "[fake:sleep=30]")
+    branch = store.get(holder)["branch"]
+    waiting = unique("wait")
+    store.put_new({"id": waiting, "title": "Waits", "details": "", "branch": branch})
+    stop = threading.Event()
+    outcome: list[Outcome] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(pipeline.process(holder, should_stop=stop.is_set))
+    )
+    worker.start()
+    wait_until(lambda: store.get(holder).get("baseSha"), timeout=30, what="the holder to start")
+    assert pipeline.process(waiting) is Outcome.WAITING
+    # when: the runner stops and gives the holder back
+    stop.set()
+    worker.join(timeout=30)
+    # then: the waiting task is signalled (the holder's own message is made visible by the daemon)
+    assert outcome == [Outcome.RELEASED]
+    got = sqs.receive_message(QueueUrl=fresh_stack.task_queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10)
+    assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [waiting]

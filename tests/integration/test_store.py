@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from shared import aws
 from shared.models import TaskStatus
 from shared.store import ClaimLostError, LeaseLostError, TaskNotFoundError, TaskStore, TransitionError
 from tests.fixtures import unique
@@ -175,3 +176,24 @@ def test_fail_keeps_the_wip_for_the_retry(store: TaskStore) -> None:
     store.fail(task_id, "r1", 1, "agent timed out; work kept on kiro-wip")
     store.reset(task_id)
     assert store.claim(task_id, "r2", 60)["wipSha"] == "c" * 40
+
+
+def test_list_by_status_with_a_branch_reads_pages_not_single_rows(moto_endpoint: str, deployed: Any) -> None:
+    """DynamoDB applies Limit before the filter: asking for the first row of a branch among many
+    pending rows must not cost one Query per row read."""
+    # given: 40 pending rows of other branches, then one of the branch asked for
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    store = TaskStore(ddb, deployed.table_name)
+    for _ in range(40):
+        new_task(store)
+    wanted = new_task(store)
+    pending = len(store.list_by_status(TaskStatus.PENDING, limit=100_000))
+    queries: list[dict] = []
+    ddb.meta.events.register(
+        "provide-client-params.dynamodb.Query", lambda params, **_: queries.append(params)
+    )
+    # when
+    rows = store.list_by_status(TaskStatus.PENDING, branch=f"feature/{wanted}", limit=1)
+    # then: the row, found in as many pages as the pending rows fill (not one call per row)
+    assert [r["id"] for r in rows] == [wanted]
+    assert pending > 40 and len(queries) <= pending // 100 + 1, (pending, len(queries))
