@@ -2,8 +2,9 @@
 
 A session starts on the first ``open`` for its id: a worktree of the task's branch (through the
 injected git callables), ``git status`` and ``git diff --stat`` printed into the terminal as the seed
-did, then the agent's interactive command in a pexpect pty, resuming the task's conversation when
-there is one. Output is coalesced for a few milliseconds into frames under 32 KB with increasing
+did, then the agent's interactive command in a pexpect pty. In ``auto`` resume mode the agent resumes
+only where the task's own agent ran (the task's folder, or a kept folder the session's agent used),
+never in a fresh worktree. Output is coalesced for a few milliseconds into frames under 32 KB with increasing
 ``seq`` and kept in a bounded ring, so a browser that reconnects resumes from its ``lastSeq``.
 Sessions outlive their browsers for a grace period, end when idle, and never commit by themselves:
 only a ``push`` frame commits and pushes, under the pipeline's branch rules.
@@ -30,6 +31,7 @@ import pexpect
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ec2_runner.gitops import safe_dir_name
 from shared import frames as fr
 from shared.branches import DEFAULT_PROTECTED, UnsafeBranchError, check_branch
 
@@ -66,6 +68,8 @@ class GitCallables:
     open_worktree: Callable[[str, str], Path]  # (branch, name) -> worktree path
     remove_worktree: Callable[[Path], None]
     commit_and_push: Callable[[Path, str, str], str | None]  # (path, branch, message) -> sha | None
+    # the folder the pipeline runs a task's agent in (its conversation is keyed by that path)
+    task_path: Callable[[str], Path] | None = None
 
     @classmethod
     def from_workspace(cls, workspace: Any) -> GitCallables:
@@ -81,7 +85,13 @@ class GitCallables:
             open_worktree=lambda branch, name: workspace.checkout(branch, name).path,
             remove_worktree=workspace.remove,
             commit_and_push=commit_and_push,
+            task_path=lambda task_id: workspace.worktrees_dir / safe_dir_name(task_worktree_name(task_id)),
         )
+
+
+def task_worktree_name(task_id: str) -> str:
+    """The worktree name of a task: the pipeline checks a task out under it, and so does its terminal."""
+    return f"task-{task_id}"
 
 
 @dataclass(frozen=True)
@@ -291,7 +301,7 @@ class SessionManager:
     async def _start(self, session: Session, cols: int, rows: int) -> None:
         # a task's session opens where the task's agent ran (the same folder when it is free), so the
         # agent's own per-directory conversation is there to resume: the user refines that very run
-        name = f"task-{session.task_id}" if session.task_id else f"term-{session.id}"
+        name = task_worktree_name(session.task_id) if session.task_id else f"term-{session.id}"
         session.path = path = await asyncio.to_thread(self._git.open_worktree, session.branch, name)
         if session.ended:
             # ended (runner stopping) while its worktree was made, before _end could see the folder
@@ -300,10 +310,7 @@ class SessionManager:
         if self.settings.show_git_status:
             summary = await asyncio.to_thread(_git_summary, path, session.branch)
             self._feed(session, summary)
-        resume = self.settings.resume == "always" or (
-            self.settings.resume == "auto"
-            and (self._has_conversation is None or await asyncio.to_thread(self._has_conversation, path))
-        )
+        resume = await self._resumes(session, path)
         if session.ended:
             return  # _end has released the folder; start no agent
         argv = self._argv_for(resume)
@@ -315,6 +322,21 @@ class SessionManager:
         session.child = child
         self._start_reading(session)
         session.ready.set()
+
+    async def _resumes(self, session: Session, path: Path) -> bool:
+        """Whether the agent starts with its resume args. ``auto``: only where this task's own agent
+        ran, the task's folder, so its conversation is the one resumed; never in a fresh worktree
+        (a branch session, or a task session moved aside because the task's folder is busy)."""
+        if self.settings.resume != "auto":
+            return self.settings.resume == "always"
+        own = (
+            session.task_id is not None
+            and self._git.task_path is not None
+            and path == self._git.task_path(session.task_id)
+        )
+        if not own:
+            return False
+        return self._has_conversation is None or await asyncio.to_thread(self._has_conversation, path)
 
     async def _attach(self, sid: str, conn: str | None, read_only: bool, last_seq: int) -> None:
         if conn is None:

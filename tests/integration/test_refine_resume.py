@@ -16,13 +16,16 @@ from ec2_runner.agents import AgentSettings, make_agent
 from shared import frames as fr
 from tests.conftest import FAKE_AGENT, ROOT
 from tests.integration.refine_support import (
+    KIRO_PROMPT,
     SHELL_ENV,
     Browser,
+    FakeKiro,
     browser_token,
     error_codes,
     running_gateway,
     running_runner,
     session_manager,
+    workspace,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
@@ -139,7 +142,9 @@ def test_fake_kiro_repl_resumes_and_sees_resize(moto_endpoint: str, table: str, 
         async def scenario() -> None:
             b = await Browser.connect(gw.ws_url, browser_token(branch="feature/kiro"))
             await b.open(branch="feature/kiro", cols=100, rows=33)
-            await b.wait_text("conversation")  # "Resumed ..." or "No previous conversation ..."
+            # resume=always asks for it even in a fresh folder, where there is nothing to resume
+            await b.wait_text("No previous conversation in")
+            assert "Resumed" not in b.text
             await b.wait_text("\x1b[38;5;141m> \x1b[0m")
             await b.type("stty size\r")
             await b.wait_text("33 100")
@@ -154,3 +159,47 @@ def test_fake_kiro_repl_resumes_and_sees_resize(moto_endpoint: str, table: str, 
             await b.close()
 
         asyncio.run(scenario())
+
+
+def test_auto_resume_only_where_the_tasks_own_agent_ran(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """TERMINAL_RESUME=auto: a task's session in the task's own folder starts the agent with
+    ``--resume`` (the pipeline run's conversation is there); a branch session in a fresh worktree, and
+    a task session pushed to another folder because the task's is busy, start without it."""
+    kiro = FakeKiro(tmp_path)
+    ws = workspace(tmp_path)
+    # given: the pipeline ran T-1's agent in the task's folder and removed the worktree on success
+    ran = ws.checkout("feature/one", "task-T-1")
+    kiro.run_headless(ran.path, "Task: the task's own run")
+    ws.remove(ran.path)
+    # ... and T-2's pipeline run is still going on in its folder
+    busy = ws.checkout("feature/two", "task-T-2")
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path, kiro.argv_for, kiro.env, ws=ws)),
+    ):
+
+        async def scenario() -> None:
+            branch = await Browser.connect(gw.ws_url, browser_token(branch="feature/plain"))
+            await branch.open(branch="feature/plain", timeout=10)
+            await branch.wait_text(KIRO_PROMPT, 10)
+            task = await Browser.connect(gw.ws_url, browser_token(task="T-1"))
+            await task.open(taskId="T-1", timeout=10)
+            resumed = f"Resumed the previous conversation in {ran.path.resolve()} (2 messages)"
+            await task.wait_text(resumed, 10)
+            other = await Browser.connect(gw.ws_url, browser_token(task="T-2"))
+            await other.open(taskId="T-2", timeout=10)
+            await other.wait_text(KIRO_PROMPT, 10)
+            for b in (branch, other):
+                assert "Resumed" not in b.text and "No previous conversation" not in b.text
+                await b.close()
+            await task.close()
+
+        asyncio.run(scenario())
+    starts = {Path(e["cwd"]).name: e["resume"] for e in kiro.events("start") if e["mode"] == "interactive"}
+    assert starts == {
+        ran.path.name: True,
+        f"{busy.path.name}-2": False,
+        next(n for n in starts if n.startswith("term-")): False,
+    }
