@@ -161,6 +161,10 @@ class SessionManager:
         # sessions being started: a second open of the same session waits for the first one's outcome
         self._opening: dict[str, asyncio.Future[_OpenFailure | None]] = {}
         self._stopping = False
+        # worktrees of ended sessions that held uncommitted work, by session: the next open of the same
+        # session reopens that folder (still held in the workspace, so no checkout can replace it)
+        self._kept: dict[str, tuple[str, Path]] = {}  # session id -> (branch, path)
+        self._ending: dict[str, asyncio.Future[None]] = {}  # sessions whose worktree is being released
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -282,6 +286,9 @@ class SessionManager:
             branch = check_branch(branch, self._protected)
         except (UnsafeBranchError, LookupError, KeyError, ValueError) as e:
             return _OpenFailure("bad_target", f"cannot open a terminal: {e}")
+        ending = self._ending.get(sid)
+        if ending is not None:
+            await asyncio.shield(ending)  # its worktree is kept or released before the reopen decides
         if self._stopping:
             return _OpenFailure(None, "runner stopping")
         session = Session(id=sid, branch=branch, task_id=frame.taskId, last_activity=self._clock())
@@ -302,15 +309,20 @@ class SessionManager:
         # a task's session opens where the task's agent ran (the same folder when it is free), so the
         # agent's own per-directory conversation is there to resume: the user refines that very run
         name = task_worktree_name(session.task_id) if session.task_id else f"term-{session.id}"
-        session.path = path = await asyncio.to_thread(self._git.open_worktree, session.branch, name)
+        path = await asyncio.to_thread(self._kept_worktree, session)
+        reopened = path is not None
+        if path is None:
+            path = await asyncio.to_thread(self._git.open_worktree, session.branch, name)
+        session.path = path
         if session.ended:
             # ended (runner stopping) while its worktree was made, before _end could see the folder
-            await asyncio.to_thread(self._cleanup, path)
+            if await asyncio.to_thread(self._cleanup, path):
+                self._kept[session.id] = (session.branch, path)
             return
         if self.settings.show_git_status:
             summary = await asyncio.to_thread(_git_summary, path, session.branch)
             self._feed(session, summary)
-        resume = await self._resumes(session, path)
+        resume = await self._resumes(session, path, reopened)
         if session.ended:
             return  # _end has released the folder; start no agent
         argv = self._argv_for(resume)
@@ -323,13 +335,28 @@ class SessionManager:
         self._start_reading(session)
         session.ready.set()
 
-    async def _resumes(self, session: Session, path: Path) -> bool:
+    def _kept_worktree(self, session: Session) -> Path | None:
+        """The kept worktree of this session's earlier run, when there is one to reopen."""
+        kept = self._kept.get(session.id)
+        if kept is None or kept[0] != session.branch:
+            return None  # (a kept folder of another branch stays kept)
+        del self._kept[session.id]
+        path = kept[1]
+        if (path / ".git").exists():
+            logger.info("session %s reopens its kept worktree %s", session.id, path)
+            return path
+        logger.warning("kept worktree %s is gone; releasing it", path)
+        self._release(path)
+        return None
+
+    async def _resumes(self, session: Session, path: Path, reopened: bool) -> bool:
         """Whether the agent starts with its resume args. ``auto``: only where this task's own agent
-        ran, the task's folder, so its conversation is the one resumed; never in a fresh worktree
-        (a branch session, or a task session moved aside because the task's folder is busy)."""
+        ran, the task's folder (or a kept folder this session's agent used), so its conversation is the
+        one resumed; never in a fresh worktree (a branch session, or a task session moved aside
+        because the task's folder is busy)."""
         if self.settings.resume != "auto":
             return self.settings.resume == "always"
-        own = (
+        own = reopened or (
             session.task_id is not None
             and self._git.task_path is not None
             and path == self._git.task_path(session.task_id)
@@ -506,17 +533,23 @@ class SessionManager:
         if tail:
             self._feed(session, tail)
         self._flush(session)
+        ending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ending[session.id] = ending
         self.sessions.pop(session.id, None)
         self._paused.discard(session.id)
         session.ready.set()
-        self._send(
-            fr.ExitFrame(
-                sessionId=session.id, code=code, reason=reason, to=list(session.viewers)[: fr.MAX_TO]
+        try:
+            self._send(
+                fr.ExitFrame(
+                    sessionId=session.id, code=code, reason=reason, to=list(session.viewers)[: fr.MAX_TO]
+                )
             )
-        )
-        logger.info("session %s ended (code %s, %s)", session.id, code, reason or "agent exited")
-        if session.path is not None:
-            await asyncio.to_thread(self._cleanup, session.path)
+            logger.info("session %s ended (code %s, %s)", session.id, code, reason or "agent exited")
+            if session.path is not None and await asyncio.to_thread(self._cleanup, session.path):
+                self._kept[session.id] = (session.branch, session.path)
+        finally:
+            del self._ending[session.id]
+            ending.set_result(None)
 
     def _drain(self, session: Session) -> None:
         assert session.child is not None
@@ -529,8 +562,9 @@ class SessionManager:
                 return
             self._feed(session, session.decoder.decode(data))
 
-    def _cleanup(self, path: Path) -> None:
-        # ended sessions commit nothing; a worktree with uncommitted work is kept, not discarded
+    def _cleanup(self, path: Path) -> bool:
+        """Remove an ended session's worktree; True when it holds uncommitted work and is kept instead
+        (ended sessions commit nothing, and discard nothing either)."""
         try:
             dirty = subprocess.run(
                 ["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, timeout=30
@@ -538,8 +572,12 @@ class SessionManager:
         except (OSError, subprocess.SubprocessError):
             dirty = "unknown"
         if dirty:
-            logger.warning("terminal worktree %s has uncommitted changes; kept, not removed", path)
-            return
+            logger.warning("terminal worktree %s has uncommitted changes; kept for the next open", path)
+            return True
+        self._release(path)
+        return False
+
+    def _release(self, path: Path) -> None:
         try:
             self._git.remove_worktree(path)
         except Exception:  # noqa: BLE001 - cleanup must not take the runner down

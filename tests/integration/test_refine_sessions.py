@@ -122,3 +122,42 @@ def test_runner_refuses_a_read_only_open_of_no_session(tmp_path: Path) -> None:
     assert isinstance(error, fr.ErrorFrame)
     assert (error.code, error.sessionId, error.to) == ("no_session", sid, ["c-ro"])
     assert not (tmp_path / "worktrees").exists() or list((tmp_path / "worktrees").iterdir()) == []
+
+
+def test_a_kept_dirty_worktree_is_reopened_with_its_work(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """A session closed with uncommitted work keeps its worktree; opening the same branch again lands
+    in that very folder, the work still there, and the agent resumes the conversation it had there."""
+    kiro = FakeKiro(tmp_path)
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path, kiro.argv_for, kiro.env)),
+    ):
+        token = browser_token(branch="feature/wip")
+
+        async def scenario() -> None:
+            first = await Browser.connect(gw.ws_url, token)
+            await first.open(branch="feature/wip", timeout=10)
+            await first.wait_text(KIRO_PROMPT, 10)
+            await first.type('[fake:write path=wip.txt text="uncommitted work"]\r')
+            await first.wait_text("[y/n/t]", 10)
+            await first.type("y\r")
+            await first.wait_text("Done: wrote wip.txt", 10)
+            # when: the user closes the session, then opens the branch again at once
+            await first.send(fr.CloseFrame(sessionId=first.session_id))
+            await first.wait_frame(fr.ExitFrame, 10)
+            await first.close()
+            again = await Browser.connect(gw.ws_url, token)
+            await again.open(branch="feature/wip", timeout=10)
+            # then
+            await again.wait_text("wip.txt", 10)  # the git status printed at open lists the work
+            await again.wait_text("Resumed the previous conversation in", 10)
+            await again.close()
+
+        asyncio.run(scenario())
+        starts = kiro.events("start")
+        assert [e["resume"] for e in starts] == [False, True]
+        assert starts[0]["cwd"] == starts[1]["cwd"]
+        assert (Path(starts[1]["cwd"]) / "wip.txt").read_text() == "uncommitted work\n"
+        assert [p.name for p in (tmp_path / "worktrees").iterdir()] == [Path(starts[0]["cwd"]).name]
