@@ -1,5 +1,9 @@
 """Git for the runner: one clone per runner, one detached worktree per task or terminal session.
 
+Several runner processes may share one clone (runners started by hand share ``~/.aipm/repo``): an
+flock on ``<repo_path>.lock`` serialises clone, fetch and worktree add/remove/prune among them, and
+each worktree in use holds a lock file of its own, so no process replaces another's folder.
+
 Worktrees are detached at the branch's remote head, so the same branch can be open in a task and
 in a terminal session at once; commits are pushed with ``HEAD:refs/heads/<branch>``, never forced,
 and so is the work in progress saved on ``kiro-wip/`` refs.
@@ -7,12 +11,16 @@ and so is the work in progress saved on ``kiro-wip/`` refs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +29,7 @@ import git
 logger = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 3
+LOCKS_DIR = "aipm-worktree-locks"  # in the clone's git dir: one lock file per worktree in use
 NETWORK_TIMEOUT = 120.0  # seconds any one git command that talks to the remote may take
 
 
@@ -88,17 +97,32 @@ class GitWorkspace:
         # that talks to the remote is killed after this long
         self.network_timeout = network_timeout
         self._author = (author_name, author_email)
-        # fetch, worktree add/remove touch shared refs and admin files of the one clone
+        # clone, fetch and worktree add/remove/prune touch the clone's shared refs and admin files:
+        # one thread of one process at a time (runners started by hand share ~/.aipm/repo)
         self._lock = threading.Lock()
-        self._held: set[Path] = set()
-        self.repo = self._open_or_clone()
+        self._lock_path = self.repo_path.parent / f"{self.repo_path.name}.lock"
+        # worktrees in use by this process, each with its lock file's descriptor (flock held)
+        self._held: dict[Path, int] = {}
+        with self._exclusive():
+            self.repo = self._open_or_clone()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The thread lock and an flock on ``<repo_path>.lock`` beside the clone."""
+        with self._lock:
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def _open_or_clone(self) -> git.Repo:
         if (self.repo_path / ".git").exists() or (self.repo_path / "HEAD").exists():
             repo = git.Repo(self.repo_path)
             repo.git.remote("set-url", "origin", self.remote)
         else:
-            self.repo_path.parent.mkdir(parents=True, exist_ok=True)
             git.Git.check_unsafe_protocols(self.remote)
             try:
                 git.Git().clone(
@@ -109,14 +133,47 @@ class GitWorkspace:
                     kill_after_timeout=self.network_timeout,
                 )
             except git.GitCommandError as e:
+                # a clone killed at the timeout leaves a half-made repository behind: not a clone
+                shutil.rmtree(self.repo_path, ignore_errors=True)
                 raise self._network_error(f"git clone of {self.remote!r}", e) from e
             repo = git.Repo(self.repo_path)
         with repo.config_writer() as cw:
             cw.set_value("user", "name", self._author[0])
             cw.set_value("user", "email", self._author[1])
         self.worktrees_dir.mkdir(parents=True, exist_ok=True)
+        (Path(repo.common_dir) / LOCKS_DIR).mkdir(exist_ok=True)
         repo.git.worktree("prune")
         return repo
+
+    def _lock_file(self, path: Path) -> Path:
+        # beside the clone's own admin files, out of the worktrees folder (which holds worktrees only)
+        return Path(self.repo.common_dir) / LOCKS_DIR / f"{safe_dir_name(str(path))}.lock"
+
+    def _hold(self, path: Path) -> int | None:
+        """Take ``path``'s lock file (non-blocking); its descriptor, or None when another holder,
+        in this process or another, has it. The holder deletes the file when it lets go, so the
+        lock taken must be on the file that is still at the path."""
+        lock = self._lock_file(path)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # deleted by its last holder after we opened it: take the new one
+
+    def _let_go(self, path: Path) -> None:
+        fd = self._held.pop(path, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock_file(path))
+            os.close(fd)
 
     # -- worktrees -------------------------------------------------------------------------
     def checkout(
@@ -125,45 +182,58 @@ class GitWorkspace:
         """A fresh worktree for ``branch`` (call check_branch first), detached at the remote head,
         or at the default branch when the remote has no such branch yet. ``start_sha`` (the WIP
         commit of an earlier attempt, pushed to ``start_ref``) wins when it can be had."""
-        with self._lock:
+        with self._exclusive():
+            # a worktree still held, by this process or another one sharing the clone (a running
+            # task, an open or kept terminal session), is never replaced: the newcomer gets a
+            # folder of its own. A folder nobody holds is a leftover (a crash): it is replaced.
             path = self.worktrees_dir / safe_dir_name(name)
-            # a worktree still held (a running task, an open or kept terminal session) is never
-            # replaced: the newcomer gets a folder of its own
             n = 1
-            while path in self._held:
+            while path in self._held or (fd := self._hold(path)) is None:
                 n += 1
                 path = self.worktrees_dir / f"{safe_dir_name(name)}-{n}"
-            if path.exists():
-                self._remove_locked(path)
-            existed = self._fetch_locked(branch)
-            if start_sha and not self._has_commit(start_sha) and start_ref:
-                try:
-                    self._fetch_locked(start_ref)
-                except GitOpError as e:
-                    logger.warning("could not fetch the earlier attempt's work %s: %s", start_ref, e)
-            if start_sha and self._has_commit(start_sha):
-                logger.info("resuming from the earlier attempt's work %s", start_sha[:12])
-                base = start_sha
-            elif existed:
-                base = f"refs/remotes/origin/{branch}"
-            else:
-                self._fetch_locked(self.default_branch, required=True)
-                base = f"refs/remotes/origin/{self.default_branch}"
+            self._held[path] = fd
             try:
-                self.repo.git.worktree("add", "--detach", "--force", str(path), base)
-            except git.GitCommandError as e:
-                raise GitOpError(f"git worktree add failed: {_short(e)}") from e
-            self._held.add(path)
-            sha = git.Repo(path).head.commit.hexsha
+                return self._checkout_locked(path, branch, start_sha, start_ref)
+            except BaseException:
+                self._let_go(path)
+                raise
+
+    def _checkout_locked(
+        self, path: Path, branch: str, start_sha: str | None, start_ref: str | None
+    ) -> Checkout:
+        if path.exists():
+            self._remove_locked(path)
+        existed = self._fetch_locked(branch)
+        if start_sha and not self._has_commit(start_sha) and start_ref:
+            try:
+                self._fetch_locked(start_ref)
+            except GitOpError as e:
+                logger.warning("could not fetch the earlier attempt's work %s: %s", start_ref, e)
+        if start_sha and self._has_commit(start_sha):
+            logger.info("resuming from the earlier attempt's work %s", start_sha[:12])
+            base = start_sha
+        elif existed:
+            base = f"refs/remotes/origin/{branch}"
+        else:
+            self._fetch_locked(self.default_branch, required=True)
+            base = f"refs/remotes/origin/{self.default_branch}"
+        try:
+            self.repo.git.worktree("add", "--detach", "--force", str(path), base)
+        except git.GitCommandError as e:
+            raise GitOpError(f"git worktree add failed: {_short(e)}") from e
+        sha = git.Repo(path).head.commit.hexsha
         logger.info(
             "worktree ready at %s (branch %s, base %s, branch existed: %s)", path, branch, sha[:12], existed
         )
         return Checkout(path=path, branch=branch, base_sha=sha, branch_existed=existed)
 
     def remove(self, path: Path) -> None:
-        with self._lock:
-            self._remove_locked(Path(path))
-            self._held.discard(Path(path))
+        path = Path(path)
+        with self._exclusive():
+            try:
+                self._remove_locked(path)
+            finally:
+                self._let_go(path)
 
     def _remove_locked(self, path: Path) -> None:
         try:
@@ -273,7 +343,7 @@ class GitWorkspace:
 
     def _rebase_onto_remote(self, wt: git.Repo, branch: str) -> None:
         logger.info("remote branch %s moved during the task; rebasing once", branch)
-        with self._lock:
+        with self._exclusive():
             self._fetch_locked(branch, required=True)
         try:
             wt.git.rebase(f"refs/remotes/origin/{branch}")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +17,7 @@ import pytest
 
 from ec2_runner.gitops import GitOpError, GitWorkspace, PushConflictError, RefRejectedError
 from local.gitremote import ensure_bare_remote
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -250,3 +255,88 @@ def test_push_refused_by_a_hook_is_not_rebased_or_retried(
         ws.push(co.path, "feature/frozen")
     assert not err.value.moved
     assert git.Repo(remote).git.for_each_ref("refs/heads/feature/frozen") == ""
+
+
+# one runner process: waits for the go file, opens the shared clone, works in a worktree of its own
+# and in one whose name the other process asks for too, then holds it until the hold file appears
+WORKER = r"""
+import json, sys, time
+from pathlib import Path
+from ec2_runner.gitops import GitWorkspace
+repo, remote, wt, go, hold, me = sys.argv[1:]
+while not Path(go).exists():
+    time.sleep(0.002)
+ws = GitWorkspace(Path(repo), remote, Path(wt))
+mine = ws.checkout(f"feature/proc-{me}", f"task-{me}")
+(mine.path / f"{me}.txt").write_text(me)
+ws.commit_all(mine.path, f"from {me}")
+ws.push(mine.path, f"feature/proc-{me}")
+same = ws.checkout("feature/shared", "task-same")
+(same.path / "owner.txt").write_text(me)
+print(json.dumps({"mine": str(mine.path), "same": str(same.path)}), flush=True)
+while not Path(hold).exists():
+    time.sleep(0.01)
+print(json.dumps({"intact": (same.path / "owner.txt").read_text() == me}), flush=True)
+ws.remove(same.path)
+ws.remove(mine.path)
+"""
+
+
+def test_two_processes_share_one_clone_and_never_take_each_others_worktree(
+    tmp_path: Path, remote: Path
+) -> None:
+    """Runners started by hand on one machine share REPO_PATH: both clone-or-open it at the same
+    moment, work side by side, and a folder one of them holds is never replaced by the other."""
+    # given: two runner processes on one empty repo path, released at the same instant
+    repo, wt, go, hold = (
+        tmp_path / "shared" / "repo",
+        tmp_path / "shared" / "wt",
+        tmp_path / "go",
+        tmp_path / "hold",
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(repo), str(remote), str(wt), str(go), str(hold), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    try:
+        # when
+        go.touch()
+        held = []
+        for proc in procs:
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line, proc.communicate(timeout=30)[1][-2000:]
+            held.append(json.loads(line))
+        # then: each holds a folder of its own, also for the name both asked for
+        assert held[0]["same"] != held[1]["same"]
+        assert all(Path(h["same"]).is_dir() and Path(h["mine"]).is_dir() for h in held)
+        hold.touch()
+        results = [proc.communicate(timeout=30) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    assert all(json.loads(out.splitlines()[-1]) == {"intact": True} for out, _ in results)
+    heads = git.Repo(remote).git.for_each_ref("--format=%(refname)", "refs/heads/feature/proc-*").split()
+    assert sorted(heads) == ["refs/heads/feature/proc-0", "refs/heads/feature/proc-1"]
+    assert git.Repo(repo).git.worktree("list", "--porcelain").count("worktree ") == 1  # the clone alone
+
+
+def test_a_worktree_lock_lives_as_long_as_its_worktree(ws: GitWorkspace) -> None:
+    """Each worktree in use holds a lock file in the clone's git dir; removing it deletes the file,
+    so locks do not pile up over thousands of tasks, and the worktrees folder holds worktrees only."""
+    locks = Path(ws.repo.common_dir) / "aipm-worktree-locks"
+    co = ws.checkout("feature/lock", "task-lock")
+    assert len(list(locks.iterdir())) == 1
+    assert [p.name for p in ws.worktrees_dir.iterdir()] == [co.path.name]
+    ws.remove(co.path)
+    assert list(locks.iterdir()) == [] and list(ws.worktrees_dir.iterdir()) == []
