@@ -2,8 +2,9 @@
 
 - A websockets server (max message 128 KiB: larger ones close with 1009, as API Gateway does) that
   gives each connection an id, calls the REAL authorizer and ``$connect`` handler before accepting
-  the handshake, selects a route from ``$request.body.action`` (unknown -> ``$default``) and calls
-  the real handlers in-process with API-Gateway-shaped events, one message at a time per connection.
+  the handshake, selects a route from ``$request.body.action`` (no such route -> ``$default``) and
+  calls the real handlers in-process with API-Gateway-shaped events. Routes, authorizer and stage are
+  template.yaml's, as local.deploy parses them (``LocalGateway.from_spec``).
 - A small HTTP server with ``POST/GET/DELETE [/{stage}]/@connections/{id}``, so boto3's
   ``apigatewaymanagementapi`` client works unchanged with ``endpoint_url`` (410 GoneException for
   unknown ids, 413 over 128 KiB).
@@ -41,17 +42,17 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "web" / "index.html"
+PAGE_STAGE_META = '<meta name="aipm-ws-stage" content="{}">'
 MAX_MESSAGE = 128 * 1024
 RUNNER_CONCURRENCY = 8  # concurrent invocations for one runner connection's frames
 API_ID = "localws"
 ACCOUNT = "123456789012"
 
-DEFAULT_FUNCTIONS = {
-    "authorizer": "ws_authorizer",
-    "$connect": "ws_connect",
-    "$disconnect": "ws_disconnect",
-    "$default": "ws_relay",
-}
+# what template.yaml declares today; a gateway made from local.deploy's WebSocketSpec uses the template's own
+DEFAULT_ROUTES = {"$connect": "ws_connect", "$disconnect": "ws_disconnect", "$default": "ws_relay"}
+DEFAULT_AUTHORIZER = "ws_authorizer"
+DEFAULT_IDENTITY_SOURCES = ("route.request.querystring.token",)
+DEFAULT_STAGE = "local"
 
 
 @dataclass
@@ -91,10 +92,17 @@ class LocalGateway:
         *,
         port: int | None = None,
         host: str = "127.0.0.1",
-        stage: str = "local",
-        functions: dict[str, str] | None = None,
+        stage: str = DEFAULT_STAGE,
+        routes: dict[str, str] | None = None,
+        authorizer: str | None = DEFAULT_AUTHORIZER,
+        identity_sources: list[str] | tuple[str, ...] = DEFAULT_IDENTITY_SOURCES,
         workers: int = 16,
     ) -> None:
+        """``routes`` maps route keys (``$connect``, ``$disconnect``, ``$default``, or an action) to
+        function folders under ``functions/``; ``authorizer`` is the ``$connect`` REQUEST authorizer's
+        function (None: connections are not authorised); ``identity_sources`` are what API Gateway
+        requires before it calls the authorizer. The defaults are what template.yaml declares;
+        ``from_spec`` takes them from the template as local.deploy parses it."""
         self.env = dict(env)
         if not self.env.get("TOKEN_SECRET") and not self.env.get("TOKEN_SECRET_ARN"):
             self.env["TOKEN_SECRET"] = secrets.token_urlsafe(32)
@@ -103,8 +111,14 @@ class LocalGateway:
         self.port = int(os.environ.get("PORT", "8080")) if port is None else port
         self.host = host
         self.stage = stage
-        self._function_names = {**DEFAULT_FUNCTIONS, **(functions or {})}
+        self.routes = dict(DEFAULT_ROUTES if routes is None else routes)
+        missing = {"$connect", "$default"} - set(self.routes)
+        if missing:
+            raise ValueError(f"a WebSocket API needs the routes {sorted(missing)}")
+        self.authorizer = authorizer
+        self.identity_sources = list(identity_sources)
         self._functions: dict[str, LocalFunction] = {}
+        self._authorizer: LocalFunction | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="ws-lambda"
         )
@@ -169,8 +183,12 @@ class LocalGateway:
         )
         self._http_thread.start()
         env = {**self.env, "WS_MANAGEMENT_ENDPOINT": self.management_url}
-        for key, name in self._function_names.items():
+        for key, name in self.routes.items():
             self._functions[key] = LocalFunction(name, "app.lambda_handler", Path("functions") / name, env)
+        if self.authorizer:
+            self._authorizer = LocalFunction(
+                self.authorizer, "app.lambda_handler", Path("functions") / self.authorizer, env
+            )
         self._thread = threading.Thread(target=self._run, name="ws-gateway", daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -243,9 +261,34 @@ class LocalGateway:
             ctx["authorizer"] = conn.authorizer
         return ctx
 
+    @classmethod
+    def from_spec(cls, env: dict[str, str], spec: Any, **kwargs: Any) -> LocalGateway:
+        """A gateway with the routes, authorizer and stage of a ``local.deploy.WebSocketSpec``."""
+        return cls(
+            env,
+            stage=spec.stage,
+            routes=dict(spec.routes),
+            authorizer=spec.authorizer,
+            identity_sources=list(spec.identity_sources),
+            **kwargs,
+        )
+
     async def _invoke(self, key: str, event: dict[str, Any]) -> Any:
+        """Run the route ``key``'s function (a route without one is a no-op, as an unset route is)."""
         assert self._loop is not None
-        return await self._loop.run_in_executor(self._pool, self._functions[key].invoke, event)
+        function = self._functions.get(key)
+        if function is None:
+            return None
+        return await self._loop.run_in_executor(self._pool, function.invoke, event)
+
+    def _identity_present(self, query: dict[str, str], headers: Any) -> bool:
+        for source in self.identity_sources:
+            kind, _, name = source.removeprefix("route.request.").partition(".")
+            if kind == "querystring" and not query.get(name):
+                return False
+            if kind == "header" and not headers.get(name):
+                return False
+        return True
 
     # -- handshake: authorizer, then $connect --------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -270,20 +313,22 @@ class LocalGateway:
             **base,
             "requestContext": self._request_context(conn, "$connect", "CONNECT"),
         }
-        if not query.get("token"):
-            # the identity source is route.request.querystring.token: API Gateway never calls the authorizer
-            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
-        try:
-            policy = await self._invoke("authorizer", auth_event)
-        except Exception as e:  # noqa: BLE001 - an authorizer error is the client's 401/500
-            if str(e) == "Unauthorized":
+        if self._authorizer is not None:
+            if not self._identity_present(query, request.headers):
+                # a missing identity source: API Gateway answers 401 without calling the authorizer
                 return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
-            logger.warning("authorizer failed: %s", type(e).__name__)
-            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
-        statements = (policy or {}).get("policyDocument", {}).get("Statement", [])
-        if not statements or any(s.get("Effect") != "Allow" for s in statements):
-            return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden\n")
-        conn.authorizer = {**(policy.get("context") or {}), "principalId": policy.get("principalId")}
+            assert self._loop is not None
+            try:
+                policy = await self._loop.run_in_executor(self._pool, self._authorizer.invoke, auth_event)
+            except Exception as e:  # noqa: BLE001 - an authorizer error is the client's 401/500
+                if str(e) == "Unauthorized":
+                    return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+                logger.warning("authorizer failed: %s", type(e).__name__)
+                return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
+            statements = (policy or {}).get("policyDocument", {}).get("Statement", [])
+            if not statements or any(s.get("Effect") != "Allow" for s in statements):
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden\n")
+            conn.authorizer = {**(policy.get("context") or {}), "principalId": policy.get("principalId")}
         connect_event = {
             **base,
             "isBase64Encoded": False,
@@ -304,7 +349,9 @@ class LocalGateway:
         path = urlsplit(request.path).path
         if path not in ("/", "/index.html", f"/{self.stage}", f"/{self.stage}/") or not PAGE.is_file():
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found\n")
-        response = connection.respond(http.HTTPStatus.OK, PAGE.read_text())
+        # the page connects to this gateway's stage unless its URL says otherwise (?ws=...)
+        page = PAGE.read_text().replace(PAGE_STAGE_META.format("local"), PAGE_STAGE_META.format(self.stage))
+        response = connection.respond(http.HTTPStatus.OK, page)
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "text/html; charset=utf-8"
         response.headers["Cache-Control"] = "no-store"
@@ -384,11 +431,13 @@ class LocalGateway:
                 )
 
     def _select_route(self, body: str) -> str:
+        """``$request.body.action``: the route of that key, else ``$default`` (``$``-keys are never
+        selected by a message)."""
         try:
             action = json.loads(body).get("action")
         except (ValueError, AttributeError):
             return "$default"
-        if isinstance(action, str) and action in self._functions and not action.startswith("$"):
+        if isinstance(action, str) and action in self.routes and not action.startswith("$"):
             return action
         return "$default"
 
@@ -491,7 +540,13 @@ def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def start_local_gateway(stack: Any, function_env: dict[str, str], port: int | None = None) -> LocalGateway:
-    """What ``aipm local up`` calls: a started gateway over the stack's connections table."""
-    gw = LocalGateway(function_env, port=port)
-    return gw.start()
+def start_local_gateway(
+    stack: Any, function_env: dict[str, str], port: int | None = None, websocket: Any = None
+) -> LocalGateway:
+    """What ``aipm local up`` calls: a started gateway over the stack's connections table, with the
+    routes, authorizer and stage template.yaml declares (``websocket``: the ``WebSocketSpec`` that
+    local.deploy parsed; else the stack's ``websocket`` attribute; else the defaults, which match it)."""
+    spec = websocket if websocket is not None else getattr(stack, "websocket", None)
+    if spec is None:
+        return LocalGateway(function_env, port=port).start()
+    return LocalGateway.from_spec(function_env, spec, port=port).start()
