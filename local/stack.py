@@ -151,7 +151,7 @@ class LocalStack:
         reconciler.start()
         self._parts += [self.stream, dlq, reconciler]
 
-        gateway_urls, gateway_env = self._start_gateway(function_env)
+        gateway_urls, gateway_env = self._start_gateway(function_env, res.websocket)
 
         runner_env = {
             **base_env,
@@ -184,19 +184,21 @@ class LocalStack:
             self.start_runner()
         return self.config
 
-    def _start_gateway(self, function_env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    def _start_gateway(
+        self, function_env: dict[str, str], websocket: Any
+    ) -> tuple[dict[str, str], dict[str, str]]:
         """The API Gateway WebSocket stand-in; its URLs, and the env runners need to connect."""
         if self.gateway_port is None:
             return {}, {}
         from local.gateway import start_local_gateway
 
         try:
-            gw = start_local_gateway(self, function_env, self.gateway_port)
+            gw = start_local_gateway(self, function_env, self.gateway_port, websocket)
         except OSError:
             logger.warning(
                 "port %s is busy; the local WebSocket gateway takes a free port", self.gateway_port
             )
-            gw = start_local_gateway(self, function_env, 0)
+            gw = start_local_gateway(self, function_env, 0, websocket)
         self._parts.append(gw)
         urls = {"ws_url": gw.ws_url, "management_url": gw.management_url, "page_url": gw.page_url}
         env = {"WS_URL": gw.ws_url, "RUNNER_SECRET": gw.runner_secret, "TOKEN_SECRET": gw.token_secret}
