@@ -393,6 +393,7 @@ class TaskPipeline:
                     return Outcome.LEASE_LOST
                 try:
                     sha = self.workspace.push(checkout.path, task.branch)
+                    logger.info("pushed %s to %s (attempt %d)", sha[:12], task.branch, attempt)
                 except GitOpError as e:  # a conflict, a refusal, the network: the task fails, its work stays
                     saved = self._keep_work(task, attempt, checkout)
                     keep = opts.keep_failed_worktrees or saved.unsaved

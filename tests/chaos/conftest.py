@@ -3,6 +3,7 @@ files, the fake agent's log, and the checks every scenario shares (no overlap, n
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -181,6 +182,54 @@ class Chaos:
                 bad.append(task_id)
         return bad
 
+    def lost(self, ids: list[str]) -> list[str]:
+        """Tasks whose outcome is gone, read afresh: the row is not final, or it is complete with a
+        commit that is not on its branch on the remote."""
+        gone = []
+        for task_id in ids:
+            row = self.store.get(task_id)
+            if row.get("status") not in FINAL:
+                gone.append(task_id)
+            elif row["status"] == "complete" and not self.on_branch(row.get("commitSha"), row["branch"]):
+                gone.append(task_id)
+        return gone
+
+    def on_branch(self, sha: str | None, branch: str) -> bool:
+        if not sha:
+            return False
+        try:
+            self.remote().git.merge_base("--is-ancestor", sha, f"refs/heads/{branch}")
+            return True
+        except git.GitCommandError:
+            return False
+
+    def ownership(self, ids: list[str]) -> tuple[int, list[str]]:
+        """Claims and pushes from the runners' logs: (pushes seen, tasks pushed by a runner while
+        another claim of the task had been made since that runner's own claim, i.e. while the
+        row was someone else's). Covers the push window, which the agent's runs do not."""
+        wanted = set(ids)
+        events: dict[str, list[tuple[float, str, str]]] = {}  # task -> (time, kind, runner)
+        for line in self.runner_lines():
+            task_id, msg = line.get("task_id"), str(line.get("message", ""))
+            if task_id not in wanted:
+                continue
+            if msg.startswith("claimed (attempt "):
+                events.setdefault(task_id, []).append((log_time(line), "claim", str(line.get("runner_id"))))
+            elif msg.startswith("pushed "):
+                events.setdefault(task_id, []).append((log_time(line), "push", str(line.get("runner_id"))))
+        pushes, bad = 0, []
+        for task_id, seen in events.items():
+            seen.sort(key=lambda e: (e[0], e[1] == "push"))  # same millisecond: the claim first
+            owner = None
+            for _, kind, runner in seen:
+                if kind == "claim":
+                    owner = runner
+                else:
+                    pushes += 1
+                    if runner != owner:
+                        bad.append(task_id)
+        return pushes, sorted(set(bad))
+
     def live_agent_pids(self, ids: list[str]) -> list[int]:
         """Fake agent processes (and their helpers) of ``ids`` still alive."""
         pids = []
@@ -202,6 +251,14 @@ class Chaos:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+
+def log_time(line: dict) -> float:
+    """A runner log line's time (Powertools' UTC timestamp) as epoch seconds; 0 when it has none."""
+    try:
+        return dt.datetime.strptime(str(line.get("timestamp", "")), "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
+    except ValueError:
+        return 0.0
 
 
 def summary(capsys: Any, scenario: str, **figures: Any) -> str:

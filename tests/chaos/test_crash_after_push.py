@@ -53,12 +53,13 @@ def test_runner_killed_right_after_its_push_lands_does_not_push_twice(
     # then
     starts = chaos.agent_runs([task_id])
     commits = chaos.commits_for(branch, task_id)
+    lost = chaos.lost([task_id])
     line = summary(
         capsys,
         "crash after push",
         tasks=1,
         kills=1,
-        lost=0 if row["status"] in ("complete", "failed") else 1,
+        lost=len(lost),
         double_owned=len(chaos.double_owned([task_id])),
         agent_runs=len(starts),
         commits=commits,
@@ -66,6 +67,7 @@ def test_runner_killed_right_after_its_push_lands_does_not_push_twice(
         duration=chaos.elapsed(),
     )
     assert first.returncode == -9, line
+    assert not lost and not chaos.double_owned([task_id]), line
     assert row["status"] == "complete", f"{line}; {row.get('error')}"
     assert row["attempts"] == 2, line
     assert commits == 1, line

@@ -64,6 +64,9 @@ def test_runners_killed_ten_times_lose_nothing_and_never_double_own_a_task(
         t: n for t in ids if rows[t]["status"] == "complete" and (n := chaos.commits_for(branches[t], t)) != 1
     }
     orphans = chaos.live_agent_pids(ids)
+    lost = chaos.lost(ids)
+    pushes, pushed_not_owner = chaos.ownership(ids)
+    reclaims = sum(1 for r in rows.values() if r.get("attempts", 1) > 1)
     line = summary(
         capsys,
         "kill-9 runners",
@@ -71,17 +74,24 @@ def test_runners_killed_ten_times_lose_nothing_and_never_double_own_a_task(
         kills=len(chaos.kills),
         complete=statuses["complete"],
         failed=statuses["failed"],
-        lost=len(processing),
-        double_owned=len(double),
-        reclaims=sum(1 for r in rows.values() if r.get("attempts", 1) > 1),
+        lost=len(lost),
+        double_owned=len(set(double) | set(pushed_not_owner)),
+        reclaims=reclaims,
+        pushes=pushes,
         duration=chaos.elapsed(),
     )
-    assert not processing, line
+    assert not processing and not lost, f"{line}; lost: {lost}"
+    # the kills hit work in flight: some tasks were taken over from a dead runner
+    assert reclaims > 0, line
     # the checks below read real evidence: every task's agent runs and claims were logged
     assert {r.task_id for r in chaos.agent_runs(ids)} == set(ids), line
     assert set(history) == set(ids), line
     assert all(max(a for _, a in history[t]) == rows[t]["attempts"] for t in ids), line
     assert not double, f"{line}; overlapping agent runs: {double}"
+    # the push window too: no runner pushed a task after another runner had claimed it since its own
+    # claim (a runner killed between its push and the log line leaves one push unlogged)
+    assert pushes >= statuses["complete"] - len(chaos.kills), line
+    assert not pushed_not_owner, f"{line}; pushed while another runner owned the task: {pushed_not_owner}"
     assert not repeated_claims, f"{line}; one attempt number claimed twice: {repeated_claims}"
     assert not not_once, f"{line}; commits per task on its branch: {not_once}"
     assert not orphans, f"{line}; agent processes left behind: {orphans}"

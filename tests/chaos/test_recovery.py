@@ -68,16 +68,18 @@ def test_poison_task_lands_in_the_dlq_and_fails_while_the_others_complete(
         rows = chaos.wait_final([poison, *good], timeout=120)
     # then
     ids = [poison, *good]
+    lost = chaos.lost(ids)
     line = summary(
         capsys,
         f"poison task ({slots} slot(s) per runner)",
         tasks=len(ids),
         kills=supervisor.deaths,
-        lost=0,
+        lost=len(lost),
         double_owned=len(chaos.double_owned(ids)),
         poison_attempts=rows[poison].get("attempts"),
         duration=chaos.elapsed(),
     )
+    assert not lost, f"{line}; {lost}"
     assert rows[poison]["status"] == "failed", f"{line}; {rows[poison]}"
     # N: the larger of the row's attempts (3 runs) and the DLQ message's receive count, which in
     # moto also counts the receive that moved it; so 3 or 4
@@ -122,6 +124,7 @@ def test_aws_endpoint_down_for_ten_seconds_is_logged_retried_and_every_task_ends
             chaos.put(task_id, f"feature/{task_id}", details="[fake:sleep=0.2]")
         ids = first + later
         rows = chaos.wait_final(ids, timeout=90)
+        lost = chaos.lost(ids)  # read while the endpoint is up
         rode_it_out = chaos.procs[0].poll() is None
     finally:
         chaos.stack.stop()  # the stack's pollers before their endpoint
@@ -137,13 +140,14 @@ def test_aws_endpoint_down_for_ten_seconds_is_logged_retried_and_every_task_ends
         "aws outage 10 s",
         tasks=len(ids),
         kills=0,
-        lost=sum(1 for r in rows.values() if r["status"] not in ("complete", "failed")),
+        lost=len(lost),
         double_owned=len(chaos.double_owned(ids)),
         outage_log_lines=len(outage_lines),
         tasks_errored=len(errored),
         duration=chaos.elapsed(),
     )
     assert outage_lines, f"{line}: the runner said nothing about the outage"
+    assert not lost and not chaos.double_owned(ids), line
     failed = {t: r.get("error") for t, r in rows.items() if r["status"] != "complete"}
     assert not failed, f"{line}; {failed}"
     assert rode_it_out, line  # the runner did not crash on the outage

@@ -125,9 +125,11 @@ def test_fail_unowned_leaves_ended_and_live_rows_alone(ddb: Any, deployed: Any) 
 
 
 def test_list_by_status_filters_by_branch(store: TaskStore) -> None:
+    """Two pending rows of two branches: each branch's query finds its own row and not the other."""
     a, b = new_task(store), new_task(store)
-    rows = store.list_by_status(TaskStatus.PENDING, branch=f"feature/{a}")
-    assert [r["id"] for r in rows] == [a] and b != a
+    assert [r["id"] for r in store.list_by_status(TaskStatus.PENDING, branch=f"feature/{a}")] == [a]
+    assert [r["id"] for r in store.list_by_status(TaskStatus.PENDING, branch=f"feature/{b}")] == [b]
+    assert store.list_by_status(TaskStatus.PROCESSING, branch=f"feature/{a}") == []
 
 
 def test_list_by_status_uses_the_index(store: TaskStore) -> None:
