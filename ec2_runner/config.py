@@ -42,6 +42,8 @@ class RunnerSettings(BaseSettings):
     repo_path: Path = Field(default=Path.home() / ".aipm" / "repo", validation_alias="REPO_PATH")
     worktrees_dir: Path | None = Field(default=None, validation_alias="WORKTREES_DIR")
     default_branch: str = Field(default="main", validation_alias="DEFAULT_BRANCH")
+    # clone, fetch and push are killed after this long: a stalled remote never holds a task
+    git_timeout_seconds: float = Field(default=120.0, gt=0, validation_alias="GIT_TIMEOUT")
     protected_branches: Annotated[list[str], NoDecode] = Field(
         default=list(DEFAULT_PROTECTED), validation_alias="PROTECTED_BRANCHES"
     )

@@ -38,6 +38,7 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
         default_branch=settings.default_branch,
         author_name=settings.git_author_name,
         author_email=settings.git_author_email,
+        network_timeout=settings.git_timeout_seconds,
     )
     agent = make_agent(agent_settings or AgentSettings())
     options = PipelineOptions(

@@ -93,6 +93,7 @@ class Task(BaseModel):
     commitSha: str | None = None  # noqa: N815
     logTail: str | None = None  # noqa: N815
     wipSha: str | None = None  # noqa: N815
+    wipRef: str | None = None  # noqa: N815  # the kiro-wip/... ref that holds wipSha
     baseSha: str | None = None  # noqa: N815
 
     @field_validator("prNumber", mode="before")
