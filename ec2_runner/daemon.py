@@ -138,8 +138,9 @@ class Runner:
             )
             while not poll.done() and not self._stopping.is_set():
                 wait([poll], timeout=0.2)
-            if not poll.done():
-                # stopping mid-poll: whatever it still brings goes straight back to the queue
+            if self._stopping.is_set():
+                # stopping mid-poll (the poll may have brought something the moment the signal
+                # came): whatever it brings goes straight back to the queue, never started
                 poll.add_done_callback(self._give_back)
                 self._release(free)
                 break
@@ -163,6 +164,11 @@ class Runner:
                 suspect = _receive_count(message) > 1
                 if suspect:
                     self._wait_alone(message)
+                    if self._stopping.is_set():
+                        # stopped while it waited its turn: it was never started, so it goes back
+                        self._make_visible(message["ReceiptHandle"])
+                        self._release(1)
+                        break
                 self.received += 1
                 fut = pool.submit(self._handle, message)
                 with self._lock:
