@@ -29,6 +29,18 @@ def final(cli: AwsCli, task_id: str, timeout: float = 60) -> dict:
     )
 
 
+def second_run(cli: AwsCli, task_id: str) -> dict:
+    """The row once its second attempt has ended."""
+    return wait_until(
+        lambda: (
+            (row := cli.get(task_id)).get("attempts") == 2 and row["status"] in ("complete", "failed") and row
+        ),
+        60,
+        interval=0.2,
+        what="the second run",
+    )
+
+
 def remote_sha(stack: Any, branch: str) -> str | None:
     out = git.Repo(stack.config.git_remote).git.for_each_ref("--format=%(objectname)", f"refs/heads/{branch}")
     return out.strip() or None
@@ -60,14 +72,7 @@ def test_reset_to_pending_with_update_item_runs_the_task_again(local_stack: Any,
     first = final(cli, task_id)
     assert first["status"] == "complete", first.get("error")
     cli.reset(task_id)
-    second = wait_until(
-        lambda: (
-            (row := cli.get(task_id)).get("attempts") == 2 and row["status"] in ("complete", "failed") and row
-        ),
-        60,
-        interval=0.2,
-        what="the second run",
-    )
+    second = second_run(cli, task_id)
     assert second["status"] == "complete", second.get("error")
     assert second["commitSha"] != first["commitSha"]
     log = git.Repo(local_stack.config.git_remote).git.log("--format=%H", f"refs/heads/{branch}").split()
@@ -81,14 +86,7 @@ def test_reset_of_a_failed_row_runs_the_task_again(local_stack: Any, cli: AwsCli
     first = final(cli, task_id)
     assert first["status"] == "failed" and first["attempts"] == 1
     cli.reset(task_id)
-    second = wait_until(
-        lambda: (
-            (row := cli.get(task_id)).get("attempts") == 2 and row["status"] in ("complete", "failed") and row
-        ),
-        60,
-        interval=0.2,
-        what="the second run",
-    )
+    second = second_run(cli, task_id)
     assert second["status"] == "failed" and second["error"] == "agent made no changes"
     starts = [
         line
