@@ -2,7 +2,8 @@
 
 ``attach`` puts the local terminal in raw mode, forwards keystrokes as ``input`` frames and window
 changes (SIGWINCH) as ``resize`` frames, writes output in ``seq`` order, and on a dropped connection
-reconnects and resumes from the last ``seq``. ``Ctrl-]`` detaches (the session keeps running for its
+reconnects and resumes from the last ``seq``; when the session's runner goes away (``runner_gone``) it
+keeps resuming until the runner is back. ``Ctrl-]`` detaches (the session keeps running for its
 grace period).
 """
 
@@ -69,10 +70,27 @@ def _raw(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+REATTACH_SECONDS = 60.0  # how long a session whose runner went away is waited for
+FATAL_AT_OPEN = ("not_granted", "no_runner", "bad_target", "busy", "no_session")
+
+
 @dataclass
 class _State:
     reasm: fr.SeqReassembler = field(default_factory=fr.SeqReassembler)
     session_id: str | None = None
+    # while the session's runner is away: until when to keep resuming, and the next retry's delay
+    reattach_until: float | None = None
+    reattach_delay: float = 0.5
+    held: list[str] = field(default_factory=list)  # keystrokes typed while reattaching
+
+    @property
+    def reattaching(self) -> bool:
+        return self.reattach_until is not None
+
+    def start_reattach(self, now: float) -> None:
+        if self.reattach_until is None:
+            self.reattach_until = now + REATTACH_SECONDS
+            self.reattach_delay = 0.5
 
 
 def _size() -> tuple[int, int]:
@@ -138,6 +156,7 @@ async def _attach(ws_url: str, token: str, fd: int, out: Any) -> int:
                     taskId=grant.get("task"), branch=grant.get("branch"), cols=cols, rows=rows
                 )
             else:
+                state.start_reattach(loop.time())
                 opener = fr.ResumeFrame(sessionId=state.session_id, lastSeq=state.reasm.last_seq)
             await ws.send(fr.encode(opener))
             try:
@@ -158,29 +177,61 @@ async def _attach(ws_url: str, token: str, fd: int, out: Any) -> int:
 async def _pump(
     ws: ClientConnection, keys: asyncio.Queue[bytes], winch: asyncio.Event, state: _State, out: Any, say: Any
 ) -> int | None:
-    """Shuttle frames until the session exits (its code), the user detaches (0) or the socket drops."""
+    """Shuttle frames until the session exits (its code), the user detaches (0) or the socket drops.
+
+    When the session's runner goes away (``runner_gone``), keep resuming from the last ``seq`` until
+    it is back (``opened``: the runner replays what was missed), holding keystrokes meanwhile."""
+    loop = asyncio.get_running_loop()
+    typed = 0  # input numbered per connection: the runner writes keystrokes in typed order
+    later: set[asyncio.Task[None]] = set()
+
+    async def send_input(text: str) -> None:
+        nonlocal typed
+        assert state.session_id
+        typed += 1
+        await ws.send(fr.encode(fr.InputFrame(sessionId=state.session_id, data=text, seq=typed)))
+
+    async def send_resize() -> None:
+        if state.session_id:
+            cols, rows = _size()
+            await ws.send(fr.encode(fr.ResizeFrame(sessionId=state.session_id, cols=cols, rows=rows)))
+
+    async def resume_after(delay: float) -> None:
+        await asyncio.sleep(delay)
+        if state.reattaching and state.session_id:
+            await ws.send(fr.encode(fr.ResumeFrame(sessionId=state.session_id, lastSeq=state.reasm.last_seq)))
+
+    def retry_resume() -> int | None:
+        state.start_reattach(loop.time())
+        assert state.reattach_until is not None
+        if loop.time() > state.reattach_until:
+            say("the runner did not come back with this session; it has ended")
+            return 1
+        task = loop.create_task(resume_after(state.reattach_delay))
+        later.add(task)
+        task.add_done_callback(later.discard)
+        state.reattach_delay = min(state.reattach_delay * 2, 5.0)
+        return None
 
     async def send_keys() -> int:
-        typed = 0
         while True:
             data = await keys.get()
             if DETACH_KEY in data:
                 say("detached; the session keeps running for its grace period")
                 return 0
-            if state.session_id:
-                typed += 1  # numbered per connection: the runner writes keystrokes in typed order
-                frame = fr.InputFrame(
-                    sessionId=state.session_id, data=data.decode("utf-8", "replace"), seq=typed
-                )
-                await ws.send(fr.encode(frame))
+            text = data.decode("utf-8", "replace")
+            if state.reattaching:
+                if sum(map(len, state.held)) < fr.MAX_FRAME_BYTES:
+                    state.held.append(text)  # typed while the runner is away: sent once it is back
+            elif state.session_id:
+                await send_input(text)
 
     async def send_resizes() -> None:
         while True:
             await winch.wait()
             winch.clear()
-            if state.session_id:
-                cols, rows = _size()
-                await ws.send(fr.encode(fr.ResizeFrame(sessionId=state.session_id, cols=cols, rows=rows)))
+            if not state.reattaching:
+                await send_resize()
 
     async def receive() -> int | None:
         async for raw in ws:
@@ -191,16 +242,29 @@ async def _pump(
             if isinstance(frame, fr.OpenedFrame):
                 state.session_id = frame.sessionId
                 chunks = state.reasm.start(frame.nextSeq)
+                if state.reattaching:
+                    state.reattach_until = None
+                    say("reattached")
+                    held, state.held = state.held, []
+                    await send_resize()
+                    for text in held:
+                        await send_input(text)
             elif isinstance(frame, fr.OutputFrame):
                 chunks = state.reasm.push(frame.seq, frame.data)
             elif isinstance(frame, fr.ExitFrame):
                 say(f"session ended (code {frame.code}{': ' + frame.reason if frame.reason else ''})")
                 return frame.code
             elif isinstance(frame, fr.ErrorFrame):
-                if frame.code in ("not_granted", "no_runner", "bad_target", "busy", "no_session"):
-                    say(frame.message)
-                    return 1
+                if frame.code == "runner_gone" or (frame.code == "no_runner" and state.reattaching):
+                    if frame.code == "runner_gone":
+                        say("the runner went away; reattaching when it is back")
+                    code = retry_resume()
+                    if code is not None:
+                        return code
+                    continue
                 say(frame.message)
+                if frame.code in FATAL_AT_OPEN:
+                    return 1
                 continue
             elif isinstance(frame, fr.PushedFrame):
                 say(f"pushed {frame.commitSha}" if frame.commitSha else "nothing to commit")
@@ -217,5 +281,5 @@ async def _pump(
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         return next(iter(done)).result()
     finally:
-        for task in tasks:
+        for task in [*tasks, *later]:
             task.cancel()

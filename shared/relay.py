@@ -373,25 +373,28 @@ class Relay:
     def disconnect(self, ident: Identity, endpoint: str) -> None:
         old = self.store.remove(ident.connection_id) or {}
         if ident.role == "runner":
-            sessions = old.get("sessions", {}).get("SS", [])
-            for sid in sessions:
-                self.store.drop_route(sid, ident.connection_id)
-                for browser in self.store.browsers(sid):
-                    self._send(
-                        endpoint,
-                        browser,
-                        fr.ErrorFrame(
-                            sessionId=sid,
-                            code="runner_gone",
-                            message="the runner holding this terminal disconnected; send resume to reattach",
-                        ),
-                    )
+            self._sessions_lost(endpoint, ident.connection_id, old)
         elif ident.role == "browser" and ident.session_id:
             runner = self.store.route(ident.session_id)
             if runner:
                 detach = fr.DetachFrame(sessionId=ident.session_id, connectionId=ident.connection_id)
                 if not self.poster.post(endpoint, runner, fr.encode(detach)):
-                    self._runner_gone(runner, ident.session_id)
+                    self._runner_gone(endpoint, runner, ident.session_id)
+
+    def _sessions_lost(self, endpoint: str, runner: str, item: dict[str, Any]) -> None:
+        """A runner connection is gone: unroute its sessions and tell their browsers to resume."""
+        for sid in item.get("sessions", {}).get("SS", []):
+            self.store.drop_route(sid, runner)
+            for browser in self.store.browsers(sid):
+                self._send(
+                    endpoint,
+                    browser,
+                    fr.ErrorFrame(
+                        sessionId=sid,
+                        code="runner_gone",
+                        message="the runner holding this terminal disconnected; send resume to reattach",
+                    ),
+                )
 
     # $default --------------------------------------------------------------------------------
     def message(self, ident: Identity, body: str | None, endpoint: str) -> None:
@@ -453,7 +456,16 @@ class Relay:
             if runner is not None and self.poster.post(endpoint, runner, text):
                 return None
             if runner is not None:
-                self._runner_gone(runner, session)
+                self._runner_gone(endpoint, runner, session)
+        if isinstance(frame, fr.ResumeFrame):
+            # the runner may be on its way back (its hello routes its sessions again): resume again later
+            return self._refuse(
+                endpoint,
+                ident,
+                "no_runner",
+                "no runner holds this session right now; resume again shortly",
+                session,
+            )
         self._send(
             endpoint,
             ident.connection_id,
@@ -477,15 +489,18 @@ class Relay:
             if self.poster.post(endpoint, runner, fr.encode(frame)):
                 self._routes[session] = (runner, self._clock())
                 return None
-            self._runner_gone(runner, session)
+            self._runner_gone(endpoint, runner, session)
         return self._refuse(endpoint, ident, "no_runner", "no runner answered; try again later", session)
 
-    def _runner_gone(self, runner: str, session: str | None) -> None:
+    def _runner_gone(self, endpoint: str, runner: str, session: str | None) -> None:
         logger.info("runner connection %s is gone; cleaning it", runner)
-        self.store.remove(runner)
+        old = self.store.remove(runner)
         self._routes = {k: v for k, v in self._routes.items() if v[0] != runner}
         if session:
             self.store.drop_route(session, runner)
+        if old:
+            # found out here before its $disconnect: the browsers of all its sessions hear it now
+            self._sessions_lost(endpoint, runner, old)
 
     def _from_runner(self, ident: Identity, body: str, endpoint: str) -> None:
         try:

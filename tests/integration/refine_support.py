@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -25,8 +27,9 @@ from local.gateway import LocalGateway
 from local.gitremote import ensure_bare_remote
 from shared import frames as fr
 from shared import tokens
-from tests.conftest import FAKE_AGENT
+from tests.conftest import FAKE_AGENT, ROOT
 
+PAGE_FILE = ROOT / "web" / "index.html"
 TOKEN_SECRET = "browser-token-secret-for-tests-0123456789"
 RUNNER_SECRET = "runner-secret-for-tests-0123456789abcdef"
 SHELL = ["/bin/bash", "--norc", "--noprofile"]
@@ -150,8 +153,13 @@ def process_running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_runner(gw: LocalGateway, make: Callable[[], SessionManager], runner_id: str = "runner-1"):
-    svc = TerminalService(gw.ws_url, RUNNER_SECRET, runner_id, make).start()
+def running_runner(
+    gw: LocalGateway,
+    make: Callable[[], SessionManager],
+    runner_id: str = "runner-1",
+    ws_url: str | None = None,
+):
+    svc = TerminalService(ws_url or gw.ws_url, RUNNER_SECRET, runner_id, make).start()
     # wait until the relay knows the runner (its hello has been handled)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not gw.max_message_by_role.get("runner"):
@@ -250,3 +258,207 @@ def error_codes(browser: Browser) -> list[str | None]:
 
 def loads(raw: str) -> dict[str, Any]:
     return json.loads(raw)
+
+
+def ring_holds(sessions: SessionManager, needle: str) -> bool:
+    """Whether some session's output ring holds ``needle`` (read from another thread: retry on a race)."""
+    for _ in range(5):
+        try:
+            return any(needle in f.data for s in list(sessions.sessions.values()) for f in list(s.ring))
+        except RuntimeError:
+            continue
+    return False
+
+
+class Partition:
+    """A TCP hop on loopback between a runner and the gateway that a test can cut, as a network
+    partition would: ``cut`` drops the live connections and refuses new ones until ``heal``."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._cut = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="partition", daemon=True)
+
+    def url(self, ws_url: str) -> str:
+        """``ws_url`` (the gateway's) through this hop."""
+        parts = urlsplit(ws_url)
+        return urlunsplit(parts._replace(netloc=f"127.0.0.1:{self.port}"))
+
+    def __enter__(self) -> Partition:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    def cut(self) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._set_cut(True), self._loop).result(5)
+
+    def heal(self) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._set_cut(False), self._loop).result(5)
+
+    async def _set_cut(self, cut: bool) -> None:
+        self._cut = cut
+        if cut:
+            for writer in list(self._writers):
+                writer.transport.abort()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+# web/index.html's own script under Node, with xterm.js and the DOM played by small stand-ins and
+# Node's WebSocket client: events (status, terminal writes, connects, frames sent) go out as JSON lines,
+# keystrokes come in on stdin
+PAGE_HARNESS = r"""
+const fs = require("fs");
+const readline = require("readline");
+const [htmlPath, search] = process.argv.slice(1);
+const html = fs.readFileSync(htmlPath, "utf8");
+const scripts = [...html.matchAll(/<script>([\s\S]*?)<\/script>/g)].map((m) => m[1]);
+const emit = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+const elements = {};
+function element(id) {
+  if (!elements[id]) {
+    let text = "";
+    elements[id] = {
+      disabled: false, onclick: null,
+      get textContent() { return text; },
+      set textContent(t) { text = t; emit({ event: "status", id, text: t }); },
+    };
+  }
+  return elements[id];
+}
+globalThis.document = {
+  getElementById: element,
+  querySelector(sel) {
+    const name = sel.match(/meta\[name="([^"]+)"\]/)[1];
+    const found = html.match(new RegExp(`<meta name="${name}" content="([^"]*)">`));
+    return found ? { getAttribute: () => found[1] } : null;
+  },
+};
+globalThis.location = { search, host: "page.invalid" };
+globalThis.window = { addEventListener() {} };
+globalThis.prompt = () => null;
+let onData = null;
+globalThis.Terminal = class {
+  constructor() { this.cols = 100; this.rows = 30; }
+  loadAddon() {}
+  open() {}
+  write(data) { emit({ event: "write", data }); }
+  onData(cb) { onData = cb; }
+  onResize() {}
+};
+globalThis.FitAddon = { FitAddon: class { fit() {} } };
+const NodeWebSocket = globalThis.WebSocket;
+globalThis.WebSocket = class extends NodeWebSocket {
+  constructor(url) { super(url); emit({ event: "connect" }); }
+  send(data) { emit({ event: "send", frame: JSON.parse(data) }); super.send(data); }
+};
+readline.createInterface({ input: process.stdin }).on("line", (line) => {
+  const cmd = JSON.parse(line);
+  if (cmd.type === "data" && onData) onData(cmd.data);
+});
+(0, eval)(scripts[scripts.length - 1]);
+"""
+
+
+class Page:
+    """The terminal page (web/index.html) running its real script under Node against a gateway."""
+
+    def __init__(self, ws_url: str, token: str) -> None:
+        search = "?" + urlencode({"token": token, "ws": ws_url})
+        argv = [
+            "node",
+            "--experimental-websocket",
+            "--no-warnings",
+            "-e",
+            PAGE_HARNESS,
+            str(PAGE_FILE),
+            search,
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self.events.append(json.loads(line))
+
+    def _of(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e["event"] == kind]
+
+    @property
+    def text(self) -> str:
+        return "".join(e["data"] for e in self._of("write"))
+
+    @property
+    def status(self) -> str:
+        shown = [e["text"] for e in self._of("status") if e["id"] == "status"]
+        return shown[-1] if shown else ""
+
+    @property
+    def connects(self) -> int:
+        return len(self._of("connect"))
+
+    def sent(self, action: str) -> list[dict[str, Any]]:
+        return [e["frame"] for e in self._of("send") if e["frame"].get("action") == action]
+
+    def type(self, data: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"type": "data", "data": data}) + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, predicate: Callable[[Page], Any], timeout: float = 10.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"page: {what} not met; status {self.status!r}; text {self.text[-300:]!r}"
+                )
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)

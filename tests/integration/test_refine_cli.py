@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -12,9 +13,12 @@ import pytest
 from ec2_runner.terminal_cli import mint_token, token_grant
 from shared import tokens
 from tests.conftest import ROOT
+from tests.fixtures import wait_until
 from tests.integration.refine_support import (
     TOKEN_SECRET,
+    Partition,
     connections_table,
+    ring_holds,
     running_gateway,
     running_runner,
     session_manager,
@@ -65,3 +69,52 @@ def test_attach_runs_the_users_terminal_in_raw_mode(moto_endpoint: str, tmp_path
         finally:
             child.close(force=True)
         assert child.exitstatus == 0
+
+
+def test_attach_reattaches_when_the_runner_comes_back(moto_endpoint: str, tmp_path: Path) -> None:
+    """The runner's connection is cut (a network partition): the CLI hears ``runner_gone``, holds what
+    the user types, and once the runner is back resumes from its last seq: the output made while the
+    runner was away arrives, and the held keystrokes run."""
+    table = connections_table(moto_endpoint)
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        Partition(gw.ws_port) as link,
+        running_runner(gw, lambda: session_manager(tmp_path), ws_url=link.url(gw.ws_url)) as svc,
+    ):
+        token = mint_token(branch="feature/away", secret=TOKEN_SECRET, user="dev")
+        code = (
+            "import sys; from ec2_runner.terminal_cli import attach; "
+            "sys.exit(attach(sys.argv[1], sys.argv[2]))"
+        )
+        child = pexpect.spawn(
+            sys.executable,
+            ["-c", code, gw.ws_url, token],
+            cwd=str(ROOT),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            dimensions=(24, 100),
+            timeout=20,
+        )
+        child.delaybeforesend = None
+        seen = io.BytesIO()
+        child.logfile_read = seen
+        try:
+            child.expect(r"\$ ")
+            child.send("sleep 0.5; echo during-$((3*5))\r")
+            child.expect(r"during-\$\(\(3\*5\)\)")  # the runner has the command: its echo is back
+            # when
+            link.cut()
+            child.expect("the runner went away")
+            child.send("echo back-$((6*7))\r")
+            assert svc.sessions is not None
+            wait_until(lambda: ring_holds(svc.sessions, "during-15"), 10, what="output while away")
+            link.heal()
+            # then
+            child.expect("reattached", timeout=30)
+            child.expect("back-42")
+            child.send("\x1d")
+            child.expect("detached")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+        assert child.exitstatus == 0
+        assert seen.getvalue().count(b"during-15\r\n") == 1  # once: a replay never shows a line twice
