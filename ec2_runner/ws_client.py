@@ -1,9 +1,10 @@
 """The runner's one outbound WebSocket connection to the terminal relay.
 
 ``async for ws in connect(url)`` reconnects with backoff; after each (re)connect the runner says
-``hello`` with the sessions it still holds, so the relay routes them to the new connection. On the
-local stack the runner authenticates with a short-lived token signed with ``RUNNER_SECRET``; in AWS
-the connection is signed with IAM (SigV4) instead.
+``hello`` with the sessions it still holds, so the relay routes them to the new connection. The
+runner authenticates with a short-lived runner token signed with the runner secret (minted again
+after a refused handshake): ``RUNNER_SECRET`` on the local stack, in AWS the secret main.py reads from Secrets
+Manager (``RUNNER_SECRET_ARN``) with the instance role. The connection itself is not IAM-signed.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ compact JSON with ``sub`` (the user), one of ``task`` / ``branch`` (the one sess
 ``ro`` (read-only watcher), ``role`` and ``exp`` (epoch seconds). The backend mints browser tokens
 with ``TOKEN_SECRET``; verification is constant-time and fails by type: expired, forged, malformed.
 
-Runners: on the local stack a runner proves it holds ``RUNNER_SECRET`` by presenting a runner token
-signed with it (never the secret itself: query strings end up in logs). In AWS the runner signs its
-connection with IAM (SigV4) on a route authorised with ``AWS_IAM``; that is the production path, and
-the runner secret only exists for stacks without IAM.
+Runners, in AWS and locally alike, prove they hold the runner secret by presenting a short-lived
+runner token (``role=runner``) signed with it, never the secret itself (query strings end up in
+logs); the same ``$connect`` authorizer checks it. Locally the secret is ``RUNNER_SECRET``; in AWS the
+runner reads it from Secrets Manager (``RUNNER_SECRET_ARN``) with its instance role. No route is
+authorised with IAM (SigV4): the instance role only reaches the secret.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def mint(
 def mint_runner_token(
     runner_secret: str | bytes, runner_id: str, ttl: int = 300, now: float | None = None
 ) -> str:
-    """What a runner presents at ``$connect`` on a stack without IAM."""
+    """What a runner presents at ``$connect``: a runner token signed with the runner secret."""
     return mint(runner_secret, sub=runner_id, role="runner", ttl=ttl, now=now)
 
 
