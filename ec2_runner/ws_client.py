@@ -3,8 +3,9 @@
 ``async for ws in connect(url)`` reconnects with backoff; after each (re)connect the runner says
 ``hello`` with the sessions it still holds, so the relay routes them to the new connection. The
 runner authenticates with a short-lived runner token signed with the runner secret (minted again
-after a refused handshake): ``RUNNER_SECRET`` on the local stack, in AWS the secret main.py reads from Secrets
-Manager (``RUNNER_SECRET_ARN``) with the instance role. The connection itself is not IAM-signed.
+after a refused handshake): ``RUNNER_SECRET`` on the local stack; in AWS the secret that main.py
+reads from Secrets Manager (``RUNNER_SECRET_ARN``) with the instance role. The connection itself is
+not IAM-signed.
 """
 
 from __future__ import annotations
