@@ -111,6 +111,7 @@ class LocalStackResources(BaseModel):
     task_queue_url: str
     dlq_url: str
     connections_table: str | None = None
+    branch_locks_table: str | None = None
     token_secret_arn: str | None = None
     runner_secret_arn: str | None = None
     functions: dict[str, FunctionSpec]  # keyed by folder name: "dispatch", "dead_letter", ...
@@ -299,10 +300,8 @@ def deploy(
 
     functions = _functions(sam_template, cfn, resolver)
     table_id, queue_id, dlq_id = _queue_resources(cfn)
-    connections_id = next(
-        (k for k, v in cfn["Resources"].items() if v["Type"] == "AWS::DynamoDB::Table" and k != table_id),
-        None,
-    )
+    connections_id = _table_keyed_on(cfn, "connectionId")
+    locks_id = _table_keyed_on(cfn, "branch")
     table_name = physical[table_id]
     return LocalStackResources(
         stack_name=stack_name,
@@ -313,6 +312,7 @@ def deploy(
         task_queue_url=resolver.value({"Ref": queue_id}),
         dlq_url=resolver.value({"Ref": dlq_id}),
         connections_table=physical.get(connections_id) if connections_id else None,
+        branch_locks_table=physical.get(locks_id) if locks_id else None,
         token_secret_arn=secrets_made.get("TokenSecret"),
         runner_secret_arn=secrets_made.get("RunnerSecret"),
         functions=functions,
@@ -604,6 +604,18 @@ def _queue_resources(cfn: dict[str, Any]) -> tuple[str, str, str]:
     )
     dlq = next(iter(references(resources[queue]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])))
     return table, queue, dlq
+
+
+def _table_keyed_on(cfn: dict[str, Any], attribute: str) -> str | None:
+    """The table whose partition key is ``attribute`` (the connections table is keyed on
+    ``connectionId``, the branch locks on ``branch``): found by its schema, not by its name."""
+    for logical_id, res in cfn["Resources"].items():
+        if res["Type"] != "AWS::DynamoDB::Table":
+            continue
+        keys = res.get("Properties", {}).get("KeySchema", [])
+        if any(k.get("KeyType") == "HASH" and k.get("AttributeName") == attribute for k in keys):
+            return str(logical_id)
+    return None
 
 
 def _websocket(

@@ -99,6 +99,17 @@ def test_connections_table_has_ttl_and_session_index(stack: LocalStackResources,
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expiresAt"}
 
 
+def test_branch_locks_table_is_keyed_on_the_branch_with_ttl(stack: LocalStackResources, ddb: Any) -> None:
+    assert stack.branch_locks_table == f"{stack.stack_name}-branch-locks"
+    assert stack.branch_locks_table not in (stack.table_name, stack.connections_table)
+    table = ddb.describe_table(TableName=stack.branch_locks_table)["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "branch", "KeyType": "HASH"}]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert not table.get("GlobalSecondaryIndexes") and not table.get("StreamSpecification")
+    ttl = ddb.describe_time_to_live(TableName=stack.branch_locks_table)["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expiresAt"}
+
+
 def test_dispatch_filter_matches_pending_insert_and_reset_not_processing(stack: LocalStackResources) -> None:
     """The FilterCriteria parsed from the template, applied to the canonical events."""
     filters = stack.dispatch_filters
@@ -164,7 +175,13 @@ def test_moto_template_keeps_tables_and_queues_and_drops_what_moto_cannot_create
     cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
     kept, dropped = for_moto(cfn)
     assert {r["Type"] for r in kept["Resources"].values()} == {"AWS::DynamoDB::Table", "AWS::SQS::Queue"}
-    assert set(kept["Resources"]) == {"QueueTable", "TaskQueue", "TaskDeadLetterQueue", "ConnectionsTable"}
+    assert set(kept["Resources"]) == {
+        "QueueTable",
+        "TaskQueue",
+        "TaskDeadLetterQueue",
+        "ConnectionsTable",
+        "BranchLocksTable",
+    }
     assert (
         dropped["WebSocketApi"] == "AWS::ApiGatewayV2::Api"
         and dropped["DispatchFunction"] == "AWS::Lambda::Function"
@@ -197,6 +214,28 @@ def test_roles_allow_the_calls_their_code_makes() -> None:
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
     } <= runner
+    # the claim's transaction writes the branch lock; the end of a task deletes it
+    locks = [
+        statement
+        for policy in res["RunnerRole"]["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        if statement["Resource"] == {"Fn::GetAtt": ["BranchLocksTable", "Arn"]}
+    ]
+    assert locks and {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",
+    } <= {a for s in locks for a in s["Action"]}
     # the relay never reads the queue table: least privilege
     relay_resources = json.dumps(res["WsRelayFunctionRole"]["Properties"]["Policies"])
     assert "QueueTable" not in relay_resources
+
+
+def test_the_runner_fleet_is_told_the_branch_locks_table() -> None:
+    """The EC2 user data writes the table names into the runner's env file."""
+    cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
+    user_data = cfn["Resources"]["RunnerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    script = user_data["Fn::Base64"]["Fn::Sub"]
+    assert "BRANCH_LOCKS_TABLE=${BranchLocksTable}\n" in script
