@@ -50,6 +50,7 @@ class TerminalSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     grace_seconds: float = Field(default=600.0, ge=0, validation_alias="TERMINAL_GRACE_SECONDS")
+    # a session ends after this long without input, open or resume (its output does not count)
     idle_seconds: float = Field(default=1800.0, gt=0, validation_alias="TERMINAL_IDLE_SECONDS")
     coalesce_ms: float = Field(default=3.0, ge=0, le=100, validation_alias="TERMINAL_COALESCE_MS")
     ring_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, validation_alias="TERMINAL_RING_BYTES")
@@ -380,6 +381,7 @@ class SessionManager:
         self._flush(session)
         session.viewers[conn] = read_only
         session.alone_since = None
+        session.last_activity = self._clock()  # an open or a resume counts as use, as typing does
         if last_seq + 1 < session.oldest_seq and last_seq > 0:
             self._error(
                 conn, "some output is no longer buffered; the screen may be incomplete", sid, "output_lost"
@@ -457,7 +459,8 @@ class SessionManager:
             logger.warning("session %s: push failed: %s", session.id, e)
             self._error(conn, f"push failed: {e}"[:2000], session.id, "push_failed")
             return
-        self._send(fr.PushedFrame(sessionId=session.id, commitSha=sha, to=list(session.viewers)[: fr.MAX_TO]))
+        for to in _viewer_groups(session) or [[]]:
+            self._send(fr.PushedFrame(sessionId=session.id, commitSha=sha, to=to))
 
     # -- output ------------------------------------------------------------------------------
     def _start_reading(self, session: Session) -> None:
@@ -485,9 +488,9 @@ class SessionManager:
     def _feed(self, session: Session, text: str) -> None:
         if not text:
             return
+        # output is not activity: an agent that keeps printing must not keep its session alive
         session.pending.append(text)
         session.pending_size += len(text)
-        session.last_activity = self._clock()
         if session.pending_size >= FLUSH_BYTES:
             self._flush(session)
         elif session.flush_handle is None:
@@ -503,12 +506,12 @@ class SessionManager:
         text = "".join(session.pending)
         session.pending.clear()
         session.pending_size = 0
-        to = list(session.viewers)[: fr.MAX_TO]
+        groups = _viewer_groups(session)
         for frame in fr.output_frames(session.id, session.seq + 1, text):
             session.seq = frame.seq
             session.ring.append(frame)
             session.ring_size += len(frame.data)
-            if to:
+            for to in groups:
                 self._send(frame.model_copy(update={"to": to}))
         while session.ring_size > self.settings.ring_bytes and len(session.ring) > 1:
             session.ring_size -= len(session.ring.popleft().data)
@@ -539,11 +542,9 @@ class SessionManager:
         self._paused.discard(session.id)
         session.ready.set()
         try:
-            self._send(
-                fr.ExitFrame(
-                    sessionId=session.id, code=code, reason=reason, to=list(session.viewers)[: fr.MAX_TO]
-                )
-            )
+            # with no viewer left, one exit with no ``to``: the relay tells the session's browsers
+            for to in _viewer_groups(session) or [[]]:
+                self._send(fr.ExitFrame(sessionId=session.id, code=code, reason=reason, to=to))
             logger.info("session %s ended (code %s, %s)", session.id, code, reason or "agent exited")
             if session.path is not None and await asyncio.to_thread(self._cleanup, session.path):
                 self._kept[session.id] = (session.branch, session.path)
@@ -597,6 +598,13 @@ class SessionManager:
                     await self._end(session, "no browser for the grace period")
                 elif now - session.last_activity > self.settings.idle_seconds:
                     await self._end(session, "idle timeout")
+
+
+def _viewer_groups(session: Session) -> list[list[str]]:
+    """The session's viewers in groups of at most MAX_TO (what one runner frame's ``to`` may name):
+    a frame goes out once per group, so there is no cap on how many browsers watch a session."""
+    viewers = list(session.viewers)
+    return [viewers[i : i + fr.MAX_TO] for i in range(0, len(viewers), fr.MAX_TO)]
 
 
 def _close_child(child: pexpect.spawn) -> None:

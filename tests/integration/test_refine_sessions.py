@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from ec2_runner.terminal import SessionManager
 from shared import frames as fr
 from tests.fixtures import wait_until
 from tests.integration.refine_support import (
@@ -161,3 +164,102 @@ def test_a_kept_dirty_worktree_is_reopened_with_its_work(
         assert starts[0]["cwd"] == starts[1]["cwd"]
         assert (Path(starts[1]["cwd"]) / "wip.txt").read_text() == "uncommitted work\n"
         assert [p.name for p in (tmp_path / "worktrees").iterdir()] == [Path(starts[0]["cwd"]).name]
+
+
+class Outbox:
+    """Takes everything a session manager sends, as the runner's socket would."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+        self.frames: list[object] = []
+        self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while True:
+            self.frames.append(await self.manager.outbox.get())
+            self.manager.frame_sent()
+
+    async def wait(self, predicate: Callable[[list[object]], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.frames):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; last frames {self.frames[-3:]}")
+            await asyncio.sleep(0.02)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+def exits(frames: list[object]) -> list[fr.ExitFrame]:
+    return [f for f in frames if isinstance(f, fr.ExitFrame)]
+
+
+def test_only_input_keeps_a_session_from_the_idle_timeout(tmp_path: Path) -> None:
+    """An agent that keeps printing does not keep its session alive: typing does, and once nobody
+    types for the idle timeout the session ends, output or not."""
+    printing = ["/bin/bash", "--norc", "--noprofile", "-c", "while :; do echo tick; sleep 0.05; done"]
+    manager = session_manager(tmp_path, printing, idle_seconds=1.0, reap_interval=0.1, show_git_status=False)
+    sid = fr.session_id_for(branch="feature/busy")
+
+    async def scenario() -> None:
+        manager.start()
+        out = Outbox(manager)
+        await manager.handle(fr.OpenFrame(branch="feature/busy", sessionId=sid, connectionId="c-1"))
+        await out.wait(lambda fs: any(isinstance(f, fr.OutputFrame) for f in fs), 10, "output")
+        # given: someone types now and then for twice the idle timeout: the session stays
+        typed_until = time.monotonic() + 2.0
+        while time.monotonic() < typed_until:
+            await manager.handle(fr.InputFrame(sessionId=sid, connectionId="c-1", data=" "))
+            await asyncio.sleep(0.3)
+            assert exits(out.frames) == []
+        # when: nobody types any more, while the agent keeps printing
+        stopped = time.monotonic()
+        await out.wait(lambda fs: bool(exits(fs)), 5, "the idle timeout")
+        # then
+        assert time.monotonic() - stopped >= 0.9
+        assert [e.reason for e in exits(out.frames)] == ["idle timeout"]
+        out.stop()
+        await manager.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_every_viewer_gets_output_and_exit_beyond_one_frames_routing_list(tmp_path: Path) -> None:
+    """A runner frame names at most MAX_TO connections; a session with more viewers than that sends
+    each frame once per group, so the 33rd viewer sees the output and the exit like the first."""
+    manager = session_manager(tmp_path, show_git_status=False)
+    sid = fr.session_id_for(branch="feature/crowd")
+    viewers = [f"c-{i}" for i in range(fr.MAX_TO + 8)]
+
+    def reached(frames: list[object], kind: type, needle: str | None = None) -> set[str]:
+        return {
+            to
+            for f in frames
+            if isinstance(f, kind) and (needle is None or needle in getattr(f, "data", ""))
+            for to in getattr(f, "to", [])
+        }
+
+    async def scenario() -> None:
+        manager.start()
+        out = Outbox(manager)
+        await manager.handle(fr.OpenFrame(branch="feature/crowd", sessionId=sid, connectionId=viewers[0]))
+        for conn in viewers[1:]:
+            await manager.handle(fr.ResumeFrame(sessionId=sid, connectionId=conn, readOnly=True))
+        await out.wait(
+            lambda fs: len(reached(fs, fr.OpenedFrame)) == len(viewers), 10, "every viewer attached"
+        )
+        # when
+        await manager.handle(
+            fr.InputFrame(sessionId=sid, connectionId=viewers[0], data="echo crowd-$((2*21))\r")
+        )
+        # then
+        await out.wait(
+            lambda fs: reached(fs, fr.OutputFrame, "crowd-42") == set(viewers), 10, "output to all"
+        )
+        await manager.handle(fr.CloseFrame(sessionId=sid, connectionId=viewers[0]))
+        await out.wait(lambda fs: reached(fs, fr.ExitFrame) == set(viewers), 10, "exit to all")
+        assert all(len(f.to) <= fr.MAX_TO for f in out.frames if hasattr(f, "to"))
+        out.stop()
+        await manager.shutdown()
+
+    asyncio.run(scenario())
