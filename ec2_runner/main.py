@@ -30,7 +30,7 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
         endpoint_url=settings.aws_endpoint_url,
         read_timeout=settings.wait_time_seconds + 10,
     )
-    store = TaskStore(ddb, settings.table_name)
+    store = TaskStore(ddb, settings.table_name, branch_locks_table=settings.branch_locks_table)
     workspace = GitWorkspace(
         settings.repo_path,
         settings.git_remote,

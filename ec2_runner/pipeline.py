@@ -13,7 +13,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from ec2_runner.agents import Agent
@@ -21,7 +20,14 @@ from ec2_runner.gitops import Checkout, GitOpError, GitWorkspace, safe_dir_name
 from shared.branches import WIP_PREFIX, UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
 from shared.models import Task, TaskSignal, TaskStatus
-from shared.store import ClaimLostError, LeaseLostError, TaskNotFoundError, TaskStore
+from shared.store import (
+    BranchBusyError,
+    ClaimLostError,
+    InvalidRowError,
+    LeaseLostError,
+    TaskNotFoundError,
+    TaskStore,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -198,28 +204,34 @@ class TaskPipeline:
         except TaskNotFoundError:
             logger.warning("no such task; dropping the signal")
             return Outcome.NOT_CLAIMABLE
-        if self._branch_taken(row):
+        # one task per branch: with branch locks the claim itself refuses a busy branch; without,
+        # the status index is checked before and after the claim (eventually consistent: two
+        # near-simultaneous claims of one branch can both miss each other there)
+        locked = self.store.locks_branches
+        if not locked and self._branch_taken(row):
             return Outcome.WAITING
         # a reclaim of a row whose owner died: it may have pushed before it could write the status
         earlier_base = row.get("baseSha") if row.get("status") == TaskStatus.PROCESSING.value else None
         claim_sent = time.monotonic()  # the lease runs from here
         try:
-            row = self.store.claim(task_id, self.runner_id, self.options.lease_seconds)
+            row = self.store.claim(task_id, self.runner_id, self.options.lease_seconds, row=row)
         except ClaimLostError:
             logger.info("not claimable (owned by another runner or already ended); dropping the signal")
             return Outcome.NOT_CLAIMABLE
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "ValidationException":
-                raise
+        except BranchBusyError as e:
+            # the holder's end signals the task waiting longest for the branch (_wake_next)
+            logger.info("branch %s is locked by task %s; this task waits for it", e.branch, e.holder)
+            return Outcome.WAITING
+        except InvalidRowError as e:
             # the row itself cannot take the claim (e.g. attempts is not a number): retrying the
             # signal would fail the same way until the DLQ; fail it now with the reason instead
-            error = f"the row cannot be claimed: {e.response['Error'].get('Message', e)}"
+            error = f"the row cannot be claimed: {e}"
             logger.error("task failed: %s", error)
             self.store.fail_unowned(task_id, error)
             return Outcome.FAILED
         attempt = int(row.get("attempts") or 1)
         logger.info("claimed (attempt %d)", attempt)
-        if self._yield_branch(task_id, attempt, row):
+        if not locked and self._yield_branch(task_id, attempt, row):
             return Outcome.WAITING
 
         lease = self.options.lease_seconds
@@ -244,6 +256,9 @@ class TaskPipeline:
         return outcome
 
     # -- one branch at a time ---------------------------------------------------------------
+    # Without a branch locks table (the store's locks_branches false) the status index is all
+    # there is: _branch_taken before the claim, _yield_branch after it. With one, the claim's lock
+    # decides and neither runs; _wake_next serves both.
     def _live_on_branch(self, row: dict) -> list[dict]:
         """Other tasks of ``row``'s branch held under a live lease (from the status index)."""
         branch = row.get("branch")
@@ -286,12 +301,23 @@ class TaskPipeline:
 
     def _wake_next(self, branch: str, task_id: str) -> None:
         """Signal the oldest task waiting for ``branch`` now that ``task_id`` let it go (a task given
-        back as pending is not its own waiter: its message is made visible again anyway)."""
+        back as pending is not its own waiter: its message is made visible again anyway). With
+        branch locks a reclaim can wait too (a dead runner's task, refused while another task of
+        its branch ran): such a row stays processing under its expired lease."""
         if not self.dispatcher:
             return
         try:
             pending = self.store.list_by_status(TaskStatus.PENDING, branch=branch, limit=2)
             waiting = [r for r in pending if r.get("id") != task_id]
+            if not waiting and self.store.locks_branches:
+                now = time.time()
+                waiting = [
+                    r
+                    for r in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch)
+                    if r.get("id") != task_id
+                    and isinstance(lease := r.get("leaseExpiresAt"), int | float)
+                    and lease < now
+                ]
             if waiting:
                 self.dispatcher.send(TaskSignal(taskId=waiting[0]["id"], reason=f"branch {branch} free"))
                 logger.info("woke task %s waiting for branch %s", waiting[0]["id"], branch)

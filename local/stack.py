@@ -38,6 +38,7 @@ class LocalStackConfig(BaseModel):
     git_remote: str
     stack_name: str
     connections_table: str | None = None
+    branch_locks_table: str | None = None
     ws_url: str | None = None
     management_url: str | None = None
     page_url: str | None = None
@@ -117,6 +118,8 @@ class LocalStack:
             "TABLE_NAME": res.table_name,
             "TASK_QUEUE_URL": res.task_queue_url,
             "DLQ_URL": res.dlq_url,
+            # one task per branch: the runners' strongly consistent branch locks
+            **({"BRANCH_LOCKS_TABLE": res.branch_locks_table} if res.branch_locks_table else {}),
             **({"CONNECTIONS_TABLE": res.connections_table} if res.connections_table else {}),
             "POWERTOOLS_METRICS_NAMESPACE": "aipm-local",
             "POWERTOOLS_TRACE_DISABLED": "true",
@@ -172,6 +175,7 @@ class LocalStack:
             git_remote=str(remote),
             stack_name=self.stack_name,
             connections_table=res.connections_table,
+            branch_locks_table=res.branch_locks_table,
             env=runner_env,
             **gateway_urls,
         )

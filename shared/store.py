@@ -1,22 +1,35 @@
 """The task store: every status transition is one conditional DynamoDB write.
 
-Conditions, not locks, make ownership safe across any number of runners: a claim succeeds for
-exactly one of them, and a runner that lost its lease cannot complete, fail or renew the row.
+Conditions make ownership safe across any number of runners: a claim succeeds for exactly one of
+them, and a runner that lost its lease cannot complete, fail or renew the row.
+
+One task per branch at a time: with a branch locks table, a claim is one transaction of the row's
+conditional claim and a lock item keyed by the task's branch (strongly consistent, unlike the
+status index, on which two near-simultaneous claims of one branch can both miss each other). The
+lock carries the same lease as the row: it is renewed with the row, deleted when the task ends or
+is given back, and a crashed runner's lock is taken over once its lease has passed.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import time
+import uuid
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.models import TaskStatus, from_dynamodb, to_dynamodb, utc_now_iso
+
+logger = logging.getLogger(__name__)
 
 STATUS_INDEX = "status-createdAt-index"
 LOG_TAIL_CHARS = 4000
 ERROR_CHARS = 2000
 FILTERED_PAGE = 100  # rows read per Query when a filter drops some of them
+LOCK_TTL_SECONDS = 24 * 3600  # a lock item outlives its lease by a day; then TTL sweeps it away
+CONFLICT_RETRIES = 3  # a transaction cancelled only by a concurrent one touching the same item
 
 
 class StoreError(Exception):
@@ -39,17 +52,77 @@ class TransitionError(StoreError):
     """The row is not in a state that allows this transition."""
 
 
+class BranchBusyError(StoreError):
+    """Another task holds the task's branch under a live lease: the task was not claimed (its row
+    is as it was, e.g. still pending); it waits until the holder ends."""
+
+    def __init__(self, task_id: str, branch: str, holder: str | None = None) -> None:
+        super().__init__(f"task {task_id}: branch {branch} is held by task {holder or 'unknown'}")
+        self.task_id = task_id
+        self.branch = branch
+        self.holder = holder
+
+
+class InvalidRowError(StoreError):
+    """DynamoDB refused the claim for the row's own content (e.g. ``attempts`` is not a number):
+    retrying cannot help."""
+
+
+def _error_code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
 def _is_conditional_failure(err: ClientError) -> bool:
-    return err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    return _error_code(err) == "ConditionalCheckFailedException"
+
+
+def _cancellation_codes(err: ClientError) -> list[str]:
+    """The per-item reasons of a cancelled transaction, in the order of its items ([] otherwise)."""
+    if _error_code(err) != "TransactionCanceledException":
+        return []
+    return [str(r.get("Code") or "None") for r in err.response.get("CancellationReasons") or []]
+
+
+def _cancelled_item(err: ClientError, index: int) -> dict[str, Any]:
+    """The item whose condition cancelled a transaction (asked for with ALL_OLD), as plain values."""
+    reasons: Any = err.response.get("CancellationReasons") or []
+    return from_dynamodb(reasons[index].get("Item") or {}) if index < len(reasons) else {}
+
+
+def _lockable(branch: object) -> bool:
+    """A branch that can key a lock item (DynamoDB refuses empty keys). A row without one fails
+    its checks right after the claim, so it needs no lock."""
+    return isinstance(branch, str) and bool(branch)
 
 
 class TaskStore:
-    """Reads and transitions rows of the queue table through one injected DynamoDB client."""
+    """Reads and transitions rows of the queue table through one injected DynamoDB client.
 
-    def __init__(self, dynamodb: Any, table_name: str, clock: Any = time.time) -> None:
+    ``branch_locks_table`` set: one task per branch is enforced here, by a lock item per branch
+    taken in the claim's transaction (``BranchBusyError``). Unset (None): claims take no lock and
+    the caller keeps one task per branch itself, as before, from the status index (eventually
+    consistent: near-simultaneous claims of one branch can both pass such a check).
+    """
+
+    def __init__(
+        self,
+        dynamodb: Any,
+        table_name: str,
+        clock: Any = time.time,
+        *,
+        branch_locks_table: str | None = None,
+    ) -> None:
         self._ddb = dynamodb
         self.table_name = table_name
+        self.branch_locks_table = branch_locks_table or None
         self._clock = clock
+        # (task, runner, attempt) -> the branch its claim locked; saves a read per renewal and end
+        self._locked: dict[tuple[str, str, int], str] = {}
+
+    @property
+    def locks_branches(self) -> bool:
+        """Whether claims take a branch lock (and refuse a busy branch with BranchBusyError)."""
+        return self.branch_locks_table is not None
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, task_id: str) -> dict[str, Any]:
@@ -111,51 +184,146 @@ class TaskStore:
             raise
 
     # -- transitions -------------------------------------------------------------------------
-    def claim(self, task_id: str, runner_id: str, lease_seconds: float) -> dict[str, Any]:
+    def claim(
+        self, task_id: str, runner_id: str, lease_seconds: float, row: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """pending -> processing, or reclaim a processing row whose lease has expired.
 
-        Returns the row after the claim. Raises ClaimLostError when the row is not claimable.
+        Returns the row after the claim. Raises ClaimLostError when the row is not claimable,
+        InvalidRowError when DynamoDB refuses the row's content and, with branch locks,
+        BranchBusyError when another task holds the branch. ``row`` is the row as the caller last
+        read it (with branch locks, the claim holds only if the row's branch and attempts are
+        still the same); without it the store reads the row itself.
         """
         now = self._clock()
-        stamp = utc_now_iso()
+        lease = now + lease_seconds
+        update = self._claim_update(task_id, runner_id, now, lease)
+        if self.branch_locks_table is None:
+            return self._claim_row(task_id, update)
+        if row is None:
+            try:
+                row = self.get(task_id)
+            except TaskNotFoundError as e:
+                raise ClaimLostError(task_id) from e
+        branch = row.get("branch")
+        if not _lockable(branch):
+            return self._claim_row(task_id, update)
+        assert isinstance(branch, str)
+        attempts = row.get("attempts")
+        values = update["ExpressionAttributeValues"]
+        update["ConditionExpression"] += " AND branch = :branch"
+        values[":branch"] = {"S": branch}
+        # the lock records the attempt: the claim holds only on the attempts count read here
+        # (a count that is not a number is left to the update, which DynamoDB then refuses)
+        attempt = 1
+        if attempts is None:
+            update["ConditionExpression"] += " AND attribute_not_exists(attempts)"
+        elif isinstance(attempts, int) and not isinstance(attempts, bool):
+            update["ConditionExpression"] += " AND attempts = :seen"
+            values[":seen"] = {"N": str(attempts)}
+            attempt = attempts + 1
+        lock = {
+            "TableName": self.branch_locks_table,
+            "Item": {
+                "branch": {"S": branch},
+                "taskId": {"S": task_id},
+                "runnerId": {"S": runner_id},
+                "attempt": {"N": str(attempt)},
+                "leaseExpiresAt": {"N": f"{lease:.3f}"},
+                "expiresAt": {"N": str(int(lease) + LOCK_TTL_SECONDS)},
+            },
+            # free, expired (its runner died), or this task's own (a reclaim; the row decides)
+            "ConditionExpression": "attribute_not_exists(branch) OR leaseExpiresAt < :now OR taskId = :me",
+            "ExpressionAttributeValues": {":now": {"N": f"{now:.3f}"}, ":me": {"S": task_id}},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
         try:
-            resp = self._ddb.update_item(
-                TableName=self.table_name,
-                Key={"id": {"S": task_id}},
-                UpdateExpression=(
-                    "SET #s = :processing, runnerId = :me, attempts = if_not_exists(attempts, :zero) + :one, "
-                    "leaseExpiresAt = :lease, startedAt = :stamp, updatedAt = :stamp "
-                    "REMOVE #e, commitSha, finishedAt"
-                ),
-                ConditionExpression=(
-                    "attribute_exists(id) AND (#s = :pending OR (#s = :processing AND "
-                    "(attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)))"
-                ),
-                ExpressionAttributeNames={"#s": "status", "#e": "error"},
-                ExpressionAttributeValues={
-                    ":processing": {"S": TaskStatus.PROCESSING.value},
-                    ":pending": {"S": TaskStatus.PENDING.value},
-                    ":me": {"S": runner_id},
-                    ":zero": {"N": "0"},
-                    ":one": {"N": "1"},
-                    ":lease": {"N": f"{now + lease_seconds:.3f}"},
-                    ":now": {"N": f"{now:.3f}"},
-                    ":stamp": {"S": stamp},
-                },
-                ReturnValues="ALL_NEW",
-            )
+            self._transact([{"Update": update}, {"Put": lock}])
+        except ClientError as e:
+            codes = _cancellation_codes(e)
+            if codes and codes[0] == "ConditionalCheckFailed":
+                raise ClaimLostError(task_id) from e
+            if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
+                holder = _cancelled_item(e, 1).get("taskId")
+                raise BranchBusyError(task_id, branch, holder if isinstance(holder, str) else None) from e
+            if "ValidationError" in codes or _error_code(e) == "ValidationException":
+                raise InvalidRowError(_message(e)) from e
+            raise
+        claimed = self.get(task_id)  # a transaction returns no values
+        if claimed.get("runnerId") != runner_id:
+            raise ClaimLostError(task_id)  # reclaimed since (this runner's lease ran out already)
+        if isinstance(claimed.get("attempts"), int):
+            self._locked[(task_id, runner_id, claimed["attempts"])] = branch
+        return claimed
+
+    def _claim_update(self, task_id: str, runner_id: str, now: float, lease: float) -> dict[str, Any]:
+        return {
+            "TableName": self.table_name,
+            "Key": {"id": {"S": task_id}},
+            "UpdateExpression": (
+                "SET #s = :processing, runnerId = :me, attempts = if_not_exists(attempts, :zero) + :one, "
+                "leaseExpiresAt = :lease, startedAt = :stamp, updatedAt = :stamp "
+                "REMOVE #e, commitSha, finishedAt"
+            ),
+            "ConditionExpression": (
+                "attribute_exists(id) AND (#s = :pending OR (#s = :processing AND "
+                "(attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)))"
+            ),
+            "ExpressionAttributeNames": {"#s": "status", "#e": "error"},
+            "ExpressionAttributeValues": {
+                ":processing": {"S": TaskStatus.PROCESSING.value},
+                ":pending": {"S": TaskStatus.PENDING.value},
+                ":me": {"S": runner_id},
+                ":zero": {"N": "0"},
+                ":one": {"N": "1"},
+                ":lease": {"N": f"{lease:.3f}"},
+                ":now": {"N": f"{now:.3f}"},
+                ":stamp": {"S": utc_now_iso()},
+            },
+        }
+
+    def _claim_row(self, task_id: str, update: dict[str, Any]) -> dict[str, Any]:
+        """The claim as one conditional update of the row alone (no branch lock)."""
+        try:
+            resp = self._ddb.update_item(**update, ReturnValues="ALL_NEW")
         except ClientError as e:
             if _is_conditional_failure(e):
                 raise ClaimLostError(task_id) from e
+            if _error_code(e) == "ValidationException":
+                raise InvalidRowError(_message(e)) from e
             raise
         return from_dynamodb(resp["Attributes"])
 
     def renew(self, task_id: str, runner_id: str, attempt: int, lease_seconds: float) -> float:
-        """Extend this runner's lease; returns the new expiry. Raises LeaseLostError."""
+        """Extend this runner's lease (and its branch lock's, in the same transaction); returns the
+        new expiry. Raises LeaseLostError when the row or the lock is no longer this runner's."""
         lease = self._clock() + lease_seconds
-        self._owned_update(
+        update = self._owned_params(
             task_id, runner_id, attempt, "SET leaseExpiresAt = :lease", {":lease": {"N": f"{lease:.3f}"}}
         )
+        branch = self._lock_of(task_id, runner_id, attempt)
+        if branch is None:
+            self._owned_write(task_id, update)
+            return lease
+        lock = {
+            "TableName": self.branch_locks_table,
+            "Key": {"branch": {"S": branch}},
+            "UpdateExpression": "SET leaseExpiresAt = :lease, expiresAt = :ttl",
+            "ConditionExpression": "taskId = :task AND runnerId = :me",
+            "ExpressionAttributeValues": {
+                ":lease": {"N": f"{lease:.3f}"},
+                ":ttl": {"N": str(int(lease) + LOCK_TTL_SECONDS)},
+                ":task": {"S": task_id},
+                ":me": {"S": runner_id},
+            },
+        }
+        try:
+            self._transact([{"Update": update}, {"Update": lock}])
+        except ClientError as e:
+            if "ConditionalCheckFailed" in _cancellation_codes(e):
+                self._locked.pop((task_id, runner_id, attempt), None)
+                raise LeaseLostError(task_id) from e
+            raise
         return lease
 
     def record(self, task_id: str, runner_id: str, attempt: int, **fields: Any) -> None:
@@ -178,7 +346,7 @@ class TaskStore:
         """processing -> complete with the pushed commit. The saved work in progress (``wipSha``,
         ``wipRef``) is folded into that commit, so it is cleared: a retry must not resume from it."""
         stamp = utc_now_iso()
-        self._owned_update(
+        self._owned_final(
             task_id,
             runner_id,
             attempt,
@@ -195,7 +363,7 @@ class TaskStore:
     def fail(self, task_id: str, runner_id: str, attempt: int, error: str, log_tail: str = "") -> None:
         """processing -> failed with a readable error."""
         stamp = utc_now_iso()
-        self._owned_update(
+        self._owned_final(
             task_id,
             runner_id,
             attempt,
@@ -211,7 +379,7 @@ class TaskStore:
 
     def release(self, task_id: str, runner_id: str, attempt: int, note: str) -> None:
         """processing -> pending: this runner gives the task back (shutdown), with a note in ``error``."""
-        self._owned_update(
+        self._owned_final(
             task_id,
             runner_id,
             attempt,
@@ -284,24 +452,102 @@ class TaskStore:
         values: dict[str, Any],
         extra_names: dict[str, str] | None = None,
     ) -> None:
+        self._owned_write(
+            task_id, self._owned_params(task_id, runner_id, attempt, update, values, extra_names)
+        )
+
+    def _owned_final(
+        self, task_id: str, runner_id: str, attempt: int, update: str, values: dict[str, Any]
+    ) -> None:
+        """A write that ends this runner's hold on the task (complete, fail, release), then the
+        branch lock's removal. The status write stands on its own: a lock already gone, or taken
+        over by another task, must not undo it, so the removal is a separate conditional delete."""
+        branch = self._lock_of(task_id, runner_id, attempt)
+        self._owned_update(task_id, runner_id, attempt, update, values)
+        self._locked.pop((task_id, runner_id, attempt), None)
+        if branch is not None:
+            self._unlock(branch, task_id, runner_id)
+
+    def _owned_params(
+        self,
+        task_id: str,
+        runner_id: str,
+        attempt: int,
+        update: str,
+        values: dict[str, Any],
+        extra_names: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """An update of a row this runner owns (status processing, its runner id and attempt)."""
         names = {"#s": "status", **(extra_names or {})}
         if "#e" in update:
             names["#e"] = "error"
+        return {
+            "TableName": self.table_name,
+            "Key": {"id": {"S": task_id}},
+            "UpdateExpression": update,
+            "ConditionExpression": "#s = :processing_ AND runnerId = :me_ AND attempts = :attempt_",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {
+                **values,
+                ":processing_": {"S": TaskStatus.PROCESSING.value},
+                ":me_": {"S": runner_id},
+                ":attempt_": {"N": str(attempt)},
+            },
+        }
+
+    def _owned_write(self, task_id: str, params: dict[str, Any]) -> None:
         try:
-            self._ddb.update_item(
-                TableName=self.table_name,
-                Key={"id": {"S": task_id}},
-                UpdateExpression=update,
-                ConditionExpression="#s = :processing_ AND runnerId = :me_ AND attempts = :attempt_",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={
-                    **values,
-                    ":processing_": {"S": TaskStatus.PROCESSING.value},
-                    ":me_": {"S": runner_id},
-                    ":attempt_": {"N": str(attempt)},
-                },
-            )
+            self._ddb.update_item(**params)
         except ClientError as e:
             if _is_conditional_failure(e):
                 raise LeaseLostError(task_id) from e
             raise
+
+    # -- branch locks ------------------------------------------------------------------------
+    def _lock_of(self, task_id: str, runner_id: str, attempt: int) -> str | None:
+        """The branch this claim locked (None: no lock table, or a row without a lockable branch).
+        A claim this store did not make is looked up on the row; its branch does not change."""
+        if self.branch_locks_table is None:
+            return None
+        branch = self._locked.get((task_id, runner_id, attempt))
+        if branch is None:
+            try:
+                found = self.get(task_id).get("branch")
+            except TaskNotFoundError as e:
+                raise LeaseLostError(task_id) from e
+            branch = found if isinstance(found, str) and _lockable(found) else None
+        return branch
+
+    def _unlock(self, branch: str, task_id: str, runner_id: str) -> None:
+        """Delete this runner's lock of ``branch`` for ``task_id``; one that is gone or someone
+        else's is left alone, and a failed delete only delays the next task to the lock's lease."""
+        try:
+            self._ddb.delete_item(
+                TableName=self.branch_locks_table,
+                Key={"branch": {"S": branch}},
+                ConditionExpression="taskId = :task AND runnerId = :me",
+                ExpressionAttributeValues={":task": {"S": task_id}, ":me": {"S": runner_id}},
+            )
+        except ClientError as e:
+            if not _is_conditional_failure(e):
+                logger.warning("lock of branch %s not released (%s); it ends with its lease", branch, e)
+        except BotoCoreError as e:
+            logger.warning("lock of branch %s not released (%s); it ends with its lease", branch, e)
+
+    def _transact(self, items: list[dict[str, Any]]) -> None:
+        """One TransactWriteItems. Retried a few times when a concurrent transaction on one of
+        its items was all that cancelled it (DynamoDB's TransactionConflict); each call has its
+        own idempotency token, so botocore's own retries of it cannot apply it twice."""
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._ddb.transact_write_items(TransactItems=items, ClientRequestToken=uuid.uuid4().hex)
+                return
+            except ClientError as e:
+                codes = set(_cancellation_codes(e)) - {"None"}
+                if attempt == CONFLICT_RETRIES or codes != {"TransactionConflict"}:
+                    raise
+            time.sleep(random.uniform(0.02, 0.05) * 2**attempt)
+
+
+def _message(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Message") or err)

@@ -20,6 +20,7 @@ import pytest
 from ec2_runner.gitops import safe_dir_name
 from local.stack import LocalStack
 from shared import aws
+from shared.models import from_dynamodb
 from shared.store import TaskStore
 from tests.fixtures import FAKE_AGENT_COMMAND, unique, wait_until
 
@@ -237,6 +238,13 @@ class Chaos:
             pids += [p for p in (run.pid, *run.helper_pids) if proc_alive(p)]
         return pids
 
+    def branch_lock(self, branch: str) -> dict:
+        """The lock item of ``branch`` in the stack's branch locks table ({} when there is none)."""
+        table = self.store.branch_locks_table
+        assert table, "the stack has a branch locks table"
+        item = self.store._ddb.get_item(TableName=table, Key={"branch": {"S": branch}}, ConsistentRead=True)
+        return from_dynamodb(item.get("Item", {}))
+
     def remote(self) -> git.Repo:
         assert self.stack.config
         return git.Repo(self.stack.config.git_remote)
@@ -313,7 +321,8 @@ def chaos_factory(tmp_path: Path, moto_endpoint: str) -> Iterator[Callable[..., 
         config = stack.start()
         ddb = aws.client("dynamodb", region=config.region, endpoint_url=config.endpoint_url)
         sqs = aws.client("sqs", region=config.region, endpoint_url=config.endpoint_url)
-        chaos = Chaos(stack, TaskStore(ddb, config.table_name), sqs, agent_log, logs)
+        store = TaskStore(ddb, config.table_name, branch_locks_table=config.branch_locks_table)
+        chaos = Chaos(stack, store, sqs, agent_log, logs)
         made.append(chaos)
         return chaos
 

@@ -211,8 +211,10 @@ def test_push_conflict_fails_keeping_the_work_and_a_clean_move_is_rebased(
 def test_two_tasks_for_one_branch_never_run_at_once_and_both_land(
     chaos_factory: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # given: two runners with two slots each, so nothing but the branch rule keeps the tasks apart
+    # given: two runners with two slots each, so nothing but the branch rule keeps the tasks apart;
+    # the rule is the branch lock (the stack gives the runners its table)
     chaos: Chaos = chaos_factory("onebranch", runner_env={"LEASE_SECONDS": "10"})
+    assert chaos.stack.config and chaos.stack.config.env.get("BRANCH_LOCKS_TABLE")
     chaos.start_runner(0)
     chaos.start_runner(1)
     time.sleep(1.5)  # both runners long-polling
@@ -245,3 +247,9 @@ def test_two_tasks_for_one_branch_never_run_at_once_and_both_land(
     woke = [ln for ln in chaos.runner_lines() if str(ln.get("message")).startswith("woke task ")]
     assert [ln.get("task_id") for ln in woke] == [runs[0].task_id], json.dumps(woke)[:500]
     assert runs[1].task_id in str(woke[0].get("message")), json.dumps(woke)[:500]
+    # the second task was refused by the first one's lock, and no lock outlives the tasks
+    waited = [
+        ln for ln in chaos.runner_lines() if f"is locked by task {runs[0].task_id}" in str(ln.get("message"))
+    ]
+    assert waited and {ln.get("task_id") for ln in waited} == {runs[1].task_id}, json.dumps(waited)[:500]
+    assert chaos.branch_lock(branch) == {}, line

@@ -118,11 +118,15 @@ def test_heartbeat_stops_at_once_when_the_row_is_someone_elses() -> None:
     assert "another runner" in beat.reason
 
 
+@pytest.mark.parametrize("locks", [False, True], ids=["status-index", "branch-locks"])
 def test_runner_whose_row_was_taken_over_mid_task_does_not_push_to_the_task_branch(
-    ddb: Any, deployed: Any, store: TaskStore, remote: Path, tmp_path: Path, agent_log: Path
+    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path, locks: bool
 ) -> None:
-    """The heartbeat beats every 20 s, so only the renewal right before the push can notice."""
+    """The heartbeat beats every 20 s, so only the renewal right before the push can notice.
+    With branch locks the intruder's reclaim takes the task's own lock over too."""
     # given: a 60 s lease and an agent that works 3 s
+    lock_table = deployed.branch_locks_table if locks else None
+    store = TaskStore(ddb, deployed.table_name, branch_locks_table=lock_table)
     pipeline = make_pipeline(store, tmp_path, remote, "first", lease_seconds=60)
     task_id = new_task(store, "[fake:sleep=3]")
     branch = f"feature/{task_id}"
@@ -131,7 +135,9 @@ def test_runner_whose_row_was_taken_over_mid_task_does_not_push_to_the_task_bran
     worker.start()
     wait_until(lambda: agent_starts(agent_log, branch), timeout=30, what="the agent to start")
     # when: another runner takes the row over (its clock says the lease has run out)
-    intruder = TaskStore(ddb, deployed.table_name, clock=lambda: time.time() + 600)
+    intruder = TaskStore(
+        ddb, deployed.table_name, clock=lambda: time.time() + 600, branch_locks_table=lock_table
+    )
     intruder.claim(task_id, "intruder", 600)
     worker.join(timeout=60)
     # then: nothing on the task's branch; the work kept on kiro-wip/<id>; the row is the intruder's
@@ -142,6 +148,11 @@ def test_runner_whose_row_was_taken_over_mid_task_does_not_push_to_the_task_bran
     row = store.get(task_id)
     assert row["status"] == "processing" and row["runnerId"] == "intruder" and row["attempts"] == 2
     assert not list((tmp_path / "first" / "wt").iterdir())  # worktree cleaned up
+    if locks:  # the branch stays the intruder's: the first runner's end did not free it
+        lock = ddb.get_item(TableName=lock_table, Key={"branch": {"S": branch}}, ConsistentRead=True).get(
+            "Item", {}
+        )
+        assert lock["runnerId"] == {"S": "intruder"} and lock["attempt"] == {"N": "2"}
 
 
 def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +156,16 @@ def test_wip_ref_holding_other_work_is_never_forced_and_the_retry_resumes_from_t
     assert "wipSha" not in done and "wipRef" not in done
 
 
+@pytest.mark.parametrize("locks", [True, False], ids=["branch-locks", "status-index"])
 def test_task_given_back_at_shutdown_wakes_the_task_waiting_for_its_branch(
-    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path
+    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path, locks: bool
 ) -> None:
     # given: a task at work on a branch and, behind it, a second task of that branch waiting
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
     sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
-    store = TaskStore(ddb, fresh_stack.table_name)
+    store = TaskStore(
+        ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table if locks else None
+    )
     pipeline = make_pipeline(store, tmp_path, remote)
     pipeline.dispatcher = Dispatcher(sqs, fresh_stack.task_queue_url)
     holder = new_task(store, "[fake:sleep=30]")
@@ -183,3 +187,39 @@ def test_task_given_back_at_shutdown_wakes_the_task_waiting_for_its_branch(
     assert outcome == [Outcome.RELEASED]
     got = sqs.receive_message(QueueUrl=fresh_stack.task_queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10)
     assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [waiting]
+
+
+def test_a_task_whose_branch_is_locked_waits_pending_even_where_the_status_index_shows_no_holder(
+    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path
+) -> None:
+    """The lock, not the status index, keeps the branch: a holder the index cannot see (its lock
+    item written directly, its row still pending) makes the next task wait, untouched; once the
+    lock is gone the task runs."""
+    # given
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table)
+    pipeline = make_pipeline(store, tmp_path, remote)
+    task_id = new_task(store, "[fake:sleep=0.1]")
+    branch = store.get(task_id)["branch"]
+    ddb.put_item(
+        TableName=fresh_stack.branch_locks_table,
+        Item={
+            "branch": {"S": branch},
+            "taskId": {"S": "unseen-holder"},
+            "runnerId": {"S": "r-elsewhere"},
+            "attempt": {"N": "1"},
+            "leaseExpiresAt": {"N": f"{time.time() + 60:.3f}"},
+            "expiresAt": {"N": str(int(time.time()) + 86_400)},
+        },
+    )
+    # when / then
+    assert pipeline.process(task_id) is Outcome.WAITING
+    row = store.get(task_id)
+    assert row["status"] == "pending" and "runnerId" not in row and "attempts" not in row
+    # the holder ends (its lock goes): the task runs and the lock is gone after it
+    ddb.delete_item(TableName=fresh_stack.branch_locks_table, Key={"branch": {"S": branch}})
+    assert pipeline.process(task_id) is Outcome.COMPLETE, store.get(task_id).get("error")
+    got = ddb.get_item(
+        TableName=fresh_stack.branch_locks_table, Key={"branch": {"S": branch}}, ConsistentRead=True
+    )
+    assert "Item" not in got
