@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -49,8 +51,8 @@ def test_expired_forged_and_missing_tokens_are_refused_at_connect(moto_endpoint:
 
 
 def test_token_for_one_session_cannot_reach_another(moto_endpoint: str, table: str, tmp_path: Path) -> None:
-    """Two browsers on two sessions see only their own output; a token for A cannot open, type into
-    or resize B, even naming B's session id."""
+    """Two browsers on two sessions see only their own output; a token for A cannot open, type into,
+    resize, resume, push or close B, even naming B's session id."""
     with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
 
         async def scenario() -> None:
@@ -63,16 +65,27 @@ def test_token_for_one_session_cannot_reach_another(moto_endpoint: str, table: s
             await b.type("echo only-$((2+2))-for-b\r")
             await a.wait_text("only-2-for-a")
             await b.wait_text("only-4-for-b")
-            # A tries B by branch, by task and by session id
-            await a.send(fr.OpenFrame(branch="feature/two"))
-            await a.send(fr.OpenFrame(taskId="T-2"))
-            await a.send(fr.InputFrame(sessionId=b.session_id, data="echo pwned-$((3+3))\r"))
-            await a.send(fr.ResizeFrame(sessionId=b.session_id, cols=10, rows=10))
-            await a.wait_for(lambda br: error_codes(br).count("not_granted") == 4)
+            # A tries B by branch, by task and by session id, with every action that names a session
+            assert b.session_id
+            attempts = [
+                fr.OpenFrame(branch="feature/two"),
+                fr.OpenFrame(taskId="T-2"),
+                fr.InputFrame(sessionId=b.session_id, data="echo pwned-$((3+3))\r"),
+                fr.ResizeFrame(sessionId=b.session_id, cols=10, rows=10),
+                fr.ResumeFrame(sessionId=b.session_id, lastSeq=0),
+                fr.PushFrame(sessionId=b.session_id, message="pwned"),
+                fr.CloseFrame(sessionId=b.session_id),
+            ]
+            for frame in attempts:
+                await a.send(frame)
+            await a.wait_for(lambda br: error_codes(br).count("not_granted") == len(attempts))
             await b.type("echo still-$((5+5))\r")
             await b.wait_text("still-10")
             await asyncio.sleep(0.2)
             assert "pwned-6" not in b.text and "only-4" not in a.text and "only-2" not in b.text
+            # the resume replayed nothing of B to A, the push and close reached nothing
+            assert [type(f) for f in a.frames if not isinstance(f, fr.ErrorFrame)] == [fr.OpenedFrame]
+            assert b.exited is None and not any(isinstance(f, fr.PushedFrame) for f in b.frames)
             await a.close()
             await b.close()
 
@@ -132,7 +145,8 @@ def test_read_only_browser_watches_but_its_input_is_refused(
 
 
 def test_input_flood_is_throttled(moto_endpoint: str, table: str, tmp_path: Path) -> None:
-    """More than WS_INPUT_RATE input frames a second from one connection are refused as throttled."""
+    """More than WS_INPUT_RATE input frames a second from one connection are refused as throttled, and
+    a refused keystroke never reaches the pty: the line the shell runs holds exactly the ones let by."""
     with (
         running_gateway(moto_endpoint, table, WS_INPUT_RATE="5") as gw,
         running_runner(gw, lambda: session_manager(tmp_path)),
@@ -141,9 +155,36 @@ def test_input_flood_is_throttled(moto_endpoint: str, table: str, tmp_path: Path
         async def scenario() -> None:
             b = await Browser.connect(gw.ws_url, browser_token(branch="feature/flood"))
             await b.open(branch="feature/flood")
-            for _ in range(30):
+            await b.wait_text("$ ")
+            await b.type("echo A")
+            await b.wait_text("echo A")
+            start, before = b.text.index("echo A") + len("echo A"), error_codes(b).count("throttled")
+
+            def echoed(br: Browser) -> int:
+                return br.text.count("x", start)
+
+            def throttled(br: Browser) -> int:
+                return error_codes(br).count("throttled") - before
+
+            # when
+            flood = 30
+            for _ in range(flood):
                 await b.type("x")
-            await b.wait_for(lambda br: error_codes(br).count("throttled") >= 10, 10)
+            # then: each x is either refused or echoed by the pty's shell, never both
+            await b.wait_for(lambda br: echoed(br) + throttled(br) >= flood, 10)
+            throttled_x = throttled(b)
+            assert throttled_x >= flood - 2 * 5  # the flood spans one or two one-second windows
+            # Enter (once a new second lets it by) runs the line: it holds exactly the x's let by
+            ran = re.compile(r"\r(Ax*)\r\n")
+            deadline = time.monotonic() + 10
+            while (line := ran.search(b.text, start)) is None:
+                assert time.monotonic() < deadline, "the line never ran"
+                refused = throttled(b)
+                await b.type("\r")
+                await b.wait_for(
+                    lambda br, n=refused: throttled(br) > n or ran.search(br.text, start) is not None
+                )
+            assert line.group(1).count("x") == flood - throttled_x
             await b.close()
 
         asyncio.run(scenario())

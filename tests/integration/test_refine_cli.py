@@ -6,15 +6,19 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
 
 from ec2_runner.terminal_cli import mint_token, token_grant
-from shared import tokens
+from local.deploy import LocalStackResources
+from shared import frames as fr
 from tests.conftest import ROOT
 from tests.fixtures import wait_until
+from tests.integration.conftest import load_event
 from tests.integration.refine_support import (
+    RUNNER_SECRET,
     TOKEN_SECRET,
     Partition,
     connections_table,
@@ -27,11 +31,34 @@ from tests.integration.refine_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 
-def test_mint_token_is_what_the_authorizer_accepts() -> None:
+def test_mint_token_is_what_the_authorizer_accepts(
+    fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any
+) -> None:
+    """``aipm token`` mints what the real $connect authorizer (functions/ws_authorizer, configured as
+    template.yaml configures it) allows, with the grant as context; another secret's token is denied."""
     token = mint_token(task_id="T-9", read_only=True, ttl=60, secret=TOKEN_SECRET, user="dev")
-    claims = tokens.verify(token, TOKEN_SECRET)
-    assert (claims.sub, claims.task, claims.read_only) == ("dev", "T-9", True)
+    app = load_handler("ws_authorizer", fresh_stack, TOKEN_SECRET=TOKEN_SECRET, RUNNER_SECRET=RUNNER_SECRET)
+
+    def authorize(candidate: str) -> dict[str, Any]:
+        event = load_event("ws_authorizer_request.json")
+        event["queryStringParameters"] = {"token": candidate}
+        event["multiValueQueryStringParameters"] = {"token": [candidate]}
+        return app.lambda_handler(event, lambda_context)
+
+    policy = authorize(token)
+    assert [s["Effect"] for s in policy["policyDocument"]["Statement"]] == ["Allow"]
+    assert policy["principalId"] == "dev"
+    assert policy["context"] == {
+        "role": "browser",
+        "sub": "dev",
+        "sessionId": fr.session_id_for(task_id="T-9"),
+        "readOnly": True,
+        "exp": token_grant(token)["exp"],
+        "taskId": "T-9",
+    }
     assert token_grant(token)["task"] == "T-9"
+    forged = mint_token(task_id="T-9", secret="some-other-secret-0123456789abcdef", user="dev")
+    assert [s["Effect"] for s in authorize(forged)["policyDocument"]["Statement"]] == ["Deny"]
 
 
 def test_attach_runs_the_users_terminal_in_raw_mode(moto_endpoint: str, tmp_path: Path) -> None:

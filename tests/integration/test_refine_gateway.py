@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 import uuid
 from types import SimpleNamespace
 
 import pytest
+from botocore.exceptions import ClientError
+from websockets.exceptions import ConnectionClosed
 
 from local.deploy import LocalStackResources, deploy
 from local.gateway import LocalGateway, start_local_gateway
-from tests.integration.refine_support import Browser, browser_token, gateway_env
+from shared import aws
+from shared import frames as fr
+from shared.relay import ConnectionStore
+from tests.fixtures import wait_until
+from tests.integration.refine_support import Browser, browser_token, gateway_env, running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -68,3 +75,33 @@ def test_gateway_takes_routes_and_stage_from_the_template(
 def test_gateway_needs_connect_and_default_routes(moto_endpoint: str) -> None:
     with pytest.raises(ValueError, match="routes"):
         LocalGateway(gateway_env(moto_endpoint, "t"), port=0, routes={"$disconnect": "ws_disconnect"})
+
+
+def test_management_api_gets_and_deletes_connections_through_boto3(moto_endpoint: str, table: str) -> None:
+    """boto3's ``apigatewaymanagementapi`` works unchanged against the stand-in: GET describes a live
+    connection, DELETE closes it (its ``$disconnect`` runs), and both answer GoneException after."""
+    with running_gateway(moto_endpoint, table) as gw:
+        api = aws.client("apigatewaymanagementapi", region="us-east-1", endpoint_url=gw.management_url)
+        store = ConnectionStore(aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint), table)
+        sid = fr.session_id_for(branch="feature/mgmt")
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/mgmt"))
+            conn_id = next(iter(await asyncio.to_thread(store.browsers, sid)))
+            # GET
+            info = await asyncio.to_thread(api.get_connection, ConnectionId=conn_id)
+            assert info["Identity"]["SourceIp"] == "127.0.0.1"
+            assert info["Identity"]["UserAgent"].startswith("Python/")
+            assert abs(info["ConnectedAt"].timestamp() - time.time()) < 60
+            assert info["LastActiveAt"] >= info["ConnectedAt"]
+            # DELETE
+            await asyncio.to_thread(api.delete_connection, ConnectionId=conn_id)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(b.ws.recv(), 5)
+            await asyncio.to_thread(wait_until, lambda: store.browsers(sid) == [], 5, 0.05, "$disconnect")
+            for call in (api.get_connection, api.delete_connection):
+                with pytest.raises(ClientError) as gone:
+                    await asyncio.to_thread(call, ConnectionId=conn_id)
+                assert gone.value.response["Error"]["Code"] == "GoneException"
+
+        asyncio.run(scenario())
