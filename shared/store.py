@@ -463,8 +463,10 @@ class TaskStore:
         branch lock's removal. The status write stands on its own: a lock already gone, or taken
         over by another task, must not undo it, so the removal is a separate conditional delete."""
         branch = self._lock_of(task_id, runner_id, attempt)
-        self._owned_update(task_id, runner_id, attempt, update, values)
-        self._locked.pop((task_id, runner_id, attempt), None)
+        try:
+            self._owned_update(task_id, runner_id, attempt, update, values)
+        finally:
+            self._locked.pop((task_id, runner_id, attempt), None)
         if branch is not None:
             self._unlock(branch, task_id, runner_id)
 

@@ -223,3 +223,44 @@ def test_a_task_whose_branch_is_locked_waits_pending_even_where_the_status_index
         TableName=fresh_stack.branch_locks_table, Key={"branch": {"S": branch}}, ConsistentRead=True
     )
     assert "Item" not in got
+
+
+def test_a_reclaim_refused_by_the_branch_lock_is_woken_when_the_branch_is_free(
+    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path
+) -> None:
+    """A dead runner's task (processing, lease long past) whose branch another task has taken over
+    waits, still processing; the holder's end signals it, as it would a pending waiter."""
+    # given: a dead runner's claim of one task, and a live task of the same branch at work
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
+    locks = fresh_stack.branch_locks_table
+    store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=locks)
+    pipeline = make_pipeline(store, tmp_path, remote)
+    pipeline.dispatcher = Dispatcher(sqs, fresh_stack.task_queue_url)
+    dead = new_task(store, "[fake:sleep=0.1]")
+    branch = store.get(dead)["branch"]
+    long_ago = TaskStore(
+        ddb, fresh_stack.table_name, clock=lambda: time.time() - 3600, branch_locks_table=locks
+    )
+    long_ago.claim(dead, "r-dead", 60)
+    holder = unique("hold")
+    store.put_new({"id": holder, "title": "Holds", "details": "[fake:sleep=30]", "branch": branch})
+    stop = threading.Event()
+    outcome: list[Outcome] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(pipeline.process(holder, should_stop=stop.is_set))
+    )
+    worker.start()
+    wait_until(lambda: store.get(holder).get("baseSha"), timeout=30, what="the holder to start")
+    # when: the dead runner's task is signalled (the reconciler's stale-lease sweep)
+    assert pipeline.process(dead) is Outcome.WAITING
+    row = store.get(dead)
+    assert row["status"] == "processing" and row["runnerId"] == "r-dead" and row["attempts"] == 1
+    stop.set()
+    worker.join(timeout=30)
+    # then: the holder's end signals the waiting reclaim, which now runs
+    assert outcome == [Outcome.RELEASED]
+    got = sqs.receive_message(QueueUrl=fresh_stack.task_queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10)
+    assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [dead]
+    assert pipeline.process(dead) is Outcome.COMPLETE, store.get(dead).get("error")
+    assert store.get(dead)["attempts"] == 2
