@@ -545,8 +545,7 @@ def start_local_gateway(
 ) -> LocalGateway:
     """What ``aipm local up`` calls: a started gateway over the stack's connections table, with the
     routes, authorizer and stage template.yaml declares (``websocket``: the ``WebSocketSpec`` that
-    local.deploy parsed; else the stack's ``websocket`` attribute; else the defaults, which match it)."""
-    spec = websocket if websocket is not None else getattr(stack, "websocket", None)
-    if spec is None:
+    local.deploy parsed; without one, the defaults, which match today's template)."""
+    if websocket is None:
         return LocalGateway(function_env, port=port).start()
-    return LocalGateway.from_spec(function_env, spec, port=port).start()
+    return LocalGateway.from_spec(function_env, websocket, port=port).start()

@@ -38,7 +38,7 @@ def test_gateway_takes_routes_and_stage_from_the_template(
     spec = stack.websocket
     assert spec is not None and stack.connections_table
     env = gateway_env(moto_endpoint, stack.connections_table)
-    gw = start_local_gateway(SimpleNamespace(websocket=spec), env, 0)
+    gw = start_local_gateway(SimpleNamespace(), env, 0, spec)
     try:
         assert gw.stage == spec.stage == "prod"
         assert gw.ws_url.endswith("/prod")
