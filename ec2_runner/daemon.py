@@ -7,7 +7,6 @@ rows back as ``pending`` and make their messages visible again. A second signal 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -27,6 +26,9 @@ logger = logging.getLogger(__name__)
 # the message stays hidden a little longer than the lease, so a crashed runner's task is
 # claimable (lease expired) by the time its message is visible again
 VISIBILITY_MARGIN = 5
+# a message is received hidden for this long only, then hidden for the lease as its task starts:
+# one that a poll cut off by a stop still brought (to a runner that is gone) is back within this
+RECEIVE_VISIBILITY = 30
 
 
 def log_transient_faults(client: Any) -> None:
@@ -133,7 +135,7 @@ class Runner:
                 # again if their runner died, and keep sharing one runner's fate (a poison's slot-mate)
                 MaxNumberOfMessages=1,
                 WaitTimeSeconds=0 if stop_when_idle and self.received else self.wait_time_seconds,
-                VisibilityTimeout=self.visibility_seconds,
+                VisibilityTimeout=min(self.visibility_seconds, RECEIVE_VISIBILITY),
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
             while not poll.done() and not self._stopping.is_set():
@@ -180,17 +182,22 @@ class Runner:
 
     def _wait_alone(self, message: dict) -> None:
         """Wait until no other task runs here, keeping ``message`` hidden meanwhile."""
+        self._hide(message["ReceiptHandle"])
         last = time.monotonic()
         while self._running and not self._stopping.is_set():
             wait(list(self._running), timeout=0.2)
             if time.monotonic() - last > self.visibility_seconds / 3:
                 last = time.monotonic()
-                with contextlib.suppress(ClientError, BotoCoreError):
-                    self.sqs.change_message_visibility(
-                        QueueUrl=self.queue_url,
-                        ReceiptHandle=message["ReceiptHandle"],
-                        VisibilityTimeout=self.visibility_seconds,
-                    )
+                self._hide(message["ReceiptHandle"])
+
+    def _hide(self, receipt: str) -> None:
+        """Keep a message this runner works on hidden for a lease (and its margin)."""
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.visibility_seconds
+            )
+        except (ClientError, BotoCoreError) as e:  # the row's lease is what counts; the heartbeat retries
+            logger.warning("could not extend the message's visibility (%s)", e)
 
     def _receive_in_background(self, **kwargs: Any) -> Future:
         """The long poll in a daemon thread, so a stop (or the process exit) never waits for it."""
@@ -256,6 +263,7 @@ class Runner:
             self._delete(receipt)
             return
         with logs.task_context(sig.taskId):
+            self._hide(receipt)
             try:
                 outcome = self.pipeline.process(
                     sig.taskId,
