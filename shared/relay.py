@@ -555,4 +555,9 @@ def relay_from_settings(settings: Any) -> Relay:
             "apigatewaymanagementapi", region=settings.aws_region, endpoint_url=endpoint, read_timeout=10
         )
     )
-    return Relay(store, poster, input_rate=settings.input_rate_per_second)
+    return Relay(
+        store,
+        poster,
+        input_rate=settings.input_rate_per_second,
+        control_rate=settings.control_rate_per_window,
+    )

@@ -28,6 +28,8 @@ class WsSettings(BaseSettings):
     # the local stand-in's management endpoint; in AWS it is derived from each event
     management_endpoint: str | None = Field(default=None, validation_alias="WS_MANAGEMENT_ENDPOINT")
     input_rate_per_second: int = Field(default=50, ge=1, validation_alias="WS_INPUT_RATE")
+    # open/resume frames per connection per 10 s: each resume may replay the session's ring
+    control_rate_per_window: int = Field(default=5, ge=1, validation_alias="WS_CONTROL_RATE")
     connection_ttl_seconds: int = Field(default=2 * 3600 + 600, ge=60, validation_alias="WS_CONNECTION_TTL")
 
     def _secrets_client(self) -> Any:

@@ -1,4 +1,5 @@
-"""$connect REQUEST authorizer: a browser's signed token (or, locally, a runner's) -> Allow with its grant."""
+"""$connect REQUEST authorizer: a browser's signed token, or a runner's (signed with the runner secret,
+locally and in AWS alike) -> Allow with its grant."""
 
 from __future__ import annotations
 
