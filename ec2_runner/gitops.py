@@ -202,7 +202,7 @@ class GitWorkspace:
         self, path: Path, branch: str, start_sha: str | None, start_ref: str | None
     ) -> Checkout:
         if path.exists():
-            self._remove_locked(path)
+            self._clear_leftover_locked(path)
         existed = self._fetch_locked(branch)
         if start_sha and not self._has_commit(start_sha) and start_ref:
             try:
@@ -234,6 +234,27 @@ class GitWorkspace:
                 self._remove_locked(path)
             finally:
                 self._let_go(path)
+
+    def _clear_leftover_locked(self, path: Path) -> None:
+        """A folder nobody holds (its process died): removed, unless it holds work that exists
+        nowhere else (uncommitted changes, or commits no remote branch has), which is moved aside
+        to ``<worktrees>/.leftover/`` for a person to look at. Work is never deleted."""
+        try:
+            wt = git.Repo(path)
+            unpushed = not wt.git.branch("-r", "--contains", "HEAD").strip()
+            precious = wt.is_dirty(untracked_files=True) or unpushed
+        except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+            precious = False  # not a usable worktree: nothing in it can be recovered by git either
+        if not precious:
+            self._remove_locked(path)
+            return
+        aside = self.worktrees_dir / ".leftover" / f"{path.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.repo.git.worktree("move", str(path), str(aside))
+        except git.GitCommandError:
+            shutil.move(str(path), str(aside))
+        logger.warning("a crashed run left work in %s; it is kept in %s", path, aside)
 
     def _remove_locked(self, path: Path) -> None:
         try:

@@ -340,3 +340,39 @@ def test_a_worktree_lock_lives_as_long_as_its_worktree(ws: GitWorkspace) -> None
     assert [p.name for p in ws.worktrees_dir.iterdir()] == [co.path.name]
     ws.remove(co.path)
     assert list(locks.iterdir()) == [] and list(ws.worktrees_dir.iterdir()) == []
+
+
+def _crash_with_a_worktree(tmp_path: Path, remote: Path, name: str, dirty: bool) -> Path:
+    """A runner process that checks out ``name`` (and writes into it when ``dirty``), then dies."""
+    script = (
+        "import os, sys; from pathlib import Path; from ec2_runner.gitops import GitWorkspace\n"
+        f"ws = GitWorkspace(Path({str(tmp_path / 'runner' / 'repo')!r}), {str(remote)!r},"
+        f" Path({str(tmp_path / 'runner' / 'wt')!r}))\n"
+        f"co = ws.checkout('feature/crash', {name!r})\n"
+        f"if {dirty!r}: (co.path / 'unsaved.txt').write_text('work nobody pushed')\n"
+        "print(co.path, flush=True); os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def test_a_crashed_runs_unsaved_work_is_moved_aside_never_deleted(
+    tmp_path: Path, remote: Path, ws: GitWorkspace
+) -> None:
+    # given: a runner died holding a worktree with uncommitted work
+    left = _crash_with_a_worktree(tmp_path, remote, "task-crash", dirty=True)
+    # when: the same folder is asked for again
+    fresh = ws.checkout("feature/crash", "task-crash")
+    # then: a clean worktree there, and the work kept beside it
+    assert fresh.path == left and not (fresh.path / "unsaved.txt").exists()
+    (kept,) = (ws.worktrees_dir / ".leftover").iterdir()
+    assert (kept / "unsaved.txt").read_text() == "work nobody pushed"
+
+
+def test_a_crashed_runs_clean_worktree_is_simply_replaced(
+    tmp_path: Path, remote: Path, ws: GitWorkspace
+) -> None:
+    left = _crash_with_a_worktree(tmp_path, remote, "task-clean", dirty=False)
+    fresh = ws.checkout("feature/crash", "task-clean")
+    assert fresh.path == left
+    assert not (ws.worktrees_dir / ".leftover").exists()
