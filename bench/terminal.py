@@ -68,6 +68,9 @@ def measure(
         "CONNECTIONS_TABLE": str(res.connections_table),
         "TOKEN_SECRET": "bench-token-secret-0123456789abcdef",
         "RUNNER_SECRET": "bench-runner-secret-0123456789abcdef",
+        # the keystrokes below come faster than a person types (one every ~12 ms): the relay's
+        # per-connection input throttle (50 frames/s by default) would refuse some of them
+        "WS_INPUT_RATE": "1000",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
         "POWERTOOLS_TRACE_DISABLED": "true",
     }
