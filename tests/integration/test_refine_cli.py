@@ -31,6 +31,23 @@ from tests.integration.refine_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 
+def spawn_attach(ws_url: str, token: str, dimensions: tuple[int, int], timeout: float) -> pexpect.spawn:
+    """``aipm terminal``'s attach() in a real pty of the given size."""
+    code = (
+        "import sys; from ec2_runner.terminal_cli import attach; sys.exit(attach(sys.argv[1], sys.argv[2]))"
+    )
+    child = pexpect.spawn(
+        sys.executable,
+        ["-c", code, ws_url, token],
+        cwd=str(ROOT),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        dimensions=dimensions,
+        timeout=timeout,
+    )
+    child.delaybeforesend = None
+    return child
+
+
 def test_mint_token_is_what_the_authorizer_accepts(
     fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any
 ) -> None:
@@ -66,19 +83,7 @@ def test_attach_runs_the_users_terminal_in_raw_mode(moto_endpoint: str, tmp_path
     table = connections_table(moto_endpoint)
     with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
         token = mint_token(branch="feature/cli", secret=TOKEN_SECRET, user="dev")
-        code = (
-            "import sys; from ec2_runner.terminal_cli import attach; "
-            "sys.exit(attach(sys.argv[1], sys.argv[2]))"
-        )
-        child = pexpect.spawn(
-            sys.executable,
-            ["-c", code, gw.ws_url, token],
-            cwd=str(ROOT),
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            dimensions=(31, 97),
-            timeout=10,
-        )
-        child.delaybeforesend = None
+        child = spawn_attach(gw.ws_url, token, (31, 97), timeout=10)
         try:
             child.expect("git status")
             child.expect(r"\$ ")
@@ -109,19 +114,7 @@ def test_attach_reattaches_when_the_runner_comes_back(moto_endpoint: str, tmp_pa
         running_runner(gw, lambda: session_manager(tmp_path), ws_url=link.url(gw.ws_url)) as svc,
     ):
         token = mint_token(branch="feature/away", secret=TOKEN_SECRET, user="dev")
-        code = (
-            "import sys; from ec2_runner.terminal_cli import attach; "
-            "sys.exit(attach(sys.argv[1], sys.argv[2]))"
-        )
-        child = pexpect.spawn(
-            sys.executable,
-            ["-c", code, gw.ws_url, token],
-            cwd=str(ROOT),
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            dimensions=(24, 100),
-            timeout=20,
-        )
-        child.delaybeforesend = None
+        child = spawn_attach(gw.ws_url, token, (24, 100), timeout=20)
         seen = io.BytesIO()
         child.logfile_read = seen
         try:
