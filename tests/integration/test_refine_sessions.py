@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import git
 import pytest
 
 from ec2_runner.terminal import SessionManager
@@ -263,3 +265,91 @@ def test_every_viewer_gets_output_and_exit_beyond_one_frames_routing_list(tmp_pa
         await manager.shutdown()
 
     asyncio.run(scenario())
+
+
+def _remote_refs(tmp_path: Path) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(tmp_path / "remote.git"), "for-each-ref"], capture_output=True, text=True
+    ).stdout
+
+
+def test_a_session_left_alone_ends_after_the_grace_period_and_commits_nothing(tmp_path: Path) -> None:
+    """The browser goes away: the session waits out the grace period, then ends; the work typed in it
+    stays in its worktree, uncommitted and unpushed (only the user's push commits)."""
+    manager = session_manager(tmp_path, grace_seconds=1.0, reap_interval=0.1, show_git_status=False)
+    sid = fr.session_id_for(branch="feature/left")
+    refs_before = _remote_refs(tmp_path)
+
+    async def scenario() -> Path:
+        manager.start()
+        out = Outbox(manager)
+        await manager.handle(fr.OpenFrame(branch="feature/left", sessionId=sid, connectionId="c-1"))
+        await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs), 10, "opened")
+        await manager.handle(
+            fr.InputFrame(
+                sessionId=sid, connectionId="c-1", data="echo draft > draft.txt; echo typed-$((6*7))\r"
+            )
+        )
+        await out.wait(
+            lambda fs: any("typed-42" in getattr(f, "data", "") for f in fs), 10, "the command to run"
+        )
+        path = manager.sessions[sid].path
+        assert path is not None
+        # when: the browser disconnects
+        left = time.monotonic()
+        await manager.handle(fr.DetachFrame(sessionId=sid, connectionId="c-1"))
+        await asyncio.sleep(0.5)
+        assert sid in manager.sessions  # within the grace period it lives on
+        await out.wait(lambda fs: sid not in manager.sessions, 10, "the grace period to end it")
+        assert time.monotonic() - left >= 0.9
+        out.stop()
+        await manager.shutdown()
+        return path
+
+    path = asyncio.run(scenario())
+    # then: nothing was committed or pushed; the draft is still there, uncommitted
+    assert _remote_refs(tmp_path) == refs_before
+    assert (path / "draft.txt").read_text() == "draft\n"
+    status = git.Repo(path).git.status("--porcelain")
+    assert "draft.txt" in status
+
+
+def test_a_browser_resuming_past_the_ring_is_told_output_was_lost(tmp_path: Path) -> None:
+    """The ring is bounded: a browser that comes back after more output than it holds gets the
+    tail and an ``output_lost`` error, never a silent gap."""
+    manager = session_manager(tmp_path, ring_bytes=64 * 1024, show_git_status=False)
+    sid = fr.session_id_for(branch="feature/ring")
+
+    async def scenario() -> list[object]:
+        manager.start()
+        out = Outbox(manager)
+        await manager.handle(fr.OpenFrame(branch="feature/ring", sessionId=sid, connectionId="c-1"))
+        await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs), 10, "opened")
+        await manager.handle(fr.DetachFrame(sessionId=sid, connectionId="c-1"))
+        # 300 KB of output while nobody watches
+        await manager.handle(
+            fr.InputFrame(
+                sessionId=sid,
+                connectionId="c-1",
+                data="head -c 300000 /dev/zero | tr '\\0' y; echo; echo RING-END\r",
+            )
+        )
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + 10
+        while not any("RING-END" in f.data for f in manager.sessions[sid].ring):
+            assert time.monotonic() < deadline, "the output never reached the ring"
+            await asyncio.sleep(0.05)
+        # when: the browser resumes from the first frame it had
+        seen = len(out.frames)
+        await manager.handle(fr.ResumeFrame(sessionId=sid, connectionId="c-2", lastSeq=1))
+        await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs[seen:]), 10, "reopened")
+        frames = out.frames[seen:]
+        out.stop()
+        await manager.shutdown()
+        return frames
+
+    frames = asyncio.run(scenario())
+    errors = [f for f in frames if isinstance(f, fr.ErrorFrame)]
+    assert [e.code for e in errors] == ["output_lost"]
+    replayed = "".join(f.data for f in frames if isinstance(f, fr.OutputFrame))
+    assert "RING-END" in replayed and len(replayed) <= 64 * 1024 + fr.MAX_FRAME_BYTES
