@@ -177,11 +177,19 @@ class GitWorkspace:
 
     # -- worktrees -------------------------------------------------------------------------
     def checkout(
-        self, branch: str, name: str, start_sha: str | None = None, start_ref: str | None = None
+        self,
+        branch: str,
+        name: str,
+        start_sha: str | None = None,
+        start_ref: str | None = None,
+        *,
+        reuse_leftover_work: bool = False,
     ) -> Checkout:
         """A fresh worktree for ``branch`` (call check_branch first), detached at the remote head,
         or at the default branch when the remote has no such branch yet. ``start_sha`` (the WIP
-        commit of an earlier attempt, pushed to ``start_ref``) wins when it can be had."""
+        commit of an earlier attempt, pushed to ``start_ref``) wins when it can be had.
+        ``reuse_leftover_work``: a folder of this name that a dead process left with work in it is
+        taken over as it is (a terminal session reopened after a runner restart), not moved aside."""
         with self._exclusive():
             # a worktree still held, by this process or another one sharing the clone (a running
             # task, an open or kept terminal session), is never replaced: the newcomer gets a
@@ -193,6 +201,10 @@ class GitWorkspace:
                 path = self.worktrees_dir / f"{safe_dir_name(name)}-{n}"
             self._held[path] = fd
             try:
+                if reuse_leftover_work and path.exists() and self._holds_unique_work(path):
+                    sha = git.Repo(path).head.commit.hexsha
+                    logger.info("reusing the work left in %s (branch %s, head %s)", path, branch, sha[:12])
+                    return Checkout(path=path, branch=branch, base_sha=sha, branch_existed=True)
                 return self._checkout_locked(path, branch, start_sha, start_ref)
             except BaseException:
                 self._let_go(path)
@@ -239,13 +251,7 @@ class GitWorkspace:
         """A folder nobody holds (its process died): removed, unless it holds work that exists
         nowhere else (uncommitted changes, or commits no remote branch has), which is moved aside
         to ``<worktrees>/.leftover/`` for a person to look at. Work is never deleted."""
-        try:
-            wt = git.Repo(path)
-            unpushed = not wt.git.branch("-r", "--contains", "HEAD").strip()
-            precious = wt.is_dirty(untracked_files=True) or unpushed
-        except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
-            precious = False  # not a usable worktree: nothing in it can be recovered by git either
-        if not precious:
+        if not self._holds_unique_work(path):
             self._remove_locked(path)
             return
         aside = self.worktrees_dir / ".leftover" / f"{path.name}-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -255,6 +261,16 @@ class GitWorkspace:
         except git.GitCommandError:
             shutil.move(str(path), str(aside))
         logger.warning("a crashed run left work in %s; it is kept in %s", path, aside)
+
+    def _holds_unique_work(self, path: Path) -> bool:
+        """Whether a worktree holds work that exists nowhere else: uncommitted changes, or commits
+        no remote branch has."""
+        try:
+            wt = git.Repo(path)
+            unpushed = not wt.git.branch("-r", "--contains", "HEAD").strip()
+            return wt.is_dirty(untracked_files=True) or unpushed
+        except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+            return False  # not a usable worktree: nothing in it can be recovered by git either
 
     def _remove_locked(self, path: Path) -> None:
         try:

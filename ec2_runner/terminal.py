@@ -83,7 +83,10 @@ class GitCallables:
             return workspace.push(path, branch)
 
         return cls(
-            open_worktree=lambda branch, name: workspace.checkout(branch, name).path,
+            # a session's folder that a dead runner left with work in it is reopened as it is
+            open_worktree=lambda branch, name: (
+                workspace.checkout(branch, name, reuse_leftover_work=True).path
+            ),
             remove_worktree=workspace.remove,
             commit_and_push=commit_and_push,
             task_path=lambda task_id: workspace.worktrees_dir / safe_dir_name(task_worktree_name(task_id)),

@@ -376,3 +376,14 @@ def test_a_crashed_runs_clean_worktree_is_simply_replaced(
     fresh = ws.checkout("feature/crash", "task-clean")
     assert fresh.path == left
     assert not (ws.worktrees_dir / ".leftover").exists()
+
+
+def test_a_leftover_with_work_is_reused_when_asked(tmp_path: Path, remote: Path, ws: GitWorkspace) -> None:
+    """What a terminal session reopened after a runner restart asks for: its own folder, work intact."""
+    left = _crash_with_a_worktree(tmp_path, remote, "term-abc", dirty=True)
+    again = ws.checkout("feature/crash", "term-abc", reuse_leftover_work=True)
+    assert again.path == left and (again.path / "unsaved.txt").read_text() == "work nobody pushed"
+    assert not (ws.worktrees_dir / ".leftover").exists()
+    # and it is held like any checkout: a second ask gets a folder of its own
+    other = ws.checkout("feature/crash", "term-abc", reuse_leftover_work=True)
+    assert other.path != left and not (other.path / "unsaved.txt").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from ec2_runner.terminal import SessionManager
 from shared import frames as fr
+from tests.conftest import ROOT
 from tests.fixtures import wait_until
 from tests.integration.refine_support import (
     KIRO_PROMPT,
@@ -353,3 +355,47 @@ def test_a_browser_resuming_past_the_ring_is_told_output_was_lost(tmp_path: Path
     assert [e.code for e in errors] == ["output_lost"]
     replayed = "".join(f.data for f in frames if isinstance(f, fr.OutputFrame))
     assert "RING-END" in replayed and len(replayed) <= 64 * 1024 + fr.MAX_FRAME_BYTES
+
+
+def test_a_session_reopened_after_a_runner_restart_finds_its_uncommitted_work(tmp_path: Path) -> None:
+    """A runner process died while its session's folder held uncommitted work; the next runner's
+    session of the same branch opens that folder as it was."""
+    sid = fr.session_id_for(branch="feature/restart")
+    # given: a runner process that opened the session's folder, wrote into it, and died
+    script = (
+        "import os, sys; from pathlib import Path\n"
+        "from tests.integration.refine_support import workspace\n"
+        "ws = workspace(Path(sys.argv[1]))\n"
+        "co = ws.checkout('feature/restart', sys.argv[2])\n"
+        "(co.path / 'notes.txt').write_text('typed before the crash')\n"
+        "print(co.path, flush=True); os._exit(0)\n"
+    )
+    died = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), f"term-{sid}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    left = Path(died.stdout.strip())
+    manager = session_manager(tmp_path, show_git_status=False)
+
+    async def scenario() -> Path | None:
+        manager.start()
+        out = Outbox(manager)
+        # when
+        await manager.handle(fr.OpenFrame(branch="feature/restart", sessionId=sid, connectionId="c-1"))
+        await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs), 10, "opened")
+        await manager.handle(fr.InputFrame(sessionId=sid, connectionId="c-1", data="cat notes.txt\r"))
+
+        # then
+        def shown(frames: list[object]) -> bool:
+            return "typed before the crash" in "".join(getattr(f, "data", "") for f in frames)
+
+        await out.wait(shown, 10, "the notes")
+        path = manager.sessions[sid].path
+        out.stop()
+        await manager.shutdown()
+        return path
+
+    assert asyncio.run(scenario()) == left
