@@ -72,6 +72,25 @@ def worktrees(tmp_path: Path, runner_id: str = "r1") -> list[Path]:
     return [p for p in (tmp_path / runner_id / "wt").iterdir() if not p.name.startswith(".")]
 
 
+class RunningHolder:
+    """A task holding its branch in a background thread until ``release()`` stops the runner's
+    work and gives it back; its outcome is what ``release()`` returns."""
+
+    def __init__(self, pipeline: TaskPipeline, store: TaskStore, task_id: str) -> None:
+        self._stop = threading.Event()
+        self._outcome: list[Outcome] = []
+        self._worker = threading.Thread(
+            target=lambda: self._outcome.append(pipeline.process(task_id, should_stop=self._stop.is_set))
+        )
+        self._worker.start()
+        wait_until(lambda: store.get(task_id).get("baseSha"), timeout=30, what="the holder to start")
+
+    def release(self) -> Outcome | None:
+        self._stop.set()
+        self._worker.join(timeout=30)
+        return self._outcome[0] if self._outcome else None
+
+
 def test_worktree_is_removed_when_recording_the_base_fails(
     ddb: Any, deployed: Any, remote: Path, tmp_path: Path
 ) -> None:
@@ -172,19 +191,12 @@ def test_task_given_back_at_shutdown_wakes_the_task_waiting_for_its_branch(
     branch = store.get(holder)["branch"]
     waiting = unique("wait")
     store.put_new({"id": waiting, "title": "Waits", "details": "", "branch": branch})
-    stop = threading.Event()
-    outcome: list[Outcome] = []
-    worker = threading.Thread(
-        target=lambda: outcome.append(pipeline.process(holder, should_stop=stop.is_set))
-    )
-    worker.start()
-    wait_until(lambda: store.get(holder).get("baseSha"), timeout=30, what="the holder to start")
+    running = RunningHolder(pipeline, store, holder)
     assert pipeline.process(waiting) is Outcome.WAITING
     # when: the runner stops and gives the holder back
-    stop.set()
-    worker.join(timeout=30)
+    outcome = running.release()
     # then: the waiting task is signalled (the holder's own message is made visible by the daemon)
-    assert outcome == [Outcome.RELEASED]
+    assert outcome == Outcome.RELEASED
     got = sqs.receive_message(QueueUrl=fresh_stack.task_queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10)
     assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [waiting]
 
@@ -245,21 +257,14 @@ def test_a_reclaim_refused_by_the_branch_lock_is_woken_when_the_branch_is_free(
     long_ago.claim(dead, "r-dead", 60)
     holder = unique("hold")
     store.put_new({"id": holder, "title": "Holds", "details": "[fake:sleep=30]", "branch": branch})
-    stop = threading.Event()
-    outcome: list[Outcome] = []
-    worker = threading.Thread(
-        target=lambda: outcome.append(pipeline.process(holder, should_stop=stop.is_set))
-    )
-    worker.start()
-    wait_until(lambda: store.get(holder).get("baseSha"), timeout=30, what="the holder to start")
+    running = RunningHolder(pipeline, store, holder)
     # when: the dead runner's task is signalled (the reconciler's stale-lease sweep)
     assert pipeline.process(dead) is Outcome.WAITING
     row = store.get(dead)
     assert row["status"] == "processing" and row["runnerId"] == "r-dead" and row["attempts"] == 1
-    stop.set()
-    worker.join(timeout=30)
+    outcome = running.release()
     # then: the holder's end signals the waiting reclaim, which now runs
-    assert outcome == [Outcome.RELEASED]
+    assert outcome == Outcome.RELEASED
     got = sqs.receive_message(QueueUrl=fresh_stack.task_queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10)
     assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [dead]
     assert pipeline.process(dead) is Outcome.COMPLETE, store.get(dead).get("error")
