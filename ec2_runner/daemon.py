@@ -190,14 +190,18 @@ class Runner:
                 last = time.monotonic()
                 self._hide(message["ReceiptHandle"])
 
-    def _hide(self, receipt: str) -> None:
+    def _hide(self, receipt: str, seconds: int | None = None) -> None:
         """Keep a message this runner works on hidden for a lease (and its margin)."""
+        # the row's lease is what counts; the heartbeat tries again on its next beat
+        self._set_visibility(receipt, self.visibility_seconds if seconds is None else seconds, "extend")
+
+    def _set_visibility(self, receipt: str, seconds: int, what: str) -> None:
         try:
             self.sqs.change_message_visibility(
-                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.visibility_seconds
+                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds
             )
-        except (ClientError, BotoCoreError) as e:  # the row's lease is what counts; the heartbeat retries
-            logger.warning("could not extend the message's visibility (%s)", e)
+        except (ClientError, BotoCoreError) as e:
+            logger.warning("could not %s the message's visibility (%s); the row is the truth", what, e)
 
     def _receive_in_background(self, **kwargs: Any) -> Future:
         """The long poll in a daemon thread, so a stop (or the process exit) never waits for it."""
@@ -267,11 +271,7 @@ class Runner:
             try:
                 outcome = self.pipeline.process(
                     sig.taskId,
-                    extend_visibility=lambda s: self.sqs.change_message_visibility(
-                        QueueUrl=self.queue_url,
-                        ReceiptHandle=receipt,
-                        VisibilityTimeout=int(s) + VISIBILITY_MARGIN,
-                    ),
+                    extend_visibility=lambda s: self._hide(receipt, int(s) + VISIBILITY_MARGIN),
                     should_stop=self._cold.is_set,
                 )
             except Exception:
@@ -288,12 +288,7 @@ class Runner:
                 self._delete(receipt)
 
     def _make_visible(self, receipt: str) -> None:
-        try:
-            self.sqs.change_message_visibility(
-                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
-            )
-        except (ClientError, BotoCoreError) as e:
-            logger.warning("could not make the message visible again (%s); the row is pending anyway", e)
+        self._set_visibility(receipt, 0, "reset")
 
     def _delete(self, receipt: str) -> None:
         for attempt in range(3):
