@@ -56,7 +56,7 @@ def up(runners: int = 1, aws_port: int = DEFAULT_AWS_PORT, gateway_port: int | N
 def _lambda_logs_to(path: Path) -> None:
     """The in-process Lambdas' Powertools loggers write to ``path``, as CloudWatch would hold them,
     so the demo's own lines stay readable."""
-    out = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    out = open(path, "a", buffering=1)  # lives as long as the process, like the loggers
     for name, lg in logging.Logger.manager.loggerDict.items():
         if isinstance(lg, logging.Logger) and name.startswith("aipm-"):
             for handler in lg.handlers:
