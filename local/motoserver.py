@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
+import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from moto.dynamodb.models import dynamodb_backends
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
@@ -26,13 +30,24 @@ def ensure_local_credentials() -> None:
         os.environ.setdefault(key, value)
 
 
-class AtomicDynamoDB:
-    """WSGI middleware: one DynamoDB request at a time.
+class DynamoDBTwin:
+    """WSGI middleware that makes moto's DynamoDB behave as DynamoDB does where the system relies on it.
 
-    In DynamoDB every conditional write is atomic; moto checks the condition and writes in two
-    steps, so under concurrent requests two conditional claims of one row could both succeed
-    (seen in the test suite). Serialising DynamoDB calls restores the guarantee the runners rely
-    on. SQS and everything else stay concurrent (a long poll must not hold anyone up).
+    - **Atomic conditional writes.** In DynamoDB every conditional write is atomic; moto checks the
+      condition and writes in two steps, so under concurrent requests two conditional claims of one
+      row could both succeed (seen in the test suite). DynamoDB and DynamoDB Streams calls are
+      serialised here; SQS and everything else stay concurrent (a long poll must hold no one up).
+    - **One stream across a cancelled transaction.** moto rolls a cancelled ``TransactWriteItems``
+      back by putting deep copies of the tables in place, stream shard included, while every shard
+      iterator handed out before still points into the replaced shard: a stream reader would then
+      read a stream nobody writes to any more (dispatch stalled after one refused branch claim).
+      After a transaction the table's original shard object is kept in the restored table, with
+      the restored records, so iterators stay valid and see every later write.
+    - **Index key types.** DynamoDB refuses a write whose secondary-index key attribute has the
+      wrong type (or is an empty string); moto checks only the table's own key on ``PutItem``.
+      Puts (``PutItem``, ``BatchWriteItem``, ``TransactWriteItems``) are checked against the table's
+      ``AttributeDefinitions`` here, with DynamoDB's ``ValidationException``. (``UpdateItem`` is
+      already checked by moto.)
     """
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
@@ -40,17 +55,141 @@ class AtomicDynamoDB:
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB_"):
+        target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+        if not target.startswith("DynamoDB"):  # DynamoDB_20120810.* and DynamoDBStreams_20120810.*
             return self.app(environ, start_response)
+        operation = target.rpartition(".")[2]
         with self._lock:
-            return list(self.app(environ, start_response))
+            if operation in _PUT_OPERATIONS:
+                body = _read_body(environ)
+                refusal = _index_key_refusal(operation, body, _region(environ))
+                if refusal:
+                    return _validation_error(refusal, start_response)
+            if operation != "TransactWriteItems":
+                return list(self.app(environ, start_response))
+            shards = _stream_shards()
+            try:
+                return list(self.app(environ, start_response))
+            finally:
+                _keep_stream_shards(shards)
+
+
+_PUT_OPERATIONS = frozenset({"PutItem", "BatchWriteItem", "TransactWriteItems"})
+
+
+def _read_body(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request's JSON body; the stream is put back for the app to read."""
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(size) if size else b""
+    environ["wsgi.input"] = io.BytesIO(raw)
+    try:
+        parsed = json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _region(environ: dict[str, Any]) -> str:
+    """The region a SigV4-signed request names in its credential scope."""
+    match = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/", str(environ.get("HTTP_AUTHORIZATION", "")))
+    return match.group(1) if match else "us-east-1"
+
+
+def _tables(region: str) -> dict[str, Any]:
+    """Every moto table of ``region``, by name, across the accounts the server holds."""
+    found: dict[str, Any] = {}
+    for regions in list(dynamodb_backends.values()):
+        backend = dict.get(regions, region)
+        if backend is not None:
+            found.update(backend.tables)
+    return found
+
+
+def _puts(operation: str, body: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(table name, item) of every put the request makes."""
+    if operation == "PutItem":
+        yield str(body.get("TableName", "")), body.get("Item") or {}
+    elif operation == "BatchWriteItem":
+        for table, requests in (body.get("RequestItems") or {}).items():
+            for request in requests or []:
+                if isinstance(request, dict) and "PutRequest" in request:
+                    yield table, (request["PutRequest"] or {}).get("Item") or {}
+    else:
+        for part in body.get("TransactItems") or []:
+            put = part.get("Put") if isinstance(part, dict) else None
+            if isinstance(put, dict):
+                yield str(put.get("TableName", "")), put.get("Item") or {}
+
+
+def _index_key_refusal(operation: str, body: dict[str, Any], region: str) -> str | None:
+    """DynamoDB's message for the first put whose index key attribute it would refuse, else None."""
+    tables = _tables(region)
+    for name, item in _puts(operation, body):
+        table = tables.get(name)
+        if table is None or not isinstance(item, dict):
+            continue
+        types = {a["AttributeName"]: a["AttributeType"] for a in table.attr}
+        for index in [*table.global_indexes, *table.indexes]:
+            for key in index.schema:
+                attr = key["AttributeName"]
+                value = item.get(attr)
+                if not isinstance(value, dict) or not value:
+                    continue  # an item without the index key is simply not in the index
+                actual = next(iter(value))
+                expected = types.get(attr)
+                if expected and actual != expected:
+                    return (
+                        "One or more parameter values were invalid: Type mismatch for Index Key "
+                        f"{attr} Expected: {expected} Actual: {actual} IndexName: {index.name}"
+                    )
+                if actual in ("S", "B") and value[actual] == "":
+                    return (
+                        "One or more parameter values are not valid. A value specified for a secondary "
+                        "index key is not supported. The AttributeValue for a key attribute cannot "
+                        f"contain an empty string value. IndexName: {index.name}, IndexKey: {attr}"
+                    )
+    return None
+
+
+def _validation_error(message: str, start_response: Callable[..., Any]) -> list[bytes]:
+    body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#ValidationException", "message": message})
+    start_response(
+        "400 Bad Request",
+        [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(body)))],
+    )
+    return [body.encode()]
+
+
+def _stream_shards() -> list[tuple[Any, str, Any, Any]]:
+    """(backend, table name, table, its stream shard) of every table that has a stream."""
+    shards = []
+    for regions in list(dynamodb_backends.values()):
+        for backend in list(dict.values(regions)):
+            for name, table in list(backend.tables.items()):
+                if getattr(table, "stream_shard", None) is not None:
+                    shards.append((backend, name, table, table.stream_shard))
+    return shards
+
+
+def _keep_stream_shards(before: list[tuple[Any, str, Any, Any]]) -> None:
+    """Where a rollback replaced a table by its copy, move the original shard object into the copy."""
+    for backend, name, table, shard in before:
+        restored = backend.tables.get(name)
+        if restored is None or restored is table or restored.stream_shard is shard:
+            continue
+        restored_shard = restored.stream_shard
+        if restored_shard is None:
+            continue
+        shard.items = restored_shard.items  # the records as they were before the transaction
+        shard.table = restored
+        restored.stream_shard = shard
 
 
 class _AtomicMotoServer(ThreadedMotoServer):
-    """moto's threaded server with DynamoDB's atomic conditional writes."""
+    """moto's threaded server behind the DynamoDB twin middleware."""
 
     def _server_entry(self) -> None:
-        app = AtomicDynamoDB(DomainDispatcherApplication(create_backend_app))
+        app = DynamoDBTwin(DomainDispatcherApplication(create_backend_app))
         self._server = make_server(
             self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
         )

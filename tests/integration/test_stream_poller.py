@@ -4,6 +4,7 @@ again from the lowest failed record onwards, as Lambda's event source mapping do
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,3 +100,66 @@ def test_a_record_that_keeps_failing_is_given_up_after_the_mappings_retries(
     # the first delivery and max_retries more, then the stream moves on
     assert handler.batches[:3] == [["p1", "p2"]] * 3
     assert handler.batches[3:] == [["after"]]
+
+
+class Arrivals:
+    """A stream-triggered function that notes when each id first arrived."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+
+    def __call__(self, event: dict) -> dict:
+        with self.cond:
+            for r in event["Records"]:
+                self.seen.setdefault(r["dynamodb"]["Keys"]["id"]["S"], time.monotonic())
+            self.cond.notify_all()
+        return {"batchItemFailures": []}
+
+    def wait_for(self, task_id: str, timeout: float) -> float | None:
+        with self.cond:
+            self.cond.wait_for(lambda: task_id in self.seen, timeout)
+            return self.seen.get(task_id)
+
+
+def test_records_keep_flowing_after_a_cancelled_transaction(
+    moto_endpoint: str, ddb: Any, deployed: Any
+) -> None:
+    """A claim refused by its branch lock is a cancelled TransactWriteItems, after which moto puts
+    back a copy of its tables; the poller must follow the live stream, not the replaced one: a task
+    on another branch still arrives in well under a second, a hundred times in a row."""
+    from shared import aws
+    from shared.store import BranchBusyError, TaskStore
+
+    # given: one task holding branch feature/shared, and the poller on the queue table's stream
+    store = TaskStore(ddb, deployed.table_name, branch_locks_table=deployed.branch_locks_table)
+    holder = unique("holder")
+    store.put_new({"id": holder, "title": "t", "details": "", "branch": "feature/shared"})
+    store.claim(holder, "runner-a", 300)
+    arn = ddb.describe_table(TableName=deployed.table_name)["Table"]["LatestStreamArn"]
+    streams = aws.client("dynamodbstreams", region="us-east-1", endpoint_url=moto_endpoint)
+    arrivals = Arrivals()
+    poller = StreamPoller(streams, arn, arrivals, batch_size=100, poll_interval=0.02)
+    poller.start(from_start=False)
+    slow: list[tuple[int, float | None]] = []
+    try:
+        for i in range(100):
+            # when: a second task of the busy branch is refused (a cancelled transaction) ...
+            waiter = unique(f"waiter{i}")
+            store.put_new({"id": waiter, "title": "t", "details": "", "branch": "feature/shared"})
+            with pytest.raises(BranchBusyError):
+                store.claim(waiter, "runner-b", 300)
+            # ... and a task on another branch is inserted
+            other = unique(f"other{i}")
+            sent = time.monotonic()
+            store.put_new({"id": other, "title": "t", "details": "", "branch": f"feature/other-{i}"})
+            arrived = arrivals.wait_for(other, 2.0)
+            took = None if arrived is None else arrived - sent
+            if took is None or took > 0.5:
+                slow.append((i, took))
+                if len(slow) == 3:
+                    break
+    finally:
+        poller.stop()
+    # then: every one of them reached the stream's function promptly
+    assert slow == [], f"records late or lost after a cancelled transaction (round, seconds): {slow[:5]}"

@@ -1,0 +1,140 @@
+"""The embedded DynamoDB refuses what DynamoDB refuses for the template's keys and index keys,
+so a row that AWS would never accept cannot reach the local stack (and break its listings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from shared.models import utc_now_iso
+from tests.fixtures import ROOT, AwsCli, unique
+
+pytestmark = pytest.mark.integration
+
+
+def _row(task_id: str, **override: dict) -> dict:
+    now = utc_now_iso()
+    return {
+        "id": {"S": task_id},
+        "title": {"S": "Add login validation"},
+        "branch": {"S": "feature/twin"},
+        "status": {"S": "pending"},
+        "createdAt": {"S": now},
+        "updatedAt": {"S": now},
+        **override,
+    }
+
+
+def _refusal(call: Any) -> str:
+    with pytest.raises(ClientError) as err:
+        call()
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    return str(err.value.response["Error"]["Message"])
+
+
+def test_put_item_with_a_numeric_created_at_is_refused_like_dynamodb(
+    moto_endpoint: str, deployed: Any
+) -> None:
+    """The seed's operators insert rows with the aws CLI: a createdAt written as a Number is an
+    index key of the wrong type, which DynamoDB refuses, so the local stack refuses it too."""
+    cli = AwsCli(moto_endpoint, deployed.table_name)
+    task_id = unique("numeric-created")
+    item = _row(task_id, createdAt={"N": "1796153400"})
+    out = subprocess.run(
+        [
+            cli.exe,
+            "--endpoint-url",
+            moto_endpoint,
+            "--region",
+            "us-east-1",
+            "dynamodb",
+            "put-item",
+            "--table-name",
+            deployed.table_name,
+            "--item",
+            json.dumps(item),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "Type mismatch for Index Key createdAt Expected: S Actual: N" in out.stderr
+    assert cli.get(task_id) == {}
+
+
+def test_every_kind_of_put_is_checked_and_a_row_without_the_index_key_is_accepted(
+    ddb: Any, deployed: Any
+) -> None:
+    table = deployed.table_name
+    bad_status = _row(unique("bad-status"), status={"N": "1"})
+    message = _refusal(lambda: ddb.put_item(TableName=table, Item=bad_status))
+    assert "Index Key status Expected: S Actual: N IndexName: status-createdAt-index" in message
+    empty = _row(unique("empty-status"), status={"S": ""})
+    assert "empty string" in _refusal(lambda: ddb.put_item(TableName=table, Item=empty))
+    batch = _row(unique("batch"), createdAt={"N": "1"})
+    _refusal(lambda: ddb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": batch}}]}))
+    txn = _row(unique("txn"), createdAt={"N": "1"})
+    _refusal(lambda: ddb.transact_write_items(TransactItems=[{"Put": {"TableName": table, "Item": txn}}]))
+    update_id = unique("update")
+    ddb.put_item(TableName=table, Item=_row(update_id))
+    _refusal(
+        lambda: ddb.update_item(
+            TableName=table,
+            Key={"id": {"S": update_id}},
+            UpdateExpression="SET createdAt = :n",
+            ExpressionAttributeValues={":n": {"N": "5"}},
+        )
+    )
+    for item in (bad_status, empty, batch, txn):
+        assert "Item" not in ddb.get_item(TableName=table, Key={"id": item["id"]})
+    # DynamoDB takes an item without an index key (it is just not in the index)
+    no_created = {k: v for k, v in _row(unique("no-created")).items() if k != "createdAt"}
+    ddb.put_item(TableName=table, Item=no_created)
+    assert "Item" in ddb.get_item(TableName=table, Key={"id": no_created["id"]}, ConsistentRead=True)
+
+
+def _aipm(moto_endpoint: str, table: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "TABLE_NAME": table,
+        "TASK_QUEUE_URL": "http://127.0.0.1:1/unused",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ec2_runner.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(ROOT),
+    )
+
+
+def test_aipm_list_shows_a_row_it_cannot_parse_as_invalid_and_lists_the_rest(
+    moto_endpoint: str, ddb: Any, deployed: Any
+) -> None:
+    """A row DynamoDB accepts but the code cannot read (no title, a number beyond Python's
+    decimal context) is shown as invalid, with the others still listed: never a traceback."""
+    table = deployed.table_name
+    good, untitled, huge = unique("good"), unique("untitled"), unique("huge")
+    ddb.put_item(TableName=table, Item=_row(good, status={"S": "failed"}))
+    ddb.put_item(
+        TableName=table,
+        Item={k: v for k, v in _row(untitled, status={"S": "failed"}).items() if k != "title"},
+    )
+    ddb.put_item(TableName=table, Item=_row(huge, status={"S": "failed"}, prNumber={"N": "1" * 39}))
+    out = _aipm(moto_endpoint, table, "list", "--status", "failed", "--limit", "1000")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    rows = {r["id"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert rows[good]["status"] == "failed" and "invalid" not in rows[good]
+    assert "title" in rows[untitled]["invalid"]
+    assert "prNumber" in rows[huge]["invalid"]
