@@ -55,15 +55,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+_LISTED = ("id", "status", "branch", "title", "commitSha", "error")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    from shared.models import TaskStatus
+    from shared.models import InvalidRow, TaskStatus
 
     store = _store()
     for status in [TaskStatus(args.status)] if args.status else list(TaskStatus):
-        for row in store.list_by_status(status, limit=args.limit):
-            print(
-                json.dumps({k: row.get(k) for k in ("id", "status", "branch", "title", "commitSha", "error")})
-            )
+        for row in store.list_tasks(status, limit=args.limit):
+            if isinstance(row, InvalidRow):
+                print(json.dumps({"id": row.id, "status": row.status, "invalid": row.reason}))
+                continue
+            fields = row.model_dump(mode="json")
+            print(json.dumps({k: fields.get(k) for k in _LISTED}))
     return 0
 
 

@@ -19,7 +19,7 @@ from ec2_runner.agents import Agent
 from ec2_runner.gitops import Checkout, GitOpError, GitWorkspace, safe_dir_name
 from shared.branches import WIP_PREFIX, UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
-from shared.models import Task, TaskSignal, TaskStatus
+from shared.models import Task, TaskSignal, TaskStatus, describe_validation
 from shared.store import (
     BranchBusyError,
     ClaimLostError,
@@ -61,14 +61,6 @@ def wip_ref(task_id: str) -> str:
         return f"kiro-wip/{check_branch(task_id, protected=())}"
     except UnsafeBranchError:
         return "kiro-wip/" + re.sub(r"\.{2,}", ".", safe_dir_name(task_id))
-
-
-def _describe_validation(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:5]:
-        loc = ".".join(str(p) for p in e["loc"]) or "row"
-        parts.append(f"{loc}: {e['msg']}")
-    return "invalid task row: " + "; ".join(parts)
 
 
 class Heartbeat:
@@ -343,7 +335,7 @@ class TaskPipeline:
         try:
             task = Task.model_validate(row)
         except ValidationError as e:
-            return self._fail(task_id, attempt, _describe_validation(e))
+            return self._fail(task_id, attempt, describe_validation(e))
         size = len(task.details.encode())
         if size > opts.max_details_bytes:
             return self._fail(

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _deserializer = TypeDeserializer()
 _serializer = TypeSerializer()
@@ -41,6 +41,44 @@ def utc_now_iso() -> str:
 def from_dynamodb(image: dict[str, Any]) -> dict[str, Any]:
     """A DynamoDB-JSON image (``{"id": {"S": ...}}``) as plain Python values."""
     return {k: _plain(_deserializer.deserialize(v)) for k, v in image.items()}
+
+
+class InvalidRow(BaseModel):
+    """A row the code cannot read as a ``Task``: what a listing shows in its place."""
+
+    id: str | None = None
+    status: str | None = None
+    reason: str
+
+
+def describe_validation(err: ValidationError) -> str:
+    """A pydantic error as one sentence: ``invalid task row: <field>: <problem>; ...``."""
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "row"
+        parts.append(f"{loc}: {e['msg']}")
+    return "invalid task row: " + "; ".join(parts)
+
+
+def read_row(item: dict[str, Any]) -> Task | InvalidRow:
+    """A DynamoDB-JSON row as a ``Task``, or as an ``InvalidRow`` saying why it cannot be one
+    (a field of the wrong type, a number beyond what Python's decimal context reads exactly)."""
+    values: dict[str, Any] = {}
+    unreadable: list[str] = []
+    for key, raw in item.items():
+        try:
+            values[key] = _plain(_deserializer.deserialize(raw))
+        except (ArithmeticError, TypeError, ValueError):
+            shown = str(next(iter(raw.values()), ""))[:40] if isinstance(raw, dict) and raw else ""
+            unreadable.append(f"{key}: a value this code cannot read ({shown})")
+    ident = item.get("id", {}).get("S") if isinstance(item.get("id"), dict) else None
+    status = item.get("status", {}).get("S") if isinstance(item.get("status"), dict) else None
+    if unreadable:
+        return InvalidRow(id=ident, status=status, reason="invalid task row: " + "; ".join(unreadable))
+    try:
+        return Task.model_validate(values)
+    except ValidationError as e:
+        return InvalidRow(id=ident, status=status, reason=describe_validation(e))
 
 
 def to_dynamodb(values: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.models import TaskStatus, from_dynamodb, to_dynamodb, utc_now_iso
+from shared.models import InvalidRow, Task, TaskStatus, from_dynamodb, read_row, to_dynamodb, utc_now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ def _cancelled_item(err: ClientError, index: int) -> dict[str, Any]:
     return from_dynamodb(reasons[index].get("Item") or {}) if index < len(reasons) else {}
 
 
+def _item_id(item: dict[str, Any]) -> str:
+    raw = item.get("id")
+    return str(raw.get("S")) if isinstance(raw, dict) else "(no id)"
+
+
 def _lockable(branch: object) -> bool:
     """A branch that can key a lock item (DynamoDB refuses empty keys). A row without one fails
     its checks right after the claim, so it needs no lock."""
@@ -140,15 +145,33 @@ class TaskStore:
         branch: str | None = None,
     ) -> list[dict]:
         """Rows of one status from the status GSI, oldest first (never a scan); ``branch`` filters.
+        A row whose values cannot be read at all is skipped with a log line, so one bad row never
+        stops a listing (``list_tasks`` shows it instead)."""
+        rows = []
+        for item in self._query_status(status, created_before, limit, branch):
+            try:
+                rows.append(from_dynamodb(item))
+            except (ArithmeticError, TypeError, ValueError) as e:
+                logger.warning("skipping unreadable row %s (%s)", _item_id(item), type(e).__name__)
+        return rows
 
-        DynamoDB applies ``Limit`` to the rows it reads, before the filter: with a filter, pages of
-        ``FILTERED_PAGE`` rows are read until ``limit`` rows matched (or the index ends)."""
+    def list_tasks(self, status: TaskStatus, limit: int = 100) -> list[Task | InvalidRow]:
+        """Rows of one status as ``Task`` models, oldest first; a row that cannot be one is an
+        ``InvalidRow`` in its place, saying why."""
+        return [read_row(item) for item in self._query_status(status, None, limit, None)]
+
+    def _query_status(
+        self, status: TaskStatus, created_before: str | None, limit: int, branch: str | None
+    ) -> list[dict[str, Any]]:
+        """Raw items from the status GSI. DynamoDB applies ``Limit`` to the rows it reads, before
+        the filter: with a filter, pages of ``FILTERED_PAGE`` rows are read until ``limit`` rows
+        matched (or the index ends)."""
         expr = "#s = :s"
         values: dict[str, Any] = {":s": {"S": status.value}}
         if created_before:
             expr += " AND createdAt < :before"
             values[":before"] = {"S": created_before}
-        items: list[dict] = []
+        items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "IndexName": STATUS_INDEX,
@@ -163,7 +186,7 @@ class TaskStore:
             values[":branch"] = {"S": branch}
         while True:
             resp = self._ddb.query(**kwargs)
-            items += [from_dynamodb(i) for i in resp.get("Items", [])]
+            items += resp.get("Items", [])
             if "LastEvaluatedKey" not in resp or len(items) >= limit:
                 return items[:limit]
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
