@@ -41,6 +41,11 @@ def signal_for(
     return TaskSignal(taskId=task_id, reason=f"reset from {old_status or 'nothing'}")
 
 
+def needs_created_at(new_image: dict[str, Any] | None) -> bool:
+    """Whether a pending row's image lacks the ``createdAt`` the status index is keyed on."""
+    return isinstance(new_image, dict) and not new_image.get("createdAt")
+
+
 class Dispatcher:
     """Sends signals to the task queue."""
 

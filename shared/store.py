@@ -206,6 +206,24 @@ class TaskStore:
                 raise TransitionError(f"task {row.get('id')!r} already exists") from e
             raise
 
+    def stamp_created(self, task_id: str, created_at: str) -> bool:
+        """Give a row that has no ``createdAt`` this one (a row without it is not in the status
+        index, so neither listings nor the reconciler could see it). Never overwrites a value the
+        row has, never creates a row; returns whether it wrote."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key={"id": {"S": task_id}},
+                UpdateExpression="SET createdAt = :created",
+                ConditionExpression="attribute_exists(id) AND attribute_not_exists(createdAt)",
+                ExpressionAttributeValues={":created": {"S": created_at}},
+            )
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+        return True
+
     # -- transitions -------------------------------------------------------------------------
     def claim(
         self, task_id: str, runner_id: str, lease_seconds: float, row: dict[str, Any] | None = None
@@ -285,7 +303,9 @@ class TaskStore:
             "Key": {"id": {"S": task_id}},
             "UpdateExpression": (
                 "SET #s = :processing, runnerId = :me, attempts = if_not_exists(attempts, :zero) + :one, "
-                "leaseExpiresAt = :lease, startedAt = :stamp, updatedAt = :stamp "
+                "leaseExpiresAt = :lease, startedAt = :stamp, updatedAt = :stamp, "
+                # a row written without createdAt is invisible to the status index until it has one
+                "createdAt = if_not_exists(createdAt, :stamp) "
                 "REMOVE #e, commitSha, finishedAt"
             ),
             "ConditionExpression": (

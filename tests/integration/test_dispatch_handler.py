@@ -112,3 +112,53 @@ def test_whole_batch_failing_raises_so_lambda_retries_it(
 
     with pytest.raises(BatchProcessingError):
         app.lambda_handler(load_event("stream_insert.json"), lambda_context)
+
+
+def test_a_pending_row_without_created_at_gets_the_stream_records_time(
+    fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any, moto_endpoint: str
+) -> None:
+    """A row without ``createdAt`` is not in the status index (in AWS too): dispatch gives it the
+    time of its stream record, so listings and the reconciler can see it, and still signals it."""
+    from shared.dispatch import Dispatcher
+    from shared.reconcile import Reconciler, iso_at
+    from shared.store import TaskStore
+
+    # given: the backend inserted a row without createdAt
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    event = load_event("stream_insert.json")
+    image = event["Records"][0]["dynamodb"]["NewImage"]
+    del image["createdAt"]
+    ddb.put_item(TableName=fresh_stack.table_name, Item=image)
+    app = load_handler("dispatch", fresh_stack)
+
+    # when
+    result = app.lambda_handler(event, lambda_context)
+
+    # then: signalled, and the row carries the record's time as its createdAt
+    assert result == {"batchItemFailures": []}
+    assert drain(fresh_stack.task_queue_url, moto_endpoint) == [{"taskId": TASK_ID, "reason": "insert"}]
+    stamped = ddb.get_item(TableName=fresh_stack.table_name, Key={"id": {"S": TASK_ID}}, ConsistentRead=True)
+    assert stamped["Item"]["createdAt"] == {"S": iso_at(1736937000)}
+    # and when that signal is lost, the reconciler finds the row through the status index
+    sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
+    store = TaskStore(ddb, fresh_stack.table_name)
+    report = Reconciler(store, Dispatcher(sqs, fresh_stack.task_queue_url)).run()
+    assert report.pending == [TASK_ID]
+
+
+def test_dispatch_never_overwrites_a_created_at_the_row_has(
+    fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any, moto_endpoint: str
+) -> None:
+    """The record's image may lack createdAt while the row has one by now (written since): the
+    row's own value stays."""
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    event = load_event("stream_insert.json")
+    image = event["Records"][0]["dynamodb"]["NewImage"]
+    ddb.put_item(TableName=fresh_stack.table_name, Item=image)
+    del image["createdAt"]
+    app = load_handler("dispatch", fresh_stack)
+
+    assert app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+
+    row = ddb.get_item(TableName=fresh_stack.table_name, Key={"id": {"S": TASK_ID}}, ConsistentRead=True)
+    assert row["Item"]["createdAt"] == {"S": "2025-01-15T10:30:00.000Z"}

@@ -436,3 +436,31 @@ def test_the_lock_refuses_a_claim_the_status_index_cannot_see(ddb: Any, deployed
     assert refused.value.holder == held
     row = store.get(task_id)
     assert row["status"] == "pending" and "runnerId" not in row
+
+
+def test_a_claim_gives_a_row_without_created_at_one(ddb: Any, deployed: Any) -> None:
+    """A row the backend wrote without createdAt enters the status index at the latest when it is
+    claimed, so an expired lease on it is still found by the reconciler."""
+    from shared.store import STATUS_INDEX
+
+    store = TaskStore(ddb, deployed.table_name, branch_locks_table=deployed.branch_locks_table)
+    task_id = unique("no-created")
+    ddb.put_item(
+        TableName=deployed.table_name,
+        Item={
+            "id": {"S": task_id},
+            "title": {"S": "t"},
+            "branch": {"S": unique("feature/x")},
+            "status": {"S": "pending"},
+        },
+    )
+    claimed = store.claim(task_id, "runner-1", 60)
+    assert isinstance(claimed.get("createdAt"), str) and claimed["createdAt"].endswith("Z")
+    seen = ddb.query(
+        TableName=deployed.table_name,
+        IndexName=STATUS_INDEX,
+        KeyConditionExpression="#s = :p",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":p": {"S": "processing"}},
+    )["Items"]
+    assert task_id in {i["id"]["S"] for i in seen}

@@ -207,6 +207,8 @@ def test_roles_allow_the_calls_their_code_makes() -> None:
     res = cfn["Resources"]
     assert "execute-api:ManageConnections" in _allowed_actions(res["WsDisconnectFunctionRole"])
     assert "execute-api:ManageConnections" in _allowed_actions(res["WsRelayFunctionRole"])
+    # dispatch gives a row without createdAt one, so the status index (and the reconciler) sees it
+    assert "dynamodb:UpdateItem" in _allowed_actions(res["DispatchFunctionRole"])
     runner = _allowed_actions(res["RunnerRole"])
     assert {
         "sqs:ReceiveMessage",
