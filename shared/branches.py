@@ -13,6 +13,8 @@ DEFAULT_PROTECTED = ("main", "master", "develop", "release/*")
 # the runner keeps stopped tasks' work under this prefix; a task may not name it as its branch
 WIP_PREFIX = "kiro-wip/"
 MAX_BRANCH_BYTES = 200
+# the runner's clone names its one remote ``origin``; ``origin/x`` would shadow its tracking branch
+REMOTE_NAME = "origin"
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
@@ -55,6 +57,16 @@ def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAUL
             raise UnsafeBranchError(branch, "a path component starts with '.' (git check-ref-format)")
         if part.endswith(".lock"):
             raise UnsafeBranchError(branch, "a path component ends with '.lock' (git check-ref-format)")
+    if branch.startswith("refs/"):
+        raise UnsafeBranchError(
+            branch, "branch is a full ref name (starts with 'refs/'); give the branch name alone"
+        )
+    if branch.startswith((f"{REMOTE_NAME}/", "remotes/")):
+        raise UnsafeBranchError(
+            branch,
+            f"branch names a remote-tracking branch (starts with '{REMOTE_NAME}/' or 'remotes/'); "
+            "give the branch name alone",
+        )
     if branch.startswith(WIP_PREFIX):
         raise UnsafeBranchError(branch, f"branch is reserved ({WIP_PREFIX}*) for the runner's saved work")
     for pattern in protected:

@@ -42,6 +42,14 @@ UNSAFE = {
     "question?": "forbidden character",
     "bracket[": "forbidden character",
     "back\\slash": "forbidden character",
+    # a full ref name would create refs/heads/refs/heads/main on the remote
+    "refs/heads/main": "full ref name",
+    "refs/heads/feature/x": "full ref name",
+    "refs/tags/v1": "full ref name",
+    # a remote-tracking branch's name makes a local branch that shadows it
+    "origin/main": "remote-tracking branch",
+    "origin/feature/x": "remote-tracking branch",
+    "remotes/origin/main": "remote-tracking branch",
 }
 
 SAFE = [
