@@ -85,7 +85,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         row["prNumber"] = args.pr
     if args.pr_url:
         row["prUrl"] = args.pr_url
-    _store().put_new(row)
+    from shared.store import TransitionError
+
+    try:
+        _store().put_new(row)  # conditional on attribute_not_exists(id): never overwrites a task
+    except TransitionError as e:
+        print(f"aipm submit: {e}; nothing was written (give a new --id, or `aipm retry` it)", file=sys.stderr)
+        return 1
     print(row["id"])
     return 0
 

@@ -138,3 +138,23 @@ def test_aipm_list_shows_a_row_it_cannot_parse_as_invalid_and_lists_the_rest(
     assert rows[good]["status"] == "failed" and "invalid" not in rows[good]
     assert "title" in rows[untitled]["invalid"]
     assert "prNumber" in rows[huge]["invalid"]
+
+
+def test_aipm_submit_never_overwrites_an_existing_id(moto_endpoint: str, ddb: Any, deployed: Any) -> None:
+    """A reused id would re-run a finished task and lose its commitSha: ``aipm submit`` inserts
+    with attribute_not_exists(id) and says the id exists, leaving the row as it was."""
+    table = deployed.table_name
+    task_id = unique("done")
+    ddb.put_item(TableName=table, Item=_row(task_id, status={"S": "complete"}, commitSha={"S": "a" * 40}))
+    out = _aipm(moto_endpoint, table, "submit", "--id", task_id, "--title", "again", "--branch", "feature/x")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert f"task {task_id!r} already exists" in out.stderr
+    row = ddb.get_item(TableName=table, Key={"id": {"S": task_id}}, ConsistentRead=True)["Item"]
+    assert row["status"] == {"S": "complete"} and row["commitSha"] == {"S": "a" * 40}
+    # a new id goes in as pending
+    fresh = unique("fresh")
+    out = _aipm(moto_endpoint, table, "submit", "--id", fresh, "--title", "new", "--branch", "feature/y")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == fresh
+    assert ddb.get_item(TableName=table, Key={"id": {"S": fresh}})["Item"]["status"] == {"S": "pending"}
