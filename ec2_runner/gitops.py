@@ -37,6 +37,12 @@ class GitOpError(Exception):
     """A git operation failed; the message is readable on a task row."""
 
 
+class DeadlineError(GitOpError):
+    """A call given a time of its own (``push(timeout=...)``, the lease's remainder) ran out of it:
+    a command that talks to the remote was not started, or was killed at the end of that time. A
+    push killed that late may still have landed on the remote."""
+
+
 class PushConflictError(GitOpError):
     """The remote branch moved and our commit does not rebase cleanly onto it."""
 
@@ -279,19 +285,35 @@ class GitWorkspace:
             shutil.rmtree(path, ignore_errors=True)
         self.repo.git.worktree("prune")
 
-    def _fetch_locked(self, branch: str, required: bool = False) -> bool:
+    def _fetch_locked(self, branch: str, required: bool = False, deadline: float | None = None) -> bool:
         """Fetch one branch into refs/remotes/origin/; False if the remote has no such branch."""
+        what = f"git fetch of {branch!r}"
         refspec = f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
+        limit = self._time_for(what, deadline)
         try:
-            self.repo.git.fetch("origin", "--no-tags", refspec, kill_after_timeout=self.network_timeout)
+            self.repo.git.fetch("origin", "--no-tags", refspec, kill_after_timeout=limit)
             return True
         except git.GitCommandError as e:
             if "couldn't find remote ref" in (e.stderr or "").lower() and not required:
                 return False
-            raise self._network_error(f"git fetch of {branch!r}", e) from e
+            raise self._network_error(what, e, limit) from e
 
-    def _network_error(self, what: str, e: git.GitCommandError) -> GitOpError:
+    def _time_for(self, what: str, deadline: float | None) -> float:
+        """How long the next command that talks to the remote may run: the network timeout, or less
+        to be over by ``deadline`` (monotonic). DeadlineError when no time is left to start it."""
+        if deadline is None:
+            return self.network_timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineError(f"{what} not started: the time it was given had run out")
+        return min(self.network_timeout, left)
+
+    def _network_error(self, what: str, e: git.GitCommandError, limit: float | None = None) -> GitOpError:
         if _timed_out(e):
+            if limit is not None and limit < self.network_timeout:
+                return DeadlineError(
+                    f"{what} stopped after {limit:.1f} s, at the end of the time it was given"
+                )
             return GitOpError(
                 f"{what} timed out after {self.network_timeout:g} s (the remote did not answer)"
             )
@@ -328,18 +350,23 @@ class GitWorkspace:
         wt.git.commit("-m", message, "--no-verify")
         return wt.head.commit.hexsha
 
-    def push(self, path: Path, branch: str, *, rebase_once: bool = True) -> str:
+    def push(self, path: Path, branch: str, *, rebase_once: bool = True, timeout: float | None = None) -> str:
         """Push HEAD to ``branch`` (never forced). A push rejected because the branch moved rebases
         once onto it; a conflict raises PushConflictError. Network failures are retried; a refusal
-        by the remote (a hook) or a timeout raises GitOpError at once."""
+        by the remote (a hook) or a timeout raises GitOpError at once.
+
+        ``timeout`` bounds the whole call, retries and rebase included (each command also keeps the
+        network timeout): no command starts once it has passed, and one still running then is
+        killed. Either raises DeadlineError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         wt = git.Repo(path)
         try:
-            self._push(wt, branch)
+            self._push(wt, branch, deadline)
         except RefRejectedError as e:
             if not (e.moved and rebase_once):
                 raise
-            self._rebase_onto_remote(wt, branch)
-            self._push(wt, branch)
+            self._rebase_onto_remote(wt, branch, deadline)
+            self._push(wt, branch, deadline)
         return wt.head.commit.hexsha
 
     def push_ref(self, path: Path, ref: str) -> str:
@@ -361,27 +388,32 @@ class GitWorkspace:
                 rejected.append(e)
         raise rejected[-1] if rejected else ValueError("no ref to push to")
 
-    def _push(self, wt: git.Repo, branch: str) -> None:
+    def _push(self, wt: git.Repo, branch: str, deadline: float | None = None) -> None:
+        what = f"git push to {branch!r}"
         for attempt in range(1, PUSH_ATTEMPTS + 1):
+            limit = self._time_for(what, deadline)
             try:
-                wt.git.push("origin", f"HEAD:refs/heads/{branch}", kill_after_timeout=self.network_timeout)
+                wt.git.push("origin", f"HEAD:refs/heads/{branch}", kill_after_timeout=limit)
                 return
             except git.GitCommandError as e:
                 if _timed_out(e):  # a remote that stalled once is not asked again at once
-                    raise self._network_error(f"git push to {branch!r}", e) from e
+                    raise self._network_error(what, e, limit) from e
                 text = (e.stderr or "").lower()
                 if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
                     moved = "non-fast-forward" in text or "fetch first" in text
-                    raise RefRejectedError(f"git push to {branch!r} was rejected: {_short(e)}", moved) from e
+                    raise RefRejectedError(f"{what} was rejected: {_short(e)}", moved) from e
                 if attempt == PUSH_ATTEMPTS:
-                    raise GitOpError(f"git push to {branch!r} failed: {_short(e)}") from e
+                    raise GitOpError(f"{what} failed: {_short(e)}") from e
+                pause = 0.5 * 2 ** (attempt - 1)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise DeadlineError(f"{what} failed ({_short(e)}) with no time left to retry") from e
                 logger.warning("push attempt %d failed (%s); retrying", attempt, _short(e))
-                time.sleep(0.5 * 2 ** (attempt - 1))
+                time.sleep(pause)
 
-    def _rebase_onto_remote(self, wt: git.Repo, branch: str) -> None:
+    def _rebase_onto_remote(self, wt: git.Repo, branch: str, deadline: float | None = None) -> None:
         logger.info("remote branch %s moved during the task; rebasing once", branch)
         with self._exclusive():
-            self._fetch_locked(branch, required=True)
+            self._fetch_locked(branch, required=True, deadline=deadline)
         try:
             wt.git.rebase(f"refs/remotes/origin/{branch}")
         except git.GitCommandError as e:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ec2_runner.agents import Agent
-from ec2_runner.gitops import Checkout, GitOpError, GitWorkspace, safe_dir_name
+from ec2_runner.gitops import Checkout, DeadlineError, GitOpError, GitWorkspace, safe_dir_name
 from shared.branches import WIP_PREFIX, UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
 from shared.models import Task, TaskSignal, TaskStatus, describe_validation
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 SHUTDOWN = "runner shutting down"
 LEASE_LOST = "lease lost to another runner"
+LEASE_GONE = "the row is no longer this runner's (another runner took it over, or its lease ran out first)"
+# the time a git push killed at its timeout takes to stop (GitPython's watchdog looks its children up
+# with pgrep, then SIGKILLs them all): a push is given what remains of its lease less this
+KILL_SECONDS = 0.25
 
 
 class Outcome(Enum):
@@ -63,13 +67,30 @@ def wip_ref(task_id: str) -> str:
         return "kiro-wip/" + re.sub(r"\.{2,}", ".", safe_dir_name(task_id))
 
 
+@dataclass(frozen=True)
+class LeaseProof:
+    """A renewal that came back inside the lease it wrote: the row is this runner's until
+    ``deadline`` (monotonic; the renewal's send time plus the lease, less the heartbeat's margin)."""
+
+    deadline: float
+    clock: Callable[[], float] = time.monotonic
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
+    def push_timeout(self) -> float:
+        """How long a push starting now may take to be over inside the lease (<= 0: none left)."""
+        return self.remaining() - KILL_SECONDS
+
+
 class Heartbeat:
     """Renews the row's lease, and then the message's visibility, until stopped.
 
     The lease counts as lost (``is_lost()``) when the row is someone else's, and also when no renewal
     has succeeded for the lease's length less a margin: by then another runner may have reclaimed the
     row, so the agent must stop and nothing may be pushed to the task's branch. The check reads the
-    clock, so it holds even while a renewal call hangs.
+    clock, so it holds even while a renewal call hangs. Before a push, ``renew_now()`` gives proof of
+    the lease, and until when it holds.
     """
 
     def __init__(
@@ -81,8 +102,10 @@ class Heartbeat:
         extend: Callable[[], Any] | None = None,
         since: float | None = None,
         margin: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._renew = renew
+        self._clock = clock
         self._extend = extend
         self._interval = interval
         # a lease runs from when its write was sent; the margin covers clock skew between runners
@@ -90,7 +113,7 @@ class Heartbeat:
         if margin is None:
             margin = min(max(lease_seconds / 4, interval), 30.0)
         self._budget = max(lease_seconds - margin, interval)
-        self._last_ok = time.monotonic() if since is None else since
+        self._last_ok = clock() if since is None else since
         self._stop = threading.Event()
         self.lost = threading.Event()
         self.reason = ""
@@ -109,30 +132,45 @@ class Heartbeat:
         """True once the row may no longer be this runner's."""
         if self.lost.is_set():
             return True
-        silent = time.monotonic() - self._last_ok
+        silent = self._clock() - self._last_ok
         if silent > self._budget:
-            self._lose(f"no lease renewal succeeded for {silent:.1f} s (lease budget {self._budget:.1f} s)")
+            self.lose(f"no lease renewal succeeded for {silent:.1f} s (lease budget {self._budget:.1f} s)")
             return True
         return False
 
-    def renew_now(self) -> bool:
-        """One synchronous renewal (right before a push): True when the row is still this runner's,
-        under a fresh lease. Any failure counts as a lost lease: a push needs proof of ownership."""
+    def renew_now(self) -> LeaseProof | None:
+        """One synchronous renewal (right before a push): proof that the row is this runner's, under
+        a lease that holds until the proof's deadline; None (and the lease lost) otherwise.
+
+        The store writes a lease counted from before its call, so a call that took longer than the
+        lease wrote one that has already passed: another runner may hold the row by then. Only a
+        renewal that came back before its send time plus the lease (less the margin) proves anything."""
         if self.is_lost():
-            return False
-        sent = time.monotonic()
+            return None
+        sent = self._clock()
         try:
             self._renew()
         except LeaseLostError:
-            self._lose("another runner owns the task now")
-            return False
+            self.lose(LEASE_GONE)
+            return None
         except Exception as e:
-            self._lose(f"the lease could not be renewed ({e})")
-            return False
+            self.lose(f"the lease could not be renewed before the push ({e})")
+            return None
+        took = self._clock() - sent
+        if took >= self._budget:
+            self.lose(
+                f"the renewal before the push took {took:.1f} s, longer than the {self._budget:.1f} s"
+                " a lease can be counted on (the store is slow or unreachable)"
+            )
+            return None
         self._last_ok = max(self._last_ok, sent)
-        return True
+        if self.lost.is_set():  # the heartbeat found the row someone else's meanwhile
+            return None
+        return LeaseProof(sent + self._budget, self._clock)
 
-    def _lose(self, reason: str) -> None:
+    def lose(self, reason: str) -> None:
+        """Count the lease as lost from now on (the first reason stays): the agent stops and nothing
+        more is pushed to the task's branch."""
         if not self.lost.is_set():
             self.reason = reason
             logger.warning("lease lost: %s; stopping", reason)
@@ -143,11 +181,11 @@ class Heartbeat:
         while not self._stop.wait(wait):
             if self.is_lost():
                 return
-            sent = time.monotonic()
+            sent = self._clock()
             try:
                 self._renew()
             except LeaseLostError:
-                self._lose("another runner owns the task now")
+                self.lose(LEASE_GONE)
                 return
             except Exception as e:  # transient AWS trouble: retry sooner, until the budget runs out
                 logger.warning("heartbeat failed (%s); will retry", e)
@@ -404,14 +442,23 @@ class TaskPipeline:
                 sha = checkout.base_sha
             else:
                 # proof of ownership right before the push: a runner whose row was reclaimed (or
-                # that cannot tell) must not push to the task's branch
-                if not beat.renew_now():
+                # that cannot tell) must not push to the task's branch; and the push must be over
+                # inside the lease that proof established, so it gets no more than what remains
+                proof = beat.renew_now()
+                if proof is None:
                     saved = self._lease_lost(task, attempt, checkout, beat)
                     keep = saved.unsaved
                     return Outcome.LEASE_LOST
                 try:
-                    sha = self.workspace.push(checkout.path, task.branch)
+                    sha = self.workspace.push(checkout.path, task.branch, timeout=proof.push_timeout())
                     logger.info("pushed %s to %s (attempt %d)", sha[:12], task.branch, attempt)
+                except DeadlineError as e:
+                    # the lease ran out first: whoever holds the row next looks for a push that was
+                    # killed late yet landed, before running the agent again from the saved work
+                    beat.lose(f"{e} (the rest of the lease); if it landed anyway, the next attempt finds it")
+                    saved = self._lease_lost(task, attempt, checkout, beat)
+                    keep = saved.unsaved
+                    return Outcome.LEASE_LOST
                 except GitOpError as e:  # a conflict, a refusal, the network: the task fails, its work stays
                     saved = self._keep_work(task, attempt, checkout)
                     keep = opts.keep_failed_worktrees or saved.unsaved

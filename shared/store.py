@@ -339,11 +339,23 @@ class TaskStore:
 
     def renew(self, task_id: str, runner_id: str, attempt: int, lease_seconds: float) -> float:
         """Extend this runner's lease (and its branch lock's, in the same transaction); returns the
-        new expiry. Raises LeaseLostError when the row or the lock is no longer this runner's."""
-        lease = self._clock() + lease_seconds
+        new expiry. Raises LeaseLostError when the row or the lock is no longer this runner's, or
+        when its lease has already run out: others act on an expired lease without taking the row
+        (another task of the branch starts, the lock is taken over, the row is failed as dead), so
+        only a claim may give it a new one.
+
+        The new lease counts from before the call: a call that takes long returns a lease that has
+        partly or wholly passed. The caller measures that (the pipeline's Heartbeat does)."""
+        now = self._clock()
+        lease = now + lease_seconds
         update = self._owned_params(
-            task_id, runner_id, attempt, "SET leaseExpiresAt = :lease", {":lease": {"N": f"{lease:.3f}"}}
+            task_id,
+            runner_id,
+            attempt,
+            "SET leaseExpiresAt = :lease",
+            {":lease": {"N": f"{lease:.3f}"}, ":now": {"N": f"{now:.3f}"}},
         )
+        update["ConditionExpression"] += " AND leaseExpiresAt > :now"
         branch = self._lock_of(task_id, runner_id, attempt)
         if branch is None:
             self._owned_write(task_id, update)

@@ -15,7 +15,7 @@ from pathlib import Path
 import git
 import pytest
 
-from ec2_runner.gitops import GitOpError, GitWorkspace, PushConflictError, RefRejectedError
+from ec2_runner.gitops import DeadlineError, GitOpError, GitWorkspace, PushConflictError, RefRejectedError
 from local.gitremote import ensure_bare_remote
 from tests.conftest import ROOT
 
@@ -203,6 +203,57 @@ def test_a_stalled_push_times_out_as_a_gitop_error(tmp_path: Path, remote: Path,
     with pytest.raises(GitOpError, match=r"git push to 'kiro-wip/stallpush' timed out after 1 s"):
         ws.push_ref(co.path, "kiro-wip/stallpush")
     assert time.monotonic() - started < 10  # one try each: a remote that stalled is not hammered
+
+
+def test_a_push_is_stopped_at_the_end_of_the_time_it_was_given(
+    tmp_path: Path, remote: Path, stalled_remote: str
+) -> None:
+    """``timeout`` bounds the whole push (the lease's remainder), below the network timeout."""
+    ws = GitWorkspace(tmp_path / "repo", str(remote), tmp_path / "wt", network_timeout=60)
+    co = ws.checkout("feature/deadline", "task-deadline")
+    (co.path / "a.txt").write_text("a\n")
+    ws.commit_all(co.path, "a")
+    ws.repo.git.remote("set-url", "origin", stalled_remote)
+    started = time.monotonic()
+    with pytest.raises(DeadlineError, match=r"git push to 'feature/deadline' stopped after 1.0 s"):
+        ws.push(co.path, "feature/deadline", timeout=1.0)
+    assert time.monotonic() - started < 5
+
+
+def test_a_push_with_no_time_left_is_not_started(ws: GitWorkspace, remote: Path) -> None:
+    co = ws.checkout("feature/late", "task-late")
+    (co.path / "a.txt").write_text("a\n")
+    ws.commit_all(co.path, "a")
+    with pytest.raises(DeadlineError, match="not started"):
+        ws.push(co.path, "feature/late", timeout=0)
+    assert git.Repo(remote).git.for_each_ref("refs/heads/feature/late") == ""
+    assert ws.push(co.path, "feature/late", timeout=30) == ws.head(co.path)  # time enough: pushed
+
+
+def test_the_rebase_after_a_moved_branch_stays_inside_the_push_time(
+    ws: GitWorkspace, remote: Path, tmp_path: Path
+) -> None:
+    """A push rejected because the branch moved fetches, rebases and pushes again, all inside the
+    one ``timeout``: the second push is cut off by what remains of it, not by the network timeout."""
+    # given: the branch moved on the remote during the task, and the remote now takes 20 s per push
+    co = ws.checkout("feature/moved-late", "task-moved-late")
+    other = other_clone(remote, tmp_path / "other", "main")
+    (Path(other.working_dir) / "b.txt").write_text("b\n")
+    other.git.add("b.txt")
+    other.git.commit("-m", "b")
+    other.git.push("origin", "HEAD:refs/heads/feature/moved-late")
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nsleep 20\n")
+    hook.chmod(0o755)
+    (co.path / "a.txt").write_text("a\n")
+    ws.commit_all(co.path, "a")
+    # when
+    started = time.monotonic()
+    with pytest.raises(DeadlineError):
+        ws.push(co.path, "feature/moved-late", timeout=1.5)
+    # then: stopped at the push's time; the branch is as the other clone left it
+    assert time.monotonic() - started < 5
+    assert git.Repo(remote).git.rev_parse("refs/heads/feature/moved-late") == other.head.commit.hexsha
 
 
 def test_a_stalled_clone_times_out_as_a_gitop_error(tmp_path: Path, stalled_remote: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,40 @@ def make_pipeline(
     agent = make_agent(AgentSettings(agent="kiro", command=FAKE_AGENT_COMMAND, timeout=60, kill_grace=0.3))
     options = PipelineOptions(protected_branches=DEFAULT_PROTECTED, lease_seconds=lease_seconds)
     return TaskPipeline(store, workspace, agent, runner_id, options, dispatcher=dispatcher)
+
+
+class LateRenewals(TaskStore):
+    """The embedded AWS pausing under the renewals, as in the soak: once ``paused()`` is true, each
+    renewal is written as usual (its lease counted from before the call) but its answer comes back
+    ``stall`` seconds later, after the lease it wrote has run out."""
+
+    def __init__(self, *args: Any, paused: Callable[[], bool], stall: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paused = paused
+        self._stall = stall
+        self.late: list[float] = []  # the leases written whose answers came back late
+
+    def renew(self, task_id: str, runner_id: str, attempt: int, lease_seconds: float) -> float:
+        late = self._paused()
+        lease = super().renew(task_id, runner_id, attempt, lease_seconds)
+        if late:
+            time.sleep(self._stall)
+            self.late.append(lease)
+        return lease
+
+
+def stall_branch_pushes(remote: Path, seconds: float, log: Path) -> None:
+    """A pre-receive hook on the bare remote: pushes to feature/* stall ``seconds`` (a slow remote);
+    every push notes when it arrived and its refs in ``log``."""
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "refs=$(cat)\n"
+        f"echo \"$(date +%s.%N) $refs\" >> '{log}'\n"
+        'case "$refs" in *refs/heads/feature/*) '
+        f"sleep {seconds} ;; esac\n"
+    )
+    hook.chmod(0o755)
 
 
 def new_task(store: TaskStore, details: str) -> str:
@@ -208,3 +243,62 @@ def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
     assert len(agent_starts(agent_log, branch)) == 1
     assert sum(r.outcomes.get("not-claimable", 0) for r in runners) >= 1  # the signals were refused
     assert remote_sha(remote, branch) == row["commitSha"]
+
+
+def test_a_renewal_whose_answer_comes_after_its_lease_ran_out_proves_nothing(
+    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path
+) -> None:
+    """The renewal right before the push succeeds, but only after the lease it wrote has expired:
+    by then another runner may have reclaimed the row, so nothing is pushed and the work is kept."""
+    # given: a 3 s lease, and renewals whose answers come back 3.5 s late from when the agent ends
+    lease = 3.0
+    store = LateRenewals(
+        ddb,
+        deployed.table_name,
+        paused=lambda: any(e["event"] == "end" for e in agent_events(agent_log, "")),
+        stall=lease + 0.5,
+    )
+    pipeline = make_pipeline(store, tmp_path, remote, "slow", lease_seconds=lease)
+    task_id = new_task(store, "[fake:sleep=0.5]")
+    branch = f"feature/{task_id}"
+    before = remote_sha(remote, branch)
+    # when
+    outcome = pipeline.process(task_id)
+    # then: the branch is as it was; the work is on kiro-wip/<id> and recorded; the task is not complete
+    assert store.late, "no renewal came back late: the test did not stall the proof"
+    assert outcome is Outcome.LEASE_LOST
+    assert remote_sha(remote, branch) == before, "the runner pushed on a renewal that came back too late"
+    wip = remote_sha(remote, f"kiro-wip/{task_id}")
+    assert wip and "Lease task" in git.Repo(remote).git.show(f"{wip}:fake_agent_output.txt")
+    row = store.get(task_id)
+    assert row["status"] == "processing" and row["runnerId"] == "slow" and "commitSha" not in row
+    assert row["wipSha"] == wip and row["wipRef"] == f"kiro-wip/{task_id}"
+    assert len(agent_starts(agent_log, branch)) == 1
+    assert not list((tmp_path / "slow" / "wt").iterdir())  # the work is on the remote: worktree gone
+
+
+def test_a_push_that_outlasts_its_lease_is_stopped_and_the_work_kept(
+    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path
+) -> None:
+    """The push may take only what remains of the lease its proof established: a remote that stalls
+    the push longer is cut off inside that lease, and the work goes to kiro-wip/<id> instead."""
+    # given: a 3 s lease and a remote that holds pushes to the task's branch for 20 s
+    lease = 3.0
+    arrivals = tmp_path / "arrivals.log"
+    stall_branch_pushes(remote, 20, arrivals)
+    store = TaskStore(ddb, deployed.table_name)
+    pipeline = make_pipeline(store, tmp_path, remote, "stalled", lease_seconds=lease)
+    task_id = new_task(store, "[fake:sleep=0.2]")
+    branch = f"feature/{task_id}"
+    # when
+    outcome = pipeline.process(task_id)
+    # then: the branch push was stopped; the WIP push came less than a lease after it arrived
+    assert outcome is Outcome.LEASE_LOST
+    assert remote_sha(remote, branch) == ""
+    wip = remote_sha(remote, f"kiro-wip/{task_id}")
+    assert wip and "Lease task" in git.Repo(remote).git.show(f"{wip}:fake_agent_output.txt")
+    pushes = [line.split(" ", 1) for line in arrivals.read_text().splitlines()]
+    assert [f"refs/heads/{branch}" in refs for _, refs in pushes] == [True, False]
+    assert float(pushes[1][0]) - float(pushes[0][0]) < lease, pushes
+    row = store.get(task_id)
+    assert row["status"] == "processing" and row["wipSha"] == wip and "commitSha" not in row

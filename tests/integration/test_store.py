@@ -116,6 +116,32 @@ def test_a_second_claim_loses_until_the_lease_expires(ddb: Any, deployed: Any) -
     assert store.get(task_id)["status"] == "complete"
 
 
+@pytest.mark.parametrize("locks", [False, True], ids=["status-index", "branch-locks"])
+def test_a_renewal_cannot_bring_back_a_lease_that_ran_out(ddb: Any, deployed: Any, locks: bool) -> None:
+    """Others act on an expired lease without taking the row (another task of the branch starts, the
+    lock is taken over, the dead letter handler fails the row): its runner must not revive it. The
+    row stays its runner's until someone reclaims it, so the runner can still record its work."""
+    # given: r1's 30 s lease, renewed once, then silent past it
+    now = [1000.0]
+    lock_table = deployed.branch_locks_table if locks else None
+    store = TaskStore(ddb, deployed.table_name, lambda: now[0], branch_locks_table=lock_table)
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 30)
+    now[0] += 20
+    assert store.renew(task_id, "r1", 1, 30) == 1050
+    # when
+    now[0] += 31
+    # then
+    with pytest.raises(LeaseLostError):
+        store.renew(task_id, "r1", 1, 30)
+    row = store.get(task_id)
+    assert row["leaseExpiresAt"] == 1050 and row["runnerId"] == "r1"
+    if locks:
+        assert lock_item(ddb, deployed, f"feature/{task_id}")["leaseExpiresAt"] == 1050
+    store.record(task_id, "r1", 1, wipSha="d" * 40)
+    assert store.get(task_id)["wipSha"] == "d" * 40
+
+
 def test_complete_and_fail_need_the_owner(store: TaskStore) -> None:
     task_id = new_task(store)
     store.claim(task_id, "r1", 60)
