@@ -8,15 +8,57 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import unicodedata
 
 DEFAULT_PROTECTED = ("main", "master", "develop", "release/*")
-# the runner keeps stopped tasks' work under this prefix; a task may not name it as its branch
+# the runner keeps stopped tasks' work under this prefix; a task may not name it (or the bare name,
+# which would block every ref under it) as its branch
 WIP_PREFIX = "kiro-wip/"
+WIP_NAME = WIP_PREFIX.rstrip("/")
 MAX_BRANCH_BYTES = 200
 # the runner's clone names its one remote ``origin``; ``origin/x`` would shadow its tracking branch
 REMOTE_NAME = "origin"
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# scripts whose letters pass for Latin ones: a name mixing them with Latin is a look-alike
+_LOOKALIKE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE")
+
+
+def folded(name: str) -> str:
+    """``name`` as the comparisons see it: NFKC-normalised and case-folded (``ｍａｉｎ``, ``Main``
+    and ``MAIN`` all become ``main``)."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _scripts(part: str) -> set[str]:
+    found = set()
+    for ch in part:
+        if ch.isalpha():
+            script = unicodedata.name(ch, "").split(" ")[0]
+            if script in _LOOKALIKE_SCRIPTS:
+                found.add(script)
+    return found
+
+
+def _hidden_character_rule(branch: str) -> str | None:
+    """The rule a character of ``branch`` breaks that git itself does not check, or None."""
+    for ch in branch:
+        if ch in _BIDI_CONTROLS:
+            return f"branch contains a bidirectional control character (U+{ord(ch):04X})"
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            return f"branch contains a control character (U+{ord(ch):04X})"
+        if category in ("Cf", "Zs", "Zl", "Zp"):  # zero-width, soft hyphen, odd spaces
+            return f"branch contains an invisible or space character (U+{ord(ch):04X})"
+    for part in branch.split("/"):
+        if len(_scripts(part)) > 1:
+            return (
+                f"branch mixes scripts in {part!r} ({', '.join(sorted(_scripts(part)))}): a look-alike name"
+            )
+    return None
 
 
 class UnsafeBranchError(ValueError):
@@ -57,6 +99,8 @@ def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAUL
             raise UnsafeBranchError(branch, "a path component starts with '.' (git check-ref-format)")
         if part.endswith(".lock"):
             raise UnsafeBranchError(branch, "a path component ends with '.lock' (git check-ref-format)")
+    if rule := _hidden_character_rule(branch):
+        raise UnsafeBranchError(branch, rule)
     if branch.startswith("refs/"):
         raise UnsafeBranchError(
             branch, "branch is a full ref name (starts with 'refs/'); give the branch name alone"
@@ -67,9 +111,16 @@ def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAUL
             f"branch names a remote-tracking branch (starts with '{REMOTE_NAME}/' or 'remotes/'); "
             "give the branch name alone",
         )
-    if branch.startswith(WIP_PREFIX):
-        raise UnsafeBranchError(branch, f"branch is reserved ({WIP_PREFIX}*) for the runner's saved work")
+    name = folded(branch)
+    if name == WIP_NAME or name.startswith(WIP_PREFIX):
+        raise UnsafeBranchError(
+            branch, f"branch is reserved ({WIP_NAME} and {WIP_PREFIX}*) for the runner's saved work"
+        )
     for pattern in protected:
-        if fnmatch.fnmatchcase(branch, pattern):
-            raise UnsafeBranchError(branch, f"branch is protected ({pattern}); the runner never writes to it")
+        if fnmatch.fnmatchcase(name, folded(pattern)):
+            raise UnsafeBranchError(
+                branch,
+                f"branch is protected ({pattern}, compared ignoring case and width); "
+                "the runner never writes to it",
+            )
     return branch

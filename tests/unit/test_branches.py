@@ -50,6 +50,23 @@ UNSAFE = {
     "origin/main": "remote-tracking branch",
     "origin/feature/x": "remote-tracking branch",
     "remotes/origin/main": "remote-tracking branch",
+    # the runner's own ref namespace: kiro-wip itself would block every kiro-wip/<id>
+    "kiro-wip": "reserved",
+    "KIRO-WIP/x": "reserved",
+    # look-alikes of protected branches (compared after NFKC normalisation and case folding)
+    "Main": "protected",
+    "MAIN": "protected",
+    "\uff4d\uff41\uff49\uff4e": "protected",  # full-width ｍａｉｎ
+    "Release/1.0": "protected",
+    "DEVELOP": "protected",
+    # invisible and direction-changing characters
+    "m\u0430in": "mixes scripts",  # Cyrillic а
+    "main\u200b": "invisible",  # zero-width space
+    "fe\u200dature": "invisible",  # zero-width joiner
+    "feature/\u202egnp.exe": "bidirectional",  # right-to-left override
+    "feature/\u2066x": "bidirectional",  # isolate
+    "c1\u0085control": "control character",
+    "soft\u00adhyphen": "invisible",
 }
 
 SAFE = [
