@@ -6,6 +6,9 @@ lease expired long ago (a runner died). It only queries the status GSI; signals 
 because the row is the truth, so a duplicate costs one failed claim.
 
 The dead-letter handler gives a task up when its signal was received ``maxReceiveCount`` times.
+What it writes counts the row's ``attempts`` (claims), as everything a person reads does: the
+signal's receive count also counts receives that never reached a claim (and, in moto, the one that
+moved the message to the DLQ).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from shared.store import TaskNotFoundError, TaskStore
 logger = logging.getLogger(__name__)
 
 NO_ERROR = "no error recorded"
+# what a row that is still processing with no error means: its runner died without a word
+STOPPED_HEARTBEATING = "the runner working on it stopped heartbeating"
+STOPPED_WHY = "(it may have been killed, or the agent took it down)"
 
 
 def iso_at(epoch_seconds: float) -> str:
@@ -118,11 +124,13 @@ def give_up(
     requeues: int = 0,
     max_requeues: int = 2,
 ) -> DeadLetterOutcome:
-    """Mark the task ``failed`` with "gave up after N attempts: <last error>" unless it already ended.
+    """Mark the task ``failed`` with "gave up after N attempts: <what happened>" unless it already ended.
 
-    N is the larger of the signal's receive count and the row's ``attempts``. A row still held under
-    a live lease raises LeaseStillLiveError, so the dead letter is retried instead of pulling the
-    row from under a working runner.
+    N is the row's ``attempts``. What happened is the row's last error or, when there is none and
+    the row is still processing, that its runner stopped heartbeating (each attempt ended that way:
+    one that ends otherwise writes the row). A row no runner ever claimed says so instead. A row
+    still held under a live lease raises LeaseStillLiveError, so the dead letter is retried instead
+    of pulling the row from under a working runner.
 
     A task whose receives mostly never reached a claim (``attempts`` below ``max_receive_count``:
     its signal sat in a runner that a poison task took down, say) is not the poison: with a
@@ -141,11 +149,10 @@ def give_up(
     attempts = row.get("attempts")
     claims = attempts if isinstance(attempts, int) else 0
     if dispatcher and max_receive_count and claims < max_receive_count and requeues < max_requeues:
-        reason = f"requeued from the DLQ: {receive_count} receives but {claims} attempts"
+        reason = f"requeued from the DLQ: {receive_count} receives but {_times(claims, 'attempt')}"
         dispatcher.send(TaskSignal(taskId=task_id, reason=reason, requeues=requeues + 1))
         return DeadLetterOutcome(task_id=task_id, failed=False, requeued=True, note=reason)
-    n = max(receive_count, claims)
-    error = f"gave up after {n} attempts: {row.get('error') or NO_ERROR}"
+    error = give_up_error(row, receive_count)
     if store.fail_unowned(task_id, error):
         return DeadLetterOutcome(task_id=task_id, failed=True, error=error)
     # the row changed between the read and the write: it ended, or a runner took it again
@@ -153,3 +160,20 @@ def give_up(
     if now_status == TaskStatus.PROCESSING.value:
         raise LeaseStillLiveError(f"task {task_id} was claimed again while being given up")
     return DeadLetterOutcome(task_id=task_id, failed=False, note=f"became {now_status} meanwhile")
+
+
+def give_up_error(row: dict[str, Any], receive_count: int) -> str:
+    """The ``error`` a given-up task ends with, counted in the row's ``attempts``."""
+    attempts = row.get("attempts")
+    claims = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
+    if claims <= 0:
+        return f"gave up: its signal was received {_times(receive_count, 'time')} and no runner claimed it"
+    last = row.get("error")
+    if not last and row.get("status") == TaskStatus.PROCESSING.value:
+        often = f" {_times(claims, 'time')}" if claims > 1 else ""
+        last = f"{STOPPED_HEARTBEATING}{often} {STOPPED_WHY}"
+    return f"gave up after {_times(claims, 'attempt')}: {last or NO_ERROR}"
+
+
+def _times(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -33,14 +33,16 @@ def add_row(store: TaskStore, **fields: Any) -> str:
     return task_id
 
 
-def dlq_event(*task_ids: str, receive_count: int = 5) -> dict[str, Any]:
-    """events/sqs_dlq.json with its record repeated for each task id."""
+def dlq_event(*task_ids: str, receive_count: int = 5, requeues: int = 0) -> dict[str, Any]:
+    """events/sqs_dlq.json with its record repeated for each task id (``requeues``: the signal was
+    requeued from the DLQ that often already)."""
     template = load_event("sqs_dlq.json")["Records"][0]
+    body = {"reason": "insert", **({"requeues": requeues} if requeues else {})}
     records = [
         {
             **template,
             "messageId": f"msg-{task_id}",
-            "body": json.dumps({"taskId": task_id, "reason": "insert"}),
+            "body": json.dumps({"taskId": task_id, **body}),
             "attributes": {**template["attributes"], "ApproximateReceiveCount": str(receive_count)},
         }
         for task_id in task_ids
@@ -61,10 +63,14 @@ def queued(queue_url: str, endpoint: str) -> list[dict[str, Any]]:
 
 
 # -- dead letters ---------------------------------------------------------------------------------
+STOPPED = "(it may have been killed, or the agent took it down)"
+
+
 def test_canonical_dlq_event_gives_the_task_up(
     fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
 ) -> None:
-    """events/sqs_dlq.json (received 5 times) -> failed, "gave up after 5 attempts: <last error>"."""
+    """events/sqs_dlq.json (received 5 times), claimed 5 times, each runner gone without a word ->
+    failed, saying that the runner stopped heartbeating each time."""
     task_id = add_row(
         store, id=json.loads(load_event("sqs_dlq.json")["Records"][0]["body"])["taskId"], attempts=4
     )
@@ -76,8 +82,28 @@ def test_canonical_dlq_event_gives_the_task_up(
     assert result == {"batchItemFailures": []}
     row = store.get(task_id)
     assert row["status"] == "failed"
-    assert row["error"] == "gave up after 5 attempts: no error recorded"
+    assert row["error"] == (
+        f"gave up after 5 attempts: the runner working on it stopped heartbeating 5 times {STOPPED}"
+    )
     assert row["finishedAt"]
+
+
+def test_the_count_given_up_after_is_the_rows_attempts_not_the_receive_count(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+) -> None:
+    """An agent that kills its runner, 5 times: the DLQ's copy of the signal counts one receive more
+    (the one that moved it), but the row, which a person reads, says 5 attempts and so does its text."""
+    task_id = add_row(store, attempts=4)
+    store.claim(task_id, "runner-1", lease_seconds=-1)
+    app = load_handler("dead_letter", fresh_stack)
+
+    app.lambda_handler(dlq_event(task_id, receive_count=6), lambda_context)
+
+    row = store.get(task_id)
+    assert row["attempts"] == 5
+    assert row["error"].startswith(
+        "gave up after 5 attempts: the runner working on it stopped heartbeating 5 times"
+    )
 
 
 def test_a_task_whose_receives_never_reached_a_claim_is_signalled_afresh(
@@ -99,24 +125,40 @@ def test_a_task_whose_receives_never_reached_a_claim_is_signalled_afresh(
         ).get("Messages", [])
     ]
     assert [(b["taskId"], b["requeues"]) for b in bodies] == [(victim, 1)]
-    assert "5 receives but 1 attempts" in bodies[0]["reason"]
+    assert "5 receives but 1 attempt" in bodies[0]["reason"]
 
-    spent = dlq_event(victim, receive_count=5)
-    spent["Records"][0]["body"] = json.dumps({"taskId": victim, "reason": "requeued", "requeues": 2})
-    app.lambda_handler(spent, lambda_context)
-    assert store.get(victim)["error"] == "gave up after 5 attempts: no error recorded"
+    app.lambda_handler(dlq_event(victim, receive_count=5, requeues=2), lambda_context)
+    assert store.get(victim)["error"] == (
+        f"gave up after 1 attempt: the runner working on it stopped heartbeating {STOPPED}"
+    )
 
 
-def test_last_error_and_larger_attempt_count_are_reported(
-    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+@pytest.mark.parametrize("attempts", [7, 3])
+def test_the_last_error_is_reported_after_the_rows_attempts(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any, attempts: int
 ) -> None:
-    """N is the larger of the receive count and the row's attempts; the row's error is the last error."""
-    task_id = add_row(store, attempts=7, error="agent exited with code 1")
+    """N is the row's attempts, above or below the receive count (once the signal was requeued as
+    often as allowed); the row's error is the last error."""
+    task_id = add_row(store, attempts=attempts, error="agent exited with code 1")
     app = load_handler("dead_letter", fresh_stack)
 
-    app.lambda_handler(dlq_event(task_id, receive_count=5), lambda_context)
+    app.lambda_handler(dlq_event(task_id, receive_count=5, requeues=2), lambda_context)
 
-    assert store.get(task_id)["error"] == "gave up after 7 attempts: agent exited with code 1"
+    assert store.get(task_id)["error"] == f"gave up after {attempts} attempts: agent exited with code 1"
+
+
+def test_a_task_no_runner_ever_claimed_says_so(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+) -> None:
+    """Its signal was received 5 times, requeued as often as allowed, never claimed: not "0 attempts"."""
+    task_id = add_row(store)
+    app = load_handler("dead_letter", fresh_stack)
+
+    app.lambda_handler(dlq_event(task_id, receive_count=5, requeues=2), lambda_context)
+
+    row = store.get(task_id)
+    assert row["status"] == "failed"
+    assert row["error"] == "gave up: its signal was received 5 times and no runner claimed it"
 
 
 def test_rows_that_already_ended_are_left_alone(
