@@ -238,7 +238,8 @@ class TaskPipeline:
         # the status index is checked before and after the claim (eventually consistent: two
         # near-simultaneous claims of one branch can both miss each other there)
         locked = self.store.locks_branches
-        if not locked and self._branch_taken(row):
+        if not locked and (holder := self._branch_taken(row)):
+            self._note_waiting(row, row["branch"], holder)
             return Outcome.WAITING
         # a reclaim of a row whose owner died: it may have pushed before it could write the status
         earlier_base = row.get("baseSha") if row.get("status") == TaskStatus.PROCESSING.value else None
@@ -251,6 +252,7 @@ class TaskPipeline:
         except BranchBusyError as e:
             # the holder's end signals the task waiting longest for the branch (_wake_next)
             logger.info("branch %s is locked by task %s; this task waits for it", e.branch, e.holder)
+            self._note_waiting(row, e.branch, e.holder)
             return Outcome.WAITING
         except InvalidRowError as e:
             # the row itself cannot take the claim (e.g. attempts is not a number): retrying the
@@ -303,17 +305,29 @@ class TaskPipeline:
             and lease > now
         ]
 
-    def _branch_taken(self, row: dict) -> bool:
+    def _branch_taken(self, row: dict) -> str | None:
+        """The id of a task holding ``row``'s branch under a live lease, if any (a pending row only)."""
         if row.get("status") != TaskStatus.PENDING.value:
-            return False
+            return None
         holders = self._live_on_branch(row)
-        if holders:
-            logger.info(
-                "branch %s is being worked on by task %s; this task waits for it",
-                row["branch"],
-                holders[0]["id"],
-            )
-        return bool(holders)
+        if not holders:
+            return None
+        logger.info(
+            "branch %s is being worked on by task %s; this task waits for it", row["branch"], holders[0]["id"]
+        )
+        return str(holders[0]["id"])
+
+    def _note_waiting(self, row: dict, branch: str, holder: str | None) -> None:
+        """Say on the waiting task's row what it waits for (``waitingFor``), unless it says so already.
+        Only a note: a failed write leaves the task waiting all the same."""
+        note = f"branch {branch} is being worked on by {f'task {holder}' if holder else 'another task'}"
+        if row.get("waitingFor") == note:
+            return
+        attempts = row.get("attempts")
+        try:
+            self.store.note_waiting(str(row["id"]), note, attempts if isinstance(attempts, int) else None)
+        except Exception as e:  # the wait itself is the claim's refusal, already decided
+            logger.warning("could not note on the row what the task waits for (%s)", e)
 
     def _yield_branch(self, task_id: str, attempt: int, row: dict) -> bool:
         """After the claim: when another task of the branch holds a live claim made earlier (the
@@ -326,6 +340,7 @@ class TaskPipeline:
                 note = f"waiting: branch {branch} is being worked on by task {other['id']}"
                 self.store.release(task_id, self.runner_id, attempt, note)
                 logger.info("claimed together with task %s on branch %s; this one waits", other["id"], branch)
+                self._note_waiting(row, branch, str(other["id"]))
                 return True
         return False
 

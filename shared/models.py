@@ -133,6 +133,7 @@ class Task(BaseModel):
     wipSha: str | None = None  # noqa: N815
     wipRef: str | None = None  # noqa: N815  # the kiro-wip/... ref that holds wipSha
     baseSha: str | None = None  # noqa: N815
+    waitingFor: str | None = None  # noqa: N815  # what a task held up (by its branch) waits for
 
     @field_validator("prNumber", mode="before")
     @classmethod

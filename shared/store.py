@@ -306,7 +306,7 @@ class TaskStore:
                 "leaseExpiresAt = :lease, startedAt = :stamp, updatedAt = :stamp, "
                 # a row written without createdAt is invisible to the status index until it has one
                 "createdAt = if_not_exists(createdAt, :stamp) "
-                "REMOVE #e, commitSha, finishedAt"
+                "REMOVE #e, commitSha, finishedAt, waitingFor"
             ),
             "ConditionExpression": (
                 "attribute_exists(id) AND (#s = :pending OR (#s = :processing AND "
@@ -446,6 +446,41 @@ class TaskStore:
             },
         )
 
+    def note_waiting(self, task_id: str, note: str, attempts: int | None) -> bool:
+        """Say on a row what it waits for (``waitingFor``, e.g. its branch held by another task).
+
+        One conditional write that applies only to the row as the caller read it: no claim made
+        since (``attempts`` as read, None for never claimed), still pending or processing under a
+        lease that has passed (a dead runner's task refused by the branch lock). So it never undoes
+        a claim, and a row that stays pending gives the stream no reason to signal it again.
+        Returns whether it was written; the claim removes the note."""
+        if attempts is None:
+            seen, values = "attribute_not_exists(attempts)", {}
+        else:
+            seen, values = "attempts = :seen", {":seen": {"N": str(attempts)}}
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key={"id": {"S": task_id}},
+                UpdateExpression="SET waitingFor = :note, updatedAt = :stamp",
+                ConditionExpression=f"attribute_exists(id) AND {seen} AND (#s = :pending OR "
+                "(#s = :processing AND leaseExpiresAt < :now))",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    **values,
+                    ":note": {"S": note[:ERROR_CHARS]},
+                    ":stamp": {"S": utc_now_iso()},
+                    ":pending": {"S": TaskStatus.PENDING.value},
+                    ":processing": {"S": TaskStatus.PROCESSING.value},
+                    ":now": {"N": f"{self._clock():.3f}"},
+                },
+            )
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+        return True
+
     def fail_unowned(self, task_id: str, error: str) -> bool:
         """Mark a row failed that no live runner will finish (dead letter, unclaimable garbage).
 
@@ -457,7 +492,7 @@ class TaskStore:
                 TableName=self.table_name,
                 Key={"id": {"S": task_id}},
                 UpdateExpression="SET #s = :failed, #e = :err, finishedAt = :stamp, updatedAt = :stamp "
-                "REMOVE leaseExpiresAt",
+                "REMOVE leaseExpiresAt, waitingFor",
                 # never pull a row from under a runner that still holds a live lease on it
                 ConditionExpression="attribute_exists(id) AND #s <> :complete AND #s <> :failed AND "
                 "(#s <> :processing OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)",

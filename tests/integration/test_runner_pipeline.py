@@ -21,7 +21,7 @@ from local.gitremote import ensure_bare_remote
 from shared import aws
 from shared.branches import DEFAULT_PROTECTED
 from shared.dispatch import Dispatcher
-from shared.models import TaskSignal
+from shared.models import Task, TaskSignal
 from shared.store import TaskStore
 from tests.fixtures import FAKE_AGENT_COMMAND, unique, wait_until
 
@@ -269,3 +269,33 @@ def test_a_reclaim_refused_by_the_branch_lock_is_woken_when_the_branch_is_free(
     assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [dead]
     assert pipeline.process(dead) is Outcome.COMPLETE, store.get(dead).get("error")
     assert store.get(dead)["attempts"] == 2
+
+
+@pytest.mark.parametrize("locks", [True, False], ids=["branch-locks", "status-index"])
+def test_a_task_waiting_for_a_busy_branch_says_on_its_row_what_it_waits_for_until_it_runs(
+    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path, locks: bool
+) -> None:
+    """The row of a task held up by its branch names the branch and the task holding it
+    (``waitingFor``), stays pending and untouched otherwise; its claim clears the note."""
+    # given: a task at work on a branch
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    store = TaskStore(
+        ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table if locks else None
+    )
+    pipeline = make_pipeline(store, tmp_path, remote)
+    holder = new_task(store, "[fake:sleep=30]")
+    branch = store.get(holder)["branch"]
+    waiting = unique("wait")
+    store.put_new({"id": waiting, "title": "Waits", "details": "", "branch": branch})
+    running = RunningHolder(pipeline, store, holder)
+    # when: a second task of the branch is signalled
+    assert pipeline.process(waiting) is Outcome.WAITING
+    # then: its row says what it waits for, and nothing else changed
+    row = store.get(waiting)
+    assert row["waitingFor"] == f"branch {branch} is being worked on by task {holder}"
+    assert row["status"] == "pending" and "runnerId" not in row and "attempts" not in row
+    assert Task.model_validate(row).waitingFor == row["waitingFor"]
+    # and once the holder let the branch go, the task runs and the note is gone
+    assert running.release() is Outcome.RELEASED
+    assert pipeline.process(waiting) is Outcome.COMPLETE, store.get(waiting).get("error")
+    assert "waitingFor" not in store.get(waiting)

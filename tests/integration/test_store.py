@@ -490,3 +490,39 @@ def test_a_claim_gives_a_row_without_created_at_one(ddb: Any, deployed: Any) -> 
         ExpressionAttributeValues={":p": {"S": "processing"}},
     )["Items"]
     assert task_id in {i["id"]["S"] for i in seen}
+
+
+def test_a_waiting_note_is_written_only_while_no_claim_was_made_since_the_row_was_read(
+    store: TaskStore,
+) -> None:
+    """note_waiting never undoes a claim: it applies to the row as the caller read it (pending, not
+    claimed since), and the claim removes it."""
+    # given
+    task_id = new_task(store)
+    # when / then: written on the pending row, which stays pending
+    assert store.note_waiting(task_id, "branch b is being worked on by task t", attempts=None) is True
+    row = store.get(task_id)
+    assert row["waitingFor"] == "branch b is being worked on by task t" and row["status"] == "pending"
+    # the claim clears it, and a note from before the claim no longer applies
+    claimed = store.claim(task_id, "r1", 60)
+    assert "waitingFor" not in claimed
+    assert store.note_waiting(task_id, "stale", attempts=None) is False
+    assert store.note_waiting(task_id, "stale", attempts=1) is False  # processing under a live lease
+    store.release(task_id, "r1", 1, "runner shutting down")
+    assert store.note_waiting(task_id, "stale", attempts=None) is False  # claimed (and let go) since
+    assert store.note_waiting(task_id, "again", attempts=1) is True
+    assert store.get(task_id)["waitingFor"] == "again"
+
+
+def test_a_reclaim_refused_by_the_branch_lock_can_say_what_it_waits_for(ddb: Any, deployed: Any) -> None:
+    """A dead runner's row (processing, lease passed) waiting for its branch takes the note; the
+    same row under a live lease (reclaimed meanwhile) does not."""
+    now = [1000.0]
+    store = locking_store(ddb, deployed, now)
+    task_id = new_task(store)
+    store.claim(task_id, "r-dead", 30)
+    now[0] += 60
+    assert store.note_waiting(task_id, "branch b is being worked on by task t", attempts=1) is True
+    store.claim(task_id, "r2", 30)  # the reclaim went through after all
+    assert store.note_waiting(task_id, "stale", attempts=2) is False
+    assert "waitingFor" not in store.get(task_id)
