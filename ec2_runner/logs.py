@@ -7,6 +7,7 @@ import contextvars
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
@@ -29,13 +30,15 @@ class _Formatter(LambdaPowertoolsFormatter):
         return super().format(record)
 
 
-def configure(level: str = "INFO", service: str = "aipm-runner") -> None:
-    """JSON lines on stderr for every logger of the process (idempotent)."""
+def configure(level: str = "INFO", service: str = "aipm-runner", path: Path | None = None) -> None:
+    """JSON lines for every logger of the process, on stderr or appended to ``path`` (idempotent:
+    a second call replaces the first one's handler)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_aipm", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+            h.close()
+    handler = _handler(path)
     handler._aipm = True  # type: ignore[attr-defined]
     handler.setFormatter(_Formatter(service=service, utc=True))
     handler.addFilter(_ContextFilter())
@@ -43,6 +46,13 @@ def configure(level: str = "INFO", service: str = "aipm-runner") -> None:
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "urllib3", "git", "werkzeug", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _handler(path: Path | None) -> logging.Handler:
+    if path is None:
+        return logging.StreamHandler(sys.stderr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return logging.FileHandler(path, encoding="utf-8")
 
 
 @contextlib.contextmanager

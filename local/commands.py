@@ -1,7 +1,13 @@
-"""``aipm local up`` and ``aipm local demo``."""
+"""``aipm local up`` and ``aipm local demo``.
+
+Their console is for a person: it shows the sentences these commands print, nothing else. Log
+lines (JSON) go to ``.aipm/logs/``: the stack's own to ``local.log``, the in-process Lambdas' to
+``lambdas.log``, each runner's to ``runner-N.log``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -9,10 +15,13 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from local.stack import DEFAULT_AWS_PORT, LocalStack
+from ec2_runner import logs
+from local.stack import DEFAULT_AWS_PORT, LocalStack, LocalStackConfig
 from shared import aws
 from shared.models import from_dynamodb
 from shared.store import TaskStore
@@ -36,47 +45,100 @@ def _wait_for_signal() -> None:
         pass
 
 
+@dataclass
+class _Logs:
+    """Where the log lines of ``aipm local up`` / ``demo`` go, and the open file of the Lambdas'."""
+
+    dir: Path
+    lambdas: TextIO
+
+
+@contextlib.contextmanager
+def _console_for_people(log_dir: Path) -> Iterator[_Logs]:
+    """Log lines to ``log_dir/local.log`` instead of the console, and with them whatever else this
+    process writes to stderr (a traceback from moto's or werkzeug's server, a thread's last words,
+    a warning): the console keeps the sentences the command prints."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logs.configure(service="aipm-local", path=log_dir / "local.log")
+    with (
+        open(log_dir / "local.log", "a", buffering=1) as stderr,
+        open(log_dir / "lambdas.log", "a", buffering=1) as lambdas,
+        contextlib.redirect_stderr(stderr),
+    ):
+        yield _Logs(log_dir, lambdas)
+
+
+def _start(stack: LocalStack, where: _Logs) -> LocalStackConfig:
+    """Start the stack; the Lambdas it loads log to ``lambdas.log``, as CloudWatch would hold them
+    (Powertools' loggers write to the stdout they find when they are made)."""
+    print("starting the local stack (moto, template.yaml, the Lambdas, runners)...", flush=True)
+    with contextlib.redirect_stdout(where.lambdas):
+        return stack.start()
+
+
+def _run(command: str, body: Callable[[_Logs], int]) -> int:
+    """Run ``body`` with the console for people: a failure is a sentence here, its traceback in the
+    log; Ctrl-C at any point stops cleanly."""
+    log_dir = Path.cwd() / ".aipm" / "logs"
+    try:
+        with _console_for_people(log_dir) as where:
+            try:
+                return body(where)
+            except Exception as e:
+                logger.exception("aipm local %s failed", command)
+                print(f"aipm local {command} failed: {e} (details in {log_dir / 'local.log'})", flush=True)
+                return 1
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+        return 130
+
+
+def _print_logs(log_dir: Path, runners: int) -> None:
+    names = ["local.log", "lambdas.log", *(f"runner-{i}.log" for i in range(runners))]
+    print(f"logs (JSON lines) in {log_dir}/: {', '.join(names)}", flush=True)
+
+
 def up(runners: int = 1, aws_port: int = DEFAULT_AWS_PORT, gateway_port: int | None = None) -> int:
     """The local stack in the foreground until Ctrl-C; endpoints in ``.aipm/local.json``."""
     gateway_port = int(os.environ.get("PORT", "8080")) if gateway_port is None else gateway_port
-    stack = LocalStack(Path.cwd(), runners=runners, aws_port=aws_port, gateway_port=gateway_port)
-    try:
-        cfg = stack.start()
-        print(f"local stack up: endpoint {cfg.endpoint_url}, table {cfg.table_name}", flush=True)
-        print(f"  task queue  {cfg.task_queue_url}\n  git remote  {cfg.git_remote}", flush=True)
-        if cfg.page_url:
-            print(f"  terminal    {cfg.page_url}  (WebSocket {cfg.ws_url})", flush=True)
-        print(f"  {runners} runner(s); endpoints written to .aipm/local.json; Ctrl-C to stop", flush=True)
-        _wait_for_signal()
-    finally:
-        stack.stop()
-    return 0
 
+    def body(where: _Logs) -> int:
+        stack = LocalStack(
+            Path.cwd(), runners=runners, aws_port=aws_port, gateway_port=gateway_port, log_dir=where.dir
+        )
+        try:
+            cfg = _start(stack, where)
+            print(f"local stack up: endpoint {cfg.endpoint_url}, table {cfg.table_name}", flush=True)
+            print(f"  task queue  {cfg.task_queue_url}\n  git remote  {cfg.git_remote}", flush=True)
+            if cfg.page_url:
+                print(f"  terminal    {cfg.page_url}  (WebSocket {cfg.ws_url})", flush=True)
+            _print_logs(where.dir, runners)
+            print(f"  {runners} runner(s); endpoints written to .aipm/local.json; Ctrl-C to stop", flush=True)
+            _wait_for_signal()
+        finally:
+            stack.stop()
+        return 0
 
-def _lambda_logs_to(path: Path) -> None:
-    """The in-process Lambdas' Powertools loggers write to ``path``, as CloudWatch would hold them,
-    so the demo's own lines stay readable."""
-    out = open(path, "a", buffering=1)  # lives as long as the process, like the loggers
-    for name, lg in logging.Logger.manager.loggerDict.items():
-        if isinstance(lg, logging.Logger) and name.startswith("aipm-"):
-            for handler in lg.handlers:
-                if isinstance(handler, logging.StreamHandler):
-                    handler.setStream(out)
+    return _run("up", body)
 
 
 def demo(aws_port: int = DEFAULT_AWS_PORT) -> int:
     """The whole system on the embedded default: one sample task from pending to a pushed commit."""
+    return _run("demo", lambda where: _demo(aws_port, where))
+
+
+def _demo(aws_port: int, where: _Logs) -> int:
     events: queue.Queue[dict] = queue.Queue()
     gateway_port = int(os.environ.get("PORT", "8080"))
-    log_dir = Path.cwd() / ".aipm" / "logs"
-    stack = LocalStack(Path.cwd(), runners=1, aws_port=aws_port, gateway_port=gateway_port, log_dir=log_dir)
+    stack = LocalStack(
+        Path.cwd(), runners=1, aws_port=aws_port, gateway_port=gateway_port, log_dir=where.dir
+    )
     try:
-        cfg = stack.start()
-        _lambda_logs_to(log_dir / "lambdas.log")
-        print(f"logs (JSON lines): {log_dir}/runner-0.log, {log_dir}/lambdas.log", flush=True)
+        cfg = _start(stack, where)
         assert stack.stream is not None
         stack.stream.listeners.append(events.put)
         print(f"local stack up (AWS endpoint {cfg.endpoint_url}, table {cfg.table_name})", flush=True)
+        _print_logs(where.dir, 1)
         if os.environ.get("AGENT", "auto") == "auto":
             from shutil import which
 

@@ -55,7 +55,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[st
     local_json = folder / ".aipm" / "local.json"
     try:
         wait_until(
-            lambda: local_json.is_file() and b"runner 1 started" in (folder / "up.log").read_bytes(),
+            lambda: local_json.is_file() and b"Ctrl-C to stop" in (folder / "up.log").read_bytes(),
             90,
             interval=0.2,
             what="aipm local up to write .aipm/local.json and start its runners",
@@ -94,6 +94,18 @@ def test_local_json_names_every_endpoint_and_only_its_owner_can_read_it(
     assert cfg["ws_url"].startswith("ws://127.0.0.1:") and cfg["management_url"].startswith("http://")
     # it holds the local runner and token secrets
     assert stat.S_IMODE((folder / ".aipm" / "local.json").stat().st_mode) == 0o600
+
+
+def test_the_console_shows_sentences_and_the_log_lines_go_to_the_log_folder(
+    up: tuple[Path, dict[str, Any]],
+) -> None:
+    folder, _ = up
+    console = (folder / "up.log").read_text()
+    assert console.startswith("starting the local stack") and "Ctrl-C to stop" in console
+    assert not [line for line in console.splitlines() if line.lstrip().startswith("{")], console
+    logs = folder / ".aipm" / "logs"
+    assert "runner 1 started" in (logs / "local.log").read_text()
+    assert all((logs / f"runner-{i}.log").is_file() for i in range(2))
 
 
 def test_a_row_put_with_the_aws_cli_completes_on_the_started_runners(up: tuple[Path, dict[str, Any]]) -> None:
@@ -160,9 +172,30 @@ def test_runners_started_by_hand_find_the_stack_and_share_one_clone_safely(
     assert codes == [0, 0], [p.read_text()[-2000:] for p in logs]
 
 
+def _server_error(endpoint: str) -> None:
+    """A request the local AWS fails on (500, a traceback in its log): a stream read with an
+    iterator that does not exist, asked once."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    streams = boto3.client(
+        "dynamodbstreams",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+    with pytest.raises(ClientError):
+        streams.get_records(ShardIterator="no-such-iterator")
+
+
 def test_make_demo_shows_the_sample_task_reach_a_pushed_commit(tmp_path: Path) -> None:
     """`aipm local demo` (what `make demo` runs) on the demo agent: the transitions, the pushed
-    commit on the remote, a terminal link; Ctrl-C stops it cleanly."""
+    commit on the remote, a terminal link; Ctrl-C stops it cleanly. Its console (stdout and stderr
+    both) shows sentences only: log lines, and the tracebacks of a request the local AWS fails
+    on, go to .aipm/logs/."""
     env = {k: v for k, v in _env(PORT="0").items() if k not in ("AGENT", "AGENT_COMMAND")}
     out_path = tmp_path / "demo.out"
     with open(out_path, "wb") as out:
@@ -171,17 +204,28 @@ def test_make_demo_shows_the_sample_task_reach_a_pushed_commit(tmp_path: Path) -
             cwd=tmp_path,
             env=env,
             stdout=out,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    logs = tmp_path / ".aipm" / "logs"
     try:
         wait_until(lambda: "the stack keeps running" in out_path.read_text(), 90, what="the demo task")
+        _server_error(json.loads((tmp_path / ".aipm" / "local.json").read_text())["endpoint_url"])
+        wait_until(
+            lambda: (logs / "local.log").is_file() and "Traceback" in (logs / "local.log").read_text(),
+            10,
+            what="the error's traceback in the log",
+        )
         text = out_path.read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=40)
-    assert code == 0, out_path.read_text()
+    console = out_path.read_text()
+    assert code == 0, console
+    assert not [line for line in console.splitlines() if line.lstrip().startswith("{")], console
+    assert "Traceback" not in console and "Error on request" not in console, console
+    assert console.startswith("starting the local stack"), console
     assert "DEMO AGENT" in text
     assert "pending -> processing" in text
     sha = text.split("processing -> complete commit ")[1].split()[0]
@@ -192,6 +236,8 @@ def test_make_demo_shows_the_sample_task_reach_a_pushed_commit(tmp_path: Path) -
     )
     assert tip.stdout.strip() == sha
     assert "terminal page: http://127.0.0.1:" in text and "?token=" in text
-    # the Lambdas' and the runner's JSON lines went to the log folder, not over the demo's lines
-    assert not any(line.startswith("{") for line in text.splitlines())
-    assert (tmp_path / ".aipm" / "logs" / "runner-0.log").stat().st_size > 0
+    # the stack's own, the Lambdas' and the runner's JSON lines went to the log folder
+    for name in ("local.log", "lambdas.log", "runner-0.log"):
+        assert (logs / name).stat().st_size > 0, name
+    first = json.loads((logs / "local.log").read_text().splitlines()[0])
+    assert first["service"] == "aipm-local" and "local AWS endpoint" in first["message"]
