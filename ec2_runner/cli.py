@@ -148,8 +148,22 @@ def cmd_terminal(args: argparse.Namespace) -> int:
     return attach(ws_url, token)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aipm-kiro-runner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aipm", description=__doc__)
+    import re
+
+    # the help is read by people: the docstring without its reStructuredText literals
+    description = re.sub(r"``(.+?)``", r"\1", __doc__ or "")
+    p = argparse.ArgumentParser(prog="aipm", description=description)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("runner", help="run the runner daemon (finds the local stack via .aipm/local.json)")
