@@ -253,6 +253,46 @@ class GitWorkspace:
             finally:
                 self._let_go(path)
 
+    def remove_leftovers(self) -> list[Path]:
+        """Remove the worktrees a dead process left behind that hold nothing unique (a runner
+        killed mid-task leaves its folders; only a new checkout of the same name would clear them
+        otherwise); the ones removed. A folder still held (by a live process sharing the clone) is
+        left alone, and so is one with work of its own: the next checkout of its name moves it to
+        ``.leftover/`` (a task) or reopens it as it was (a Refine session). So is a folder that is
+        not one of the clone's worktrees, unless it is empty: it is not the runner's to judge."""
+        removed: list[Path] = []
+        with self._exclusive():
+            registered = self._registered_worktrees()
+            for path in sorted(self.worktrees_dir.iterdir()):
+                if path.name.startswith(".") or not path.is_dir() or path in self._held:
+                    continue
+                if path.resolve() not in registered:
+                    if not any(path.iterdir()):
+                        path.rmdir()
+                        removed.append(path)
+                    continue
+                fd = self._hold(path)
+                if fd is None:
+                    continue
+                self._held[path] = fd
+                try:
+                    if not self._holds_unique_work(path):
+                        self._remove_locked(path)
+                        removed.append(path)
+                finally:
+                    self._let_go(path)
+        if removed:
+            logger.info("removed %d worktree(s) a dead runner left with nothing unique in them", len(removed))
+        return removed
+
+    def _registered_worktrees(self) -> set[Path]:
+        listing = self.repo.git.worktree("list", "--porcelain")
+        return {
+            Path(line.removeprefix("worktree ")).resolve()
+            for line in listing.splitlines()
+            if line.startswith("worktree ")
+        }
+
     def _clear_leftover_locked(self, path: Path) -> None:
         """A folder nobody holds (its process died): removed, unless it holds work that exists
         nowhere else (uncommitted changes, or commits no remote branch has), which is moved aside

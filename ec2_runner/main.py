@@ -40,6 +40,8 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
         author_email=settings.git_author_email,
         network_timeout=settings.git_timeout_seconds,
     )
+    if not settings.keep_failed_worktrees:  # those are kept for a person to look at
+        workspace.remove_leftovers()
     agent = make_agent(agent_settings or AgentSettings())
     options = PipelineOptions(
         protected_branches=tuple(settings.protected_branches),

@@ -438,3 +438,31 @@ def test_a_leftover_with_work_is_reused_when_asked(tmp_path: Path, remote: Path,
     # and it is held like any checkout: a second ask gets a folder of its own
     other = ws.checkout("feature/crash", "term-abc", reuse_leftover_work=True)
     assert other.path != left and not (other.path / "unsaved.txt").exists()
+
+
+def test_the_next_runner_removes_the_leftovers_holding_nothing_unique_and_keeps_the_rest(
+    tmp_path: Path, remote: Path, ws: GitWorkspace
+) -> None:
+    """What a runner does as it starts on a home a dead runner used: a clean worktree (and an empty
+    folder) goes; one with work, one a live process holds, and a folder git does not know stay."""
+    # given: runner processes that died holding a clean and a dirty worktree, a worktree this
+    # process holds, a folder of someone else's and an empty one
+    clean = _crash_with_a_worktree(tmp_path, remote, "task-clean", dirty=False)
+    dirty = _crash_with_a_worktree(tmp_path, remote, "task-dirty", dirty=True)
+    live = ws.checkout("feature/live", "task-live").path
+    stray = ws.worktrees_dir / "notes"
+    stray.mkdir()
+    (stray / "todo.txt").write_text("mine")
+    empty = ws.worktrees_dir / "empty"
+    empty.mkdir()
+    # when
+    removed = GitWorkspace(ws.repo_path, str(remote), ws.worktrees_dir).remove_leftovers()
+    # then
+    assert sorted(removed) == sorted([clean, empty])
+    assert not clean.exists() and not empty.exists()
+    assert (dirty / "unsaved.txt").read_text() == "work nobody pushed"
+    assert live.is_dir() and (stray / "todo.txt").read_text() == "mine"
+    listed = ws.repo.git.worktree("list", "--porcelain")
+    assert str(clean) not in listed and str(dirty) in listed and str(live) in listed
+    # the dead runner's lock file of the removed worktree is gone with it
+    assert not ws._lock_file(clean).exists()
