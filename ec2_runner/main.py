@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from ec2_runner import logs
-from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace

@@ -18,7 +18,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
 from ec2_runner.ws_client import TerminalService
