@@ -11,7 +11,8 @@ from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
-from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
+from ec2_runner.terminal import SessionManager, TerminalSettings
+from ec2_runner.terminal_worktrees import GitCallables
 from ec2_runner.ws_client import TerminalService
 from shared import aws
 from shared.dispatch import Dispatcher
