@@ -482,3 +482,30 @@ class GitWorkspace:
             if sha and not body.startswith("WIP: ") and trailer in body.splitlines():
                 return sha
         return None
+
+    # -- for terminal sessions ------------------------------------------------------------
+    def uncommitted(self, path: Path, *, timeout: float = 30.0) -> str:
+        """``git status --porcelain`` of a worktree: its changed and untracked files, '' when clean.
+        GitOpError when git cannot tell (it failed or timed out), so a caller can keep the folder."""
+        try:
+            return str(git.Git(str(path)).status("--porcelain", kill_after_timeout=timeout)).strip()
+        except git.GitError as e:
+            raise GitOpError(f"git status in {path} failed: {e}") from e
+
+    def status_report(self, path: Path, *, timeout: float = 30.0) -> str:
+        """``git status`` and ``git diff --stat`` of a worktree in colour, as a terminal shows them;
+        a command that could not run leaves a line saying so in its place."""
+        parts = []
+        for args in (["-c", "color.status=always", "status"], ["diff", "--stat", "--color=always"]):
+            try:
+                _, out, err = git.Git(str(path)).execute(
+                    ["git", *args],
+                    with_extended_output=True,
+                    with_exceptions=False,
+                    strip_newline_in_stdout=False,
+                    kill_after_timeout=timeout,
+                )
+                parts.append(str(out) + (f"{err}\n" if err else ""))
+            except (git.GitError, OSError) as e:
+                parts.append(f"git {args[-1]} failed: {e}\n")
+        return "".join(parts)

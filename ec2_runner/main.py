@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from ec2_runner import logs
-from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
-from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
+from ec2_runner.terminal import SessionManager, TerminalSettings
+from ec2_runner.terminal_worktrees import GitCallables
 from ec2_runner.ws_client import TerminalService
 from shared import aws
 from shared.dispatch import Dispatcher

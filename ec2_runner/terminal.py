@@ -1,11 +1,12 @@
-"""Refine terminal sessions on the runner: one worktree and one agent pty per session.
+"""Refine terminal sessions on the runner, the I/O side: one agent pty per session, on one event loop.
 
-A session starts on the first ``open`` for its id: a worktree of the task's branch (through the
-injected git callables), ``git status`` and ``git diff --stat`` printed into the terminal as the seed
-did, then the agent's interactive command in a pexpect pty. In ``auto`` resume mode the agent resumes
-only where the task's own agent ran (the task's folder, or a kept folder the session's agent used),
-never in a fresh worktree. Output is coalesced for a few milliseconds into frames under 32 KB with increasing
-``seq`` and kept in a bounded ring, so a browser that reconnects resumes from its ``lastSeq``.
+A session starts on the first ``open`` for its id: its folder from
+:class:`~ec2_runner.terminal_worktrees.SessionWorktrees` (which decides where, whether the agent
+resumes and what is kept), the git status printed into the terminal as the seed did, then the
+agent's interactive command in a pexpect pty. This module reads the pty, writes the keystrokes,
+coalesces output for a few milliseconds, pauses the ptys while the socket is behind (back-pressure),
+runs the idle/grace reaper and the relay's frames; what a session *is* (seq, ring, viewers, typed
+order, expiry) lives in :class:`~ec2_runner.session_state.SessionState`, free of I/O.
 Sessions outlive their browsers for a grace period, end when idle, and never commit by themselves:
 only a ``push`` frame commits and pushes, under the pipeline's branch rules.
 
@@ -17,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import collections
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,13 +30,13 @@ import pexpect
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ec2_runner.gitops import safe_dir_name
+from ec2_runner.session_state import SessionState
+from ec2_runner.terminal_worktrees import GitCallables, SessionWorktrees
 from shared import frames as fr
 from shared.branches import DEFAULT_PROTECTED, UnsafeBranchError, check_branch
 
 logger = logging.getLogger(__name__)
 
-FLUSH_BYTES = 16 * 1024
 READ_CHUNK = 64 * 1024
 INPUT_GAP_SECONDS = 0.2  # how long an out-of-order keystroke waits for the one before it
 OUTBOX_HIGH = 64  # frames waiting for the socket before the pty is paused (backpressure)
@@ -62,42 +61,6 @@ class TerminalSettings(BaseSettings):
     rows: int = Field(default=40, ge=1, le=1000)
 
 
-@dataclass
-class GitCallables:
-    """What a session needs from git; the runner passes its GitWorkspace's methods in."""
-
-    open_worktree: Callable[[str, str], Path]  # (branch, name) -> worktree path
-    remove_worktree: Callable[[Path], None]
-    commit_and_push: Callable[[Path, str, str], str | None]  # (path, branch, message) -> sha | None
-    # the folder the pipeline runs a task's agent in (its conversation is keyed by that path)
-    task_path: Callable[[str], Path] | None = None
-
-    @classmethod
-    def from_workspace(cls, workspace: Any) -> GitCallables:
-        """Adapter for ec2_runner.gitops.GitWorkspace."""
-
-        def commit_and_push(path: Path, branch: str, message: str) -> str | None:
-            sha = workspace.commit_all(path, message)
-            if sha is None:
-                return None
-            return workspace.push(path, branch)
-
-        return cls(
-            # a session's folder that a dead runner left with work in it is reopened as it is
-            open_worktree=lambda branch, name: (
-                workspace.checkout(branch, name, reuse_leftover_work=True).path
-            ),
-            remove_worktree=workspace.remove,
-            commit_and_push=commit_and_push,
-            task_path=lambda task_id: workspace.worktrees_dir / safe_dir_name(task_worktree_name(task_id)),
-        )
-
-
-def task_worktree_name(task_id: str) -> str:
-    """The worktree name of a task: the pipeline checks a task out under it, and so does its terminal."""
-    return f"task-{task_id}"
-
-
 @dataclass(frozen=True)
 class _OpenFailure:
     """Why an open did not get a session: an error ``code`` (None: exit only) and whether to send ``exit``."""
@@ -109,20 +72,11 @@ class _OpenFailure:
 
 @dataclass
 class Session:
-    id: str
-    branch: str
-    task_id: str | None
+    """A live session: its state (:class:`SessionState`) and the I/O that feeds it."""
+
+    state: SessionState
     path: Path | None = None
     child: pexpect.spawn | None = None
-    seq: int = 0
-    ring: collections.deque[fr.OutputFrame] = field(default_factory=collections.deque)
-    ring_size: int = 0
-    viewers: dict[str, bool] = field(default_factory=dict)  # connection id -> read-only
-    inputs: dict[str, fr.InputOrderer] = field(default_factory=dict)  # connection id -> typed order
-    last_activity: float = 0.0
-    alone_since: float | None = None
-    pending: list[str] = field(default_factory=list)
-    pending_size: int = 0
     flush_handle: asyncio.TimerHandle | None = None
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -130,8 +84,12 @@ class Session:
     reading: bool = False
 
     @property
-    def oldest_seq(self) -> int:
-        return self.ring[0].seq if self.ring else self.seq + 1
+    def id(self) -> str:
+        return self.state.id
+
+    @property
+    def branch(self) -> str:
+        return self.state.branch
 
 
 class SessionManager:
@@ -151,9 +109,8 @@ class SessionManager:
     ) -> None:
         self.settings = settings
         self._argv_for = argv_for
-        self._git = git
+        self._worktrees = SessionWorktrees(git, has_conversation)
         self._resolve_task = resolve_task
-        self._has_conversation = has_conversation
         self._protected = tuple(protected)
         self._env = env
         self._clock = clock
@@ -165,9 +122,6 @@ class SessionManager:
         # sessions being started: a second open of the same session waits for the first one's outcome
         self._opening: dict[str, asyncio.Future[_OpenFailure | None]] = {}
         self._stopping = False
-        # worktrees of ended sessions that held uncommitted work, by session: the next open of the same
-        # session reopens that folder (still held in the workspace, so no checkout can replace it)
-        self._kept: dict[str, tuple[str, Path]] = {}  # session id -> (branch, path)
         self._ending: dict[str, asyncio.Future[None]] = {}  # sessions whose worktree is being released
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -295,7 +249,10 @@ class SessionManager:
             await asyncio.shield(ending)  # its worktree is kept or released before the reopen decides
         if self._stopping:
             return _OpenFailure(None, "runner stopping")
-        session = Session(id=sid, branch=branch, task_id=frame.taskId, last_activity=self._clock())
+        state = SessionState(
+            sid, branch, frame.taskId, ring_bytes=self.settings.ring_bytes, now=self._clock()
+        )
+        session = Session(state)
         self.sessions[sid] = session
         try:
             await self._start(session, frame.cols or self.settings.cols, frame.rows or self.settings.rows)
@@ -310,23 +267,19 @@ class SessionManager:
         return None
 
     async def _start(self, session: Session, cols: int, rows: int) -> None:
-        # a task's session opens where the task's agent ran (the same folder when it is free), so the
-        # agent's own per-directory conversation is there to resume: the user refines that very run
-        name = task_worktree_name(session.task_id) if session.task_id else f"term-{session.id}"
-        path = await asyncio.to_thread(self._kept_worktree, session)
-        reopened = path is not None
-        if path is None:
-            path = await asyncio.to_thread(self._git.open_worktree, session.branch, name)
+        state = session.state
+        path, reopened = await asyncio.to_thread(self._worktrees.open, state.id, state.branch, state.task_id)
         session.path = path
         if session.ended:
             # ended (runner stopping) while its worktree was made, before _end could see the folder
-            if await asyncio.to_thread(self._cleanup, path):
-                self._kept[session.id] = (session.branch, path)
+            await asyncio.to_thread(self._worktrees.close, state.id, state.branch, path)
             return
         if self.settings.show_git_status:
-            summary = await asyncio.to_thread(_git_summary, path, session.branch)
+            summary = await asyncio.to_thread(self._worktrees.summary, path, state.branch)
             self._feed(session, summary)
-        resume = await self._resumes(session, path, reopened)
+        resume = await asyncio.to_thread(
+            self._worktrees.resumes, self.settings.resume, state.task_id, path, reopened
+        )
         if session.ended:
             return  # _end has released the folder; start no agent
         argv = self._argv_for(resume)
@@ -338,36 +291,6 @@ class SessionManager:
         session.child = child
         self._start_reading(session)
         session.ready.set()
-
-    def _kept_worktree(self, session: Session) -> Path | None:
-        """The kept worktree of this session's earlier run, when there is one to reopen."""
-        kept = self._kept.get(session.id)
-        if kept is None or kept[0] != session.branch:
-            return None  # (a kept folder of another branch stays kept)
-        del self._kept[session.id]
-        path = kept[1]
-        if (path / ".git").exists():
-            logger.info("session %s reopens its kept worktree %s", session.id, path)
-            return path
-        logger.warning("kept worktree %s is gone; releasing it", path)
-        self._release(path)
-        return None
-
-    async def _resumes(self, session: Session, path: Path, reopened: bool) -> bool:
-        """Whether the agent starts with its resume args. ``auto``: only where this task's own agent
-        ran, the task's folder (or a kept folder this session's agent used), so its conversation is the
-        one resumed; never in a fresh worktree (a branch session, or a task session moved aside
-        because the task's folder is busy)."""
-        if self.settings.resume != "auto":
-            return self.settings.resume == "always"
-        own = reopened or (
-            session.task_id is not None
-            and self._git.task_path is not None
-            and path == self._git.task_path(session.task_id)
-        )
-        if not own:
-            return False
-        return self._has_conversation is None or await asyncio.to_thread(self._has_conversation, path)
 
     async def _attach(self, sid: str, conn: str | None, read_only: bool, last_seq: int) -> None:
         if conn is None:
@@ -381,30 +304,14 @@ class SessionManager:
         await session.ready.wait()
         if session.ended:
             return
-        self._flush(session)
-        session.viewers[conn] = read_only
-        session.alone_since = None
-        session.last_activity = self._clock()  # an open or a resume counts as use, as typing does
-        if last_seq + 1 < session.oldest_seq and last_seq > 0:
-            self._error(
-                conn, "some output is no longer buffered; the screen may be incomplete", sid, "output_lost"
-            )
-        next_seq = max(last_seq + 1, session.oldest_seq)
-        self._send(
-            fr.OpenedFrame(
-                sessionId=sid, branch=session.branch, nextSeq=next_seq, resumed=last_seq > 0, to=[conn]
-            )
-        )
-        for frame in session.ring:
-            if frame.seq >= next_seq:
-                self._send(frame.model_copy(update={"to": [conn]}))
+        self._cancel_flush(session)
+        for frame in session.state.attach(conn, read_only, last_seq, self._clock()):
+            self._send(frame)
 
     def _detach(self, sid: str, conn: str) -> None:
         session = self.sessions.get(sid)
         if session:
-            session.inputs.pop(conn, None)
-        if session and session.viewers.pop(conn, None) is not None and not session.viewers:
-            session.alone_since = self._clock()
+            session.state.detach(conn, self._clock())
 
     # -- input -------------------------------------------------------------------------------
     def _writable(self, sid: str, conn: str | None, read_only: bool) -> Session | None:
@@ -415,7 +322,7 @@ class SessionManager:
                     fr.ExitFrame(sessionId=sid, code=-1, reason="no such session on this runner", to=[conn])
                 )
             return None
-        if read_only or (conn is not None and session.viewers.get(conn, False)):
+        if read_only or session.state.read_only(conn):
             # the relay refuses these first; the runner does not trust that alone
             self._error(conn, "this connection is read-only", sid, "read_only")
             return None
@@ -425,17 +332,11 @@ class SessionManager:
         session = self._writable(frame.sessionId, frame.connectionId, frame.readOnly)
         if session is None or session.child is None:
             return
-        if frame.connectionId and frame.connectionId not in session.viewers:
-            session.viewers[frame.connectionId] = False
-            session.alone_since = None
-        session.last_activity = self._clock()
-        orderer = session.inputs.setdefault(frame.connectionId or "", fr.InputOrderer())
-        self._write(session, orderer.push(frame.seq, frame.data))
-        if orderer.held:
+        ready, skip_gap = session.state.typed(frame.connectionId, frame.seq, frame.data, self._clock())
+        self._write(session, ready)
+        if skip_gap is not None:
             # a keystroke is missing: wait a moment for it, then carry on without it
-            asyncio.get_running_loop().call_later(
-                INPUT_GAP_SECONDS, lambda: self._write(session, orderer.skip_gap())
-            )
+            asyncio.get_running_loop().call_later(INPUT_GAP_SECONDS, lambda: self._write(session, skip_gap()))
 
     def _write(self, session: Session, chunks: list[str]) -> None:
         if not chunks or session.child is None:
@@ -457,13 +358,15 @@ class SessionManager:
         assert session.path is not None
         try:
             check_branch(session.branch, self._protected)
-            sha = await asyncio.to_thread(self._git.commit_and_push, session.path, session.branch, message)
+            sha = await asyncio.to_thread(
+                self._worktrees.commit_and_push, session.path, session.branch, message
+            )
         except Exception as e:  # noqa: BLE001 - reported to the user who asked
             logger.warning("session %s: push failed: %s", session.id, e)
             self._error(conn, f"push failed: {e}"[:2000], session.id, "push_failed")
             return
-        for to in _viewer_groups(session) or [[]]:
-            self._send(fr.PushedFrame(sessionId=session.id, commitSha=sha, to=to))
+        for frame in session.state.to_viewers(fr.PushedFrame(sessionId=session.id, commitSha=sha)):
+            self._send(frame)
 
     # -- output ------------------------------------------------------------------------------
     def _start_reading(self, session: Session) -> None:
@@ -489,35 +392,21 @@ class SessionManager:
         session.reading = False
 
     def _feed(self, session: Session, text: str) -> None:
-        if not text:
-            return
-        # output is not activity: an agent that keeps printing must not keep its session alive
-        session.pending.append(text)
-        session.pending_size += len(text)
-        if session.pending_size >= FLUSH_BYTES:
+        if session.state.buffer(text):
             self._flush(session)
-        elif session.flush_handle is None:
+        elif text and session.flush_handle is None:
             delay = self.settings.coalesce_ms / 1000
             session.flush_handle = asyncio.get_running_loop().call_later(delay, self._flush, session)
 
-    def _flush(self, session: Session) -> None:
+    def _cancel_flush(self, session: Session) -> None:
         if session.flush_handle is not None:
             session.flush_handle.cancel()
             session.flush_handle = None
-        if not session.pending:
-            return
-        text = "".join(session.pending)
-        session.pending.clear()
-        session.pending_size = 0
-        groups = _viewer_groups(session)
-        for frame in fr.output_frames(session.id, session.seq + 1, text):
-            session.seq = frame.seq
-            session.ring.append(frame)
-            session.ring_size += len(frame.data)
-            for to in groups:
-                self._send(frame.model_copy(update={"to": to}))
-        while session.ring_size > self.settings.ring_bytes and len(session.ring) > 1:
-            session.ring_size -= len(session.ring.popleft().data)
+
+    def _flush(self, session: Session) -> None:
+        self._cancel_flush(session)
+        for frame in session.state.flush():
+            self._send(frame)
 
     # -- ending ------------------------------------------------------------------------------
     async def _end(self, session: Session, reason: str | None) -> None:
@@ -546,11 +435,13 @@ class SessionManager:
         session.ready.set()
         try:
             # with no viewer left, one exit with no ``to``: the relay tells the session's browsers
-            for to in _viewer_groups(session) or [[]]:
-                self._send(fr.ExitFrame(sessionId=session.id, code=code, reason=reason, to=to))
+            for frame in session.state.to_viewers(
+                fr.ExitFrame(sessionId=session.id, code=code, reason=reason)
+            ):
+                self._send(frame)
             logger.info("session %s ended (code %s, %s)", session.id, code, reason or "agent exited")
-            if session.path is not None and await asyncio.to_thread(self._cleanup, session.path):
-                self._kept[session.id] = (session.branch, session.path)
+            if session.path is not None:
+                await asyncio.to_thread(self._worktrees.close, session.id, session.branch, session.path)
         finally:
             del self._ending[session.id]
             ending.set_result(None)
@@ -566,27 +457,6 @@ class SessionManager:
                 return
             self._feed(session, session.decoder.decode(data))
 
-    def _cleanup(self, path: Path) -> bool:
-        """Remove an ended session's worktree; True when it holds uncommitted work and is kept instead
-        (ended sessions commit nothing, and discard nothing either)."""
-        try:
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, timeout=30
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            dirty = "unknown"
-        if dirty:
-            logger.warning("terminal worktree %s has uncommitted changes; kept for the next open", path)
-            return True
-        self._release(path)
-        return False
-
-    def _release(self, path: Path) -> None:
-        try:
-            self._git.remove_worktree(path)
-        except Exception:  # noqa: BLE001 - cleanup must not take the runner down
-            logger.exception("could not remove worktree %s", path)
-
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reap_interval)
@@ -594,20 +464,9 @@ class SessionManager:
             for session in list(self.sessions.values()):
                 if session.ended or not session.ready.is_set():
                     continue
-                if (
-                    session.alone_since is not None
-                    and now - session.alone_since > self.settings.grace_seconds
-                ):
-                    await self._end(session, "no browser for the grace period")
-                elif now - session.last_activity > self.settings.idle_seconds:
-                    await self._end(session, "idle timeout")
-
-
-def _viewer_groups(session: Session) -> list[list[str]]:
-    """The session's viewers in groups of at most MAX_TO (what one runner frame's ``to`` may name):
-    a frame goes out once per group, so there is no cap on how many browsers watch a session."""
-    viewers = list(session.viewers)
-    return [viewers[i : i + fr.MAX_TO] for i in range(0, len(viewers), fr.MAX_TO)]
+                reason = session.state.expired(now, self.settings.grace_seconds, self.settings.idle_seconds)
+                if reason is not None:
+                    await self._end(session, reason)
 
 
 def _close_child(child: pexpect.spawn) -> None:
@@ -615,15 +474,3 @@ def _close_child(child: pexpect.spawn) -> None:
         child.close(force=True)
     except (OSError, pexpect.ExceptionPexpect):
         pass
-
-
-def _git_summary(path: Path, branch: str) -> str:
-    """``git status`` and ``git diff --stat`` as the seed printed them when a terminal opened."""
-    parts = [f"\x1b[1m# {branch} — git status\x1b[0m\n"]
-    for args in (["-c", "color.status=always", "status"], ["diff", "--stat", "--color=always"]):
-        try:
-            done = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=30)
-            parts.append(done.stdout + done.stderr)
-        except (OSError, subprocess.SubprocessError) as e:
-            parts.append(f"git {args[-1]} failed: {e}\n")
-    return "".join(parts).replace("\r\n", "\n").replace("\n", "\r\n")

@@ -18,9 +18,11 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from ec2_runner.gitops import GitWorkspace
-from ec2_runner.terminal import GitCallables, SessionManager, TerminalSettings
+from ec2_runner.terminal import SessionManager, TerminalSettings
+from ec2_runner.terminal_worktrees import GitCallables
 from ec2_runner.ws_client import TerminalService
 from local.deploy import deploy
 from local.gateway import LocalGateway
@@ -264,7 +266,7 @@ def ring_holds(sessions: SessionManager, needle: str) -> bool:
     """Whether some session's output ring holds ``needle`` (read from another thread: retry on a race)."""
     for _ in range(5):
         try:
-            return any(needle in f.data for s in list(sessions.sessions.values()) for f in list(s.ring))
+            return any(needle in f.data for s in list(sessions.sessions.values()) for f in list(s.state.ring))
         except RuntimeError:
             continue
     return False

@@ -16,16 +16,11 @@ from typing import Any
 import pexpect
 import pytest
 
-from ec2_runner.agents import (
-    TAIL_CHARS,
-    AgentResult,
-    AgentSettings,
-    CommandAgent,
-    DemoAgent,
-    KiroAgent,
-    agent_env_names,
-    make_agent,
-)
+from ec2_runner.agent_settings import AgentSettings, agent_env_names
+from ec2_runner.agents import CommandAgent, DemoAgent, make_agent
+from ec2_runner.headless import AgentResult
+from ec2_runner.kiro import KiroAgent
+from ec2_runner.ptydriver import TAIL_CHARS
 from shared.models import Task, TaskStatus
 
 pytestmark = pytest.mark.integration
@@ -189,6 +184,36 @@ def test_command_agent_reports_exit_codes_generically(work: Path) -> None:
         result.error
         == "agent failed (exit 3): error: Failed to start required MCP server 'fake-mcp': connection closed"
     )
+
+
+def test_kiro_rules_apply_to_the_kiro_adapter_only(work: Path) -> None:
+    """'Authentication failed.' then exit 0 fails a Kiro run; a generic command printing the same
+    words is judged by its exit code alone, and succeeds."""
+    generic = CommandAgent(AgentSettings(agent="command", command=HEADLESS, kill_grace=0.3))
+
+    # when
+    as_command = generic.run("Task [fake:authfail]", work)
+    as_kiro = kiro().run("Task [fake:authfail]", work)
+
+    # then
+    assert "Authentication failed." in as_command.output and "Authentication failed." in as_kiro.output
+    assert as_command.ok and as_command.exit_code == 0 and as_command.error is None
+    assert not as_kiro.ok and as_kiro.exit_code == 0
+    assert as_kiro.error == "agent authentication failed (check KIRO_API_KEY)"
+
+
+def test_a_generic_command_is_not_retried_for_kiros_trouble_message(work: Path, agent_log: Path) -> None:
+    """Kiro's one retry on 'having trouble responding' is Kiro's: a generic command runs once and
+    fails by its exit code, naming its last line."""
+    generic = CommandAgent(AgentSettings(agent="command", command=HEADLESS, kill_grace=0.3))
+
+    result = generic.run("Task [fake:trouble=always]", work)
+
+    assert not result.ok and result.attempts == 1 and result.exit_code == 1
+    assert result.error == (
+        "agent failed (exit 1): > Kiro is having trouble responding right now. Please try again later."
+    )
+    assert len([e for e in events(agent_log) if e["event"] == "start"]) == 1
 
 
 # ---------------------------------------------------------------- hangs, stops, timeouts

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from shared import frames as fr
 from tests.conftest import FAKE_AGENT, ROOT
 from tests.integration.refine_support import (

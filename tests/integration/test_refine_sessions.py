@@ -338,7 +338,7 @@ def test_a_browser_resuming_past_the_ring_is_told_output_was_lost(tmp_path: Path
         )
         await asyncio.sleep(0)
         deadline = time.monotonic() + 10
-        while not any("RING-END" in f.data for f in manager.sessions[sid].ring):
+        while not any("RING-END" in f.data for f in manager.sessions[sid].state.ring):
             assert time.monotonic() < deadline, "the output never reached the ring"
             await asyncio.sleep(0.05)
         # when: the browser resumes from the first frame it had

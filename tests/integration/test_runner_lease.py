@@ -14,7 +14,8 @@ import git
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import Heartbeat, Outcome, PipelineOptions, TaskPipeline, wip_ref

@@ -13,7 +13,8 @@ import git
 import pytest
 from botocore.exceptions import ClientError
 
-from ec2_runner.agents import AgentSettings, make_agent
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import Outcome, PipelineOptions, TaskPipeline
 from local.deploy import LocalStackResources

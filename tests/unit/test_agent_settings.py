@@ -7,7 +7,9 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from ec2_runner.agents import AgentSettings, CommandAgent, DemoAgent, KiroAgent, agent_env_names
+from ec2_runner.agent_settings import AgentSettings, agent_env_names
+from ec2_runner.agents import CommandAgent, DemoAgent
+from ec2_runner.kiro import KiroAgent
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ec2_runner.agents import _OutputCleaner, _Redactor, last_meaningful_line, strip_ansi
+from ec2_runner.ansi import OutputCleaner, Redactor, strip_ansi
 
 pytestmark = pytest.mark.unit
 
@@ -59,7 +59,7 @@ def test_other_control_characters_are_dropped() -> None:
 
 def test_cleaner_joins_an_escape_split_across_reads() -> None:
     """Output arrives in arbitrary pieces; a sequence cut in two is still removed."""
-    cleaner = _OutputCleaner(_Redactor([]))
+    cleaner = OutputCleaner(Redactor([]))
     pieces = ["\x1b[38;5;1", "41m> \x1b[", "0mhello\r", "\nwor", "ld"]
     text = "".join(cleaner.feed(p) for p in pieces) + cleaner.flush()
     assert text == "> hello\nworld"
@@ -67,7 +67,7 @@ def test_cleaner_joins_an_escape_split_across_reads() -> None:
 
 def test_cleaner_redacts_a_secret_split_across_reads() -> None:
     """A secret cut across two reads is still redacted."""
-    cleaner = _OutputCleaner(_Redactor(["s3cr3t-value"]))
+    cleaner = OutputCleaner(Redactor(["s3cr3t-value"]))
     text = cleaner.feed("key=s3cr") + cleaner.feed("3t-value\n") + cleaner.flush()
     assert "s3cr3t" not in text
     assert text == "key=[REDACTED]\n"
@@ -75,21 +75,7 @@ def test_cleaner_redacts_a_secret_split_across_reads() -> None:
 
 def test_cleaner_bounds_a_line_without_newline() -> None:
     """A huge line with no newline is released in pieces, not held whole."""
-    cleaner = _OutputCleaner(_Redactor([]))
+    cleaner = OutputCleaner(Redactor([]))
     out = cleaner.feed("x" * 50_000)
     assert len(out) > 40_000
     assert len(cleaner.pending) < 10_000
-
-
-@pytest.mark.parametrize(
-    ("output", "line"),
-    [
-        ("> working\nerror: boom\n\n\u25b8 Credits: 0.1 \u2022 Time: 1s\n", "error: boom"),
-        ("only line", "only line"),
-        ("text\n> \n  \n", "text"),
-        ("", ""),
-    ],
-)
-def test_last_meaningful_line_skips_prompts_and_credits(output: str, line: str) -> None:
-    """The error names the agent's last real words, not its prompt or its bill."""
-    assert last_meaningful_line(output) == line

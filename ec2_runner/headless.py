@@ -1,0 +1,215 @@
+"""One headless run of an agent CLI for one task: the base every adapter builds on.
+
+:class:`PtyAgent` gives the command its environment (without the runner's own credentials), checks
+that it can run at all (prompt size, executable), drives it through :mod:`ec2_runner.ptydriver` and
+turns what happened into an :class:`AgentResult`. By itself it judges a run by how it ended (stopped,
+timed out, exit code) and nothing else: a CLI with known failure modes of its own (Kiro) brings
+its rules in its own adapter (:mod:`ec2_runner.kiro`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.ansi import Redactor
+from ec2_runner.ptydriver import PtyRun, Watch, drive
+
+logger = logging.getLogger(__name__)
+
+MAX_PROMPT_BYTES = 120_000  # Linux refuses a single argv string over 128 KiB (MAX_ARG_STRLEN)
+
+# environment kept for the child when AGENT_ENV_PASSTHROUGH names an explicit list
+_BASE_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+)
+# names of the runner's own credentials: never inherited by an agent that runs arbitrary tools
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(^|_)API_?KEY$|ACCESS_KEY", re.I)
+_PROMPT_ONLY = re.compile(r"^[>!\s]*$")
+
+# one spawn of the command, with or without a watcher (the adapter's rules about its output)
+DriveOnce = Callable[[Watch | None], PtyRun]
+
+
+class AgentResult(BaseModel):
+    """How one headless run ended. ``output`` is plain text (ANSI stripped, secrets redacted)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    exit_code: int | None = None
+    error: str | None = None
+    output: str = ""
+    duration: float = 0.0
+    attempts: int = 1
+
+
+def last_meaningful_line(output: str, noise: re.Pattern[str] | None = None) -> str:
+    """The last line worth showing in an error: not blank, not a bare prompt, not ``noise`` (a line
+    the CLI prints on every run, such as Kiro's credits)."""
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if not line or _PROMPT_ONLY.match(line) or (noise is not None and noise.search(line)):
+            continue
+        return line[:300]
+    return ""
+
+
+def killed_by(run: PtyRun) -> str:
+    """The error of a run whose process ended by a signal."""
+    try:
+        name = signal.Signals(run.signal).name if run.signal else "unknown"
+    except ValueError:
+        name = str(run.signal)
+    return f"agent was killed by signal {name}"
+
+
+def judge_exit(run: PtyRun, noise: re.Pattern[str] | None = None) -> tuple[bool, str | None]:
+    """A run judged by how it ended alone: stopped or timed out, killed, or its exit code (0 is ok)."""
+    if run.error:
+        return False, run.error
+    code = run.exit_code
+    if code == 0:
+        return True, None
+    if code is None:
+        return False, killed_by(run)
+    line = last_meaningful_line(run.output, noise)
+    return False, f"agent failed (exit {code})" + (f": {line}" if line else "")
+
+
+class PtyAgent:
+    """An agent command run headless in a pty. Subclasses name the command; by default a run is
+    judged by its exit code (:func:`judge_exit`); an adapter with rules of its own overrides
+    :meth:`_attempts`."""
+
+    name = "agent"
+
+    def __init__(self, settings: AgentSettings, argv: list[str], interactive: list[str]) -> None:
+        if not argv:
+            raise ValueError("agent command is empty")
+        self.settings = settings
+        self.argv = argv
+        self.interactive = interactive
+
+    # -- public
+
+    def interactive_argv(self, resume: bool) -> list[str]:
+        """The command for a Refine terminal session, with the resume args when asked."""
+        argv = list(self.interactive)
+        if resume:
+            argv += shlex.split(self.settings.resume_args)
+        return argv
+
+    def child_env(self) -> dict[str, str]:
+        """The agent's environment: without the runner's own credentials, with ``KIRO_API_KEY``."""
+        names = self.settings.env_passthrough
+        if names is None:
+            env = {k: v for k, v in os.environ.items() if not _SECRET_NAME.search(k)}
+        else:
+            env = {k: os.environ[k] for k in (*_BASE_ENV, *names) if k in os.environ}
+        env.pop("KIRO_API_KEY", None)
+        if self.settings.kiro_api_key is not None:
+            env["KIRO_API_KEY"] = self.settings.kiro_api_key.get_secret_value()
+        env.setdefault("TERM", "xterm-256color")
+        env.setdefault("PATH", os.defpath)
+        return env
+
+    def run(
+        self,
+        prompt: str,
+        cwd: Path,
+        *,
+        timeout: float | None = None,
+        on_output: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool | str] | None = None,
+    ) -> AgentResult:
+        """Run one task headless in ``cwd`` until the agent exits (or is stopped, or times out);
+        the timeout covers every attempt the adapter makes."""
+        started = time.monotonic()
+        limit = self.settings.timeout if timeout is None else timeout
+        deadline = started + limit
+        env = self.child_env()
+        redact = Redactor([v for k, v in env.items() if _SECRET_NAME.search(k)])
+
+        def result(ok: bool, error: str | None, run: PtyRun | None = None, attempts: int = 1) -> AgentResult:
+            duration = time.monotonic() - started
+            error = redact(error) if error else None
+            logger.info(
+                "%s run ended: ok=%s exit=%s attempts=%d duration=%.2fs%s",
+                self.name,
+                ok,
+                run.exit_code if run else None,
+                attempts,
+                duration,
+                f" error={error!r}" if error else "",
+            )
+            return AgentResult(
+                ok=ok,
+                exit_code=run.exit_code if run else None,
+                error=error,
+                output=run.output if run else "",
+                duration=duration,
+                attempts=attempts,
+            )
+
+        argv = self._argv_for(prompt)
+        if len(prompt.encode()) > MAX_PROMPT_BYTES:
+            return result(
+                False, f"prompt too long for the agent's command line ({len(prompt.encode())} bytes)"
+            )
+        exe = argv[0]
+        if not (shutil.which(exe, path=env.get("PATH")) if os.sep not in exe else os.access(exe, os.X_OK)):
+            return result(False, f"agent command not found: {exe} (set AGENT_COMMAND)")
+
+        def once(watch: Watch | None) -> PtyRun:
+            return drive(
+                argv,
+                cwd,
+                env,
+                redact=redact,
+                deadline=deadline,
+                limit=limit,
+                kill_grace=self.settings.kill_grace,
+                on_output=on_output,
+                should_stop=should_stop,
+                watch=watch,
+            )
+
+        logger.info("%s starting: %s in %s (timeout %.0f s)", self.name, exe, cwd, limit)
+        run, ok, error, attempts = self._attempts(once, on_output)
+        return result(ok, error, run, attempts)
+
+    # -- internals
+
+    def _argv_for(self, prompt: str) -> list[str]:
+        # a prompt that starts with '-' would be read as an option
+        return [*self.argv, (" " + prompt) if prompt.startswith("-") else prompt]
+
+    def _attempts(
+        self, once: DriveOnce, on_output: Callable[[str], None] | None
+    ) -> tuple[PtyRun, bool, str | None, int]:
+        """Run the command and judge it: ``(run, ok, error, attempts)``. Here: once, by its exit."""
+        run = once(None)
+        ok, error = judge_exit(run)
+        return run, ok, error, 1
