@@ -1,38 +1,11 @@
-"""Plain text from a terminal's output: escape sequences stripped, secrets redacted, a line at a time."""
+"""Plain text from a terminal's output: escape sequences stripped (``shared.text``), secrets redacted,
+a line at a time."""
 
 from __future__ import annotations
 
-import re
+from shared.text import strip_ansi
 
 REDACTED = "[REDACTED]"
-
-_ANSI = re.compile(
-    r"""
-    \x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?     # OSC: titles, hyperlinks (ended by BEL or ST)
-  | \x1b[PX^_][^\x1b]*(?:\x1b\\)?         # DCS, SOS, PM, APC strings
-  | (?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]      # CSI: colours, cursor moves, erases
-  | \x1b[ -/]+[0-~]                       # nF: character set selection
-  | \x1b[0-~]                             # Fp, Fe, Fs: save cursor, keypad modes, reset
-    """,
-    re.VERBOSE,
-)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CR_LF = re.compile(r"\r+\n")
-
-
-def strip_ansi(text: str) -> str:
-    """Plain text as a terminal would show it: escape sequences and control characters removed,
-    line ends as ``\\n``, and a carriage return overwriting its line (spinners keep their last frame)."""
-    text = _CR_LF.sub("\n", _ANSI.sub("", text))
-    if "\r" in text:
-        lines = []
-        for line in text.split("\n"):
-            if "\r" in line:
-                frames = [f for f in line.split("\r") if f]
-                line = frames[-1] if frames else ""
-            lines.append(line)
-        text = "\n".join(lines)
-    return _CONTROL.sub("", text)
 
 
 class Redactor:
