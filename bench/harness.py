@@ -50,16 +50,23 @@ class Runner:
 
     def __init__(self, proc: subprocess.Popen, slots: int, log: Path, proxy: CountingProxy) -> None:
         self.proc, self.slots, self.log, self.proxy = proc, slots, log, proxy
+        self._asked = False
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    def ask_stop(self) -> None:
+        """One SIGTERM, a warm stop (a second one would make it cold)."""
+        if not self._asked and self.proc.poll() is None:
+            self._asked = True
+            self.proc.terminate()
+
     def stop(self) -> None:
         # a warm stop (SIGTERM) ends after the current long poll; then wait until the proxy has no
         # receive of it left open at moto, which would swallow the next message
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.ask_stop()
             try:
                 self.proc.wait(timeout=SQS_WAIT + 10)
             except subprocess.TimeoutExpired:
@@ -82,7 +89,7 @@ class Harness:
         self.runner_proxy: CountingProxy | None = None  # every request the runners send
         self.system_proxy: CountingProxy | None = None  # the stream poller and the functions
         self.seed_proxy: CountingProxy | None = None  # the seed baseline's poller
-        self.current: Runner | None = None
+        self.current: list[Runner] = []  # the runners consuming the task queue now
         self.started_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -126,9 +133,7 @@ class Harness:
         self.seed_ddb = aws.client("dynamodb", region=REGION, endpoint_url=self.seed_proxy.url)
 
     def stop(self) -> None:
-        if self.current:
-            self.current.stop()
-            self.current = None
+        self._stop_runners()
         if self.stack:
             self.stack.stop()
         for p in (self.system_proxy, self.runner_proxy, self.seed_proxy):
@@ -142,41 +147,60 @@ class Harness:
     # -- runners -----------------------------------------------------------------------------
     def runner(self, slots: int) -> Runner:
         """A warmed-up runner with ``slots`` slots, the only consumer of the task queue."""
-        if self.current and self.current.slots == slots and self.current.proc.poll() is None:
+        return self.runners(1, slots)[0]
+
+    def runners(self, count: int, slots: int) -> list[Runner]:
+        """``count`` warmed-up runners with ``slots`` slots each, the only consumers of the queue."""
+        live = [r for r in self.current if r.proc.poll() is None]
+        if len(live) == count == len(self.current) and all(r.slots == slots for r in live):
             return self.current
-        if self.current:
-            self.current.stop()
-        assert self.stack
-        # the stack numbers its runners, so every runner (the terminal bench's too) has its own clone
-        log = self.workdir / f"runner-{len(self.stack.runners)}-{slots}-slots.log"
-        proc = self.stack.start_runner(extra_env={"RUNNER_SLOTS": str(slots)}, log_path=log)
-        assert self.runner_proxy
-        self.current = Runner(proc, slots, log, self.runner_proxy)
+        self._stop_runners()
+        assert self.stack and self.runner_proxy
+        for _ in range(count):
+            # the stack numbers its runners, so every runner (the terminal bench's too) has its own clone
+            log = self.workdir / f"runner-{len(self.stack.runners)}-{slots}-slots.log"
+            proc = self.stack.start_runner(extra_env={"RUNNER_SLOTS": str(slots)}, log_path=log)
+            self.current.append(Runner(proc, slots, log, self.runner_proxy))
+        if count > 1:
+            # each one polling before the warm-up tasks go in, so the first does not take them all
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(_polling(r) for r in self.current):
+                time.sleep(0.05)
         # warm-up: imports, the clone and the first worktree are start-up costs, not per-task ones
-        warm = self.put_task("warmup", "[fake:sleep=0]")
-        row = self.wait_final(warm, timeout=90)
-        if row.get("status") != "complete":
-            raise RuntimeError(f"warm-up task did not complete: {row.get('error')!r}; see {log}")
+        warm = [self.put_task("warmup", "[fake:sleep=0]") for _ in range(count)]
+        for task_id in warm:
+            row = self.wait_final(task_id, timeout=90)
+            if row.get("status") != "complete":
+                logs = ", ".join(str(r.log) for r in self.current)
+                raise RuntimeError(f"warm-up task did not complete: {row.get('error')!r}; see {logs}")
         return self.current
 
+    def _stop_runners(self) -> None:
+        # all of them asked at once: each warm stop waits out its long poll
+        for r in self.current:
+            r.ask_stop()
+        for r in self.current:
+            r.stop()
+        self.current = []
+
     # -- tasks -------------------------------------------------------------------------------
-    def put_task(self, prefix: str, details: str, table: str | None = None) -> str:
-        """Insert a pending row as a backend does (a put-item); returns its id."""
-        task_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        now = utc_now_iso()
-        row = {
-            "id": task_id,
-            "title": f"Bench {prefix}",
-            "details": f"Benchmark task. {details}",
-            "branch": f"feature/bench-{task_id}",
-            "prNumber": 42,
-            "prUrl": "https://github.com/example/aipm/pull/42",
-            "status": "pending",
-            "createdAt": now,
-            "updatedAt": now,
-        }
+    def put_task(self, prefix: str, details: str, table: str | None = None, branch: str | None = None) -> str:
+        """Insert a pending row as a backend does (a put-item); returns its id. The branch is the
+        task's own unless ``branch`` names one."""
+        row = _task_row(prefix, details, branch)
         self.ddb.put_item(TableName=table or self.table, Item=to_dynamodb(row))
-        return task_id
+        return str(row["id"])
+
+    def put_tasks(self, prefix: str, details: str, count: int) -> list[str]:
+        """Insert ``count`` pending rows at once, each on a branch of its own (BatchWriteItem, 25
+        rows a call, unprocessed ones sent again); returns their ids."""
+        rows = [_task_row(prefix, details) for _ in range(count)]
+        for i in range(0, len(rows), 25):
+            requests = [{"PutRequest": {"Item": to_dynamodb(r)}} for r in rows[i : i + 25]]
+            while requests:
+                left = self.ddb.batch_write_item(RequestItems={self.table: requests})
+                requests = left.get("UnprocessedItems", {}).get(self.table, [])
+        return [str(r["id"]) for r in rows]
 
     def get(self, task_id: str, table: str | None = None) -> dict[str, Any]:
         item = self.ddb.get_item(
@@ -193,6 +217,67 @@ class Harness:
                 return row
             time.sleep(0.05)
         return row
+
+    def wait_all_final(
+        self, task_ids: list[str], timeout: float, every: float = 0.5, until: str | None = None
+    ) -> dict[str, dict]:
+        """The rows of ``task_ids`` once all are final, or have the field ``until`` (or at the
+        timeout: as they are then), read 100 at a time. The rows' own timestamps are what is
+        measured, so a slow poll costs nothing but keeps the bench's reads from crowding moto's
+        one-at-a-time DynamoDB."""
+        deadline = time.monotonic() + timeout
+        rows: dict[str, dict] = {}
+
+        def ready(task_id: str) -> bool:
+            row = rows.get(task_id, {})
+            return row.get("status") in ("complete", "failed") or bool(until and row.get(until))
+
+        while True:
+            todo = [t for t in task_ids if not ready(t)]
+            for i in range(0, len(todo), 100):
+                keys = [{"id": {"S": t}} for t in todo[i : i + 100]]
+                while keys:
+                    resp = self.ddb.batch_get_item(
+                        RequestItems={
+                            self.table: {
+                                "Keys": keys,
+                                "ConsistentRead": True,
+                                # moto serialises every attribute it returns, slowly: only these
+                                "ProjectionExpression": "id, #s, startedAt, finishedAt, runnerId",
+                                "ExpressionAttributeNames": {"#s": "status"},
+                            }
+                        }
+                    )
+                    for item in resp.get("Responses", {}).get(self.table, []):
+                        row = from_dynamodb(item)
+                        rows[row["id"]] = row
+                    keys = resp.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+            if all(ready(t) for t in task_ids) or time.monotonic() > deadline:
+                return rows
+            time.sleep(every)
+
+    def abandon(self, task_ids: list[str]) -> int:
+        """Fail the rows of ``task_ids`` still pending, so a late signal (the reconciler's) does not
+        run them during another benchmark; returns how many it failed."""
+        n = 0
+        for task_id in task_ids:
+            try:
+                self.ddb.update_item(
+                    TableName=self.table,
+                    Key={"id": {"S": task_id}},
+                    UpdateExpression="SET #s = :failed, #e = :why",
+                    ConditionExpression="#s = :pending",
+                    ExpressionAttributeNames={"#s": "status", "#e": "error"},
+                    ExpressionAttributeValues={
+                        ":failed": {"S": "failed"},
+                        ":pending": {"S": "pending"},
+                        ":why": {"S": "abandoned by the bench: not claimed in time"},
+                    },
+                )
+                n += 1
+            except self.ddb.exceptions.ConditionalCheckFailedException:
+                pass
+        return n
 
     def agent_runs(self) -> dict[str, tuple[float, float]]:
         """The fake agent's own start and end times, by the worktree it ran in."""
@@ -217,6 +302,30 @@ class Harness:
             if f"task-{task_id}" in cwd:
                 return run
         return None
+
+
+def _task_row(prefix: str, details: str, branch: str | None = None) -> dict[str, Any]:
+    task_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    now = utc_now_iso()
+    return {
+        "id": task_id,
+        "title": f"Bench {prefix}",
+        "details": f"Benchmark task. {details}",
+        "branch": branch or f"feature/bench-{task_id}",
+        "prNumber": 42,
+        "prUrl": "https://github.com/example/aipm/pull/42",
+        "status": "pending",
+        "createdAt": now,
+        "updatedAt": now,
+    }
+
+
+def _polling(runner: Runner) -> bool:
+    """Whether the runner process has started serving (its start line is in its log)."""
+    try:
+        return b"runner started" in runner.log.read_bytes()
+    except FileNotFoundError:
+        return False
 
 
 def env_flag(name: str) -> bool:
