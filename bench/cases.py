@@ -14,6 +14,14 @@ from bench.harness import Harness, iso_to_epoch, rss_kib
 from bench.proxy import TABLE_READS, table_reads
 from bench.seed import SEED_FIXED_WAIT, SEED_SCAN_SECONDS, SeedPoller
 
+# DESIGN.md (Targets); the bench prints them beside the measurements and never asserts them
+PICKUP_P50 = 0.15  # s, put-item -> claimed
+PICKUP_P95 = 0.30  # s
+OVERHEAD_P50 = 0.15  # s per task beside the agent's own time
+SLOTS_RATIO = 3.8  # 4 slots vs 1 slot, IO-bound agent
+ECHO_P50_MS = 10.0  # terminal keystroke echo through the local gateway
+OUTPUT_MBPS = 5.0  # terminal output through the relay
+
 
 @dataclass
 class Row:
@@ -99,8 +107,8 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
             f"{p50 * 1000:.0f} ms",
             f"{s50 * 1000:,.0f} ms",
             times_better(s50, p50),
-            "<= 300 ms",
-            p50 <= 0.3,
+            f"<= {PICKUP_P50 * 1000:.0f} ms",
+            p50 <= PICKUP_P50,
             f"{len(pickups)} ours, {len(seed_pickups)} seed",
             "startedAt (claim) minus the put's start; seed = Scan every 5 s, then update-item",
         ),
@@ -109,8 +117,8 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
             f"{p95 * 1000:.0f} ms",
             f"{s95 * 1000:,.0f} ms",
             times_better(s95, p95),
-            "-",
-            None,
+            f"<= {PICKUP_P95 * 1000:.0f} ms",
+            p95 <= PICKUP_P95,
             f"{len(pickups)} ours, {len(seed_pickups)} seed",
         ),
     ]
@@ -123,8 +131,8 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
             f"{o50 * 1000:.0f} ms",
             f"{so50:,.1f} s (modelled)",
             times_better(so50, o50),
-            "<= 500 ms",
-            o50 <= 0.5,
+            f"<= {OVERHEAD_P50 * 1000:.0f} ms",
+            o50 <= OVERHEAD_P50,
             f"{len(overheads)} tasks, agent p50 {pct(agent_times, 50):.2f} s",
             f"claim->complete minus the fake agent's logged start->end (claim->agent start p50 "
             f"{pct(before, 50) * 1000:.0f} ms, agent end->complete p50 {pct(after, 50) * 1000:.0f} ms); "
@@ -171,8 +179,8 @@ def slots_scaling(h: Harness, plan: Plan) -> list[Row]:
             f"{thr[4]:.2f} tasks/s",
             f"{thr[1]:.2f} tasks/s (1 slot)",
             f"{ratio:.2f}x",
-            ">= 3.5x",
-            ratio >= 3.5,
+            f">= {SLOTS_RATIO}x",
+            ratio >= SLOTS_RATIO,
             f"{plan.slot_tasks} tasks per setting",
             "first put -> last finishedAt; agent = [fake:sleep=1]; the seed had one session (1 slot)",
         )
@@ -273,8 +281,8 @@ def terminal(h: Harness, plan: Plan) -> list[Row]:
             f"{pct(echo_ms, 50):.1f} ms (p95 {pct(echo_ms, 95):.1f})",
             "n/a",
             "-",
-            "<= 20 ms",
-            pct(echo_ms, 50) <= 20,
+            f"<= {ECHO_P50_MS:.0f} ms",
+            pct(echo_ms, 50) <= ECHO_P50_MS,
             f"{len(echo_ms)} keystrokes",
             "browser -> gateway -> relay Lambda -> a runner process's WebSocket -> bash pty and back; the "
             "seed had no relay (a socket straight to the EC2 box, no auth)",
@@ -284,8 +292,8 @@ def terminal(h: Harness, plan: Plan) -> list[Row]:
             f"{mbps:.1f} MB/s",
             "n/a",
             "-",
-            ">= 5 MB/s",
-            mbps >= 5,
+            f">= {OUTPUT_MBPS:.0f} MB/s",
+            mbps >= OUTPUT_MBPS,
             f"{got['burst_bytes']:,} bytes",
             "one burst from the pty, coalesced into <= 32 KB frames with seq, through the relay",
         ),
