@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -48,12 +49,15 @@ class Plan:
     slot_tasks: int = 12
     idle_seconds: float = 10.0
     shared_rounds: int = 6  # four tasks a round, two of them on one branch
+    burst_tasks: int = 200
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(quick, pickup_samples=10, seed_samples=10, slot_tasks=12, shared_rounds=4)
+            return cls(
+                quick, pickup_samples=10, seed_samples=10, slot_tasks=12, shared_rounds=4, burst_tasks=96
+            )
         return cls(quick, slot_tasks=16)
 
 
@@ -292,6 +296,62 @@ def slots_scaling(h: Harness, plan: Plan) -> list[Row]:
     ]
 
 
+# -- 3b: a burst drained ---------------------------------------------------------------------
+BURST_RUNNERS, BURST_SLOTS, BURST_AGENT = 2, 4, 1.0
+
+
+def burst_drain(h: Harness, plan: Plan) -> list[Row]:
+    """``burst_tasks`` tasks inserted at once on branches of their own, two runners of four slots,
+    an agent that works 1 s: first insert -> last finishedAt, against the ideal (tasks / 8 x 1 s).
+    The target allows the per-task overhead target beside the agent's own measured time."""
+    h.runners(BURST_RUNNERS, BURST_SLOTS)
+    n = plan.burst_tasks
+    width = BURST_RUNNERS * BURST_SLOTS
+    ideal = n / width * BURST_AGENT
+    t0 = time.time()
+    ids = h.put_tasks("burst", f"[fake:sleep={BURST_AGENT:g}]", n)
+    inserted = time.time() - t0
+    rows = h.wait_all_final(ids, timeout=ideal * 4 + 30, every=1.0)
+    h.abandon(ids)
+    done = [r for r in rows.values() if r.get("status") == "complete" and r.get("finishedAt")]
+    failed = sum(1 for r in rows.values() if r.get("status") == "failed")
+    drain = max(iso_to_epoch(r["finishedAt"]) for r in done) - t0 if done else math.inf
+    if len(done) < n:
+        drain = math.inf  # the drain did not end: that is the finding
+    wanted = set(ids)
+    agent_times = []
+    for cwd, (start, end) in h.agent_runs().items():
+        m = re.search(r"task-(burst-[0-9a-f]{10})", cwd)
+        if m and m.group(1) in wanted:
+            agent_times.append(end - start)
+    agent = pct(agent_times, 50)
+    allowed = n / width * (agent + OVERHEAD_P50)  # every slot busy, each task agent + overhead
+    per_runner = sorted(
+        (sum(1 for r in done if r.get("runnerId") == rid) for rid in {r.get("runnerId") for r in done}),
+        reverse=True,
+    )
+    per_task = (drain - n / width * agent) / (n / width)
+    seed = n * SEED_FIXED_WAIT  # one Kiro session, a fixed 30 s a task
+    shown = f"{drain:.1f} s = {drain / ideal:.2f}x ideal" if math.isfinite(drain) else "did not drain"
+    return [
+        Row(
+            f"burst drain: {n} tasks, {BURST_RUNNERS} runners x {BURST_SLOTS} slots, 1 s agent",
+            shown,
+            f"{seed:,.0f} s (modelled)",
+            times_better(seed, drain) if math.isfinite(drain) else "-",
+            f"<= {allowed / ideal:.2f}x",
+            drain <= allowed,
+            f"{len(done)} complete, {failed} failed, {n - len(done) - failed} unfinished; per runner "
+            f"{'/'.join(map(str, per_runner)) or '-'}",
+            f"first insert -> last finishedAt; ideal {n} / {width} x {BURST_AGENT:g} s = {ideal:.0f} s; "
+            f"the fake agent's own run p50 {agent:.2f} s, so the target is {n} / {width} x (agent + "
+            f"{OVERHEAD_P50 * 1000:.0f} ms) = {allowed:.1f} s; overhead per task under load "
+            f"{per_task * 1000:.0f} ms; BatchWriteItem insert took {inserted:.1f} s; seed = one "
+            "session, a fixed 30 s a task",
+        )
+    ]
+
+
 # -- 4 + 5: idle reads and memory ---------------------------------------------------------------
 def idle_reads(h: Harness, plan: Plan) -> list[Row]:
     """A warmed-up runner left idle; every request it and the local event sources send is counted
@@ -410,6 +470,7 @@ BENCHMARKS = {
     "pickup": pickup_and_overhead,
     "shared": shared_branch_pickup,
     "slots": slots_scaling,
+    "burst": burst_drain,
     "memory": memory,
     "terminal": terminal,
 }
@@ -417,6 +478,7 @@ ALIASES = {
     "overhead": "pickup",
     "latency": "pickup",
     "branch": "shared",
+    "drain": "burst",
     "reads": "idle",
     "rss": "memory",
     "echo": "terminal",
