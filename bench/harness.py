@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,14 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """CPU seconds a process used itself, and those of the children it has waited for (a runner's
+    agents and git commands): utime + stime, cutime + cstime of /proc/<pid>/stat."""
+    fields = [int(x) for x in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[11:15]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (fields[0] + fields[1]) / tick, (fields[2] + fields[3]) / tick
 
 
 class Runner:
@@ -295,6 +304,13 @@ class Harness:
             elif ev.get("event") == "end" and ev.get("cwd") in starts:
                 runs[ev["cwd"]] = (starts[ev["cwd"]], ev["time"])
         return runs
+
+    def agents_ended(self, prefix: str) -> dict[str, tuple[float, float]]:
+        """The fake agent's (start, end) by task id, for the tasks ``put_task`` or ``put_tasks``
+        made with ``prefix`` whose agent ended; read from its log, so waiting on it costs the
+        system under test nothing."""
+        pattern = re.compile(rf"/task-({re.escape(prefix)}-[0-9a-f]{{10}})")
+        return {m.group(1): run for cwd, run in self.agent_runs().items() if (m := pattern.search(cwd))}
 
     def agent_run(self, task_id: str) -> tuple[float, float] | None:
         """The fake agent's own (start, end) wall times for a task, from its log."""
