@@ -83,7 +83,7 @@ def times_better(seed: float, ours: float) -> str:
 def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
     """Sequential tasks on an idle runner: put-item -> the row's startedAt (the claim), and
     startedAt -> finishedAt less the fake agent's own time; the seed poller measured the same way."""
-    h.runner(slots=2)
+    runner = h.runner(slots=2)
     agent_sleep = 0.5
     pickups: list[float] = []
     overheads: list[float] = []
@@ -91,6 +91,7 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
     before: list[float] = []  # claim -> the agent's first line of its own
     after: list[float] = []  # the agent's last line -> complete
     rnd = random.Random(7)
+    measured: dict[str, tuple[float, tuple[float, float]]] = {}  # task -> (overhead, agent run)
     for _ in range(plan.pickup_samples):
         time.sleep(rnd.uniform(0.05, 0.3))  # no phase lock with any poll loop
         put_at = time.time()
@@ -106,6 +107,18 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
             overheads.append(end - start - (run[1] - run[0]))
             before.append(run[0] - start)
             after.append(end - run[1])
+            measured[task_id] = (overheads[-1], run)
+    # the agent process's own start and exit, counted in the overhead above: from the runner's
+    # line just before the spawn to the agent's first line, and from its last line to the runner's
+    # line once it has exited (the real CLI starts as it starts; the fake one is a Python program)
+    spawned = h.log_times(runner, " starting: ")
+    ended = h.log_times(runner, " run ended: ")
+    process = {
+        t: (run[0] - spawned[t]) + (ended[t] - run[1])
+        for t, (_, run) in measured.items()
+        if t in spawned and t in ended
+    }
+    runner_own = [over - process[t] for t, (over, _) in measured.items() if t in process]
 
     seed_pickups = _seed_pickups(h, plan)
     p50, p95 = pct(pickups, 50), pct(pickups, 95)
@@ -145,6 +158,9 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
             f"{len(overheads)} tasks, agent p50 {pct(agent_times, 50):.2f} s",
             f"claim->complete minus the fake agent's logged start->end (claim->agent start p50 "
             f"{pct(before, 50) * 1000:.0f} ms, agent end->complete p50 {pct(after, 50) * 1000:.0f} ms); "
+            f"of it the agent process's own start-up and exit (spawn -> its first line, its last "
+            f"line -> exited) p50 {pct(list(process.values()), 50) * 1000:.0f} ms, the rest (claim, "
+            f"git, status writes) p50 {pct(runner_own, 50) * 1000:.0f} ms; "
             "seed = fixed 30 s wait minus agent time, computed, not slept",
         )
     )

@@ -312,6 +312,22 @@ class Harness:
         pattern = re.compile(rf"/task-({re.escape(prefix)}-[0-9a-f]{{10}})")
         return {m.group(1): run for cwd, run in self.agent_runs().items() if (m := pattern.search(cwd))}
 
+    def log_times(self, runner: Runner, text: str) -> dict[str, float]:
+        """When each task's first line containing ``text`` was logged by ``runner``, by task id
+        (the runner's JSON lines carry ``task_id`` and a millisecond ``timestamp``)."""
+        found: dict[str, float] = {}
+        for line in runner.log.read_text(errors="replace").splitlines():
+            if text not in line:
+                continue
+            try:
+                ev = json.loads(line)
+                at = dt.datetime.strptime(ev["timestamp"], "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
+            except (ValueError, KeyError, TypeError):
+                continue
+            if text in str(ev.get("message", "")) and isinstance(ev.get("task_id"), str):
+                found.setdefault(ev["task_id"], at)
+        return found
+
     def agent_run(self, task_id: str) -> tuple[float, float] | None:
         """The fake agent's own (start, end) wall times for a task, from its log."""
         for cwd, run in self.agent_runs().items():
