@@ -491,6 +491,9 @@ _CONN_PATH = re.compile(r"^(?:/[^/@]+)?/@connections/([^/?]+)$")
 def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # a reply with a body goes out as two writes (headers, body): with Nagle's algorithm the body
+        # waits for the client's delayed ACK, ~40 ms on every GoneException and connection lookup
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
             logger.debug("management api: " + format, *args)
