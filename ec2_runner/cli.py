@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any
@@ -10,22 +11,21 @@ from typing import Any
 from ec2_runner import logs
 
 
-def _aws_settings() -> Any:
-    from ec2_runner.config import apply_local_stack_env
-    from shared.config import AwsSettings
+@functools.cache
+def _settings() -> Any:
+    from ec2_runner.config import CliSettings
+    from shared.config import load_settings
 
-    apply_local_stack_env()
-    return AwsSettings()
+    return load_settings(CliSettings)
 
 
 def _store() -> Any:
     from shared import aws
     from shared.store import TaskStore
 
-    s = _aws_settings()
-    return TaskStore(
-        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name
-    )
+    s = _settings()
+    ddb = aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys)
+    return TaskStore(ddb, s.table_name)
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
@@ -97,16 +97,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _token_secret() -> str:
-    import os
-
     from shared import aws
     from shared.tokens import SecretSource
 
-    s = _aws_settings()
+    s = _settings()
     secret = SecretSource(
-        os.environ.get("TOKEN_SECRET"),
-        os.environ.get("TOKEN_SECRET_ARN"),
-        lambda: aws.client("secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+        s.token_secret.get_secret_value() if s.token_secret else None,
+        s.token_secret_arn,
+        lambda: aws.client(
+            "secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys
+        ),
     ).get()
     if not secret:
         raise SystemExit("aipm: no TOKEN_SECRET or TOKEN_SECRET_ARN (start `aipm local up`, or set one)")
@@ -130,13 +130,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_terminal(args: argparse.Namespace) -> int:
-    import os
-
     from ec2_runner.terminal_cli import attach, mint_token
     from shared.store import TaskNotFoundError
 
     secret = _token_secret()
-    ws_url = os.environ.get("WS_URL") or os.environ.get("WEBSOCKET_URL")
+    ws_url = _settings().ws_url
     if not ws_url:
         raise SystemExit("aipm terminal: no WS_URL (start `aipm local up`, or set WS_URL)")
     try:
