@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
+import os
 import sys
 from typing import Any
 
-from ec2_runner import logs
+# the dev stack's own entry point (``python -m local``): a checkout's dev install has it, the runner's
+# wheel does not, and the runner never imports it
+LOCAL_STACK_PACKAGE = "local"
 
 
 @functools.cache
@@ -35,12 +39,25 @@ def cmd_runner(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from local import commands
+    return run_local_stack(args.local_args)
 
-    logs.configure(service="aipm-local")
-    if args.local_cmd == "up":
-        return commands.up(runners=args.runners, aws_port=args.aws_port, gateway_port=args.port)
-    return commands.demo(aws_port=args.aws_port)
+
+def run_local_stack(local_args: list[str]) -> int:
+    """``aipm local ...`` is ``python -m local ...`` in this process's place (same pid, signals and
+    exit code), so ``aipm`` stays the one command while the runner never imports the dev stack."""
+    if importlib.util.find_spec(LOCAL_STACK_PACKAGE) is None:
+        print(
+            "aipm local: the local stack is not installed here; it is dev tooling that runs from a "
+            "checkout of this project: `make demo`, or `pip install -e '.[dev]'` in the checkout",
+            file=sys.stderr,
+        )
+        return 2
+    # -P: a `local` module in the working folder must not stand in for the stack
+    argv = [sys.executable, "-P", "-m", LOCAL_STACK_PACKAGE, *local_args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached: execv replaced this process
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -169,16 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-when-idle", action="store_true")
     r.set_defaults(func=cmd_runner)
 
-    loc = sub.add_parser("local", help="the local stack")
-    lsub = loc.add_subparsers(dest="local_cmd", required=True)
-    up = lsub.add_parser("up", help="start the local stack in the foreground")
-    up.add_argument("--runners", type=int, default=1)
-    up.add_argument("--aws-port", type=int, default=4566, help="moto server port (0: any free port)")
-    up.add_argument(
-        "--port", type=int, default=None, help="local WebSocket gateway port (default $PORT or 8080)"
+    # the local stack parses its own arguments (``aipm local --help`` is its help)
+    loc = sub.add_parser(
+        "local", help="the local stack: up, demo (dev tooling, from a checkout)", add_help=False
     )
-    demo = lsub.add_parser("demo", help="the local stack plus a sample task")
-    demo.add_argument("--aws-port", type=int, default=4566)
+    loc.add_argument("local_args", nargs=argparse.REMAINDER)
     loc.set_defaults(func=cmd_local)
 
     rt = sub.add_parser("retry", help="put a complete or failed task back to pending")
@@ -218,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["local"]:
+        # all that follows is the local stack's own, options included (`aipm local --help`)
+        return run_local_stack(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
