@@ -29,6 +29,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml
 
@@ -45,4 +46,4 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf .aws-sam .aipm .pytest_cache
+	rm -rf .aws-sam .aipm .pytest_cache .import_linter_cache build

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
+import os
 import sys
 from typing import Any
 
-from ec2_runner import logs
+# the dev stack's own entry point (``python -m local``): a checkout's dev install has it, the runner's
+# wheel does not, and the runner never imports it
+LOCAL_STACK_PACKAGE = "local"
 
 
-def _aws_settings() -> Any:
-    from ec2_runner.config import apply_local_stack_env
-    from shared.config import AwsSettings
+@functools.cache
+def _settings() -> Any:
+    from ec2_runner.config import CliSettings
+    from shared.config import load_settings
 
-    apply_local_stack_env()
-    return AwsSettings()
+    return load_settings(CliSettings)
 
 
 def _store() -> Any:
     from shared import aws
     from shared.store import TaskStore
 
-    s = _aws_settings()
-    return TaskStore(
-        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name
-    )
+    s = _settings()
+    ddb = aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys)
+    return TaskStore(ddb, s.table_name)
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
@@ -35,12 +39,25 @@ def cmd_runner(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from local import commands
+    return run_local_stack(args.local_args)
 
-    logs.configure(service="aipm-local")
-    if args.local_cmd == "up":
-        return commands.up(runners=args.runners, aws_port=args.aws_port, gateway_port=args.port)
-    return commands.demo(aws_port=args.aws_port)
+
+def run_local_stack(local_args: list[str]) -> int:
+    """``aipm local ...`` is ``python -m local ...`` in this process's place (same pid, signals and
+    exit code), so ``aipm`` stays the one command while the runner never imports the dev stack."""
+    if importlib.util.find_spec(LOCAL_STACK_PACKAGE) is None:
+        print(
+            "aipm local: the local stack is not installed here; it is dev tooling that runs from a "
+            "checkout of this project: `make demo`, or `pip install -e '.[dev]'` in the checkout",
+            file=sys.stderr,
+        )
+        return 2
+    # -P: a `local` module in the working folder must not stand in for the stack
+    argv = [sys.executable, "-P", "-m", LOCAL_STACK_PACKAGE, *local_args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached: execv replaced this process
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -97,16 +114,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _token_secret() -> str:
-    import os
-
     from shared import aws
     from shared.tokens import SecretSource
 
-    s = _aws_settings()
+    s = _settings()
     secret = SecretSource(
-        os.environ.get("TOKEN_SECRET"),
-        os.environ.get("TOKEN_SECRET_ARN"),
-        lambda: aws.client("secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+        s.token_secret.get_secret_value() if s.token_secret else None,
+        s.token_secret_arn,
+        lambda: aws.client(
+            "secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys
+        ),
     ).get()
     if not secret:
         raise SystemExit("aipm: no TOKEN_SECRET or TOKEN_SECRET_ARN (start `aipm local up`, or set one)")
@@ -130,13 +147,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_terminal(args: argparse.Namespace) -> int:
-    import os
-
     from ec2_runner.terminal_cli import attach, mint_token
     from shared.store import TaskNotFoundError
 
     secret = _token_secret()
-    ws_url = os.environ.get("WS_URL") or os.environ.get("WEBSOCKET_URL")
+    ws_url = _settings().ws_url
     if not ws_url:
         raise SystemExit("aipm terminal: no WS_URL (start `aipm local up`, or set WS_URL)")
     try:
@@ -171,16 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-when-idle", action="store_true")
     r.set_defaults(func=cmd_runner)
 
-    loc = sub.add_parser("local", help="the local stack")
-    lsub = loc.add_subparsers(dest="local_cmd", required=True)
-    up = lsub.add_parser("up", help="start the local stack in the foreground")
-    up.add_argument("--runners", type=int, default=1)
-    up.add_argument("--aws-port", type=int, default=4566, help="moto server port (0: any free port)")
-    up.add_argument(
-        "--port", type=int, default=None, help="local WebSocket gateway port (default $PORT or 8080)"
+    # the local stack parses its own arguments (``aipm local --help`` is its help)
+    loc = sub.add_parser(
+        "local", help="the local stack: up, demo (dev tooling, from a checkout)", add_help=False
     )
-    demo = lsub.add_parser("demo", help="the local stack plus a sample task")
-    demo.add_argument("--aws-port", type=int, default=4566)
+    loc.add_argument("local_args", nargs=argparse.REMAINDER)
     loc.set_defaults(func=cmd_local)
 
     rt = sub.add_parser("retry", help="put a complete or failed task back to pending")
@@ -220,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["local"]:
+        # all that follows is the local stack's own, options included (`aipm local --help`)
+        return run_local_stack(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
@@ -10,20 +9,19 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.branches import DEFAULT_PROTECTED
-from shared.config import DEFAULT_TABLE
-
-LOCAL_CONFIG = Path(".aipm") / "local.json"
+from shared.config import DEFAULT_TABLE, AwsKeySettings, AwsSettings
 
 
 def _default_runner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class RunnerSettings(BaseSettings):
-    """Everything the runner daemon reads from its environment."""
+class RunnerSettings(AwsKeySettings):
+    """Everything the runner daemon reads from its environment (at start-up through
+    ``shared.config.load_settings``, which adds a local stack's ``.aipm/local.json`` below it)."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -76,19 +74,11 @@ class RunnerSettings(BaseSettings):
         return self.worktrees_dir or self.repo_path.parent / "worktrees"
 
 
-def local_stack_env(path: Path = LOCAL_CONFIG) -> dict[str, str]:
-    """Environment defaults from ``aipm local up``'s ``.aipm/local.json``, if it exists."""
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {k: str(v) for k, v in data.get("env", {}).items()}
+class CliSettings(AwsKeySettings, AwsSettings):
+    """What the operator commands (``aipm list``, ``token``, ``terminal``, ...) read."""
 
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-def apply_local_stack_env(path: Path = LOCAL_CONFIG) -> bool:
-    """Use the local stack's endpoints unless the environment already names endpoints."""
-    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("TASK_QUEUE_URL"):
-        return False
-    env = local_stack_env(path)
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
-    return bool(env)
+    token_secret: SecretStr | None = Field(default=None, validation_alias="TOKEN_SECRET")
+    token_secret_arn: str | None = Field(default=None, validation_alias="TOKEN_SECRET_ARN")
+    ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))

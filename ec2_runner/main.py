@@ -15,6 +15,7 @@ from ec2_runner.terminal import SessionManager, TerminalSettings
 from ec2_runner.terminal_worktrees import GitCallables
 from ec2_runner.ws_client import TerminalService
 from shared import aws
+from shared.config import load_settings, local_stack_in_use
 from shared.dispatch import Dispatcher
 from shared.store import TaskStore
 from shared.tokens import SecretSource
@@ -25,11 +26,14 @@ logger = logging.getLogger(__name__)
 def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None = None) -> Runner:
     """A runner wired to its queue, table, git remote and agent, from validated settings."""
     logs.set_runner_id(settings.runner_id)
-    ddb = aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+    ddb = aws.client(
+        "dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url, keys=settings.aws_keys
+    )
     sqs = aws.client(
         "sqs",
         region=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
+        keys=settings.aws_keys,
         read_timeout=settings.wait_time_seconds + 10,
     )
     store = TaskStore(ddb, settings.table_name, branch_locks_table=settings.branch_locks_table)
@@ -72,7 +76,9 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
     )
 
 
-def start_terminals(settings: RunnerSettings, runner: Runner) -> TerminalService | None:
+def start_terminals(
+    settings: RunnerSettings, runner: Runner, terminal_settings: TerminalSettings | None = None
+) -> TerminalService | None:
     """The Refine terminal service on the runner's outbound WebSocket, when one is configured."""
     if not settings.ws_url:
         return None
@@ -80,7 +86,10 @@ def start_terminals(settings: RunnerSettings, runner: Runner) -> TerminalService
         settings.runner_secret.get_secret_value() if settings.runner_secret else None,
         settings.runner_secret_arn,
         lambda: aws.client(
-            "secretsmanager", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
+            "secretsmanager",
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+            keys=settings.aws_keys,
         ),
     ).get()
     if not secret:
@@ -88,10 +97,11 @@ def start_terminals(settings: RunnerSettings, runner: Runner) -> TerminalService
         return None
     pipeline = runner.pipeline
     agent = pipeline.agent
+    knobs = terminal_settings or TerminalSettings()
 
     def make_sessions() -> SessionManager:
         return SessionManager(
-            TerminalSettings(),
+            knobs,
             argv_for=agent.interactive_argv,
             git=GitCallables.from_workspace(pipeline.workspace),
             resolve_task=lambda task_id: pipeline.store.get(task_id)["branch"],
@@ -105,15 +115,14 @@ def start_terminals(settings: RunnerSettings, runner: Runner) -> TerminalService
 
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
     """``aipm runner`` / ``python -m ec2_runner``: run until SIGTERM or SIGINT."""
-    from ec2_runner.config import apply_local_stack_env
-
     logs.configure()
-    if apply_local_stack_env():
+    if local_stack_in_use():
         logger.info("using the local stack from .aipm/local.json")
-    settings = RunnerSettings()
-    runner = build_runner(settings)
+    settings = load_settings(RunnerSettings)
+    runner = build_runner(settings, load_settings(AgentSettings))
     runner.install_signal_handlers()
-    terminals = start_terminals(settings, runner)
+    knobs = load_settings(TerminalSettings) if settings.ws_url else None
+    terminals = start_terminals(settings, runner, knobs)
     try:
         runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
     finally:

@@ -1,4 +1,4 @@
-"""``aipm local up`` and ``aipm local demo``.
+"""``aipm local up`` and ``aipm local demo``: the local stack's own program (``python -m local``).
 
 Their console is for a person: it shows the sentences these commands print, nothing else. Log
 lines (JSON) go to ``.aipm/logs/``: the stack's own to ``local.log``, the in-process Lambdas' to
@@ -7,6 +7,7 @@ lines (JSON) go to ``.aipm/logs/``: the stack's own to ``local.log``, the in-pro
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -130,9 +131,7 @@ def demo(aws_port: int = DEFAULT_AWS_PORT) -> int:
 def _demo(aws_port: int, where: _Logs) -> int:
     events: queue.Queue[dict] = queue.Queue()
     gateway_port = int(os.environ.get("PORT", "8080"))
-    stack = LocalStack(
-        Path.cwd(), runners=1, aws_port=aws_port, gateway_port=gateway_port, log_dir=where.dir
-    )
+    stack = LocalStack(Path.cwd(), runners=1, aws_port=aws_port, gateway_port=gateway_port, log_dir=where.dir)
     try:
         cfg = _start(stack, where)
         assert stack.stream is not None
@@ -206,3 +205,31 @@ def _follow(events: queue.Queue[dict], task_id: str, timeout: float) -> dict[str
         if row.get("status") in ("complete", "failed"):
             return row
     return {"status": "timeout", "error": f"no final status within {timeout} s"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``aipm local``'s arguments (``aipm`` hands everything after ``local`` to this program)."""
+    p = argparse.ArgumentParser(
+        prog="aipm local", description="The local stack: the whole system on this machine."
+    )
+    sub = p.add_subparsers(dest="local_cmd", required=True)
+    up_ = sub.add_parser("up", help="start the local stack in the foreground")
+    up_.add_argument("--runners", type=int, default=1)
+    up_.add_argument(
+        "--aws-port", type=int, default=DEFAULT_AWS_PORT, help="moto server port (0: any free port)"
+    )
+    up_.add_argument(
+        "--port", type=int, default=None, help="local WebSocket gateway port (default $PORT or 8080)"
+    )
+    demo_ = sub.add_parser("demo", help="the local stack plus a sample task")
+    demo_.add_argument("--aws-port", type=int, default=DEFAULT_AWS_PORT)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m local`` / ``aipm local``."""
+    args = build_parser().parse_args(argv)
+    logs.configure(service="aipm-local")
+    if args.local_cmd == "up":
+        return up(runners=args.runners, aws_port=args.aws_port, gateway_port=args.port)
+    return demo(aws_port=args.aws_port)
