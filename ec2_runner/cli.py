@@ -99,14 +99,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _token_secret() -> str:
     import os
 
-    from shared import aws
     from shared.tokens import SecretSource
 
     s = _aws_settings()
     secret = SecretSource(
         os.environ.get("TOKEN_SECRET"),
         os.environ.get("TOKEN_SECRET_ARN"),
-        lambda: aws.client("secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+        region=s.aws_region,
+        endpoint_url=s.aws_endpoint_url,
     ).get()
     if not secret:
         raise SystemExit("aipm: no TOKEN_SECRET or TOKEN_SECRET_ARN (start `aipm local up`, or set one)")

@@ -79,9 +79,8 @@ def start_terminals(settings: RunnerSettings, runner: Runner) -> TerminalService
     secret = SecretSource(
         settings.runner_secret.get_secret_value() if settings.runner_secret else None,
         settings.runner_secret_arn,
-        lambda: aws.client(
-            "secretsmanager", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
-        ),
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
     ).get()
     if not secret:
         logger.warning("WS_URL is set but no RUNNER_SECRET / RUNNER_SECRET_ARN: terminals are off")
