@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared import aws
 from shared.tokens import SecretSource
 
 
@@ -50,6 +48,3 @@ class WsSettings(BaseSettings):
             region=self.aws_region,
             endpoint_url=self.aws_endpoint_url,
         )
-
-    def dynamodb(self) -> Any:
-        return aws.client("dynamodb", region=self.aws_region, endpoint_url=self.aws_endpoint_url)
