@@ -121,7 +121,9 @@ def _token_secret() -> str:
     secret = SecretSource(
         s.token_secret.get_secret_value() if s.token_secret else None,
         s.token_secret_arn,
-        lambda: aws.client(
+        region=s.aws_region,
+        endpoint_url=s.aws_endpoint_url,
+        client_factory=lambda: aws.client(
             "secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys
         ),
     ).get()

@@ -85,7 +85,9 @@ def start_terminals(
     secret = SecretSource(
         settings.runner_secret.get_secret_value() if settings.runner_secret else None,
         settings.runner_secret_arn,
-        lambda: aws.client(
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        client_factory=lambda: aws.client(
             "secretsmanager",
             region=settings.aws_region,
             endpoint_url=settings.aws_endpoint_url,

@@ -146,17 +146,14 @@ class LocalGateway:
 
     def _secret(self, name: str) -> str | None:
         if not self.env.get(name) and self.env.get(f"{name}_ARN"):
-            from shared import aws
             from shared.tokens import SecretSource
 
-            def factory() -> Any:
-                return aws.client(
-                    "secretsmanager",
-                    region=self.env.get("AWS_REGION"),
-                    endpoint_url=self.env.get("AWS_ENDPOINT_URL"),
-                )
-
-            value = SecretSource(None, self.env[f"{name}_ARN"], factory).get()
+            value = SecretSource(
+                None,
+                self.env[f"{name}_ARN"],
+                region=self.env.get("AWS_REGION"),
+                endpoint_url=self.env.get("AWS_ENDPOINT_URL"),
+            ).get()
             if value:
                 self.env[name] = value
         return self.env.get(name)

@@ -1,17 +1,11 @@
-"""The WebSocket relay behind API Gateway: who may connect, and where each frame goes.
+"""The WebSocket relay behind API Gateway: where each frame goes.
 
-Connections live in the connections table (key ``connectionId``, GSI ``sessionId-index``, TTL
-``expiresAt``). Three kinds of item share it:
-
-- a browser: ``role=browser``, ``sessionId`` = the one session its token grants, ``readOnly``;
-- a runner: ``role=runner``, ``sessionId=#runners`` (so runners are listed by a query, never a scan),
-  ``sessions`` = the sessions it holds;
-- a route: ``connectionId=route#<sessionId>``, ``runnerConnectionId`` = the runner holding it.
-
-Identity (role, grant, read-only) comes from the authorizer's context, which API Gateway passes on
-every route of the connection, so most frames need no read. Browser frames go to the session's
-runner; runner frames go to the browser connections they name in ``to``. A ``GoneException`` only
-ever deletes the connection id that was posted to.
+Browser frames go to the runner holding their session (starting one on ``open``); runner frames go
+to the browser connections they name in ``to``. Identity (role, grant, read-only) comes with every
+event (``shared.identity``), so most frames need no read; the connections and routes live in the
+connections table (``shared.connections``), input and open/resume budgets in ``shared.ratelimit``,
+and posting in ``shared.management_api``. A ``GoneException`` only ever deletes the connection id
+that was posted to.
 """
 
 from __future__ import annotations
@@ -19,329 +13,48 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from botocore.exceptions import ClientError
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
 
+from shared import aws
 from shared import frames as fr
-from shared import tokens
+from shared.connections import ConnectionStore
+from shared.identity import Identity
+from shared.management_api import Poster, management_endpoint
+from shared.ratelimit import RateLimiter
+from shared.ws_config import WsSettings
 
 logger = logging.getLogger(__name__)
 
-RUNNERS_KEY = "#runners"
-ROUTE_PREFIX = "route#"
-RATE_PREFIX = "rate#"
 ROUTE_CACHE_SECONDS = 5.0
 # open / resume per connection and window: each makes the runner start a session or replay its ring
 # (a resume from seq 0 replays up to the whole 8 MB), so they get a far smaller budget than keystrokes
 CONTROL_RATE = 5
 CONTROL_WINDOW_SECONDS = 10.0
-SESSION_INDEX = "sessionId-index"
 
 
-# -- authorizer ----------------------------------------------------------------------------------
-class UnauthorizedError(Exception):
-    """No credential at all: API Gateway answers 401 when an authorizer raises ``Unauthorized``."""
-
-    def __init__(self) -> None:
-        super().__init__("Unauthorized")
-
-
-def _policy(principal: str, effect: str, resource: str, context: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "principalId": principal,
-        "policyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [{"Action": "execute-api:Invoke", "Effect": effect, "Resource": resource}],
-        },
-        "context": context,
-    }
-
-
-def authorize(event: dict[str, Any], token_secret: str | None, runner_secret: str | None) -> dict[str, Any]:
-    """The REQUEST authorizer's answer for ``$connect``: Allow with the grant as context, or Deny.
-
-    Raises UnauthorizedError when there is no token (401); a bad token is a Deny (403).
-    """
-    params = event.get("queryStringParameters") or {}
-    token = params.get("token")
-    resource = event.get("methodArn", "*")
-    if not token:
-        raise UnauthorizedError()
-    claims: tokens.TokenClaims | None = None
-    failure = "refused"
-    # a runner token is checked first: it is signed with a different secret than browser tokens
-    for secret, role in ((runner_secret, "runner"), (token_secret, "browser")):
-        if not secret:
-            continue
-        try:
-            candidate = tokens.verify(token, secret)
-        except tokens.TokenExpiredError:
-            failure = "expired"
-            continue
-        except tokens.TokenForgedError:
-            continue
-        except tokens.TokenMalformedError:
-            failure = "malformed"
-            break
-        if candidate.role == role:
-            claims = candidate
-            break
-    if claims is None:
-        logger.info("connect refused: %s token", failure)
-        return _policy("anonymous", "Deny", resource, {"reason": failure})
-    if claims.role == "runner":
-        context: dict[str, Any] = {"role": "runner", "sub": claims.sub}
-    else:
-        context = {
-            "role": "browser",
-            "sub": claims.sub,
-            "sessionId": fr.session_id_for(task_id=claims.task, branch=claims.branch),
-            "readOnly": claims.ro,
-            "exp": claims.exp,
-        }
-        if claims.task is not None:
-            context["taskId"] = claims.task
-        else:
-            context["branch"] = claims.branch
-    return _policy(claims.sub, "Allow", resource, context)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who is on a connection, from the authorizer context API Gateway attaches to every event."""
-
-    connection_id: str
-    role: str
-    sub: str
-    session_id: str | None = None
-    task_id: str | None = None
-    branch: str | None = None
-    read_only: bool = False
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> Identity:
-        ctx = event.get("requestContext") or {}
-        auth = ctx.get("authorizer") or {}
-        read_only = auth.get("readOnly", False)
-        return cls(
-            connection_id=ctx["connectionId"],
-            role=str(auth.get("role") or "unknown"),
-            sub=str(auth.get("principalId") or auth.get("sub") or ""),
-            session_id=auth.get("sessionId") or None,
-            task_id=auth.get("taskId") or None,
-            branch=auth.get("branch") or None,
-            read_only=read_only is True or str(read_only).lower() == "true",
-        )
-
-
-def management_endpoint(event: dict[str, Any], override: str | None) -> str:
-    """Where PostToConnection goes: the local stand-in's URL, or ``https://{domainName}/{stage}``."""
-    if override:
-        return override.rstrip("/")
-    ctx = event["requestContext"]
-    return f"https://{ctx['domainName']}/{ctx['stage']}"
-
-
-# -- storage -------------------------------------------------------------------------------------
-class ConnectionStore:
-    """The connections table, through one injected DynamoDB client."""
-
-    def __init__(
-        self, dynamodb: Any, table: str, ttl_seconds: int = 7800, clock: Callable[[], float] = time.time
-    ):
-        self._ddb = dynamodb
-        self.table = table
-        self._ttl = ttl_seconds
-        self._clock = clock
-
-    def _expires(self) -> dict[str, str]:
-        return {"N": str(int(self._clock() + self._ttl))}
-
-    def add_browser(self, ident: Identity) -> None:
-        item = {
-            "connectionId": {"S": ident.connection_id},
-            "role": {"S": "browser"},
-            "sessionId": {"S": ident.session_id or ""},
-            "readOnly": {"BOOL": ident.read_only},
-            "sub": {"S": ident.sub},
-            "expiresAt": self._expires(),
-        }
-        self._ddb.put_item(TableName=self.table, Item=item)
-
-    def add_runner(self, ident: Identity) -> None:
-        item = {
-            "connectionId": {"S": ident.connection_id},
-            "role": {"S": "runner"},
-            "sessionId": {"S": RUNNERS_KEY},
-            "sub": {"S": ident.sub},
-            "expiresAt": self._expires(),
-        }
-        self._ddb.put_item(TableName=self.table, Item=item)
-
-    def remove(self, connection_id: str) -> dict[str, Any] | None:
-        """Delete one connection; returns what it was (None if it was already gone)."""
-        resp = self._ddb.delete_item(
-            TableName=self.table, Key={"connectionId": {"S": connection_id}}, ReturnValues="ALL_OLD"
-        )
-        return resp.get("Attributes")
-
-    def take_input_token(self, connection_id: str, limit: int) -> bool:
-        """Count one input frame in this second's window; False once ``limit`` is reached."""
-        return self.take_token(connection_id, limit)
-
-    def take_token(self, connection_id: str, limit: int, *, kind: str = "", window: float = 1.0) -> bool:
-        """Count one frame of ``kind`` in the current ``window``-second window; False past ``limit``.
-
-        One atomic counter per connection, kind and window (an ``ADD`` on its own item, expiring by
-        TTL): a single write per frame, exact across any number of concurrent relay instances.
-        """
-        now = self._clock()
-        scope = f"{kind}#" if kind else ""
-        resp = self._ddb.update_item(
-            TableName=self.table,
-            Key={"connectionId": {"S": f"{RATE_PREFIX}{connection_id}#{scope}{int(now // window)}"}},
-            UpdateExpression="ADD rc :one SET expiresAt = :exp",
-            ExpressionAttributeValues={
-                ":one": {"N": "1"},
-                ":exp": {"N": str(int(now + max(60.0, 2 * window)))},
-            },
-            ReturnValues="UPDATED_NEW",
-        )
-        return int(resp["Attributes"]["rc"]["N"]) <= limit
-
-    def route(self, session_id: str) -> str | None:
-        resp = self._ddb.get_item(
-            TableName=self.table, Key={"connectionId": {"S": ROUTE_PREFIX + session_id}}, ConsistentRead=True
-        )
-        item = resp.get("Item")
-        return item["runnerConnectionId"]["S"] if item else None
-
-    def claim_route(self, session_id: str, runner_connection_id: str) -> str:
-        """Route the session to this runner unless another already holds it; returns the holder."""
-        try:
-            self._ddb.put_item(
-                TableName=self.table,
-                Item=self._route_item(session_id, runner_connection_id),
-                ConditionExpression="attribute_not_exists(connectionId)",
-            )
-            return runner_connection_id
-        except ClientError as e:
-            if not _conditional(e):
-                raise
-        holder = self.route(session_id)
-        return holder or self.claim_route(session_id, runner_connection_id)
-
-    def set_route(self, session_id: str, runner_connection_id: str) -> None:
-        self._ddb.put_item(TableName=self.table, Item=self._route_item(session_id, runner_connection_id))
-
-    def _route_item(self, session_id: str, runner_connection_id: str) -> dict[str, Any]:
-        return {
-            "connectionId": {"S": ROUTE_PREFIX + session_id},
-            "role": {"S": "route"},
-            "sessionId": {"S": session_id},
-            "runnerConnectionId": {"S": runner_connection_id},
-            "expiresAt": self._expires(),
-        }
-
-    def drop_route(self, session_id: str, runner_connection_id: str | None = None) -> None:
-        """Delete the session's route (only if it still points at ``runner_connection_id`` when given)."""
-        kwargs: dict[str, Any] = {}
-        if runner_connection_id:
-            kwargs = {
-                "ConditionExpression": "runnerConnectionId = :r",
-                "ExpressionAttributeValues": {":r": {"S": runner_connection_id}},
-            }
-        try:
-            self._ddb.delete_item(
-                TableName=self.table, Key={"connectionId": {"S": ROUTE_PREFIX + session_id}}, **kwargs
-            )
-        except ClientError as e:
-            if not _conditional(e):
-                raise
-
-    def runners(self) -> list[str]:
-        return self._query_ids(RUNNERS_KEY)
-
-    def browsers(self, session_id: str) -> list[str]:
-        return [c for c in self._query_ids(session_id) if not c.startswith(ROUTE_PREFIX)]
-
-    def _query_ids(self, key: str) -> list[str]:
-        ids: list[str] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": SESSION_INDEX,
-            "KeyConditionExpression": "sessionId = :s",
-            "ExpressionAttributeValues": {":s": {"S": key}},
-        }
-        while True:
-            resp = self._ddb.query(**kwargs)
-            ids += [item["connectionId"]["S"] for item in resp.get("Items", [])]
-            if "LastEvaluatedKey" not in resp:
-                return ids
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-
-    def runner_holds(self, runner_connection_id: str, session_ids: list[str], add: bool = True) -> None:
-        if not session_ids:
-            return
-        op = "ADD" if add else "DELETE"
-        try:
-            self._ddb.update_item(
-                TableName=self.table,
-                Key={"connectionId": {"S": runner_connection_id}},
-                UpdateExpression=f"{op} sessions :s",
-                ConditionExpression="attribute_exists(connectionId)",
-                ExpressionAttributeValues={":s": {"SS": list(session_ids)}},
-            )
-        except ClientError as e:
-            if not _conditional(e):
-                raise
-
-
-def _conditional(err: ClientError) -> bool:
-    return err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
-# -- posting -------------------------------------------------------------------------------------
-class Poster:
-    """PostToConnection through an ``apigatewaymanagementapi`` client per endpoint."""
-
-    def __init__(self, client_factory: Callable[[str], Any]) -> None:
-        self._factory = client_factory
-        self._clients: dict[str, Any] = {}
-
-    def post(self, endpoint: str, connection_id: str, text: str) -> bool:
-        """True if delivered; False if the connection is gone (410). Other errors raise."""
-        client = self._clients.get(endpoint)
-        if client is None:
-            client = self._clients[endpoint] = self._factory(endpoint)
-        try:
-            client.post_to_connection(ConnectionId=connection_id, Data=text.encode())
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") == "GoneException":
-                return False
-            raise
-
-
-# -- the relay -----------------------------------------------------------------------------------
 class Relay:
-    """What ``$connect``, ``$disconnect`` and ``$default`` do; handlers only parse and call in."""
+    """What ``$connect``, ``$disconnect`` and ``$default`` do; their handlers call ``on_connect``,
+    ``on_disconnect`` and ``on_message`` with the event and return the answer."""
 
     def __init__(
         self,
         store: ConnectionStore,
         poster: Poster,
-        input_rate: int = 50,
-        clock: Callable[[], float] = time.monotonic,
+        limiter: RateLimiter,
         *,
+        input_rate: int = 50,
         control_rate: int = CONTROL_RATE,
         control_window: float = CONTROL_WINDOW_SECONDS,
+        management_endpoint: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.poster = poster
+        self.limiter = limiter
+        self.management_endpoint = management_endpoint
         self.input_rate = input_rate
         self.control_rate = control_rate
         self.control_window = control_window
@@ -349,6 +62,38 @@ class Relay:
         # session -> (runner connection, when read): a warm instance skips the route read per
         # keystroke; a stale entry shows itself as a GoneException and is read again
         self._routes: dict[str, tuple[str, float]] = {}
+
+    # the three routes, as API Gateway calls them ------------------------------------------------
+    def on_connect(self, event: APIGatewayWebSocketEvent) -> dict[str, int]:
+        """``$connect`` (after the authorizer allowed it): record the connection, or 403."""
+        ident = Identity.from_event(event)
+        try:
+            self.connect(ident)
+        except PermissionError:
+            logger.warning("connection without an authorised role refused", extra=ident.log_keys())
+            return {"statusCode": 403}
+        logger.info("connected", extra=ident.log_keys())
+        return {"statusCode": 200}
+
+    def on_disconnect(self, event: APIGatewayWebSocketEvent) -> dict[str, int]:
+        """``$disconnect``: forget the connection and tell whoever it leaves behind."""
+        ident = Identity.from_event(event)
+        self.disconnect(ident, self._endpoint(event))
+        logger.info("disconnected", extra=ident.log_keys())
+        return {"statusCode": 200}
+
+    def on_message(self, event: APIGatewayWebSocketEvent) -> dict[str, int]:
+        """``$default``: relay one frame, or 403 from a connection without an authorised role."""
+        ident = Identity.from_event(event)
+        try:
+            self.message(ident, event.body, self._endpoint(event))
+        except PermissionError:
+            logger.warning("frame from a connection without an authorised role", extra=ident.log_keys())
+            return {"statusCode": 403}
+        return {"statusCode": 200}
+
+    def _endpoint(self, event: APIGatewayWebSocketEvent) -> str:
+        return management_endpoint(event, self.management_endpoint)
 
     def _route(self, session: str, fresh: bool = False) -> str | None:
         cached = self._routes.get(session)
@@ -363,6 +108,7 @@ class Relay:
 
     # $connect / $disconnect ------------------------------------------------------------------
     def connect(self, ident: Identity) -> None:
+        """Record a connection; PermissionError for one without an authorised role."""
         if ident.role == "runner":
             self.store.add_runner(ident)
         elif ident.role == "browser" and ident.session_id:
@@ -371,9 +117,10 @@ class Relay:
             raise PermissionError("connection has no authorised role")
 
     def disconnect(self, ident: Identity, endpoint: str) -> None:
-        old = self.store.remove(ident.connection_id) or {}
+        """Forget a connection: a runner's browsers hear it went, a browser's runner is told."""
+        old = self.store.remove(ident.connection_id)
         if ident.role == "runner":
-            self._sessions_lost(endpoint, ident.connection_id, old)
+            self._sessions_lost(endpoint, ident.connection_id, old.sessions if old else ())
         elif ident.role == "browser" and ident.session_id:
             runner = self.store.route(ident.session_id)
             if runner:
@@ -381,9 +128,9 @@ class Relay:
                 if not self.poster.post(endpoint, runner, fr.encode(detach)):
                     self._runner_gone(endpoint, runner, ident.session_id)
 
-    def _sessions_lost(self, endpoint: str, runner: str, item: dict[str, Any]) -> None:
+    def _sessions_lost(self, endpoint: str, runner: str, sessions: Iterable[str]) -> None:
         """A runner connection is gone: unroute its sessions and tell their browsers to resume."""
-        for sid in item.get("sessions", {}).get("SS", []):
+        for sid in sessions:
             self.store.drop_route(sid, runner)
             for browser in self.store.browsers(sid):
                 self._send(
@@ -398,6 +145,7 @@ class Relay:
 
     # $default --------------------------------------------------------------------------------
     def message(self, ident: Identity, body: str | None, endpoint: str) -> None:
+        """Relay one frame; PermissionError from a connection without an authorised role."""
         if ident.role == "runner":
             self._from_runner(ident, body or "", endpoint)
         elif ident.role == "browser":
@@ -428,13 +176,11 @@ class Relay:
             frame, fr.InputFrame | fr.ResizeFrame | fr.CloseFrame | fr.PushFrame
         ):
             return self._refuse(endpoint, ident, "read_only", "this connection is read-only", session)
-        if isinstance(frame, fr.InputFrame) and not self.store.take_input_token(
-            ident.connection_id, self.input_rate
-        ):
+        if isinstance(frame, fr.InputFrame) and not self.limiter.take(ident.connection_id, self.input_rate):
             return self._refuse(
                 endpoint, ident, "throttled", f"more than {self.input_rate} input frames a second", session
             )
-        if isinstance(frame, fr.OpenFrame | fr.ResumeFrame) and not self.store.take_token(
+        if isinstance(frame, fr.OpenFrame | fr.ResumeFrame) and not self.limiter.take(
             ident.connection_id, self.control_rate, kind="ctl", window=self.control_window
         ):
             return self._refuse(
@@ -500,7 +246,7 @@ class Relay:
             self.store.drop_route(session, runner)
         if old:
             # found out here before its $disconnect: the browsers of all its sessions hear it now
-            self._sessions_lost(endpoint, runner, old)
+            self._sessions_lost(endpoint, runner, old.sessions)
 
     def _from_runner(self, ident: Identity, body: str, endpoint: str) -> None:
         try:
@@ -545,19 +291,19 @@ class Relay:
             self.store.remove(connection_id)
 
 
-def relay_from_settings(settings: Any) -> Relay:
+def relay_from_settings(settings: WsSettings) -> Relay:
     """The relay a WebSocket function builds once per process from its WsSettings."""
-    from shared import aws
-
-    store = ConnectionStore(settings.dynamodb(), settings.connections_table, settings.connection_ttl_seconds)
+    ddb = aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
     poster = Poster(
         lambda endpoint: aws.client(
             "apigatewaymanagementapi", region=settings.aws_region, endpoint_url=endpoint, read_timeout=10
         )
     )
     return Relay(
-        store,
+        ConnectionStore(ddb, settings.connections_table, settings.connection_ttl_seconds),
         poster,
+        RateLimiter(ddb, settings.connections_table),
         input_rate=settings.input_rate_per_second,
         control_rate=settings.control_rate_per_window,
+        management_endpoint=settings.management_endpoint,
     )

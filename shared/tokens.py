@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -142,22 +143,48 @@ def verify(token: object, secret: str | bytes, *, now: float | None = None) -> T
     return claims
 
 
-class SecretSource:
-    """A secret from configuration, resolved once per process: a literal value, or a Secrets Manager ARN.
+SECRET_MAX_AGE = 300  # seconds a secret read from Secrets Manager is used before it is read again
 
-    ``client_factory`` builds the secretsmanager client only when an ARN has to be read.
+
+class SecretSource:
+    """A secret from configuration: a literal value (the local stack), or a Secrets Manager ARN read
+    through Powertools' parameters provider and cached ``max_age`` seconds, so a rotated secret takes
+    effect within that time without a restart.
+
+    The one way to build a secret source, for the Lambdas, the runner and the CLI alike: the
+    secretsmanager client is made (from ``region`` and ``endpoint_url``) only when an ARN has to be
+    read; ``client_factory`` replaces that client where a test needs to.
     """
 
-    def __init__(self, value: str | None, arn: str | None, client_factory: Any = None) -> None:
+    def __init__(
+        self,
+        value: str | None,
+        arn: str | None,
+        client_factory: Callable[[], Any] | None = None,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        max_age: int = SECRET_MAX_AGE,
+    ) -> None:
         self._value = value
         self._arn = arn
-        self._factory = client_factory
+        self._factory = client_factory or (lambda: _secrets_client(region, endpoint_url))
+        self._max_age = max_age
+        self._provider: Any = None
 
     def get(self) -> str | None:
-        if self._value is None and self._arn:
-            resp = self._factory().get_secret_value(SecretId=self._arn)
-            secret = resp.get("SecretString")
-            if secret is None:
-                secret = resp["SecretBinary"].decode()
-            self._value = secret
-        return self._value
+        """The secret: the literal value, else the ARN's value (read again once ``max_age`` passed)."""
+        if self._value is not None or not self._arn:
+            return self._value
+        if self._provider is None:
+            from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+            self._provider = SecretsProvider(boto3_client=self._factory())
+        secret = self._provider.get(self._arn, max_age=self._max_age)
+        return secret.decode() if isinstance(secret, bytes) else secret
+
+
+def _secrets_client(region: str | None, endpoint_url: str | None) -> Any:
+    from shared import aws
+
+    return aws.client("secretsmanager", region=region, endpoint_url=endpoint_url)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared import aws
 from shared.tokens import SecretSource
 
 
 class WsSettings(BaseSettings):
     """``TOKEN_SECRET`` / ``RUNNER_SECRET`` are literal secrets (local stack); in AWS the ``*_ARN``
-    variables name Secrets Manager secrets, read once per cold start."""
+    variables name Secrets Manager secrets, read when first needed and again every five minutes
+    (``shared.tokens.SECRET_MAX_AGE``), so a rotation takes effect without a cold start."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -32,16 +31,20 @@ class WsSettings(BaseSettings):
     control_rate_per_window: int = Field(default=5, ge=1, validation_alias="WS_CONTROL_RATE")
     connection_ttl_seconds: int = Field(default=2 * 3600 + 600, ge=60, validation_alias="WS_CONNECTION_TTL")
 
-    def _secrets_client(self) -> Any:
-        return aws.client("secretsmanager", region=self.aws_region, endpoint_url=self.aws_endpoint_url)
-
     @cached_property
     def token_secret_source(self) -> SecretSource:
-        return SecretSource(self.token_secret, self.token_secret_arn, self._secrets_client)
+        return SecretSource(
+            self.token_secret,
+            self.token_secret_arn,
+            region=self.aws_region,
+            endpoint_url=self.aws_endpoint_url,
+        )
 
     @cached_property
     def runner_secret_source(self) -> SecretSource:
-        return SecretSource(self.runner_secret, self.runner_secret_arn, self._secrets_client)
-
-    def dynamodb(self) -> Any:
-        return aws.client("dynamodb", region=self.aws_region, endpoint_url=self.aws_endpoint_url)
+        return SecretSource(
+            self.runner_secret,
+            self.runner_secret_arn,
+            region=self.aws_region,
+            endpoint_url=self.aws_endpoint_url,
+        )

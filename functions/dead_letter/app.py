@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger
+from functools import cache
+
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -12,27 +13,58 @@ from shared import aws
 from shared.config import DeadLetterSettings
 from shared.dispatch import Dispatcher
 from shared.models import TaskSignal
+from shared.observability import (
+    DEAD_LETTERS,
+    MALFORMED_RECORDS,
+    TASKS_GIVEN_UP,
+    TASKS_RESIGNALLED,
+    MetricUnit,
+    logger,
+    metrics,
+    tracer,
+)
 from shared.reconcile import give_up
 from shared.store import TaskStore
 
-settings = DeadLetterSettings()
-logger = Logger(service="aipm-dead-letter")
 processor = BatchProcessor(event_type=EventType.SQS)
-store = TaskStore(
-    aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
-    settings.table_name,
-)
-dispatcher = (
-    Dispatcher(
-        aws.client("sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
-        settings.task_queue_url,
+
+
+@cache
+def settings() -> DeadLetterSettings:
+    return DeadLetterSettings()
+
+
+@cache
+def store() -> TaskStore:
+    """Made on the first record, once per process."""
+    s = settings()
+    return TaskStore(
+        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name
     )
-    if settings.task_queue_url
-    else None
-)
+
+
+@cache
+def dispatcher() -> Dispatcher | None:
+    """Made on the first record, once per process; None without a task queue to signal afresh."""
+    s = settings()
+    if not s.task_queue_url:
+        return None
+    return Dispatcher(
+        aws.client("sqs", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.task_queue_url
+    )
+
+
+def reset() -> None:
+    """Forget settings and clients: the next event reads the environment afresh (tests)."""
+    for getter in (settings, store, dispatcher):
+        getter.cache_clear()
+
+
+settings()  # the environment is validated as the function starts
 
 
 def record_handler(record: SQSRecord) -> None:
+    metrics.add_metric(name=DEAD_LETTERS, unit=MetricUnit.Count, value=1)
     try:
         signal = TaskSignal.model_validate_json(record.body)
     except ValidationError as e:
@@ -43,30 +75,37 @@ def record_handler(record: SQSRecord) -> None:
             body=record.body[:200],
             reason=str(e.errors(include_url=False)[:1]),
         )
+        metrics.add_metric(name=MALFORMED_RECORDS, unit=MetricUnit.Count, value=1)
         return
-    logger.append_keys(task_id=signal.taskId)
-    try:
-        # a LeaseStillLiveError propagates: the record is reported failed and comes back later
-        outcome = give_up(
-            store,
-            signal.taskId,
-            int(record.attributes.approximate_receive_count or 0),
-            dispatcher=dispatcher,
-            max_receive_count=settings.max_receive_count,
-            requeues=signal.requeues,
-            max_requeues=settings.max_requeues,
-        )
-        if outcome.failed:
-            logger.warning("task given up", error=outcome.error)
-        elif outcome.requeued:
-            logger.warning("task signalled afresh", note=outcome.note)
-        else:
-            logger.info("dead letter needs no change", note=outcome.note)
-    finally:
-        logger.remove_keys(["task_id"])
+    with logger.append_context_keys(correlation_id=signal.taskId, task_id=signal.taskId):
+        _give_up(record, signal)
+
+
+def _give_up(record: SQSRecord, signal: TaskSignal) -> None:
+    s = settings()
+    # a LeaseStillLiveError propagates: the record is reported failed and comes back later
+    outcome = give_up(
+        store(),
+        signal.taskId,
+        int(record.attributes.approximate_receive_count or 0),
+        dispatcher=dispatcher(),
+        max_receive_count=s.max_receive_count,
+        requeues=signal.requeues,
+        max_requeues=s.max_requeues,
+    )
+    if outcome.failed:
+        logger.warning("task given up", error=outcome.error)
+        metrics.add_metric(name=TASKS_GIVEN_UP, unit=MetricUnit.Count, value=1)
+    elif outcome.requeued:
+        logger.warning("task signalled afresh", note=outcome.note)
+        metrics.add_metric(name=TASKS_RESIGNALLED, unit=MetricUnit.Count, value=1)
+    else:
+        logger.info("dead letter needs no change", note=outcome.note)
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context

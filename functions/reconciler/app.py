@@ -2,34 +2,54 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger
+from functools import cache
+
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws
 from shared.config import ReconcilerSettings
 from shared.dispatch import Dispatcher
+from shared.observability import TASKS_RESIGNALLED, MetricUnit, logger, metrics, tracer
 from shared.reconcile import Reconciler
 from shared.store import TaskStore
 
-settings = ReconcilerSettings()
-logger = Logger(service="aipm-reconciler")
-reconciler = Reconciler(
-    TaskStore(
-        aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
-        settings.table_name,
-    ),
-    Dispatcher(
-        aws.client("sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
-        settings.task_queue_url,
-    ),
-    pending_age_seconds=settings.pending_age_seconds,
-    stale_lease_seconds=settings.stale_lease_seconds,
-)
+
+@cache
+def settings() -> ReconcilerSettings:
+    return ReconcilerSettings()
+
+
+@cache
+def reconciler() -> Reconciler:
+    """Made on the first run, once per process."""
+    s = settings()
+    return Reconciler(
+        TaskStore(aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name),
+        Dispatcher(aws.client("sqs", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.task_queue_url),
+        pending_age_seconds=s.pending_age_seconds,
+        stale_lease_seconds=s.stale_lease_seconds,
+    )
+
+
+def reset() -> None:
+    """Forget settings and clients: the next event reads the environment afresh (tests)."""
+    settings.cache_clear()
+    reconciler.cache_clear()
+
+
+settings()  # the environment is validated as the function starts
 
 
 @logger.inject_lambda_context
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    report = reconciler.run()
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_source(data_class=EventBridgeEvent)
+def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict:
+    report = reconciler().run()
+    metrics.add_metric(name=TASKS_RESIGNALLED, unit=MetricUnit.Count, value=report.total)
     if report.total:
-        logger.warning("re-signalled tasks", pending=report.pending, expired=report.expired)
+        logger.warning(
+            "re-signalled tasks", pending=report.pending, expired=report.expired, scheduled=event.time
+        )
     return report.model_dump()

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger
+from functools import cache
+
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared.relay import Identity, relay_from_settings
+from shared.observability import CONNECTION_ID_PATH, logger, tracer
+from shared.relay import Relay, relay_from_settings
 from shared.ws_config import WsSettings
 
-settings = WsSettings()
-logger = Logger(service="aipm-ws-connect")
-relay = relay_from_settings(settings)
+
+@cache
+def settings() -> WsSettings:
+    return WsSettings()
 
 
-@logger.inject_lambda_context
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    ident = Identity.from_event(event)
-    logger.append_keys(connection_id=ident.connection_id, role=ident.role, session_id=ident.session_id)
-    try:
-        relay.connect(ident)
-    except PermissionError:
-        logger.warning("connection without an authorised role refused")
-        return {"statusCode": 403}
-    logger.info("connected")
-    return {"statusCode": 200}
+@cache
+def relay() -> Relay:
+    """Made on the first event, once per process."""
+    return relay_from_settings(settings())
+
+
+def reset() -> None:
+    """Forget settings and clients: the next event reads the environment afresh (tests)."""
+    settings.cache_clear()
+    relay.cache_clear()
+
+
+settings()  # the environment is validated as the function starts
+
+
+@logger.inject_lambda_context(correlation_id_path=CONNECTION_ID_PATH)
+@tracer.capture_lambda_handler
+@event_source(data_class=APIGatewayWebSocketEvent)
+def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> dict:
+    return relay().on_connect(event)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -54,22 +55,63 @@ def load_event(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def load_handler(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterator[Callable[..., ModuleType]]:
-    """Import ``functions/<name>/app.py`` afresh, as a cold start would, with the environment the
-    template gives that function (resolved against the stack) plus the local endpoint."""
-    loaded: list[str] = []
+    """``functions/<name>/app.py`` as a cold start would see it: with the environment the template
+    gives that function (resolved against the stack) plus the local endpoint. The module is imported
+    once per session; ``reset()`` makes its settings and clients read this environment afresh."""
+    loaded: list[ModuleType] = []
 
     def load(name: str, stack: LocalStackResources, **overrides: str) -> ModuleType:
         env = {**stack.function_env(name), "AWS_ENDPOINT_URL": moto_endpoint, **overrides}
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        module = f"functions.{name}.app"
-        sys.modules.pop(module, None)
+        module = importlib.import_module(f"functions.{name}.app")
+        module.reset()
         loaded.append(module)
-        return importlib.import_module(module)
+        return module
 
     yield load
     for module in loaded:
-        sys.modules.pop(module, None)
+        module.reset()  # nothing made for this test's stack outlives it
+
+
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is at the time (pytest's capture changes it between phases)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+@pytest.fixture
+def lambda_stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+    """The Lambdas' output (their log lines and EMF metrics) into ``capsys`` for this test: the
+    shared Logger keeps the stdout it was made with, as in Lambda, so it is pointed here and back."""
+    from shared.observability import logger
+
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    made_with = handler.stream
+    handler.setStream(_CurrentStdout())
+    try:
+        yield capsys
+    finally:
+        handler.setStream(made_with)
+
+
+def emf_metrics(out: str) -> dict[str, list[float]]:
+    """Every metric the EMF lines in ``out`` carry, with its values (a line holds one or many)."""
+    found: dict[str, list[float]] = {}
+    for line in out.splitlines():
+        if not line.startswith("{") or '"_aws"' not in line:
+            continue
+        blob = json.loads(line)
+        for definition in blob["_aws"]["CloudWatchMetrics"]:
+            for metric in definition["Metrics"]:
+                value = blob[metric["Name"]]
+                found.setdefault(metric["Name"], []).extend(value if isinstance(value, list) else [value])
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
+import warnings
 from typing import Any
 
 import pytest
@@ -10,7 +13,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 
 from local.deploy import LocalStackResources
 from shared import aws
-from tests.integration.conftest import load_event
+from tests.integration.conftest import emf_metrics, load_event
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +165,73 @@ def test_dispatch_never_overwrites_a_created_at_the_row_has(
 
     row = ddb.get_item(TableName=fresh_stack.table_name, Key={"id": {"S": TASK_ID}}, ConsistentRead=True)
     assert row["Item"]["createdAt"] == {"S": "2025-01-15T10:30:00.000Z"}
+
+
+def test_signals_and_their_pick_up_latency_are_published_as_emf(
+    fresh_stack: LocalStackResources,
+    load_handler: Any,
+    lambda_context: Any,
+    moto_endpoint: str,
+    lambda_stdout: pytest.CaptureFixture[str],
+) -> None:
+    """One EMF line per invocation in the function's output: TasksSignalled counts the signals sent,
+    PickupLatency is a new row's age (its createdAt to its signal) in milliseconds; a row reset to
+    pending is counted but has no pick-up latency (its createdAt is when it was first made)."""
+    # given a row inserted two seconds ago, and a row reset to pending
+    created = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    insert = load_event("stream_insert.json")["Records"][0]
+    insert["dynamodb"]["NewImage"]["createdAt"] = {"S": created.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
+    reset = load_event("stream_modify_reset.json")["Records"][0]
+    app = load_handler("dispatch", fresh_stack)
+    lambda_stdout.readouterr()
+
+    # when
+    assert app.lambda_handler({"Records": [insert, reset]}, lambda_context) == {"batchItemFailures": []}
+    age_ms = (time.time() - created.timestamp()) * 1000
+
+    # then
+    out = lambda_stdout.readouterr().out
+    emf = [json.loads(line) for line in out.splitlines() if '"_aws"' in line]
+    assert len(emf) == 1
+    assert emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "aipm"
+    metrics = emf_metrics(out)
+    assert metrics["TasksSignalled"] == [1.0, 1.0]
+    [latency] = metrics["PickupLatency"]
+    assert 2000 <= latency <= age_ms + 1  # createdAt is written to the millisecond
+    units = {m["Name"]: m["Unit"] for m in emf[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert units == {"TasksSignalled": "Count", "PickupLatency": "Milliseconds"}
+
+
+def test_malformed_records_are_counted(
+    fresh_stack: LocalStackResources,
+    load_handler: Any,
+    lambda_context: Any,
+    lambda_stdout: pytest.CaptureFixture[str],
+) -> None:
+    """stream_malformed.json's skipped records each count one MalformedRecords; its good one signals."""
+    event = load_event("stream_malformed.json")
+    app = load_handler("dispatch", fresh_stack)
+    lambda_stdout.readouterr()
+
+    app.lambda_handler(event, lambda_context)
+
+    metrics = emf_metrics(lambda_stdout.readouterr().out)
+    assert metrics["MalformedRecords"] == [1.0] * (len(event["Records"]) - 1)
+    assert metrics["TasksSignalled"] == [1.0]
+
+
+def test_a_batch_with_nothing_to_signal_publishes_no_metrics(
+    fresh_stack: LocalStackResources,
+    load_handler: Any,
+    lambda_context: Any,
+    lambda_stdout: pytest.CaptureFixture[str],
+) -> None:
+    """A runner's own transitions are quiet: no EMF line, and no warning either."""
+    app = load_handler("dispatch", fresh_stack)
+    lambda_stdout.readouterr()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.lambda_handler(load_event("stream_modify_processing.json"), lambda_context)
+
+    assert emf_metrics(lambda_stdout.readouterr().out) == {}

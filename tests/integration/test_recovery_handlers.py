@@ -15,7 +15,7 @@ from shared import aws
 from shared.dispatch import Dispatcher
 from shared.reconcile import Reconciler, iso_at
 from shared.store import STATUS_INDEX, TaskStore
-from tests.integration.conftest import load_event
+from tests.integration.conftest import emf_metrics, load_event
 
 pytestmark = pytest.mark.integration
 
@@ -211,6 +211,35 @@ def test_store_errors_fail_the_batch_so_lambda_retries(
         app.lambda_handler(dlq_event("task-1"), lambda_context)
 
 
+def test_dead_letters_given_up_requeued_and_malformed_are_counted(
+    fresh_stack: LocalStackResources,
+    store: TaskStore,
+    load_handler: Any,
+    lambda_context: Any,
+    lambda_stdout: pytest.CaptureFixture[str],
+) -> None:
+    """One batch: a task given up, one signalled afresh, a body that is no task signal, a row that
+    already ended: four DeadLetters, and one each of TasksGivenUp, TasksResignalled, MalformedRecords."""
+    spent = add_row(store, attempts=5)
+    victim = add_row(store)
+    store.claim(victim, "runner-1", lease_seconds=-1)
+    done = add_row(store, status="complete", commitSha="abc123")
+    event = dlq_event(spent, victim, done)
+    event["Records"].append({**event["Records"][0], "messageId": "garbage", "body": "not json {"})
+    app = load_handler("dead_letter", fresh_stack)
+    lambda_stdout.readouterr()
+
+    assert app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+
+    metrics = emf_metrics(lambda_stdout.readouterr().out)
+    assert {name: sum(values) for name, values in metrics.items()} == {
+        "DeadLetters": 4,
+        "TasksGivenUp": 1,
+        "TasksResignalled": 1,
+        "MalformedRecords": 1,
+    }
+
+
 # -- reconciler -----------------------------------------------------------------------------------
 def test_reconciler_resignals_lost_pending_and_expired_leases_only(
     fresh_stack: LocalStackResources,
@@ -283,3 +312,23 @@ def test_reconciler_clock_is_injected(
     )
 
     assert later.run().pending == [task_id]
+
+
+def test_reconciler_counts_what_it_resignalled_even_when_nothing(
+    fresh_stack: LocalStackResources,
+    store: TaskStore,
+    load_handler: Any,
+    lambda_context: Any,
+    lambda_stdout: pytest.CaptureFixture[str],
+) -> None:
+    """TasksResignalled on every run, zero included, so a quiet queue still draws a line."""
+    app = load_handler("reconciler", fresh_stack)
+    lambda_stdout.readouterr()
+    app.lambda_handler(load_event("schedule.json"), lambda_context)
+    old = iso_at(time.time() - 600)
+    add_row(store, createdAt=old, updatedAt=old)
+    add_row(store, createdAt=old, updatedAt=old)
+
+    app.lambda_handler(load_event("schedule.json"), lambda_context)
+
+    assert emf_metrics(lambda_stdout.readouterr().out) == {"TasksResignalled": [0.0, 2.0]}

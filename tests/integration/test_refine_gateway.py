@@ -17,7 +17,7 @@ from local.deploy import LocalStackResources, deploy
 from local.gateway import LocalGateway, start_local_gateway
 from shared import aws
 from shared import frames as fr
-from shared.relay import ConnectionStore
+from shared.connections import ConnectionStore
 from tests.fixtures import wait_until
 from tests.integration.refine_support import Browser, browser_token, gateway_env, running_gateway
 

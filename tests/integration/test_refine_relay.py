@@ -1,5 +1,6 @@
-"""The relay itself (shared.relay) over the real connections table and the local gateway's
-management API: who gets cleaned on a GoneException, and how open/resume budgets are counted."""
+"""The relay itself (shared.relay, with its store, rate limiter and poster) over the real connections
+table and the local gateway's management API: who gets cleaned on a GoneException, and how
+open/resume budgets are counted."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from websockets.asyncio.client import connect
 
 from shared import aws
 from shared import frames as fr
-from shared.relay import CONTROL_RATE, ConnectionStore, Identity, Poster, Relay
+from shared.connections import ConnectionStore
+from shared.identity import Identity
+from shared.management_api import Poster
+from shared.ratelimit import RateLimiter
+from shared.relay import CONTROL_RATE, Relay
 from shared.tokens import mint_runner_token
 from tests.fixtures import wait_until
 from tests.integration.refine_support import RUNNER_SECRET, Browser, browser_token, running_gateway
@@ -23,10 +28,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 def make_relay(moto_endpoint: str, table: str, clock: Any = None) -> Relay:
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
     store = ConnectionStore(ddb, table, clock=clock) if clock else ConnectionStore(ddb, table)
+    limiter = RateLimiter(ddb, table, clock=clock) if clock else RateLimiter(ddb, table)
     poster = Poster(
         lambda endpoint: aws.client("apigatewaymanagementapi", region="us-east-1", endpoint_url=endpoint)
     )
-    return Relay(store, poster)
+    return Relay(store, poster, limiter)
 
 
 def item(relay: Relay, connection_id: str) -> dict[str, Any] | None:
@@ -111,7 +117,7 @@ def test_gone_on_the_runner_removes_that_runner_not_the_browser_that_sent(
 
 def test_open_and_resume_share_one_budget_per_window(moto_endpoint: str, table: str) -> None:
     """Exactly CONTROL_RATE opens/resumes per window reach the runner; the rest are refused as
-    throttled, and the next window has a fresh budget (the clock is the store's, here a fixed one)."""
+    throttled, and the next window has a fresh budget (the clock is the limiter's, here a fixed one)."""
     now = [1_000_000.0]
     relay = make_relay(moto_endpoint, table, clock=lambda: now[0])
     with running_gateway(moto_endpoint, table) as gw:

@@ -202,7 +202,8 @@ def _allowed_actions(role: dict[str, Any]) -> set[str]:
 
 def test_roles_allow_the_calls_their_code_makes() -> None:
     """moto enforces no IAM, so the permissions each component's code needs are checked here:
-    $disconnect and $default post to connections, the runner wakes a task waiting for its branch."""
+    $disconnect and $default post to connections, the runner wakes a task waiting for its branch,
+    the authorizer reads the secrets, every function writes its traces."""
     cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
     res = cfn["Resources"]
     assert "execute-api:ManageConnections" in _allowed_actions(res["WsDisconnectFunctionRole"])
@@ -233,6 +234,39 @@ def test_roles_allow_the_calls_their_code_makes() -> None:
     # the relay never reads the queue table: least privilege
     relay_resources = json.dumps(res["WsRelayFunctionRole"]["Properties"]["Policies"])
     assert "QueueTable" not in relay_resources
+    # the authorizer reads both secrets (again every few minutes, so a rotation takes effect)
+    authorizer = res["WsAuthorizerFunctionRole"]["Properties"]["Policies"]
+    secrets = {
+        json.dumps(statement["Resource"])
+        for policy in authorizer
+        for statement in policy["PolicyDocument"]["Statement"]
+        if "secretsmanager:GetSecretValue" in statement["Action"]
+    }
+    assert len(secrets) == 2 and all("Secret" in s for s in secrets), secrets
+    # every handler runs under Tracer's capture_lambda_handler: X-Ray write access (Tracing: Active)
+    functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Lambda::Function"}
+    for name, function in functions.items():
+        assert function["Properties"]["TracingConfig"] == {"Mode": "Active"}, name
+        role = res[function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        assert any(
+            "AWSXrayWriteOnlyAccess" in json.dumps(arn) for arn in role["Properties"]["ManagedPolicyArns"]
+        )
+
+
+def test_every_function_names_its_service_and_the_metrics_namespace() -> None:
+    """shared.observability configures Logger, Tracer and Metrics from Powertools' environment: each
+    function has a service name of its own and the one metrics namespace (EMF needs no IAM beyond logs)."""
+    cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
+    functions = {k: v for k, v in cfn["Resources"].items() if v["Type"] == "AWS::Lambda::Function"}
+    env = {name: f["Properties"]["Environment"]["Variables"] for name, f in functions.items()}
+    services = [e["POWERTOOLS_SERVICE_NAME"] for e in env.values()]
+    assert len(set(services)) == len(functions) == 7, services
+    assert {e["POWERTOOLS_METRICS_NAMESPACE"] for e in env.values()} == {"aipm"}
+    for name, function in functions.items():
+        role = cfn["Resources"][function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        assert any(
+            "AWSLambdaBasicExecutionRole" in json.dumps(a) for a in role["Properties"]["ManagedPolicyArns"]
+        ), name
 
 
 def test_the_runner_fleet_is_told_the_branch_locks_table() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
@@ -103,3 +104,32 @@ def test_secret_source_reads_secrets_manager_once() -> None:
     assert source.get() == SECRET and source.get() == SECRET
     assert calls == ["arn:aws:secretsmanager:us-east-1:1:secret:x"]
     assert tokens.SecretSource("literal", "arn:ignored", None).get() == "literal"
+
+
+def test_a_rotated_secret_takes_effect_once_its_max_age_passed() -> None:
+    """An ARN's value is cached, not kept: after ``max_age`` seconds it is read again (a rotation
+    reaches a warm Lambda or a running runner without a restart); the default is five minutes."""
+    values = iter([SECRET, "rotated-secret-0123456789abcdef"])
+
+    class RotatingSecrets:
+        def get_secret_value(self, SecretId: str) -> dict:  # noqa: N803 - boto3's name
+            return {"SecretString": next(values)}
+
+    source = tokens.SecretSource(
+        None, "arn:aws:secretsmanager:us-east-1:1:secret:x", RotatingSecrets, max_age=1
+    )
+    assert source.get() == SECRET and source.get() == SECRET
+    time.sleep(1.1)
+    assert source.get() == "rotated-secret-0123456789abcdef"
+    assert tokens.SECRET_MAX_AGE == 300
+
+
+def test_a_binary_secret_is_read_as_text() -> None:
+    class BinarySecrets:
+        def get_secret_value(self, SecretId: str) -> dict:  # noqa: N803 - boto3's name
+            return {"SecretBinary": SECRET.encode()}
+
+    assert (
+        tokens.SecretSource(None, "arn:aws:secretsmanager:us-east-1:1:secret:b", BinarySecrets).get()
+        == SECRET
+    )
