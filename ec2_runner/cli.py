@@ -24,7 +24,9 @@ def _store() -> Any:
 
     s = _aws_settings()
     return TaskStore(
-        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name
+        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+        s.table_name,
+        branch_locks_table=s.branch_locks_table,
     )
 
 

@@ -21,6 +21,8 @@ class AwsSettings(BaseSettings):
     aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
     table_name: str = Field(default=DEFAULT_TABLE, validation_alias="TABLE_NAME")
     task_queue_url: str | None = Field(default=None, validation_alias="TASK_QUEUE_URL")
+    # one task per branch: the claim's lock items (the dead-letter path frees them too)
+    branch_locks_table: str = Field(validation_alias="BRANCH_LOCKS_TABLE")
 
 
 class DispatchSettings(AwsSettings):

@@ -21,6 +21,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 store = TaskStore(
     aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
     settings.table_name,
+    branch_locks_table=settings.branch_locks_table,
 )
 dispatcher = (
     Dispatcher(
@@ -44,12 +45,12 @@ def record_handler(record: SQSRecord) -> None:
             reason=str(e.errors(include_url=False)[:1]),
         )
         return
-    logger.append_keys(task_id=signal.taskId)
+    logger.append_keys(task_id=signal.task_id)
     try:
         # a LeaseStillLiveError propagates: the record is reported failed and comes back later
         outcome = give_up(
             store,
-            signal.taskId,
+            signal.task_id,
             int(record.attributes.approximate_receive_count or 0),
             dispatcher=dispatcher,
             max_receive_count=settings.max_receive_count,

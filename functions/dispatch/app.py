@@ -25,6 +25,7 @@ dispatcher = Dispatcher(
 store = TaskStore(
     aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
     settings.table_name,
+    branch_locks_table=settings.branch_locks_table,
 )
 
 
@@ -43,12 +44,12 @@ def record_handler(record: DynamoDBRecord) -> None:
         return
     if signal is None:
         return
-    logger.append_keys(task_id=signal.taskId)
+    logger.append_keys(task_id=signal.task_id)
     try:
         if needs_created_at(new_image):
             # before the signal: a lost signal is then recovered by the reconciler from the index
             written = _record_time(record)
-            if store.stamp_created(signal.taskId, written):
+            if store.stamp_created(signal.task_id, written):
                 logger.info("row had no createdAt; gave it its stream record's time", created_at=written)
         message_id = dispatcher.send(signal)
         logger.info("signalled runners", reason=signal.reason, message_id=message_id)

@@ -17,6 +17,7 @@ reconciler = Reconciler(
     TaskStore(
         aws.client("dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
         settings.table_name,
+        branch_locks_table=settings.branch_locks_table,
     ),
     Dispatcher(
         aws.client("sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),

@@ -153,14 +153,13 @@ def test_heartbeat_stops_at_once_when_the_row_is_someone_elses() -> None:
     assert "another runner" in beat.reason
 
 
-@pytest.mark.parametrize("locks", [False, True], ids=["status-index", "branch-locks"])
 def test_runner_whose_row_was_taken_over_mid_task_does_not_push_to_the_task_branch(
-    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path, locks: bool
+    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path
 ) -> None:
     """The heartbeat beats every 20 s, so only the renewal right before the push can notice.
-    With branch locks the intruder's reclaim takes the task's own lock over too."""
+    The intruder's reclaim takes the task's own branch lock over too."""
     # given: a 60 s lease and an agent that works 3 s
-    lock_table = deployed.branch_locks_table if locks else None
+    lock_table = deployed.branch_locks_table
     store = TaskStore(ddb, deployed.table_name, branch_locks_table=lock_table)
     pipeline = make_pipeline(store, tmp_path, remote, "first", lease_seconds=60)
     task_id = new_task(store, "[fake:sleep=3]")
@@ -180,14 +179,14 @@ def test_runner_whose_row_was_taken_over_mid_task_does_not_push_to_the_task_bran
     assert remote_sha(remote, branch) == "", "the runner pushed after losing its lease"
     wip = remote_sha(remote, f"kiro-wip/{task_id}")
     assert wip and "Lease task" in git.Repo(remote).git.show(f"{wip}:fake_agent_output.txt")
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "processing" and row["runnerId"] == "intruder" and row["attempts"] == 2
     assert not list((tmp_path / "first" / "wt").iterdir())  # worktree cleaned up
-    if locks:  # the branch stays the intruder's: the first runner's end did not free it
-        lock = ddb.get_item(TableName=lock_table, Key={"branch": {"S": branch}}, ConsistentRead=True).get(
-            "Item", {}
-        )
-        assert lock["runnerId"] == {"S": "intruder"} and lock["attempt"] == {"N": "2"}
+    # the branch stays the intruder's: the first runner's end did not free it
+    lock = ddb.get_item(TableName=lock_table, Key={"branch": {"S": branch}}, ConsistentRead=True).get(
+        "Item", {}
+    )
+    assert lock["runnerId"] == {"S": "intruder"} and lock["attempt"] == {"N": "2"}
 
 
 def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
@@ -199,7 +198,7 @@ def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
     lease = 3.0
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
     sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint, read_timeout=15)
-    store = TaskStore(ddb, fresh_stack.table_name)
+    store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table)
     dispatcher = Dispatcher(sqs, fresh_stack.task_queue_url)
     runners = [
         Runner(
@@ -220,15 +219,15 @@ def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
         branch = f"feature/{task_id}"
         dispatcher.send(TaskSignal(taskId=task_id, reason="insert"))
         wait_until(lambda: agent_starts(agent_log, branch), timeout=30, what="the agent to start")
-        first_owner = store.get(task_id)["runnerId"]
+        first_owner = store.get_row(task_id)["runnerId"]
         # when: signals arrive again once the first lease (3 s) would have run out without renewals
         time.sleep(lease + 0.5)
         for _ in range(2):
             dispatcher.send(TaskSignal(taskId=task_id, reason="reconciler"))
             time.sleep(1.0)
-            assert store.get(task_id)["runnerId"] == first_owner
+            assert store.get_row(task_id)["runnerId"] == first_owner
         row = wait_until(
-            lambda: (r := store.get(task_id))["status"] in ("complete", "failed") and r,
+            lambda: (r := store.get_row(task_id))["status"] in ("complete", "failed") and r,
             timeout=60,
             what="the task to end",
         )

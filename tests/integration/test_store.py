@@ -95,7 +95,7 @@ def test_only_one_of_many_concurrent_claims_wins(store: TaskStore) -> None:
         task_id = new_task(store)
         winners = race_claims(store, task_id)
         assert len(winners) == 1, (task_id, winners)
-        assert store.get(task_id)["runnerId"] == winners[0]
+        assert store.get_row(task_id)["runnerId"] == winners[0]
 
 
 def test_a_second_claim_loses_until_the_lease_expires(ddb: Any, deployed: Any) -> None:
@@ -113,7 +113,7 @@ def test_a_second_claim_loses_until_the_lease_expires(ddb: Any, deployed: Any) -
     with pytest.raises(LeaseLostError):
         store.renew(task_id, "r1", 1, 30)
     store.complete(task_id, "r2", 2, "b" * 40)
-    assert store.get(task_id)["status"] == "complete"
+    assert store.get_row(task_id)["status"] == "complete"
 
 
 @pytest.mark.parametrize("locks", [False, True], ids=["status-index", "branch-locks"])
@@ -148,7 +148,7 @@ def test_complete_and_fail_need_the_owner(store: TaskStore) -> None:
     with pytest.raises(LeaseLostError):
         store.fail(task_id, "r2", 1, "not mine")
     store.fail(task_id, "r1", 1, "agent failed (exit 1): boom", "tail")
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "failed" and row["error"] == "agent failed (exit 1): boom"
     assert "leaseExpiresAt" not in row and row["finishedAt"]
 
@@ -169,7 +169,7 @@ def test_release_gives_the_task_back_with_a_note(store: TaskStore) -> None:
     task_id = new_task(store)
     store.claim(task_id, "r1", 60)
     store.release(task_id, "r1", 1, "runner shutting down")
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "pending" and row["error"] == "runner shutting down" and "runnerId" not in row
 
 
@@ -185,7 +185,7 @@ def test_fail_unowned_leaves_ended_and_live_rows_alone(ddb: Any, deployed: Any) 
     assert store.fail_unowned(stuck, "gave up after 5 attempts: x") is False  # lease still live
     now[0] += 61
     assert store.fail_unowned(stuck, "gave up after 5 attempts: x") is True
-    assert store.get(stuck)["status"] == "failed"
+    assert store.get_row(stuck)["status"] == "failed"
     assert store.fail_unowned(new_task(store), "never claimed") is True
 
 
@@ -206,7 +206,7 @@ def test_list_by_status_uses_the_index(store: TaskStore) -> None:
 
 def test_missing_rows_and_duplicate_inserts_are_errors(store: TaskStore) -> None:
     with pytest.raises(TaskNotFoundError):
-        store.get("nope-" + unique("x"))
+        store.get_row("nope-" + unique("x"))
     with pytest.raises(ClaimLostError):
         store.claim("nope-" + unique("x"), "r1", 60)
     task_id = new_task(store)
@@ -218,7 +218,7 @@ def test_record_sets_fields_only_for_the_owner(store: TaskStore) -> None:
     task_id = new_task(store)
     store.claim(task_id, "r1", 60)
     store.record(task_id, "r1", 1, baseSha="e" * 40)
-    assert store.get(task_id)["baseSha"] == "e" * 40
+    assert store.get_row(task_id)["baseSha"] == "e" * 40
     with pytest.raises(LeaseLostError):
         store.record(task_id, "r2", 1, baseSha="f" * 40)
 
@@ -229,7 +229,7 @@ def test_complete_clears_the_wip_so_a_retry_starts_afresh(store: TaskStore) -> N
     store.claim(task_id, "r1", 60)
     store.record(task_id, "r1", 1, wipSha="a" * 40, wipRef=f"kiro-wip/{task_id}-1")
     store.complete(task_id, "r1", 1, "b" * 40)
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "complete" and row["commitSha"] == "b" * 40
     assert "wipSha" not in row and "wipRef" not in row
     store.reset(task_id)
@@ -276,7 +276,7 @@ def test_a_row_whose_attempts_is_not_a_number_is_refused_as_invalid(store: TaskS
     )
     with pytest.raises(InvalidRowError):
         store.claim(task_id, "r1", 60)
-    assert store.get(task_id)["status"] == "pending"
+    assert store.get_row(task_id)["status"] == "pending"
 
 
 # -- one task per branch: the lock ---------------------------------------------------------------
@@ -320,8 +320,8 @@ def test_two_tasks_of_one_branch_claimed_at_once_one_runs_and_the_other_waits_pe
         assert len(won) == 1 and len(busy) == 1, results
         winner, loser = won[0]["id"], busy[0].task_id
         assert busy[0].holder == winner and busy[0].branch == branch
-        assert store.get(winner)["status"] == "processing"
-        row = store.get(loser)
+        assert store.get_row(winner)["status"] == "processing"
+        row = store.get_row(loser)
         assert row["status"] == "pending" and "runnerId" not in row and "attempts" not in row
         assert lock_item(ddb, deployed, branch)["taskId"] == winner
 
@@ -345,7 +345,7 @@ def test_the_lock_holds_the_claim_and_its_lease(ddb: Any, deployed: Any) -> None
     now[0] += 20
     store.renew(task_id, "r1", 1, 30)
     assert lock_item(ddb, deployed, f"feature/{task_id}")["leaseExpiresAt"] == 1050
-    assert store.get(task_id)["leaseExpiresAt"] == 1050
+    assert store.get_row(task_id)["leaseExpiresAt"] == 1050
 
 
 @pytest.mark.parametrize("end", ["complete", "fail", "release"])
@@ -394,7 +394,7 @@ def test_a_lock_whose_lease_passed_is_taken_over_and_its_old_holder_loses_the_re
     assert lock_item(ddb, deployed, branch)["taskId"] == next_task
     # the old holder's end still writes its status, and leaves the new holder's lock alone
     store.fail(dead, "r1", 1, "lease lost")
-    assert store.get(dead)["status"] == "failed"
+    assert store.get_row(dead)["status"] == "failed"
     assert lock_item(ddb, deployed, branch)["taskId"] == next_task
 
 
@@ -422,7 +422,7 @@ def test_a_renewal_by_a_runner_whose_lock_is_gone_fails(ddb: Any, deployed: Any)
         store.renew(task_id, "r1", 1, 60)
     # the row itself is still r1's: it can still end the task
     store.complete(task_id, "r1", 1, "c" * 40)
-    assert store.get(task_id)["status"] == "complete"
+    assert store.get_row(task_id)["status"] == "complete"
 
 
 def test_a_claim_on_another_branch_is_not_held_up(ddb: Any, deployed: Any) -> None:
@@ -460,7 +460,7 @@ def test_the_lock_refuses_a_claim_the_status_index_cannot_see(ddb: Any, deployed
     with pytest.raises(BranchBusyError) as refused:
         store.claim(task_id, "r1", 60)
     assert refused.value.holder == held
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "pending" and "runnerId" not in row
 
 
