@@ -67,9 +67,9 @@ class LateRenewals(TaskStore):
         self._stall = stall
         self.late: list[float] = []  # the leases written whose answers came back late
 
-    def renew(self, task_id: str, runner_id: str, attempt: int, lease_seconds: float) -> float:
+    def _renew(self, claim: Any, lease_seconds: float) -> float:
         late = self._paused()
-        lease = super().renew(task_id, runner_id, attempt, lease_seconds)
+        lease = super()._renew(claim, lease_seconds)
         if late:
             time.sleep(self._stall)
             self.late.append(lease)
@@ -256,6 +256,7 @@ def test_a_renewal_whose_answer_comes_after_its_lease_ran_out_proves_nothing(
         deployed.table_name,
         paused=lambda: any(e["event"] == "end" for e in agent_events(agent_log, "")),
         stall=lease + 0.5,
+        branch_locks_table=deployed.branch_locks_table,
     )
     pipeline = make_pipeline(store, tmp_path, remote, "slow", lease_seconds=lease)
     task_id = new_task(store, "[fake:sleep=0.5]")
@@ -269,7 +270,7 @@ def test_a_renewal_whose_answer_comes_after_its_lease_ran_out_proves_nothing(
     assert remote_sha(remote, branch) == before, "the runner pushed on a renewal that came back too late"
     wip = remote_sha(remote, f"kiro-wip/{task_id}")
     assert wip and "Lease task" in git.Repo(remote).git.show(f"{wip}:fake_agent_output.txt")
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "processing" and row["runnerId"] == "slow" and "commitSha" not in row
     assert row["wipSha"] == wip and row["wipRef"] == f"kiro-wip/{task_id}"
     assert len(agent_starts(agent_log, branch)) == 1
@@ -285,7 +286,7 @@ def test_a_push_that_outlasts_its_lease_is_stopped_and_the_work_kept(
     lease = 3.0
     arrivals = tmp_path / "arrivals.log"
     stall_branch_pushes(remote, 20, arrivals)
-    store = TaskStore(ddb, deployed.table_name)
+    store = TaskStore(ddb, deployed.table_name, branch_locks_table=deployed.branch_locks_table)
     pipeline = make_pipeline(store, tmp_path, remote, "stalled", lease_seconds=lease)
     task_id = new_task(store, "[fake:sleep=0.2]")
     branch = f"feature/{task_id}"
@@ -299,5 +300,5 @@ def test_a_push_that_outlasts_its_lease_is_stopped_and_the_work_kept(
     pushes = [line.split(" ", 1) for line in arrivals.read_text().splitlines()]
     assert [f"refs/heads/{branch}" in refs for _, refs in pushes] == [True, False]
     assert float(pushes[1][0]) - float(pushes[0][0]) < lease, pushes
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "processing" and row["wipSha"] == wip and "commitSha" not in row

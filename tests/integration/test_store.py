@@ -134,12 +134,12 @@ def test_a_renewal_cannot_bring_back_a_lease_that_ran_out(ddb: Any, deployed: An
     # then
     with pytest.raises(LeaseLostError):
         store.renew(task_id, "r1", 1, 30)
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["leaseExpiresAt"] == 1050 and row["runnerId"] == "r1"
     if locks:
         assert lock_item(ddb, deployed, f"feature/{task_id}")["leaseExpiresAt"] == 1050
     store.record(task_id, "r1", 1, wipSha="d" * 40)
-    assert store.get(task_id)["wipSha"] == "d" * 40
+    assert store.get_row(task_id)["wipSha"] == "d" * 40
 
 
 def test_complete_and_fail_need_the_owner(store: TaskStore) -> None:
