@@ -276,8 +276,11 @@ class TaskPipeline:
         return outcome
 
     def _fail_unclaimed(self, task_id: str, reason: str) -> Outcome:
+        if not self.store.fail_unowned(task_id, reason):
+            # a live runner holds the row, or it has ended: it is not this signal's to fail
+            logger.warning("unreadable row left alone (someone else's, or ended): %s", reason)
+            return Outcome.NOT_CLAIMABLE
         logger.error("task failed: %s", reason)
-        self.store.fail_unowned(task_id, reason)
         return Outcome.FAILED
 
     def _wake_next(self, branch: str, task_id: str) -> None:

@@ -102,6 +102,26 @@ def test_an_unreadable_row_fails_with_its_reason_without_a_claim(make: Any) -> N
     assert_untouched_by_the_runner(runner)
 
 
+@pytest.mark.parametrize("state", ["live", "ended"])
+def test_an_unreadable_row_that_is_someone_elses_or_ended_is_left_alone(make: Any, state: str) -> None:
+    """Giving up applies only to a row no live runner holds and that has not ended: a stale signal
+    for any other unreadable row is not claimable, and the row stays as it was."""
+    # given: a row held by r0 under a live lease (or one that completed), then written wrongly
+    runner = make()
+    task_id = runner.put("odd")
+    claim = runner.store.claim(task_id, "r0", LEASE)
+    if state == "ended":
+        claim.complete("c" * 40)
+    runner.store.rows[task_id]["title"] = ""
+    before = runner.store.get_row(task_id)
+    # when
+    outcome = runner.process(task_id)
+    # then
+    assert outcome is Outcome.NOT_CLAIMABLE
+    assert runner.store.get_row(task_id) == before
+    assert_untouched_by_the_runner(runner)
+
+
 def test_a_task_whose_branch_is_held_waits_with_its_row_untouched(make: Any) -> None:
     # given: another task of the branch held by runner r0
     runner = make()
