@@ -143,10 +143,10 @@ def new_task(store: TaskRepository, **extra: Any) -> str:
     return task_id
 
 
-def not_mine(claim: Claim, runner_id: str = "r2") -> Claim:
+def not_mine(store: TaskRepository, claim: Claim, runner_id: str = "r2") -> Claim:
     """A handle naming a runner that does not own the row (as a runner whose claim was lost, or
     one that never made it, would write): every write through it must be refused."""
-    return Claim(claim._store, claim.task, runner_id, claim.branch)
+    return Claim(store, claim.task, runner_id, claim.branch)
 
 
 def test_claim_sets_owner_attempt_and_lease(store: TaskRepository) -> None:
@@ -234,7 +234,7 @@ def test_complete_and_fail_need_the_owner(store: TaskRepository) -> None:
     task_id = new_task(store)
     claim = store.claim(task_id, "r1", 60)
     with pytest.raises(LeaseLostError):
-        not_mine(claim).fail("not mine")
+        not_mine(store, claim).fail("not mine")
     claim.fail("agent failed (exit 1): boom", "tail")
     row = store.get_row(task_id)
     assert row["status"] == "failed" and row["error"] == "agent failed (exit 1): boom"
@@ -391,7 +391,7 @@ def test_record_sets_fields_only_for_the_owner(store: TaskRepository) -> None:
     claim.record(base_sha="e" * 40)
     assert store.get_row(task_id)["baseSha"] == "e" * 40
     with pytest.raises(LeaseLostError):
-        not_mine(claim).record(base_sha="f" * 40)
+        not_mine(store, claim).record(base_sha="f" * 40)
     with pytest.raises(TypeError):
         claim.record(baseSha="f" * 40)  # the Task's attribute names, not the wire names
     assert store.get_row(task_id)["baseSha"] == "e" * 40
