@@ -29,7 +29,7 @@ def _store() -> Any:
 
     s = _settings()
     ddb = aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys)
-    return TaskStore(ddb, s.table_name)
+    return TaskStore(ddb, s.table_name, branch_locks_table=s.branch_locks_table)
 
 
 def cmd_runner(args: argparse.Namespace) -> int:

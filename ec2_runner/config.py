@@ -12,7 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.branches import DEFAULT_PROTECTED
-from shared.config import DEFAULT_TABLE, AwsKeySettings, AwsSettings
+from shared.config import DEFAULT_LOCKS_TABLE, DEFAULT_TABLE, AwsKeySettings, AwsSettings
 
 
 def _default_runner_id() -> str:
@@ -29,9 +29,8 @@ class RunnerSettings(AwsKeySettings):
     aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
     table_name: str = Field(default=DEFAULT_TABLE, validation_alias="TABLE_NAME")
     task_queue_url: str = Field(validation_alias="TASK_QUEUE_URL")
-    # one task per branch, enforced by a strongly consistent lock item per branch (unset: the
-    # older check on the eventually consistent status index, which two racing claims can both pass)
-    branch_locks_table: str | None = Field(default=None, validation_alias="BRANCH_LOCKS_TABLE")
+    # one task per branch, enforced by a strongly consistent lock item per branch
+    branch_locks_table: str = Field(default=DEFAULT_LOCKS_TABLE, validation_alias="BRANCH_LOCKS_TABLE")
 
     runner_id: str = Field(default_factory=_default_runner_id, validation_alias="RUNNER_ID")
     slots: int = Field(default=2, ge=1, le=64, validation_alias="RUNNER_SLOTS")

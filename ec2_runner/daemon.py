@@ -266,11 +266,11 @@ class Runner:
             logger.error("dropping malformed SQS message %s: %s", message.get("MessageId"), reason)
             self._delete(receipt)
             return
-        with logs.task_context(sig.taskId):
+        with logs.task_context(sig.task_id):
             self._hide(receipt)
             try:
                 outcome = self.pipeline.process(
-                    sig.taskId,
+                    sig.task_id,
                     extend_visibility=lambda s: self._hide(receipt, int(s) + VISIBILITY_MARGIN),
                     should_stop=self._cold.is_set,
                 )

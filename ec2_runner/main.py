@@ -106,7 +106,7 @@ def start_terminals(
             knobs,
             argv_for=agent.interactive_argv,
             git=GitCallables.from_workspace(pipeline.workspace),
-            resolve_task=lambda task_id: pipeline.store.get(task_id)["branch"],
+            resolve_task=lambda task_id: pipeline.store.get_row(task_id)["branch"],
             protected=tuple(settings.protected_branches),
             env=agent.child_env() if hasattr(agent, "child_env") else None,
         )

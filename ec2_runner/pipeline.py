@@ -13,20 +13,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from ec2_runner.agents import Agent
+from ec2_runner.agents import Agent, AgentResult
 from ec2_runner.gitops import Checkout, DeadlineError, GitOpError, GitWorkspace, safe_dir_name
 from shared.branches import WIP_PREFIX, UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
-from shared.models import Task, TaskSignal, TaskStatus, describe_validation
+from shared.models import Task, TaskSignal, TaskStatus
 from shared.store import (
     BranchBusyError,
+    Claim,
     ClaimLostError,
     InvalidRowError,
     LeaseLostError,
     TaskNotFoundError,
-    TaskStore,
+    TaskRepository,
 )
 
 logger = logging.getLogger(__name__)
@@ -207,7 +206,7 @@ class TaskPipeline:
 
     def __init__(
         self,
-        store: TaskStore,
+        store: TaskRepository,
         workspace: GitWorkspace,
         agent: Agent,
         runner_id: str,
@@ -229,311 +228,287 @@ class TaskPipeline:
     ) -> Outcome:
         """Claim and run ``task_id``. ``extend_visibility(seconds)`` keeps the SQS message hidden
         while the task runs; ``should_stop()`` true asks the task to stop and give itself back."""
+        # 1. read the row: the signal is only a hint, the row is the truth
         try:
-            row = self.store.get(task_id)
+            task = self.store.get(task_id)
         except TaskNotFoundError:
             logger.warning("no such task; dropping the signal")
             return Outcome.NOT_CLAIMABLE
-        # one task per branch: with branch locks the claim itself refuses a busy branch; without,
-        # the status index is checked before and after the claim (eventually consistent: two
-        # near-simultaneous claims of one branch can both miss each other there)
-        locked = self.store.locks_branches
-        if not locked and (holder := self._branch_taken(row)):
-            self._note_waiting(row, row["branch"], holder)
-            return Outcome.WAITING
+        except InvalidRowError as e:
+            return self._fail_unclaimed(task_id, e.reason)
         # a reclaim of a row whose owner died: it may have pushed before it could write the status
-        earlier_base = row.get("baseSha") if row.get("status") == TaskStatus.PROCESSING.value else None
+        earlier_base = task.base_sha if task.status is TaskStatus.PROCESSING else None
+        # 2. claim it, with its branch's lock (one task per branch)
         claim_sent = time.monotonic()  # the lease runs from here
         try:
-            row = self.store.claim(task_id, self.runner_id, self.options.lease_seconds, row=row)
+            claim = self.store.claim(task, self.runner_id, self.options.lease_seconds)
         except ClaimLostError:
             logger.info("not claimable (owned by another runner or already ended); dropping the signal")
             return Outcome.NOT_CLAIMABLE
         except BranchBusyError as e:
             # the holder's end signals the task waiting longest for the branch (_wake_next)
             logger.info("branch %s is locked by task %s; this task waits for it", e.branch, e.holder)
-            self._note_waiting(row, e.branch, e.holder)
+            self._note_waiting(task, e.branch, e.holder)
             return Outcome.WAITING
         except InvalidRowError as e:
-            # the row itself cannot take the claim (e.g. attempts is not a number): retrying the
-            # signal would fail the same way until the DLQ; fail it now with the reason instead
-            error = f"the row cannot be claimed: {e}"
-            logger.error("task failed: %s", error)
-            self.store.fail_unowned(task_id, error)
-            return Outcome.FAILED
-        attempt = int(row.get("attempts") or 1)
-        logger.info("claimed (attempt %d)", attempt)
-        if not locked and self._yield_branch(task_id, attempt, row):
-            return Outcome.WAITING
-
+            # the row itself cannot take the claim: retrying the signal would fail the same way
+            return self._fail_unclaimed(task_id, e.reason)
+        logger.info("claimed (attempt %d)", claim.attempt)
+        # 3. run it under a heartbeat that keeps the lease (and the message) alive
         lease = self.options.lease_seconds
-
-        def renew() -> None:
-            self.store.renew(task_id, self.runner_id, attempt, lease)
 
         def extend() -> None:
             if extend_visibility:
                 extend_visibility(lease)
 
         outcome = Outcome.LEASE_LOST
-        with Heartbeat(renew, max(lease / 3, 0.5), lease, extend=extend, since=claim_sent) as beat:
+        heartbeat = Heartbeat(
+            lambda: claim.renew(lease), max(lease / 3, 0.5), lease, extend=extend, since=claim_sent
+        )
+        with heartbeat as beat:
+            attempt = Attempt(self, claim, beat, should_stop or (lambda: False))
             try:
-                outcome = self._run(task_id, attempt, row, beat, should_stop or (lambda: False), earlier_base)
+                outcome = attempt.run(earlier_base)
             except LeaseLostError:
                 logger.warning("lease lost before the status write; the new owner decides the outcome")
-        # the branch is free (or changed hands): the task waiting longest for it gets a signal
-        ended = (Outcome.COMPLETE, Outcome.FAILED, Outcome.RELEASED, Outcome.LEASE_LOST)
-        if outcome in ended and isinstance(row.get("branch"), str):
-            self._wake_next(row["branch"], task_id)
+        # 4. the branch is free (or changed hands): the task waiting longest for it gets a signal
+        if outcome in (Outcome.COMPLETE, Outcome.FAILED, Outcome.RELEASED, Outcome.LEASE_LOST):
+            self._wake_next(task.branch, task_id)
         return outcome
 
-    # -- one branch at a time ---------------------------------------------------------------
-    # Without a branch locks table (the store's locks_branches false) the status index is all
-    # there is: _branch_taken before the claim, _yield_branch after it. With one, the claim's lock
-    # decides and neither runs; _wake_next serves both.
-    def _live_on_branch(self, row: dict) -> list[dict]:
-        """Other tasks of ``row``'s branch held under a live lease (from the status index)."""
-        branch = row.get("branch")
-        if not isinstance(branch, str) or not branch:
-            return []
-        now = time.time()
-        return [
-            other
-            for other in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch)
-            if other.get("id") != row.get("id")
-            and isinstance(lease := other.get("leaseExpiresAt"), int | float)
-            and lease > now
-        ]
-
-    def _branch_taken(self, row: dict) -> str | None:
-        """The id of a task holding ``row``'s branch under a live lease, if any (a pending row only)."""
-        if row.get("status") != TaskStatus.PENDING.value:
-            return None
-        holders = self._live_on_branch(row)
-        if not holders:
-            return None
-        logger.info(
-            "branch %s is being worked on by task %s; this task waits for it", row["branch"], holders[0]["id"]
-        )
-        return str(holders[0]["id"])
-
-    def _note_waiting(self, row: dict, branch: str, holder: str | None) -> None:
+    def _note_waiting(self, task: Task, branch: str, holder: str | None) -> None:
         """Say on the waiting task's row what it waits for (``waitingFor``), unless it says so already.
         Only a note: a failed write leaves the task waiting all the same."""
         note = f"branch {branch} is being worked on by {f'task {holder}' if holder else 'another task'}"
-        if row.get("waitingFor") == note:
+        if task.waiting_for == note:
             return
-        attempts = row.get("attempts")
         try:
-            self.store.note_waiting(str(row["id"]), note, attempts if isinstance(attempts, int) else None)
+            self.store.note_waiting(
+                task.id, note, task.attempts if "attempts" in task.model_fields_set else None
+            )
         except Exception as e:  # the wait itself is the claim's refusal, already decided
             logger.warning("could not note on the row what the task waits for (%s)", e)
 
-    def _yield_branch(self, task_id: str, attempt: int, row: dict) -> bool:
-        """After the claim: when another task of the branch holds a live claim made earlier (the
-        check before the claim raced with it), give this one back as pending and let it wait.
-        Both claimants order themselves by (startedAt, id) the same way, so exactly one yields."""
-        mine = (str(row.get("startedAt") or ""), task_id)
-        for other in self._live_on_branch(row):
-            if (str(other.get("startedAt") or ""), str(other.get("id"))) < mine:
-                branch = row["branch"]
-                note = f"waiting: branch {branch} is being worked on by task {other['id']}"
-                self.store.release(task_id, self.runner_id, attempt, note)
-                logger.info("claimed together with task %s on branch %s; this one waits", other["id"], branch)
-                self._note_waiting(row, branch, str(other["id"]))
-                return True
-        return False
+    def _fail_unclaimed(self, task_id: str, reason: str) -> Outcome:
+        if not self.store.fail_unowned(task_id, reason):
+            # a live runner holds the row, or it has ended: it is not this signal's to fail
+            logger.warning("unreadable row left alone (someone else's, or ended): %s", reason)
+            return Outcome.NOT_CLAIMABLE
+        logger.error("task failed: %s", reason)
+        return Outcome.FAILED
 
     def _wake_next(self, branch: str, task_id: str) -> None:
         """Signal the oldest task waiting for ``branch`` now that ``task_id`` let it go (a task given
-        back as pending is not its own waiter: its message is made visible again anyway). With
-        branch locks a reclaim can wait too (a dead runner's task, refused while another task of
-        its branch ran): such a row stays processing under its expired lease."""
+        back as pending is not its own waiter: its message is made visible again anyway). A
+        reclaim can wait too (a dead runner's task, refused while another task of its branch ran):
+        such a row stays processing under its expired lease."""
         if not self.dispatcher:
             return
         try:
             pending = self.store.list_by_status(TaskStatus.PENDING, branch=branch, limit=2)
-            waiting = [r for r in pending if r.get("id") != task_id]
-            if not waiting and self.store.locks_branches:
+            waiting = [t for t in pending if t.id != task_id]
+            if not waiting:
                 now = time.time()
                 waiting = [
-                    r
-                    for r in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch)
-                    if r.get("id") != task_id
-                    and isinstance(lease := r.get("leaseExpiresAt"), int | float)
-                    and lease < now
+                    t
+                    for t in self.store.list_by_status(TaskStatus.PROCESSING, branch=branch)
+                    if t.id != task_id and t.lease_expires_at is not None and t.lease_expires_at < now
                 ]
             if waiting:
-                self.dispatcher.send(TaskSignal(taskId=waiting[0]["id"], reason=f"branch {branch} free"))
-                logger.info("woke task %s waiting for branch %s", waiting[0]["id"], branch)
+                self.dispatcher.send(TaskSignal(task_id=waiting[0].id, reason=f"branch {branch} free"))
+                logger.info("woke task %s waiting for branch %s", waiting[0].id, branch)
         except Exception as e:  # the reconciler re-signals old pending rows anyway
             logger.warning("could not wake tasks waiting for %s (%s)", branch, e)
 
-    # -- the work ---------------------------------------------------------------------------
-    def _fail(self, task_id: str, attempt: int, error: str, log_tail: str = "") -> Outcome:
-        logger.error("task failed: %s", error)
-        self.store.fail(task_id, self.runner_id, attempt, error, log_tail)
-        return Outcome.FAILED
 
-    def _run(
-        self,
-        task_id: str,
-        attempt: int,
-        row: dict,
-        beat: Heartbeat,
-        should_stop: Callable[[], bool],
-        earlier_base: str | None = None,
-    ) -> Outcome:
-        opts = self.options
-        try:
-            task = Task.model_validate(row)
-        except ValidationError as e:
-            return self._fail(task_id, attempt, describe_validation(e))
-        size = len(task.details.encode())
-        if size > opts.max_details_bytes:
-            return self._fail(
-                task_id, attempt, f"details is {size} bytes, over the {opts.max_details_bytes}-byte limit"
-            )
-        try:
-            check_branch(task.branch, opts.protected_branches)
-        except UnsafeBranchError as e:
-            return self._fail(task_id, attempt, str(e))
+class Attempt:
+    """One claimed attempt at a task: checks, worktree, agent, commit, push, status write.
 
+    ``keep`` says whether the worktree stays when the attempt ends (work that could not be
+    saved anywhere else, or a failed task's folder kept for inspection)."""
+
+    def __init__(
+        self, pipeline: TaskPipeline, claim: Claim, beat: Heartbeat, should_stop: Callable[[], bool]
+    ) -> None:
+        self.workspace = pipeline.workspace
+        self.agent = pipeline.agent
+        self.options = pipeline.options
+        self.runner_id = pipeline.runner_id
+        self.claim = claim
+        self.task = claim.task
+        self.beat = beat
+        self.should_stop = should_stop
+        self.keep = False
+
+    def run(self, earlier_base: str | None) -> Outcome:
+        refusal = self._refusal()
+        if refusal:
+            return self._fail(refusal)
         started = time.monotonic()
         try:
             checkout = self.workspace.checkout(
-                task.branch, f"task-{task_id}", start_sha=task.wipSha, start_ref=_start_ref(row, task_id)
+                self.task.branch,
+                f"task-{self.task.id}",
+                start_sha=self.task.wip_sha,
+                start_ref=_start_ref(self.task),
             )
         except GitOpError as e:
-            return self._fail(task_id, attempt, str(e))
-        keep = False
+            return self._fail(str(e))
         try:  # from here on, whatever fails, the worktree goes (or is kept on purpose)
-            if isinstance(earlier_base, str) and earlier_base:
-                pushed = self.workspace.find_task_commit(task.branch, earlier_base, task_id)
-                if pushed:
-                    # the dead owner's push landed; running the agent again would push the work twice
-                    self.store.complete(task_id, self.runner_id, attempt, pushed)
-                    logger.info("complete: the earlier attempt had pushed %s to %s", pushed[:12], task.branch)
-                    return Outcome.COMPLETE
-            self.store.record(task_id, self.runner_id, attempt, baseSha=checkout.base_sha)
-            prep = time.monotonic() - started
-
-            def stop_reason() -> str | bool:
-                if beat.is_lost():
-                    return LEASE_LOST
-                return SHUTDOWN if should_stop() else False
-
-            logger.info("agent starting in %s", checkout.path)
-            result = self.agent.run(
-                task.prompt(), checkout.path, on_output=_progress_logger(), should_stop=stop_reason
-            )
-            logger.info(
-                "agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok
-            )
-            tail = result.output[-2000:] if result.output else ""
-            if beat.is_lost():
-                saved = self._lease_lost(task, attempt, checkout, beat)
-                keep = saved.unsaved
-                return Outcome.LEASE_LOST
-            if not result.ok:
-                keep = opts.keep_failed_worktrees
-                if should_stop():
-                    saved = self._keep_work(task, attempt, checkout)
-                    keep = keep or saved.unsaved
-                    return self._release(task, attempt, saved, checkout)
-                error = result.error or "agent failed"
-                if result.exit_code is None:  # killed (timeout): keep what the agent had done
-                    saved = self._keep_work(task, attempt, checkout)
-                    keep = keep or saved.unsaved
-                    error = _with_note(error, saved.note(checkout.path))
-                return self._fail(task_id, attempt, error, tail)
-            after = time.monotonic()
-            if task.wipSha and checkout.base_sha == task.wipSha:
-                self.workspace.squash_onto_upstream(checkout.path, task.branch)  # WIP + rest: one commit
-            sha = self.workspace.commit_all(checkout.path, _commit_message(task))
-            if sha is None and self.workspace.head(checkout.path) == checkout.base_sha:
-                if opts.fail_on_no_changes:
-                    return self._fail(task_id, attempt, opts.no_changes_error, tail)
-                sha = checkout.base_sha
-            else:
-                # proof of ownership right before the push: a runner whose row was reclaimed (or
-                # that cannot tell) must not push to the task's branch; and the push must be over
-                # inside the lease that proof established, so it gets no more than what remains
-                proof = beat.renew_now()
-                if proof is None:
-                    saved = self._lease_lost(task, attempt, checkout, beat)
-                    keep = saved.unsaved
-                    return Outcome.LEASE_LOST
-                try:
-                    sha = self.workspace.push(checkout.path, task.branch, timeout=proof.push_timeout())
-                    logger.info("pushed %s to %s (attempt %d)", sha[:12], task.branch, attempt)
-                except DeadlineError as e:
-                    # the lease ran out first: whoever holds the row next looks for a push that was
-                    # killed late yet landed, before running the agent again from the saved work
-                    beat.lose(f"{e} (the rest of the lease); if it landed anyway, the next attempt finds it")
-                    saved = self._lease_lost(task, attempt, checkout, beat)
-                    keep = saved.unsaved
-                    return Outcome.LEASE_LOST
-                except GitOpError as e:  # a conflict, a refusal, the network: the task fails, its work stays
-                    saved = self._keep_work(task, attempt, checkout)
-                    keep = opts.keep_failed_worktrees or saved.unsaved
-                    return self._fail(task_id, attempt, _with_note(str(e), saved.note(checkout.path)), tail)
-            self.store.complete(task_id, self.runner_id, attempt, sha, tail)
-            logger.info(
-                "complete: pushed %s to %s (runner overhead %.3f s, agent %.1f s)",
-                sha[:12],
-                task.branch,
-                prep + (time.monotonic() - after),
-                result.duration,
-            )
-            return Outcome.COMPLETE
+            return self._in_worktree(checkout, earlier_base, started)
         except GitOpError as e:
-            keep = opts.keep_failed_worktrees
-            return self._fail(task_id, attempt, str(e))
+            self.keep = self.options.keep_failed_worktrees
+            return self._fail(str(e))
         finally:
-            if not keep:
+            if not self.keep:
                 self.workspace.remove(checkout.path)
 
-    def _save_wip(self, task: Task, attempt: int, checkout: Checkout) -> SavedWork:
+    def _refusal(self) -> str | None:
+        """Why the task cannot run at all (too large, an unsafe branch), or None."""
+        size = len(self.task.details.encode())
+        if size > self.options.max_details_bytes:
+            return f"details is {size} bytes, over the {self.options.max_details_bytes}-byte limit"
+        try:
+            check_branch(self.task.branch, self.options.protected_branches)
+        except UnsafeBranchError as e:
+            return str(e)
+        return None
+
+    def _in_worktree(self, checkout: Checkout, earlier_base: str | None, started: float) -> Outcome:
+        task = self.task
+        if earlier_base:
+            pushed = self.workspace.find_task_commit(task.branch, earlier_base, task.id)
+            if pushed:
+                # the dead owner's push landed; running the agent again would push the work twice
+                self.claim.complete(pushed)
+                logger.info("complete: the earlier attempt had pushed %s to %s", pushed[:12], task.branch)
+                return Outcome.COMPLETE
+        self.claim.record(base_sha=checkout.base_sha)
+        prep = time.monotonic() - started
+        result = self._run_agent(checkout)
+        tail = result.output[-2000:] if result.output else ""
+        if self.beat.is_lost():
+            self.keep = self._lease_lost(checkout).unsaved
+            return Outcome.LEASE_LOST
+        if not result.ok:
+            return self._agent_failed(checkout, result, tail)
+        after = time.monotonic()
+        delivered = self._deliver(checkout, tail)
+        if isinstance(delivered, Outcome):
+            return delivered
+        self.claim.complete(delivered, tail)
+        logger.info(
+            "complete: pushed %s to %s (runner overhead %.3f s, agent %.1f s)",
+            delivered[:12],
+            task.branch,
+            prep + (time.monotonic() - after),
+            result.duration,
+        )
+        return Outcome.COMPLETE
+
+    def _run_agent(self, checkout: Checkout) -> AgentResult:
+        def stop_reason() -> str | bool:
+            if self.beat.is_lost():
+                return LEASE_LOST
+            return SHUTDOWN if self.should_stop() else False
+
+        logger.info("agent starting in %s", checkout.path)
+        result = self.agent.run(
+            self.task.prompt(), checkout.path, on_output=_progress_logger(), should_stop=stop_reason
+        )
+        logger.info("agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok)
+        return result
+
+    def _agent_failed(self, checkout: Checkout, result: AgentResult, tail: str) -> Outcome:
+        self.keep = self.options.keep_failed_worktrees
+        if self.should_stop():
+            saved = self._keep_work(checkout)
+            self.keep = self.keep or saved.unsaved
+            return self._release(saved, checkout)
+        error = result.error or "agent failed"
+        if result.exit_code is None:  # killed (timeout): keep what the agent had done
+            saved = self._keep_work(checkout)
+            self.keep = self.keep or saved.unsaved
+            error = _with_note(error, saved.note(checkout.path))
+        return self._fail(error, tail)
+
+    def _deliver(self, checkout: Checkout, tail: str) -> str | Outcome:
+        """Commit the agent's work and push it to the task's branch: the commit's sha, or the
+        outcome that ends the attempt instead (no changes, lease lost, a push that failed)."""
+        task = self.task
+        if task.wip_sha and checkout.base_sha == task.wip_sha:
+            self.workspace.squash_onto_upstream(checkout.path, task.branch)  # WIP + rest: one commit
+        sha = self.workspace.commit_all(checkout.path, _commit_message(task))
+        if sha is None and self.workspace.head(checkout.path) == checkout.base_sha:
+            if self.options.fail_on_no_changes:
+                return self._fail(self.options.no_changes_error, tail)
+            return checkout.base_sha
+        # proof of ownership right before the push: a runner whose row was reclaimed (or that
+        # cannot tell) must not push to the task's branch, and the push must end inside the lease
+        proof = self.beat.renew_now()
+        if proof is None:
+            self.keep = self._lease_lost(checkout).unsaved
+            return Outcome.LEASE_LOST
+        try:
+            pushed = self.workspace.push(checkout.path, task.branch, timeout=proof.push_timeout())
+        except DeadlineError as e:
+            # the lease ended mid-push: treated as lost (the next attempt looks for a push that
+            # landed anyway before running the agent again)
+            self.beat.lose(f"{e} (the rest of the lease); if it landed anyway, the next attempt finds it")
+            self.keep = self._lease_lost(checkout).unsaved
+            return Outcome.LEASE_LOST
+        except GitOpError as e:  # a conflict, a refusal, the network: the task fails, its work stays
+            saved = self._keep_work(checkout)
+            self.keep = self.options.keep_failed_worktrees or saved.unsaved
+            return self._fail(_with_note(str(e), saved.note(checkout.path)), tail)
+        logger.info("pushed %s to %s (attempt %d)", pushed[:12], task.branch, self.claim.attempt)
+        return pushed
+
+    def _fail(self, error: str, log_tail: str = "") -> Outcome:
+        logger.error("task failed: %s", error)
+        self.claim.fail(error, log_tail)
+        return Outcome.FAILED
+
+    def _save_wip(self, checkout: Checkout) -> SavedWork:
         """Commit whatever the agent changed and push it, never forced, to ``kiro-wip/<taskId>`` (or,
         when that holds other work, to a fresh ``kiro-wip/<taskId>-<attempt>``)."""
+        task = self.task
         try:
             self.workspace.commit_all(checkout.path, f"WIP: {task.title}\n\nTask-Id: {task.id}\n")
             head = self.workspace.head(checkout.path)
             if head == checkout.base_sha:
                 return SavedWork()
-            sha, ref = self.workspace.push_wip(checkout.path, wip_refs(task.id, attempt, head))
+            sha, ref = self.workspace.push_wip(checkout.path, wip_refs(task.id, self.claim.attempt, head))
         except Exception as e:  # the push above all (network, refusal); the worktree still has it
             logger.error("could not save the work in progress: %s", e)
             return SavedWork(unsaved=True)
         logger.info("work in progress saved on %s at %s", ref, sha[:12])
         return SavedWork(sha=sha, ref=ref)
 
-    def _keep_work(self, task: Task, attempt: int, checkout: Checkout) -> SavedWork:
-        """Save the work in progress and record it on the row (this runner's), where the next
-        attempt starts from it."""
-        saved = self._save_wip(task, attempt, checkout)
+    def _keep_work(self, checkout: Checkout) -> SavedWork:
+        """Save the work in progress and record it on the row, where the next attempt starts from it."""
+        saved = self._save_wip(checkout)
         if saved.sha:
-            self.store.record(task.id, self.runner_id, attempt, wipSha=saved.sha, wipRef=saved.ref)
+            self.claim.record(wip_sha=saved.sha, wip_ref=saved.ref)
         return saved
 
-    def _lease_lost(self, task: Task, attempt: int, checkout: Checkout, beat: Heartbeat) -> SavedWork:
+    def _lease_lost(self, checkout: Checkout) -> SavedWork:
         """Keep the work on the WIP ref; the row belongs to whoever holds it now (or to no one
         once the lease runs out), so it is only told of the WIP if it is still this runner's."""
-        logger.warning("not pushing to %s: %s", task.branch, beat.reason or LEASE_LOST)
-        saved = self._save_wip(task, attempt, checkout)
+        logger.warning("not pushing to %s: %s", self.task.branch, self.beat.reason or LEASE_LOST)
+        saved = self._save_wip(checkout)
         if saved.sha:
             try:
-                self.store.record(task.id, self.runner_id, attempt, wipSha=saved.sha, wipRef=saved.ref)
+                self.claim.record(wip_sha=saved.sha, wip_ref=saved.ref)
             except Exception as e:  # LeaseLostError above all: the new owner starts from its own base
                 logger.info("work in progress not recorded on the row (%s)", type(e).__name__)
         if saved.unsaved:
             logger.warning("the agent's work stays in %s", checkout.path)
         return saved
 
-    def _release(self, task: Task, attempt: int, saved: SavedWork, checkout: Checkout) -> Outcome:
+    def _release(self, saved: SavedWork, checkout: Checkout) -> Outcome:
         note = _with_note(f"released by runner {self.runner_id}: {SHUTDOWN}", saved.note(checkout.path))
-        self.store.release(task.id, self.runner_id, attempt, note)
+        self.claim.release(note)
         logger.warning("task given back as pending: %s", note)
         return Outcome.RELEASED
 
@@ -562,15 +537,15 @@ def wip_refs(task_id: str, attempt: int, sha: str) -> list[str]:
     return [base, f"{base}-{attempt}", f"{base}-{attempt}-{sha[:12]}"]
 
 
-def _start_ref(row: dict, task_id: str) -> str:
+def _start_ref(task: Task) -> str:
     """The ref holding the row's ``wipSha``: ``wipRef`` when it is a safe ref of the runner's own."""
-    ref = row.get("wipRef")
+    ref = task.wip_ref
     if isinstance(ref, str) and ref.startswith(WIP_PREFIX):
         try:
             return WIP_PREFIX + check_branch(ref.removeprefix(WIP_PREFIX), protected=())
         except UnsafeBranchError:
             logger.warning("ignoring an unsafe wipRef on the row")
-    return wip_ref(task_id)
+    return wip_ref(task.id)
 
 
 def _with_note(error: str, note: str) -> str:
@@ -578,7 +553,7 @@ def _with_note(error: str, note: str) -> str:
 
 
 def _commit_message(task: Task) -> str:
-    pr = f" (PR #{task.prNumber})" if task.prNumber is not None else ""
+    pr = f" (PR #{task.pr_number})" if task.pr_number is not None else ""
     return f"{task.title}{pr}\n\nGenerated by the agent for task {task.id}.\n\nTask-Id: {task.id}\n"
 
 

@@ -146,8 +146,11 @@ def _demo(aws_port: int, where: _Logs) -> int:
                     "kiro-cli not found: the runner uses the DEMO AGENT, a stand-in that edits a file",
                     flush=True,
                 )
+        assert cfg.branch_locks_table, "the template defines the branch locks table"
         store = TaskStore(
-            aws.client("dynamodb", region=cfg.region, endpoint_url=cfg.endpoint_url), cfg.table_name
+            aws.client("dynamodb", region=cfg.region, endpoint_url=cfg.endpoint_url),
+            cfg.table_name,
+            branch_locks_table=cfg.branch_locks_table,
         )
         task_id = f"demo-{uuid.uuid4().hex[:8]}"
         branch = f"feature/add-login-validation-{task_id}"

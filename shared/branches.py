@@ -118,9 +118,8 @@ def check_branch(branch: object, protected: tuple[str, ...] | list[str] = DEFAUL
         )
     for pattern in protected:
         if fnmatch.fnmatchcase(name, folded(pattern)):
+            seen = "" if name == branch else f" (read as {name!r}: case and width are ignored)"
             raise UnsafeBranchError(
-                branch,
-                f"branch is protected ({pattern}, compared ignoring case and width); "
-                "the runner never writes to it",
+                branch, f"branch{seen} is protected ({pattern}); the runner never writes to it"
             )
     return branch

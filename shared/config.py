@@ -26,6 +26,7 @@ from pydantic_settings import (
 from shared.aws import Keys
 
 DEFAULT_TABLE = "aipm-amazon-q-queue"
+DEFAULT_LOCKS_TABLE = "aipm-branch-locks"  # the template's default NamePrefix
 
 # what `aipm local up` writes in the folder it runs in (relative: read from the working folder)
 LOCAL_STACK_FILE = Path(".aipm") / "local.json"
@@ -120,6 +121,8 @@ class AwsSettings(BaseSettings):
     aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
     table_name: str = Field(default=DEFAULT_TABLE, validation_alias="TABLE_NAME")
     task_queue_url: str | None = Field(default=None, validation_alias="TASK_QUEUE_URL")
+    # one task per branch: the claim's lock items (the dead-letter path frees them too)
+    branch_locks_table: str = Field(default=DEFAULT_LOCKS_TABLE, validation_alias="BRANCH_LOCKS_TABLE")
 
 
 class DispatchSettings(AwsSettings):

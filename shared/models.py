@@ -14,6 +14,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 
 _deserializer = TypeDeserializer()
 _serializer = TypeSerializer()
@@ -106,36 +107,44 @@ def _ddb_value(value: Any) -> Any:
     return value
 
 
-class Task(BaseModel):
+class WireModel(BaseModel):
+    """A model whose wire names are camelCase (the seed's ``prNumber``, ``createdAt``, ...) while
+    Python reads snake_case attributes; either name is accepted on input, dumps use the wire names."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class Task(WireModel):
     """One row of the queue table."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, str_strip_whitespace=False)
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
     # seed fields
     id: str = Field(min_length=1, max_length=256)
     title: str = Field(min_length=1)
     details: str = ""
     branch: str
-    prNumber: int | None = None  # noqa: N815 - contract names are the seed's
-    prUrl: str | None = None  # noqa: N815
+    pr_number: int | None = None
+    pr_url: str | None = None
     status: TaskStatus
-    createdAt: str | None = None  # noqa: N815
-    updatedAt: str | None = None  # noqa: N815
+    created_at: str | None = None
+    updated_at: str | None = None
     error: str | None = None
     # added fields (add-only)
-    runnerId: str | None = None  # noqa: N815
-    attempts: int = 0
-    leaseExpiresAt: float | None = None  # noqa: N815 - epoch seconds
-    startedAt: str | None = None  # noqa: N815
-    finishedAt: str | None = None  # noqa: N815
-    commitSha: str | None = None  # noqa: N815
-    logTail: str | None = None  # noqa: N815
-    wipSha: str | None = None  # noqa: N815
-    wipRef: str | None = None  # noqa: N815  # the kiro-wip/... ref that holds wipSha
-    baseSha: str | None = None  # noqa: N815
-    waitingFor: str | None = None  # noqa: N815  # what a task held up (by its branch) waits for
+    runner_id: str | None = None
+    # a small non-negative count: anything else is refused as an unreadable row, never claimed
+    attempts: int = Field(default=0, ge=0, le=1_000_000)
+    lease_expires_at: float | None = None  # epoch seconds
+    started_at: str | None = None
+    finished_at: str | None = None
+    commit_sha: str | None = None
+    log_tail: str | None = None
+    wip_sha: str | None = None
+    wip_ref: str | None = None  # the kiro-wip/... ref that holds wip_sha
+    base_sha: str | None = None
+    waiting_for: str | None = None  # what a task held up (by its branch) waits for
 
-    @field_validator("prNumber", mode="before")
+    @field_validator("pr_number", mode="before")
     @classmethod
     def _pr_number_from_string(cls, v: Any) -> Any:
         # some backends write prNumber as a numeric string; accept it, reject anything else
@@ -154,21 +163,21 @@ class Task(BaseModel):
         if self.details:
             lines += [self.details, ""]
         lines.append(f"You are working on git branch '{self.branch}'.")
-        if self.prUrl or self.prNumber is not None:
-            number = f" (#{self.prNumber})" if self.prNumber is not None else ""
-            lines.append(f"The changes will be reviewed in pull request {self.prUrl or ''}{number}.")
+        if self.pr_url or self.pr_number is not None:
+            number = f" (#{self.pr_number})" if self.pr_number is not None else ""
+            lines.append(f"The changes will be reviewed in pull request {self.pr_url or ''}{number}.")
         lines.append(
             "Make the change in this working directory. Do not commit or push; the runner does that."
         )
         return "\n".join(lines)
 
 
-class TaskSignal(BaseModel):
+class TaskSignal(WireModel):
     """The SQS message body: a signal only. The row is the truth, so duplicates are harmless."""
 
     model_config = ConfigDict(extra="ignore")
 
-    taskId: str = Field(min_length=1, max_length=256)  # noqa: N815
+    task_id: str = Field(min_length=1, max_length=256)
     reason: str = "insert"
     requeues: int = Field(default=0, ge=0)  # times the dead-letter handler signalled it afresh
 

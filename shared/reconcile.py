@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.dispatch import Dispatcher
-from shared.models import TaskSignal, TaskStatus
-from shared.store import TaskNotFoundError, TaskStore
+from shared.models import InvalidRow, Task, TaskSignal, TaskStatus
+from shared.store import TaskNotFoundError, TaskRepository
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Reconciler:
 
     def __init__(
         self,
-        store: TaskStore,
+        store: TaskRepository,
         dispatcher: Dispatcher,
         clock: Callable[[], float] = time.time,
         pending_age_seconds: float = 60,
@@ -70,32 +70,32 @@ class Reconciler:
         self.limit = limit
 
     def run(self) -> ReconcileReport:
-        """Re-signal what needs it; returns the ids signalled."""
+        """Re-signal what needs it; returns the ids signalled. A row the code cannot read is
+        signalled too (the runner then fails it with its reason) and never stops the pass."""
         now = self._clock()
         report = ReconcileReport()
         cutoff = iso_at(now - self.pending_age_seconds)
-        for row in self._store.list_by_status(TaskStatus.PENDING, created_before=cutoff, limit=self.limit):
+        for row in self._store.list_tasks(TaskStatus.PENDING, created_before=cutoff, limit=self.limit):
             # a row reset to pending keeps its createdAt: its own MODIFY already signalled it
-            if str(row.get("updatedAt") or "") >= cutoff:
+            if isinstance(row, Task) and (row.updated_at or "") >= cutoff:
                 continue
             if self._signal(row, "reconcile: pending and unclaimed"):
-                report.pending.append(row["id"])
+                report.pending.append(str(row.id))
         stale_before = now - self.stale_lease_seconds
-        for row in self._store.list_by_status(TaskStatus.PROCESSING, limit=self.limit):
-            lease = row.get("leaseExpiresAt")
-            if isinstance(lease, int | float) and lease >= stale_before:
+        for row in self._store.list_tasks(TaskStatus.PROCESSING, limit=self.limit):
+            lease = row.lease_expires_at if isinstance(row, Task) else None
+            if lease is not None and lease >= stale_before:
                 continue
             if self._signal(row, "reconcile: lease expired"):
-                report.expired.append(row["id"])
+                report.expired.append(str(row.id))
         return report
 
-    def _signal(self, row: dict[str, Any], reason: str) -> bool:
-        task_id = row.get("id")
-        if not isinstance(task_id, str) or not task_id:
-            logger.warning("row without a string id in the status index: %r", task_id)
+    def _signal(self, row: Task | InvalidRow, reason: str) -> bool:
+        if not row.id:
+            logger.warning("row without a string id in the status index: %s", getattr(row, "reason", ""))
             return False
-        message_id = self._dispatcher.send(TaskSignal(taskId=task_id, reason=reason))
-        logger.info("re-signalled task %s (%s), message %s", task_id, reason, message_id)
+        message_id = self._dispatcher.send(TaskSignal(task_id=row.id, reason=reason))
+        logger.info("re-signalled task %s (%s), message %s", row.id, reason, message_id)
         return True
 
 
@@ -114,7 +114,7 @@ class DeadLetterOutcome(BaseModel):
 
 
 def give_up(
-    store: TaskStore,
+    store: TaskRepository,
     task_id: str,
     receive_count: int,
     clock: Callable[[], float] = time.time,
@@ -137,7 +137,7 @@ def give_up(
     ``dispatcher`` it is signalled afresh instead, at most ``max_requeues`` times.
     """
     try:
-        row = store.get(task_id)
+        row = store.get_row(task_id)  # plain values: a row the code cannot read is given up too
     except TaskNotFoundError:
         return DeadLetterOutcome(task_id=task_id, failed=False, note="no such row")
     status = row.get("status")
@@ -156,7 +156,7 @@ def give_up(
     if store.fail_unowned(task_id, error):
         return DeadLetterOutcome(task_id=task_id, failed=True, error=error)
     # the row changed between the read and the write: it ended, or a runner took it again
-    now_status = store.get(task_id).get("status")
+    now_status = store.get_row(task_id).get("status")
     if now_status == TaskStatus.PROCESSING.value:
         raise LeaseStillLiveError(f"task {task_id} was claimed again while being given up")
     return DeadLetterOutcome(task_id=task_id, failed=False, note=f"became {now_status} meanwhile")

@@ -3,11 +3,13 @@
 Conditions make ownership safe across any number of runners: a claim succeeds for exactly one of
 them, and a runner that lost its lease cannot complete, fail or renew the row.
 
-One task per branch at a time: with a branch locks table, a claim is one transaction of the row's
-conditional claim and a lock item keyed by the task's branch (strongly consistent, unlike the
-status index, on which two near-simultaneous claims of one branch can both miss each other). The
-lock carries the same lease as the row: it is renewed with the row, deleted when the task ends or
-is given back, and a crashed runner's lock is taken over once its lease has passed.
+One task per branch at a time: a claim is one transaction of the row's conditional claim and a
+lock item keyed by the task's branch in the branch locks table (strongly consistent). The lock
+carries the same lease as the row: it is renewed with the row, deleted when the task ends, is
+given back or is given up, and a crashed runner's lock is taken over once its lease has passed.
+
+Rows travel as ``Task`` models. ``claim`` returns a ``Claim``: the handle that carries the
+ownership (task, runner, attempt, locked branch) and makes every later transition.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import random
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -64,8 +67,13 @@ class BranchBusyError(StoreError):
 
 
 class InvalidRowError(StoreError):
-    """DynamoDB refused the claim for the row's own content (e.g. ``attempts`` is not a number):
-    retrying cannot help."""
+    """The row cannot be read as a task, or DynamoDB refused the claim for the row's own content
+    (e.g. ``attempts`` is not a number): retrying cannot help. ``reason`` says why."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.task_id = task_id
+        self.reason = reason
 
 
 def _error_code(err: ClientError) -> str:
@@ -100,42 +108,168 @@ def _lockable(branch: object) -> bool:
     return isinstance(branch, str) and bool(branch)
 
 
-class TaskStore:
-    """Reads and transitions rows of the queue table through one injected DynamoDB client.
+class Claim:
+    """This runner's hold on one task: made by ``TaskRepository.claim``, it carries the ownership
+    (task id, runner, attempt and the branch it locked) and makes every later transition, each one
+    conditional write (or one transaction with the branch lock) that holds only while the row is
+    still this claim's."""
 
-    ``branch_locks_table`` set: one task per branch is enforced here, by a lock item per branch
-    taken in the claim's transaction (``BranchBusyError``). Unset (None): claims take no lock and
-    the caller keeps one task per branch itself, as before, from the status index (eventually
-    consistent: near-simultaneous claims of one branch can both pass such a check).
-    """
-
-    def __init__(
-        self,
-        dynamodb: Any,
-        table_name: str,
-        clock: Any = time.time,
-        *,
-        branch_locks_table: str | None = None,
-    ) -> None:
-        self._ddb = dynamodb
-        self.table_name = table_name
-        self.branch_locks_table = branch_locks_table or None
-        self._clock = clock
-        # (task, runner, attempt) -> the branch its claim locked; saves a read per renewal and end
-        self._locked: dict[tuple[str, str, int], str] = {}
+    def __init__(self, store: ClaimWrites, task: Task, runner_id: str, branch: str | None) -> None:
+        self._store = store
+        self.task = task  # the row as the claim left it
+        self.runner_id = runner_id
+        self.attempt = task.attempts
+        self.branch = branch  # the locked branch (None: the row's branch could key no lock)
 
     @property
-    def locks_branches(self) -> bool:
-        """Whether claims take a branch lock (and refuse a busy branch with BranchBusyError)."""
-        return self.branch_locks_table is not None
+    def task_id(self) -> str:
+        return self.task.id
+
+    def renew(self, lease_seconds: float) -> float:
+        """Extend the lease (and the branch lock's); returns the new expiry, counted from before
+        the call. Raises LeaseLostError when the row or the lock is no longer this claim's, or its
+        lease has already run out (only a claim gives an expired row a new lease)."""
+        return self._store._renew(self, lease_seconds)
+
+    def record(self, **fields: Any) -> None:
+        """Set informational fields (``base_sha``, ``wip_sha``, ``wip_ref``, ``log_tail``)."""
+        self._store._record(self, fields)
+
+    def complete(self, commit_sha: str, log_tail: str = "") -> None:
+        """processing -> complete with the pushed commit; the saved work in progress is folded into
+        that commit, so ``wipSha``/``wipRef`` are cleared (a retry must not resume from them)."""
+        self._store._end(self, _complete_update(commit_sha, log_tail))
+
+    def fail(self, error: str, log_tail: str = "") -> None:
+        """processing -> failed with a readable error."""
+        self._store._end(self, _fail_update(error, log_tail))
+
+    def release(self, note: str) -> None:
+        """processing -> pending: the task is given back (shutdown), with a note in ``error``."""
+        self._store._end(self, _release_update(note))
+
+
+class ClaimWrites(Protocol):
+    """What a ``Claim`` asks of the repository that made it."""
+
+    def _renew(self, claim: Claim, lease_seconds: float) -> float: ...
+    def _record(self, claim: Claim, fields: dict[str, Any]) -> None: ...
+    def _end(self, claim: Claim, update: Update) -> None: ...
+
+
+class TaskRepository(ClaimWrites, Protocol):
+    """The queue table as the runner, the Lambdas and the CLI use it. ``TaskStore`` is the
+    DynamoDB implementation; tests have an in-memory one with the same conditions."""
+
+    def get(self, task_id: str) -> Task: ...
+    def get_row(self, task_id: str) -> dict[str, Any]: ...
+    def list_by_status(
+        self,
+        status: TaskStatus,
+        created_before: str | None = None,
+        limit: int = 100,
+        branch: str | None = None,
+    ) -> list[Task]: ...
+    def list_tasks(
+        self, status: TaskStatus, created_before: str | None = None, limit: int = 100
+    ) -> list[Task | InvalidRow]: ...
+    def put_new(self, row: dict[str, Any]) -> None: ...
+    def stamp_created(self, task_id: str, created_at: str) -> bool: ...
+    def note_waiting(self, task_id: str, note: str, attempts: int | None) -> bool: ...
+    def claim(self, task: Task | str, runner_id: str, lease_seconds: float) -> Claim: ...
+    def fail_unowned(self, task_id: str, error: str) -> bool: ...
+    def reset(self, task_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Update:
+    """The SET/REMOVE of a transition that ends a claim, with its values (plain Python)."""
+
+    status: TaskStatus
+    sets: dict[str, Any] = field(default_factory=dict)  # wire names -> values
+    removes: tuple[str, ...] = ()
+
+
+def _complete_update(commit_sha: str, log_tail: str) -> Update:
+    stamp = utc_now_iso()
+    return Update(
+        TaskStatus.COMPLETE,
+        {
+            "commitSha": commit_sha,
+            "logTail": log_tail[-LOG_TAIL_CHARS:],
+            "finishedAt": stamp,
+            "updatedAt": stamp,
+        },
+        ("leaseExpiresAt", "error", "wipSha", "wipRef"),
+    )
+
+
+def _fail_update(error: str, log_tail: str) -> Update:
+    stamp = utc_now_iso()
+    return Update(
+        TaskStatus.FAILED,
+        {
+            "error": error[:ERROR_CHARS] or "failed",
+            "logTail": log_tail[-LOG_TAIL_CHARS:],
+            "finishedAt": stamp,
+            "updatedAt": stamp,
+        },
+        ("leaseExpiresAt",),
+    )
+
+
+def _release_update(note: str) -> Update:
+    return Update(
+        TaskStatus.PENDING,
+        {"error": note[:ERROR_CHARS], "updatedAt": utc_now_iso()},
+        ("leaseExpiresAt", "runnerId"),
+    )
+
+
+def wire_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``record``'s keyword arguments (the Task model's attribute names) as the row's wire names."""
+    names = Task.model_fields
+    out = {}
+    for key, value in fields.items():
+        if key not in names:
+            raise TypeError(f"Task has no field {key!r}")
+        out[names[key].alias or key] = value
+    return out
+
+
+class TaskStore:
+    """The ``TaskRepository`` on DynamoDB: reads and transitions rows of the queue table through
+    one injected client; one task per branch by the lock items of ``branch_locks_table``."""
+
+    def __init__(
+        self, dynamodb: Any, table_name: str, clock: Any = time.time, *, branch_locks_table: str
+    ) -> None:
+        if not branch_locks_table:
+            raise ValueError("a branch locks table is required (BRANCH_LOCKS_TABLE)")
+        self._ddb = dynamodb
+        self.table_name = table_name
+        self.branch_locks_table = branch_locks_table
+        self._clock = clock
 
     # -- reads -------------------------------------------------------------------------------
-    def get(self, task_id: str) -> dict[str, Any]:
-        """The row as plain values (strongly consistent). Raises TaskNotFoundError."""
+    def get_row(self, task_id: str) -> dict[str, Any]:
+        """The row as plain values with its wire names (strongly consistent), for operators and
+        tests. Raises TaskNotFoundError."""
+        return from_dynamodb(self._get_item(task_id))
+
+    def get(self, task_id: str) -> Task:
+        """The row as a ``Task`` (strongly consistent). Raises TaskNotFoundError, and
+        InvalidRowError with the reason when the row cannot be a task."""
+        row = read_row(self._get_item(task_id))
+        if isinstance(row, InvalidRow):
+            raise InvalidRowError(task_id, row.reason)
+        return row
+
+    def _get_item(self, task_id: str) -> dict[str, Any]:
         resp = self._ddb.get_item(TableName=self.table_name, Key={"id": {"S": task_id}}, ConsistentRead=True)
         if "Item" not in resp:
             raise TaskNotFoundError(task_id)
-        return from_dynamodb(resp["Item"])
+        return dict(resp["Item"])
 
     def list_by_status(
         self,
@@ -143,22 +277,25 @@ class TaskStore:
         created_before: str | None = None,
         limit: int = 100,
         branch: str | None = None,
-    ) -> list[dict]:
-        """Rows of one status from the status GSI, oldest first (never a scan); ``branch`` filters.
-        A row whose values cannot be read at all is skipped with a log line, so one bad row never
-        stops a listing (``list_tasks`` shows it instead)."""
-        rows = []
+    ) -> list[Task]:
+        """Tasks of one status from the status GSI, oldest first (never a scan); ``branch`` filters.
+        A row that cannot be a task is skipped with a log line, so one bad row never stops a
+        listing (``list_tasks`` shows it instead)."""
+        tasks = []
         for item in self._query_status(status, created_before, limit, branch):
-            try:
-                rows.append(from_dynamodb(item))
-            except (ArithmeticError, TypeError, ValueError) as e:
-                logger.warning("skipping unreadable row %s (%s)", _item_id(item), type(e).__name__)
-        return rows
+            row = read_row(item)
+            if isinstance(row, InvalidRow):
+                logger.warning("skipping unreadable row %s: %s", _item_id(item), row.reason)
+                continue
+            tasks.append(row)
+        return tasks
 
-    def list_tasks(self, status: TaskStatus, limit: int = 100) -> list[Task | InvalidRow]:
+    def list_tasks(
+        self, status: TaskStatus, created_before: str | None = None, limit: int = 100
+    ) -> list[Task | InvalidRow]:
         """Rows of one status as ``Task`` models, oldest first; a row that cannot be one is an
         ``InvalidRow`` in its place, saying why."""
-        return [read_row(item) for item in self._query_status(status, None, limit, None)]
+        return [read_row(item) for item in self._query_status(status, created_before, limit, None)]
 
     def _query_status(
         self, status: TaskStatus, created_before: str | None, limit: int, branch: str | None
@@ -225,45 +362,56 @@ class TaskStore:
         return True
 
     # -- transitions -------------------------------------------------------------------------
-    def claim(
-        self, task_id: str, runner_id: str, lease_seconds: float, row: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """pending -> processing, or reclaim a processing row whose lease has expired.
+    def claim(self, task: Task | str, runner_id: str, lease_seconds: float) -> Claim:
+        """pending -> processing, or reclaim a processing row whose lease has expired, with the
+        branch's lock in the same transaction. ``task`` is the row as the caller last read it: the
+        claim holds only if its branch and attempts are still the same (an id: the row is read).
 
-        Returns the row after the claim. Raises ClaimLostError when the row is not claimable,
-        InvalidRowError when DynamoDB refuses the row's content and, with branch locks,
-        BranchBusyError when another task holds the branch. ``row`` is the row as the caller last
-        read it (with branch locks, the claim holds only if the row's branch and attempts are
-        still the same); without it the store reads the row itself.
-        """
+        Raises ClaimLostError when the row is not claimable, BranchBusyError when another task
+        holds the branch, InvalidRowError when DynamoDB refuses the row's content."""
+        if isinstance(task, str):
+            try:
+                task = self.get(task)
+            except TaskNotFoundError as e:
+                raise ClaimLostError(e.args[0]) from e
         now = self._clock()
         lease = now + lease_seconds
+        task_id = task.id
         update = self._claim_update(task_id, runner_id, now, lease)
-        if self.branch_locks_table is None:
-            return self._claim_row(task_id, update)
-        if row is None:
-            try:
-                row = self.get(task_id)
-            except TaskNotFoundError as e:
-                raise ClaimLostError(task_id) from e
-        branch = row.get("branch")
-        if not _lockable(branch):
-            return self._claim_row(task_id, update)
-        assert isinstance(branch, str)
-        attempts = row.get("attempts")
+        branch = task.branch if _lockable(task.branch) else None
         values = update["ExpressionAttributeValues"]
         update["ConditionExpression"] += " AND branch = :branch"
-        values[":branch"] = {"S": branch}
+        values[":branch"] = {"S": task.branch}
         # the lock records the attempt: the claim holds only on the attempts count read here
-        # (a count that is not a number is left to the update, which DynamoDB then refuses)
-        attempt = 1
-        if attempts is None:
-            update["ConditionExpression"] += " AND attribute_not_exists(attempts)"
-        elif isinstance(attempts, int) and not isinstance(attempts, bool):
+        if task.attempts == 0:
+            update["ConditionExpression"] += " AND (attribute_not_exists(attempts) OR attempts = :seen)"
+        else:
             update["ConditionExpression"] += " AND attempts = :seen"
-            values[":seen"] = {"N": str(attempts)}
-            attempt = attempts + 1
-        lock = {
+        values[":seen"] = {"N": str(task.attempts)}
+        items: list[dict[str, Any]] = [{"Update": update}]
+        if branch is not None:
+            items.append({"Put": self._lock_put(branch, task_id, runner_id, task.attempts + 1, now, lease)})
+        try:
+            self._transact(items)
+        except ClientError as e:
+            codes = _cancellation_codes(e)
+            if (codes and codes[0] == "ConditionalCheckFailed") or _is_conditional_failure(e):
+                raise ClaimLostError(task_id) from e
+            if branch is not None and len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
+                holder = _cancelled_item(e, 1).get("taskId")
+                raise BranchBusyError(task_id, branch, holder if isinstance(holder, str) else None) from e
+            if "ValidationError" in codes or _error_code(e) == "ValidationException":
+                raise InvalidRowError(task_id, f"the row cannot be claimed: {_message(e)}") from e
+            raise
+        claimed = self.get(task_id)  # a transaction returns no values
+        if claimed.runner_id != runner_id:
+            raise ClaimLostError(task_id)  # reclaimed since (this runner's lease ran out already)
+        return Claim(self, claimed, runner_id, branch)
+
+    def _lock_put(
+        self, branch: str, task_id: str, runner_id: str, attempt: int, now: float, lease: float
+    ) -> dict[str, Any]:
+        return {
             "TableName": self.branch_locks_table,
             "Item": {
                 "branch": {"S": branch},
@@ -278,24 +426,6 @@ class TaskStore:
             "ExpressionAttributeValues": {":now": {"N": f"{now:.3f}"}, ":me": {"S": task_id}},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
-        try:
-            self._transact([{"Update": update}, {"Put": lock}])
-        except ClientError as e:
-            codes = _cancellation_codes(e)
-            if codes and codes[0] == "ConditionalCheckFailed":
-                raise ClaimLostError(task_id) from e
-            if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
-                holder = _cancelled_item(e, 1).get("taskId")
-                raise BranchBusyError(task_id, branch, holder if isinstance(holder, str) else None) from e
-            if "ValidationError" in codes or _error_code(e) == "ValidationException":
-                raise InvalidRowError(_message(e)) from e
-            raise
-        claimed = self.get(task_id)  # a transaction returns no values
-        if claimed.get("runnerId") != runner_id:
-            raise ClaimLostError(task_id)  # reclaimed since (this runner's lease ran out already)
-        if isinstance(claimed.get("attempts"), int):
-            self._locked[(task_id, runner_id, claimed["attempts"])] = branch
-        return claimed
 
     def _claim_update(self, task_id: str, runner_id: str, now: float, lease: float) -> dict[str, Any]:
         return {
@@ -325,126 +455,71 @@ class TaskStore:
             },
         }
 
-    def _claim_row(self, task_id: str, update: dict[str, Any]) -> dict[str, Any]:
-        """The claim as one conditional update of the row alone (no branch lock)."""
-        try:
-            resp = self._ddb.update_item(**update, ReturnValues="ALL_NEW")
-        except ClientError as e:
-            if _is_conditional_failure(e):
-                raise ClaimLostError(task_id) from e
-            if _error_code(e) == "ValidationException":
-                raise InvalidRowError(_message(e)) from e
-            raise
-        return from_dynamodb(resp["Attributes"])
-
-    def renew(self, task_id: str, runner_id: str, attempt: int, lease_seconds: float) -> float:
-        """Extend this runner's lease (and its branch lock's, in the same transaction); returns the
-        new expiry. Raises LeaseLostError when the row or the lock is no longer this runner's, or
-        when its lease has already run out: others act on an expired lease without taking the row
-        (another task of the branch starts, the lock is taken over, the row is failed as dead), so
-        only a claim may give it a new one.
-
-        The new lease counts from before the call: a call that takes long returns a lease that has
-        partly or wholly passed. The caller measures that (the pipeline's Heartbeat does)."""
+    def _renew(self, claim: Claim, lease_seconds: float) -> float:
         now = self._clock()
         lease = now + lease_seconds
         update = self._owned_params(
-            task_id,
-            runner_id,
-            attempt,
+            claim,
             "SET leaseExpiresAt = :lease",
             {":lease": {"N": f"{lease:.3f}"}, ":now": {"N": f"{now:.3f}"}},
         )
         update["ConditionExpression"] += " AND leaseExpiresAt > :now"
-        branch = self._lock_of(task_id, runner_id, attempt)
-        if branch is None:
-            self._owned_write(task_id, update)
+        if claim.branch is None:
+            self._owned_write(claim, update)
             return lease
         lock = {
             "TableName": self.branch_locks_table,
-            "Key": {"branch": {"S": branch}},
+            "Key": {"branch": {"S": claim.branch}},
             "UpdateExpression": "SET leaseExpiresAt = :lease, expiresAt = :ttl",
             "ConditionExpression": "taskId = :task AND runnerId = :me",
             "ExpressionAttributeValues": {
                 ":lease": {"N": f"{lease:.3f}"},
                 ":ttl": {"N": str(int(lease) + LOCK_TTL_SECONDS)},
-                ":task": {"S": task_id},
-                ":me": {"S": runner_id},
+                ":task": {"S": claim.task_id},
+                ":me": {"S": claim.runner_id},
             },
         }
         try:
             self._transact([{"Update": update}, {"Update": lock}])
         except ClientError as e:
             if "ConditionalCheckFailed" in _cancellation_codes(e):
-                self._locked.pop((task_id, runner_id, attempt), None)
-                raise LeaseLostError(task_id) from e
+                raise LeaseLostError(claim.task_id) from e
             raise
         return lease
 
-    def record(self, task_id: str, runner_id: str, attempt: int, **fields: Any) -> None:
-        """Set informational fields (baseSha, wipSha, logTail) on a row this runner owns."""
-        names = {f"#f{i}": k for i, k in enumerate(fields)}
-        values = {f":v{i}": v for i, v in enumerate(fields.values())}
+    def _record(self, claim: Claim, fields: dict[str, Any]) -> None:
+        wire = wire_fields(fields)
+        names = {f"#f{i}": k for i, k in enumerate(wire)}
+        values = {f":v{i}": v for i, v in enumerate(wire.values())}
         sets = ", ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True))
-        self._owned_update(
-            task_id,
-            runner_id,
-            attempt,
+        params = self._owned_params(
+            claim,
             f"SET {sets}, updatedAt = :stamp",
             {**{k: to_dynamodb({"x": v})["x"] for k, v in values.items()}, ":stamp": {"S": utc_now_iso()}},
             extra_names=names,
         )
+        self._owned_write(claim, params)
 
-    def complete(
-        self, task_id: str, runner_id: str, attempt: int, commit_sha: str, log_tail: str = ""
-    ) -> None:
-        """processing -> complete with the pushed commit. The saved work in progress (``wipSha``,
-        ``wipRef``) is folded into that commit, so it is cleared: a retry must not resume from it."""
-        stamp = utc_now_iso()
-        self._owned_final(
-            task_id,
-            runner_id,
-            attempt,
-            "SET #s = :complete, commitSha = :sha, logTail = :tail, finishedAt = :stamp, updatedAt = :stamp "
-            "REMOVE leaseExpiresAt, #e, wipSha, wipRef",
-            {
-                ":complete": {"S": TaskStatus.COMPLETE.value},
-                ":sha": {"S": commit_sha},
-                ":tail": {"S": log_tail[-LOG_TAIL_CHARS:]},
-                ":stamp": {"S": stamp},
-            },
+    def _end(self, claim: Claim, update: Update) -> None:
+        """A write that ends the claim (complete, fail, release), then the branch lock's removal.
+        The status write stands on its own: a lock already gone, or taken over by another task,
+        must not undo it, so the removal is a separate conditional delete."""
+        sets = {"status": update.status.value, **update.sets}
+        names = {f"#f{i}": k for i, k in enumerate(sets)}
+        values = {f":v{i}": v for i, v in enumerate(sets.values())}
+        removes = {f"#r{i}": k for i, k in enumerate(update.removes)}
+        expr = "SET " + ", ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True))
+        if removes:
+            expr += " REMOVE " + ", ".join(removes)
+        params = self._owned_params(
+            claim,
+            expr,
+            {k: to_dynamodb({"x": v})["x"] for k, v in values.items()},
+            extra_names={**names, **removes},
         )
-
-    def fail(self, task_id: str, runner_id: str, attempt: int, error: str, log_tail: str = "") -> None:
-        """processing -> failed with a readable error."""
-        stamp = utc_now_iso()
-        self._owned_final(
-            task_id,
-            runner_id,
-            attempt,
-            "SET #s = :failed, #e = :err, logTail = :tail, finishedAt = :stamp, updatedAt = :stamp "
-            "REMOVE leaseExpiresAt",
-            {
-                ":failed": {"S": TaskStatus.FAILED.value},
-                ":err": {"S": error[:ERROR_CHARS] or "failed"},
-                ":tail": {"S": log_tail[-LOG_TAIL_CHARS:]},
-                ":stamp": {"S": stamp},
-            },
-        )
-
-    def release(self, task_id: str, runner_id: str, attempt: int, note: str) -> None:
-        """processing -> pending: this runner gives the task back (shutdown), with a note in ``error``."""
-        self._owned_final(
-            task_id,
-            runner_id,
-            attempt,
-            "SET #s = :pending, #e = :note, updatedAt = :stamp REMOVE leaseExpiresAt, runnerId",
-            {
-                ":pending": {"S": TaskStatus.PENDING.value},
-                ":note": {"S": note[:ERROR_CHARS]},
-                ":stamp": {"S": utc_now_iso()},
-            },
-        )
+        self._owned_write(claim, params)
+        if claim.branch is not None:
+            self._unlock(claim.branch, claim.task_id, claim.runner_id)
 
     def note_waiting(self, task_id: str, note: str, attempts: int | None) -> bool:
         """Say on a row what it waits for (``waitingFor``, e.g. its branch held by another task).
@@ -484,7 +559,8 @@ class TaskStore:
     def fail_unowned(self, task_id: str, error: str) -> bool:
         """Mark a row failed that no live runner will finish (dead letter, unclaimable garbage).
 
-        Leaves rows that already ended, and rows under a live lease, alone; returns whether it changed.
+        Leaves rows that already ended, and rows under a live lease, alone; returns whether it
+        changed. The branch lock the row's last claim may still hold is freed with it.
         """
         stamp = utc_now_iso()
         try:
@@ -510,7 +586,17 @@ class TaskStore:
             if _is_conditional_failure(e):
                 return False
             raise
+        self._unlock_for(task_id)
         return True
+
+    def _unlock_for(self, task_id: str) -> None:
+        """Free the lock a failed task's last claim may hold (whatever runner made it)."""
+        try:
+            branch = self.get_row(task_id).get("branch")
+        except TaskNotFoundError:
+            return
+        if isinstance(branch, str) and _lockable(branch):
+            self._unlock(branch, task_id, None)
 
     def reset(self, task_id: str) -> None:
         """failed|complete -> pending (``aipm retry``); the stream sees the MODIFY and signals again."""
@@ -533,92 +619,52 @@ class TaskStore:
                 raise TransitionError(f"task {task_id!r} is not complete or failed") from e
             raise
 
-    def _owned_update(
-        self,
-        task_id: str,
-        runner_id: str,
-        attempt: int,
-        update: str,
-        values: dict[str, Any],
-        extra_names: dict[str, str] | None = None,
-    ) -> None:
-        self._owned_write(
-            task_id, self._owned_params(task_id, runner_id, attempt, update, values, extra_names)
-        )
-
-    def _owned_final(
-        self, task_id: str, runner_id: str, attempt: int, update: str, values: dict[str, Any]
-    ) -> None:
-        """A write that ends this runner's hold on the task (complete, fail, release), then the
-        branch lock's removal. The status write stands on its own: a lock already gone, or taken
-        over by another task, must not undo it, so the removal is a separate conditional delete."""
-        branch = self._lock_of(task_id, runner_id, attempt)
-        try:
-            self._owned_update(task_id, runner_id, attempt, update, values)
-        finally:
-            self._locked.pop((task_id, runner_id, attempt), None)
-        if branch is not None:
-            self._unlock(branch, task_id, runner_id)
-
     def _owned_params(
         self,
-        task_id: str,
-        runner_id: str,
-        attempt: int,
+        claim: Claim,
         update: str,
         values: dict[str, Any],
         extra_names: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """An update of a row this runner owns (status processing, its runner id and attempt)."""
-        names = {"#s": "status", **(extra_names or {})}
-        if "#e" in update:
-            names["#e"] = "error"
+        """An update of a row this claim owns (status processing, its runner id and attempt)."""
         return {
             "TableName": self.table_name,
-            "Key": {"id": {"S": task_id}},
+            "Key": {"id": {"S": claim.task_id}},
             "UpdateExpression": update,
-            "ConditionExpression": "#s = :processing_ AND runnerId = :me_ AND attempts = :attempt_",
-            "ExpressionAttributeNames": names,
+            "ConditionExpression": "#s_ = :processing_ AND runnerId = :me_ AND attempts = :attempt_",
+            "ExpressionAttributeNames": {"#s_": "status", **(extra_names or {})},
             "ExpressionAttributeValues": {
                 **values,
                 ":processing_": {"S": TaskStatus.PROCESSING.value},
-                ":me_": {"S": runner_id},
-                ":attempt_": {"N": str(attempt)},
+                ":me_": {"S": claim.runner_id},
+                ":attempt_": {"N": str(claim.attempt)},
             },
         }
 
-    def _owned_write(self, task_id: str, params: dict[str, Any]) -> None:
+    def _owned_write(self, claim: Claim, params: dict[str, Any]) -> None:
         try:
             self._ddb.update_item(**params)
         except ClientError as e:
             if _is_conditional_failure(e):
-                raise LeaseLostError(task_id) from e
+                raise LeaseLostError(claim.task_id) from e
             raise
 
     # -- branch locks ------------------------------------------------------------------------
-    def _lock_of(self, task_id: str, runner_id: str, attempt: int) -> str | None:
-        """The branch this claim locked (None: no lock table, or a row without a lockable branch).
-        A claim this store did not make is looked up on the row; its branch does not change."""
-        if self.branch_locks_table is None:
-            return None
-        branch = self._locked.get((task_id, runner_id, attempt))
-        if branch is None:
-            try:
-                found = self.get(task_id).get("branch")
-            except TaskNotFoundError as e:
-                raise LeaseLostError(task_id) from e
-            branch = found if isinstance(found, str) and _lockable(found) else None
-        return branch
-
-    def _unlock(self, branch: str, task_id: str, runner_id: str) -> None:
-        """Delete this runner's lock of ``branch`` for ``task_id``; one that is gone or someone
-        else's is left alone, and a failed delete only delays the next task to the lock's lease."""
+    def _unlock(self, branch: str, task_id: str, runner_id: str | None) -> None:
+        """Delete the lock of ``branch`` held for ``task_id`` (by ``runner_id`` when given); one
+        that is gone or someone else's is left alone, and a failed delete only delays the next task
+        to the lock's lease."""
+        condition = "taskId = :task"
+        values = {":task": {"S": task_id}}
+        if runner_id is not None:
+            condition += " AND runnerId = :me"
+            values[":me"] = {"S": runner_id}
         try:
             self._ddb.delete_item(
                 TableName=self.branch_locks_table,
                 Key={"branch": {"S": branch}},
-                ConditionExpression="taskId = :task AND runnerId = :me",
-                ExpressionAttributeValues={":task": {"S": task_id}, ":me": {"S": runner_id}},
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
         except ClientError as e:
             if not _is_conditional_failure(e):

@@ -46,7 +46,7 @@ def sqs(moto_endpoint: str) -> Any:
 
 @pytest.fixture(scope="module")
 def store(ddb: Any, deployed: Any) -> TaskStore:
-    return TaskStore(ddb, deployed.table_name)
+    return TaskStore(ddb, deployed.table_name, branch_locks_table=deployed.branch_locks_table)
 
 
 class AwsCli:
@@ -146,7 +146,7 @@ def wait_until(
 
 def wait_final(store: TaskStore, task_id: str, timeout: float = 60) -> dict:
     def final() -> dict | None:
-        row = store.get(task_id)
+        row = store.get_row(task_id)
         return row if row.get("status") in ("complete", "failed") else None
 
     return wait_until(final, timeout, what=f"task {task_id} to end")

@@ -39,7 +39,9 @@ def store() -> TaskStore:
     """Made on the first record, once per process."""
     s = settings()
     return TaskStore(
-        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name
+        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+        s.table_name,
+        branch_locks_table=s.branch_locks_table,
     )
 
 
@@ -77,7 +79,7 @@ def record_handler(record: SQSRecord) -> None:
         )
         metrics.add_metric(name=MALFORMED_RECORDS, unit=MetricUnit.Count, value=1)
         return
-    with logger.append_context_keys(correlation_id=signal.taskId, task_id=signal.taskId):
+    with logger.append_context_keys(correlation_id=signal.task_id, task_id=signal.task_id):
         _give_up(record, signal)
 
 
@@ -86,7 +88,7 @@ def _give_up(record: SQSRecord, signal: TaskSignal) -> None:
     # a LeaseStillLiveError propagates: the record is reported failed and comes back later
     outcome = give_up(
         store(),
-        signal.taskId,
+        signal.task_id,
         int(record.attributes.approximate_receive_count or 0),
         dispatcher=dispatcher(),
         max_receive_count=s.max_receive_count,

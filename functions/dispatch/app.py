@@ -48,7 +48,9 @@ def store() -> TaskStore:
     """Made on the first record, once per process."""
     s = settings()
     return TaskStore(
-        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name
+        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+        s.table_name,
+        branch_locks_table=s.branch_locks_table,
     )
 
 
@@ -77,7 +79,7 @@ def record_handler(record: DynamoDBRecord) -> None:
         return
     if signal is None:
         return
-    with logger.append_context_keys(correlation_id=signal.taskId, task_id=signal.taskId):
+    with logger.append_context_keys(correlation_id=signal.task_id, task_id=signal.task_id):
         _signal(record, signal, new_image)
 
 
@@ -85,7 +87,7 @@ def _signal(record: DynamoDBRecord, signal: TaskSignal, new_image: dict | None) 
     if needs_created_at(new_image):
         # before the signal: a lost signal is then recovered by the reconciler from the index
         written = _record_time(record)
-        if store().stamp_created(signal.taskId, written):
+        if store().stamp_created(signal.task_id, written):
             logger.info("row had no createdAt; gave it its stream record's time", created_at=written)
     message_id = dispatcher().send(signal)
     logger.info("signalled runners", reason=signal.reason, message_id=message_id)

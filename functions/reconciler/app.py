@@ -25,7 +25,11 @@ def reconciler() -> Reconciler:
     """Made on the first run, once per process."""
     s = settings()
     return Reconciler(
-        TaskStore(aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.table_name),
+        TaskStore(
+            aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
+            s.table_name,
+            branch_locks_table=s.branch_locks_table,
+        ),
         Dispatcher(aws.client("sqs", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.task_queue_url),
         pending_age_seconds=s.pending_age_seconds,
         stale_lease_seconds=s.stale_lease_seconds,

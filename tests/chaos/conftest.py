@@ -135,7 +135,7 @@ class Chaos:
         def all_final() -> bool:
             for task_id in ids:
                 if task_id not in rows:
-                    row = self.store.get(task_id)
+                    row = self.store.get_row(task_id)
                     if row.get("status") in FINAL:
                         rows[task_id] = row
             return len(rows) == len(ids)
@@ -143,7 +143,7 @@ class Chaos:
         try:
             wait_until(all_final, timeout, interval=0.25, what=f"{len(ids)} tasks to end")
         except AssertionError as e:
-            stuck = {t: self.store.get(t).get("status") for t in ids if t not in rows}
+            stuck = {t: self.store.get_row(t).get("status") for t in ids if t not in rows}
             raise AssertionError(f"{e}; not final: {stuck}") from None
         return rows
 
@@ -188,7 +188,7 @@ class Chaos:
         commit that is not on its branch on the remote."""
         gone = []
         for task_id in ids:
-            row = self.store.get(task_id)
+            row = self.store.get_row(task_id)
             if row.get("status") not in FINAL:
                 gone.append(task_id)
             elif row["status"] == "complete" and not self.on_branch(row.get("commitSha"), row["branch"]):

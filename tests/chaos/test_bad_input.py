@@ -132,7 +132,7 @@ def test_malformed_corpus_is_logged_or_failed_and_the_queue_keeps_flowing(
             body_unexplained.append(case["case"])
     row_problems = []
     for task_id, case in expected.items():
-        row = chaos.store.get(task_id)
+        row = chaos.store.get_row(task_id)
         if case["expect"] == "failed":
             if row["status"] != "failed" or case["error"] not in (row.get("error") or ""):
                 row_problems.append((case["case"], row["status"], row.get("error")))

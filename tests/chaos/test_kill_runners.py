@@ -56,7 +56,7 @@ def test_runners_killed_ten_times_lose_nothing_and_never_double_own_a_task(
 
     # then
     statuses = Counter(row["status"] for row in rows.values())
-    processing = [t for t in ids if chaos.store.get(t)["status"] not in ("complete", "failed")]
+    processing = [t for t in ids if chaos.store.get_row(t)["status"] not in ("complete", "failed")]
     double = chaos.double_owned(ids)
     history = claims(chaos)
     repeated_claims = [t for t, c in history.items() if len({a for _, a in c}) != len(c)]

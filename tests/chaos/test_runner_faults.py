@@ -114,7 +114,7 @@ def test_sigterm_mid_task_gives_the_task_back_with_its_work_and_the_next_runner_
     first.send_signal(signal.SIGTERM)
     chaos.wait_exit(0)
     # then: pending again with a note, WIP on kiro-wip/<id>, message visible, no agent left
-    row = chaos.store.get(task_id)
+    row = chaos.store.get_row(task_id)
     # the message the runner had received is visible again: a signal of this task received before
     # (the stream's own signal for the row going back to pending is a fresh message, received once)
     re_received = released_message_visible(chaos, task_id)

@@ -32,8 +32,8 @@ def test_sigint_lets_a_running_task_finish_within_the_grace_period(
     chaos.put(later, f"feature/{later}", details="[fake:sleep=0.1]")  # arrives after the stop
     code = chaos.wait_exit(0, timeout=60)
     # then
-    row = chaos.store.get(task_id)
-    late = chaos.store.get(later)
+    row = chaos.store.get_row(task_id)
+    late = chaos.store.get_row(later)
     line = summary(
         capsys,
         "sigint warm stop",
@@ -77,7 +77,7 @@ def test_a_re_received_task_waiting_to_run_alone_is_not_started_after_sigterm(
     runner.send_signal(signal.SIGTERM)
     code = chaos.wait_exit(0, timeout=60)
     # then: the suspect never ran and its signal is back in the queue
-    row = chaos.store.get(suspect)
+    row = chaos.store.get_row(suspect)
     line = summary(
         capsys,
         "sigterm while a suspect waits",

@@ -56,7 +56,8 @@ def stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def store(stack: LocalStack) -> TaskStore:
     assert stack.config
     ddb = aws.client("dynamodb", region=stack.config.region, endpoint_url=stack.config.endpoint_url)
-    return TaskStore(ddb, stack.config.table_name)
+    assert stack.config.branch_locks_table
+    return TaskStore(ddb, stack.config.table_name, branch_locks_table=stack.config.branch_locks_table)
 
 
 def _run(store: TaskStore, branch: str, details: str) -> dict:

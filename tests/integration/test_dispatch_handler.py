@@ -144,7 +144,7 @@ def test_a_pending_row_without_created_at_gets_the_stream_records_time(
     assert stamped["Item"]["createdAt"] == {"S": iso_at(1736937000)}
     # and when that signal is lost, the reconciler finds the row through the status index
     sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
-    store = TaskStore(ddb, fresh_stack.table_name)
+    store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table)
     report = Reconciler(store, Dispatcher(sqs, fresh_stack.task_queue_url)).run()
     assert report.pending == [TASK_ID]
 

@@ -100,11 +100,12 @@ def test_every_kind_of_put_is_checked_and_a_row_without_the_index_key_is_accepte
     assert "Item" in ddb.get_item(TableName=table, Key={"id": no_created["id"]}, ConsistentRead=True)
 
 
-def _aipm(moto_endpoint: str, table: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _aipm(moto_endpoint: str, deployed: Any, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": moto_endpoint,
-        "TABLE_NAME": table,
+        "TABLE_NAME": deployed.table_name,
+        "BRANCH_LOCKS_TABLE": deployed.branch_locks_table,
         "TASK_QUEUE_URL": "http://127.0.0.1:1/unused",
         "PYTHONPATH": str(ROOT),
     }
@@ -131,7 +132,7 @@ def test_aipm_list_shows_a_row_it_cannot_parse_as_invalid_and_lists_the_rest(
         Item={k: v for k, v in _row(untitled, status={"S": "failed"}).items() if k != "title"},
     )
     ddb.put_item(TableName=table, Item=_row(huge, status={"S": "failed"}, prNumber={"N": "1" * 39}))
-    out = _aipm(moto_endpoint, table, "list", "--status", "failed", "--limit", "1000")
+    out = _aipm(moto_endpoint, deployed, "list", "--status", "failed", "--limit", "1000")
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
     rows = {r["id"]: r for r in map(json.loads, out.stdout.splitlines())}
@@ -146,7 +147,9 @@ def test_aipm_submit_never_overwrites_an_existing_id(moto_endpoint: str, ddb: An
     table = deployed.table_name
     task_id = unique("done")
     ddb.put_item(TableName=table, Item=_row(task_id, status={"S": "complete"}, commitSha={"S": "a" * 40}))
-    out = _aipm(moto_endpoint, table, "submit", "--id", task_id, "--title", "again", "--branch", "feature/x")
+    out = _aipm(
+        moto_endpoint, deployed, "submit", "--id", task_id, "--title", "again", "--branch", "feature/x"
+    )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert f"task {task_id!r} already exists" in out.stderr
@@ -154,7 +157,7 @@ def test_aipm_submit_never_overwrites_an_existing_id(moto_endpoint: str, ddb: An
     assert row["status"] == {"S": "complete"} and row["commitSha"] == {"S": "a" * 40}
     # a new id goes in as pending
     fresh = unique("fresh")
-    out = _aipm(moto_endpoint, table, "submit", "--id", fresh, "--title", "new", "--branch", "feature/y")
+    out = _aipm(moto_endpoint, deployed, "submit", "--id", fresh, "--title", "new", "--branch", "feature/y")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == fresh
     assert ddb.get_item(TableName=table, Key={"id": {"S": fresh}})["Item"]["status"] == {"S": "pending"}

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store(fresh_stack: LocalStackResources, moto_endpoint: str) -> TaskStore:
     return TaskStore(
-        aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint), fresh_stack.table_name
+        aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint),
+        fresh_stack.table_name,
+        branch_locks_table=fresh_stack.branch_locks_table,
     )
 
 
@@ -80,7 +82,7 @@ def test_canonical_dlq_event_gives_the_task_up(
     result = app.lambda_handler(load_event("sqs_dlq.json"), lambda_context)
 
     assert result == {"batchItemFailures": []}
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "failed"
     assert row["error"] == (
         f"gave up after 5 attempts: the runner working on it stopped heartbeating 5 times {STOPPED}"
@@ -99,7 +101,7 @@ def test_the_count_given_up_after_is_the_rows_attempts_not_the_receive_count(
 
     app.lambda_handler(dlq_event(task_id, receive_count=6), lambda_context)
 
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["attempts"] == 5
     assert row["error"].startswith(
         "gave up after 5 attempts: the runner working on it stopped heartbeating 5 times"
@@ -117,7 +119,7 @@ def test_a_task_whose_receives_never_reached_a_claim_is_signalled_afresh(
 
     assert app.lambda_handler(dlq_event(victim, receive_count=5), lambda_context) == {"batchItemFailures": []}
 
-    assert store.get(victim)["status"] == "processing"  # untouched: the fresh signal reclaims it
+    assert store.get_row(victim)["status"] == "processing"  # untouched: the fresh signal reclaims it
     bodies = [
         json.loads(m["Body"])
         for m in sqs.receive_message(
@@ -128,7 +130,7 @@ def test_a_task_whose_receives_never_reached_a_claim_is_signalled_afresh(
     assert "5 receives but 1 attempt" in bodies[0]["reason"]
 
     app.lambda_handler(dlq_event(victim, receive_count=5, requeues=2), lambda_context)
-    assert store.get(victim)["error"] == (
+    assert store.get_row(victim)["error"] == (
         f"gave up after 1 attempt: the runner working on it stopped heartbeating {STOPPED}"
     )
 
@@ -144,7 +146,7 @@ def test_the_last_error_is_reported_after_the_rows_attempts(
 
     app.lambda_handler(dlq_event(task_id, receive_count=5, requeues=2), lambda_context)
 
-    assert store.get(task_id)["error"] == f"gave up after {attempts} attempts: agent exited with code 1"
+    assert store.get_row(task_id)["error"] == f"gave up after {attempts} attempts: agent exited with code 1"
 
 
 def test_a_task_no_runner_ever_claimed_says_so(
@@ -156,7 +158,7 @@ def test_a_task_no_runner_ever_claimed_says_so(
 
     app.lambda_handler(dlq_event(task_id, receive_count=5, requeues=2), lambda_context)
 
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "failed"
     assert row["error"] == "gave up: its signal was received 5 times and no runner claimed it"
 
@@ -171,8 +173,8 @@ def test_rows_that_already_ended_are_left_alone(
     result = app.lambda_handler(dlq_event(complete, failed), lambda_context)
 
     assert result == {"batchItemFailures": []}
-    assert store.get(complete)["status"] == "complete" and "error" not in store.get(complete)
-    assert store.get(failed)["error"] == "agent made no changes"
+    assert store.get_row(complete)["status"] == "complete" and "error" not in store.get_row(complete)
+    assert store.get_row(failed)["error"] == "agent made no changes"
 
 
 def test_a_row_under_a_live_lease_is_retried_not_failed(
@@ -187,8 +189,8 @@ def test_a_row_under_a_live_lease_is_retried_not_failed(
     result = app.lambda_handler(dlq_event(working, lost), lambda_context)
 
     assert result == {"batchItemFailures": [{"itemIdentifier": f"msg-{working}"}]}
-    assert store.get(working)["status"] == "processing"
-    assert store.get(lost)["status"] == "failed"
+    assert store.get_row(working)["status"] == "processing"
+    assert store.get_row(lost)["status"] == "failed"
 
 
 def test_signals_for_missing_rows_and_garbage_bodies_are_dropped(
@@ -288,7 +290,8 @@ def test_reconciler_only_queries_the_status_index(
     )
     sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
     reconciler = Reconciler(
-        TaskStore(ddb, fresh_stack.table_name), Dispatcher(sqs, fresh_stack.task_queue_url)
+        TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table),
+        Dispatcher(sqs, fresh_stack.task_queue_url),
     )
 
     report = reconciler.run()
@@ -306,7 +309,7 @@ def test_reconciler_clock_is_injected(
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
     sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
     later = Reconciler(
-        TaskStore(ddb, fresh_stack.table_name),
+        TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table),
         Dispatcher(sqs, fresh_stack.task_queue_url),
         clock=lambda: time.time() + 3600,
     )

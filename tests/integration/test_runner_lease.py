@@ -68,9 +68,9 @@ class LateRenewals(TaskStore):
         self._stall = stall
         self.late: list[float] = []  # the leases written whose answers came back late
 
-    def renew(self, task_id: str, runner_id: str, attempt: int, lease_seconds: float) -> float:
+    def _renew(self, claim: Any, lease_seconds: float) -> float:
         late = self._paused()
-        lease = super().renew(task_id, runner_id, attempt, lease_seconds)
+        lease = super()._renew(claim, lease_seconds)
         if late:
             time.sleep(self._stall)
             self.late.append(lease)
@@ -154,14 +154,13 @@ def test_heartbeat_stops_at_once_when_the_row_is_someone_elses() -> None:
     assert "another runner" in beat.reason
 
 
-@pytest.mark.parametrize("locks", [False, True], ids=["status-index", "branch-locks"])
 def test_runner_whose_row_was_taken_over_mid_task_does_not_push_to_the_task_branch(
-    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path, locks: bool
+    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path
 ) -> None:
     """The heartbeat beats every 20 s, so only the renewal right before the push can notice.
-    With branch locks the intruder's reclaim takes the task's own lock over too."""
+    The intruder's reclaim takes the task's own branch lock over too."""
     # given: a 60 s lease and an agent that works 3 s
-    lock_table = deployed.branch_locks_table if locks else None
+    lock_table = deployed.branch_locks_table
     store = TaskStore(ddb, deployed.table_name, branch_locks_table=lock_table)
     pipeline = make_pipeline(store, tmp_path, remote, "first", lease_seconds=60)
     task_id = new_task(store, "[fake:sleep=3]")
@@ -181,14 +180,14 @@ def test_runner_whose_row_was_taken_over_mid_task_does_not_push_to_the_task_bran
     assert remote_sha(remote, branch) == "", "the runner pushed after losing its lease"
     wip = remote_sha(remote, f"kiro-wip/{task_id}")
     assert wip and "Lease task" in git.Repo(remote).git.show(f"{wip}:fake_agent_output.txt")
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "processing" and row["runnerId"] == "intruder" and row["attempts"] == 2
     assert not list((tmp_path / "first" / "wt").iterdir())  # worktree cleaned up
-    if locks:  # the branch stays the intruder's: the first runner's end did not free it
-        lock = ddb.get_item(TableName=lock_table, Key={"branch": {"S": branch}}, ConsistentRead=True).get(
-            "Item", {}
-        )
-        assert lock["runnerId"] == {"S": "intruder"} and lock["attempt"] == {"N": "2"}
+    # the branch stays the intruder's: the first runner's end did not free it
+    lock = ddb.get_item(TableName=lock_table, Key={"branch": {"S": branch}}, ConsistentRead=True).get(
+        "Item", {}
+    )
+    assert lock["runnerId"] == {"S": "intruder"} and lock["attempt"] == {"N": "2"}
 
 
 def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
@@ -200,7 +199,7 @@ def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
     lease = 3.0
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
     sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint, read_timeout=15)
-    store = TaskStore(ddb, fresh_stack.table_name)
+    store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table)
     dispatcher = Dispatcher(sqs, fresh_stack.task_queue_url)
     runners = [
         Runner(
@@ -221,15 +220,15 @@ def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
         branch = f"feature/{task_id}"
         dispatcher.send(TaskSignal(taskId=task_id, reason="insert"))
         wait_until(lambda: agent_starts(agent_log, branch), timeout=30, what="the agent to start")
-        first_owner = store.get(task_id)["runnerId"]
+        first_owner = store.get_row(task_id)["runnerId"]
         # when: signals arrive again once the first lease (3 s) would have run out without renewals
         time.sleep(lease + 0.5)
         for _ in range(2):
             dispatcher.send(TaskSignal(taskId=task_id, reason="reconciler"))
             time.sleep(1.0)
-            assert store.get(task_id)["runnerId"] == first_owner
+            assert store.get_row(task_id)["runnerId"] == first_owner
         row = wait_until(
-            lambda: (r := store.get(task_id))["status"] in ("complete", "failed") and r,
+            lambda: (r := store.get_row(task_id))["status"] in ("complete", "failed") and r,
             timeout=60,
             what="the task to end",
         )
@@ -258,6 +257,7 @@ def test_a_renewal_whose_answer_comes_after_its_lease_ran_out_proves_nothing(
         deployed.table_name,
         paused=lambda: any(e["event"] == "end" for e in agent_events(agent_log, "")),
         stall=lease + 0.5,
+        branch_locks_table=deployed.branch_locks_table,
     )
     pipeline = make_pipeline(store, tmp_path, remote, "slow", lease_seconds=lease)
     task_id = new_task(store, "[fake:sleep=0.5]")
@@ -271,7 +271,7 @@ def test_a_renewal_whose_answer_comes_after_its_lease_ran_out_proves_nothing(
     assert remote_sha(remote, branch) == before, "the runner pushed on a renewal that came back too late"
     wip = remote_sha(remote, f"kiro-wip/{task_id}")
     assert wip and "Lease task" in git.Repo(remote).git.show(f"{wip}:fake_agent_output.txt")
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "processing" and row["runnerId"] == "slow" and "commitSha" not in row
     assert row["wipSha"] == wip and row["wipRef"] == f"kiro-wip/{task_id}"
     assert len(agent_starts(agent_log, branch)) == 1
@@ -287,7 +287,7 @@ def test_a_push_that_outlasts_its_lease_is_stopped_and_the_work_kept(
     lease = 3.0
     arrivals = tmp_path / "arrivals.log"
     stall_branch_pushes(remote, 20, arrivals)
-    store = TaskStore(ddb, deployed.table_name)
+    store = TaskStore(ddb, deployed.table_name, branch_locks_table=deployed.branch_locks_table)
     pipeline = make_pipeline(store, tmp_path, remote, "stalled", lease_seconds=lease)
     task_id = new_task(store, "[fake:sleep=0.2]")
     branch = f"feature/{task_id}"
@@ -301,5 +301,5 @@ def test_a_push_that_outlasts_its_lease_is_stopped_and_the_work_kept(
     pushes = [line.split(" ", 1) for line in arrivals.read_text().splitlines()]
     assert [f"refs/heads/{branch}" in refs for _, refs in pushes] == [True, False]
     assert float(pushes[1][0]) - float(pushes[0][0]) < lease, pushes
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "processing" and row["wipSha"] == wip and "commitSha" not in row

@@ -23,7 +23,7 @@ from shared import aws
 from shared.branches import DEFAULT_PROTECTED
 from shared.dispatch import Dispatcher
 from shared.models import Task, TaskSignal
-from shared.store import TaskStore
+from shared.store import TaskStore, wire_fields
 from tests.fixtures import FAKE_AGENT_COMMAND, unique, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -32,8 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 class ThrottledRecords(TaskStore):
     """A store whose informational writes are throttled past botocore's retries, as DynamoDB can be."""
 
-    def record(self, task_id: str, runner_id: str, attempt: int, **fields: Any) -> None:
-        self.recorded = fields
+    def _record(self, claim: Any, fields: dict[str, Any]) -> None:
+        self.recorded = wire_fields(fields)  # the row's names, as written
         raise ClientError(
             {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
             "UpdateItem",
@@ -84,7 +84,7 @@ class RunningHolder:
             target=lambda: self._outcome.append(pipeline.process(task_id, should_stop=self._stop.is_set))
         )
         self._worker.start()
-        wait_until(lambda: store.get(task_id).get("baseSha"), timeout=30, what="the holder to start")
+        wait_until(lambda: store.get_row(task_id).get("baseSha"), timeout=30, what="the holder to start")
 
     def release(self) -> Outcome | None:
         self._stop.set()
@@ -96,7 +96,7 @@ def test_worktree_is_removed_when_recording_the_base_fails(
     ddb: Any, deployed: Any, remote: Path, tmp_path: Path
 ) -> None:
     # given: a store that cannot record the branch head once the task's worktree is made
-    store = ThrottledRecords(ddb, deployed.table_name)
+    store = ThrottledRecords(ddb, deployed.table_name, branch_locks_table=deployed.branch_locks_table)
     task_id = unique("rec")
     store.put_new(
         {"id": task_id, "title": "T", "details": "[fake:sleep=0.1]", "branch": f"feature/{task_id}"}
@@ -129,7 +129,7 @@ def test_push_refused_by_the_remote_fails_the_task_and_keeps_the_work_on_the_wip
     # when
     outcome = make_pipeline(store, tmp_path, remote).process(task_id)
     # then: failed with the remote's reason, the agent's commit on kiro-wip/<id> and on the row
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     wip = remote_sha(remote, f"kiro-wip/{task_id}")
     assert outcome is Outcome.FAILED and row["status"] == "failed"
     assert (
@@ -160,7 +160,7 @@ def test_wip_ref_holding_other_work_is_never_forced_and_the_retry_resumes_from_t
         old = other.head.commit.hexsha
     # when: the agent is stopped at its timeout after writing its checkpoint
     first = make_pipeline(store, tmp_path, remote, "r1", agent_timeout=2).process(task_id)
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     # then: the old WIP is untouched; the new one is on a fresh ref the row names
     fresh = f"kiro-wip/{task_id}-1"
     assert first is Outcome.FAILED and "timed out" in row["error"] and fresh in row["error"]
@@ -169,27 +169,24 @@ def test_wip_ref_holding_other_work_is_never_forced_and_the_retry_resumes_from_t
     # and when: retried on another runner, it resumes from that WIP and completes
     store.reset(task_id)
     second = make_pipeline(store, tmp_path, remote, "r2").process(task_id)
-    done = store.get(task_id)
+    done = store.get_row(task_id)
     assert second is Outcome.COMPLETE, done.get("error")
     content = git.Repo(remote).git.show(f"{done['commitSha']}:checkpoint.txt")
     assert "started by" in content and "finished by" in content
     assert "wipSha" not in done and "wipRef" not in done
 
 
-@pytest.mark.parametrize("locks", [True, False], ids=["branch-locks", "status-index"])
 def test_task_given_back_at_shutdown_wakes_the_task_waiting_for_its_branch(
-    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path, locks: bool
+    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path
 ) -> None:
     # given: a task at work on a branch and, behind it, a second task of that branch waiting
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
     sqs = aws.client("sqs", region="us-east-1", endpoint_url=moto_endpoint)
-    store = TaskStore(
-        ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table if locks else None
-    )
+    store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table)
     pipeline = make_pipeline(store, tmp_path, remote)
     pipeline.dispatcher = Dispatcher(sqs, fresh_stack.task_queue_url)
     holder = new_task(store, "[fake:sleep=30]")
-    branch = store.get(holder)["branch"]
+    branch = store.get_row(holder)["branch"]
     waiting = unique("wait")
     store.put_new({"id": waiting, "title": "Waits", "details": "", "branch": branch})
     running = RunningHolder(pipeline, store, holder)
@@ -199,7 +196,7 @@ def test_task_given_back_at_shutdown_wakes_the_task_waiting_for_its_branch(
     # then: the waiting task is signalled (the holder's own message is made visible by the daemon)
     assert outcome == Outcome.RELEASED
     got = sqs.receive_message(QueueUrl=fresh_stack.task_queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10)
-    assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [waiting]
+    assert [TaskSignal.model_validate_json(m["Body"]).task_id for m in got.get("Messages", [])] == [waiting]
 
 
 def test_a_task_whose_branch_is_locked_waits_pending_even_where_the_status_index_shows_no_holder(
@@ -213,7 +210,7 @@ def test_a_task_whose_branch_is_locked_waits_pending_even_where_the_status_index
     store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table)
     pipeline = make_pipeline(store, tmp_path, remote)
     task_id = new_task(store, "[fake:sleep=0.1]")
-    branch = store.get(task_id)["branch"]
+    branch = store.get_row(task_id)["branch"]
     ddb.put_item(
         TableName=fresh_stack.branch_locks_table,
         Item={
@@ -227,11 +224,11 @@ def test_a_task_whose_branch_is_locked_waits_pending_even_where_the_status_index
     )
     # when / then
     assert pipeline.process(task_id) is Outcome.WAITING
-    row = store.get(task_id)
+    row = store.get_row(task_id)
     assert row["status"] == "pending" and "runnerId" not in row and "attempts" not in row
     # the holder ends (its lock goes): the task runs and the lock is gone after it
     ddb.delete_item(TableName=fresh_stack.branch_locks_table, Key={"branch": {"S": branch}})
-    assert pipeline.process(task_id) is Outcome.COMPLETE, store.get(task_id).get("error")
+    assert pipeline.process(task_id) is Outcome.COMPLETE, store.get_row(task_id).get("error")
     got = ddb.get_item(
         TableName=fresh_stack.branch_locks_table, Key={"branch": {"S": branch}}, ConsistentRead=True
     )
@@ -251,7 +248,7 @@ def test_a_reclaim_refused_by_the_branch_lock_is_woken_when_the_branch_is_free(
     pipeline = make_pipeline(store, tmp_path, remote)
     pipeline.dispatcher = Dispatcher(sqs, fresh_stack.task_queue_url)
     dead = new_task(store, "[fake:sleep=0.1]")
-    branch = store.get(dead)["branch"]
+    branch = store.get_row(dead)["branch"]
     long_ago = TaskStore(
         ddb, fresh_stack.table_name, clock=lambda: time.time() - 3600, branch_locks_table=locks
     )
@@ -261,42 +258,39 @@ def test_a_reclaim_refused_by_the_branch_lock_is_woken_when_the_branch_is_free(
     running = RunningHolder(pipeline, store, holder)
     # when: the dead runner's task is signalled (the reconciler's stale-lease sweep)
     assert pipeline.process(dead) is Outcome.WAITING
-    row = store.get(dead)
+    row = store.get_row(dead)
     assert row["status"] == "processing" and row["runnerId"] == "r-dead" and row["attempts"] == 1
     outcome = running.release()
     # then: the holder's end signals the waiting reclaim, which now runs
     assert outcome == Outcome.RELEASED
     got = sqs.receive_message(QueueUrl=fresh_stack.task_queue_url, WaitTimeSeconds=2, MaxNumberOfMessages=10)
-    assert [TaskSignal.model_validate_json(m["Body"]).taskId for m in got.get("Messages", [])] == [dead]
-    assert pipeline.process(dead) is Outcome.COMPLETE, store.get(dead).get("error")
-    assert store.get(dead)["attempts"] == 2
+    assert [TaskSignal.model_validate_json(m["Body"]).task_id for m in got.get("Messages", [])] == [dead]
+    assert pipeline.process(dead) is Outcome.COMPLETE, store.get_row(dead).get("error")
+    assert store.get_row(dead)["attempts"] == 2
 
 
-@pytest.mark.parametrize("locks", [True, False], ids=["branch-locks", "status-index"])
 def test_a_task_waiting_for_a_busy_branch_says_on_its_row_what_it_waits_for_until_it_runs(
-    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path, locks: bool
+    moto_endpoint: str, fresh_stack: LocalStackResources, remote: Path, tmp_path: Path
 ) -> None:
     """The row of a task held up by its branch names the branch and the task holding it
     (``waitingFor``), stays pending and untouched otherwise; its claim clears the note."""
     # given: a task at work on a branch
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
-    store = TaskStore(
-        ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table if locks else None
-    )
+    store = TaskStore(ddb, fresh_stack.table_name, branch_locks_table=fresh_stack.branch_locks_table)
     pipeline = make_pipeline(store, tmp_path, remote)
     holder = new_task(store, "[fake:sleep=30]")
-    branch = store.get(holder)["branch"]
+    branch = store.get_row(holder)["branch"]
     waiting = unique("wait")
     store.put_new({"id": waiting, "title": "Waits", "details": "", "branch": branch})
     running = RunningHolder(pipeline, store, holder)
     # when: a second task of the branch is signalled
     assert pipeline.process(waiting) is Outcome.WAITING
     # then: its row says what it waits for, and nothing else changed
-    row = store.get(waiting)
+    row = store.get_row(waiting)
     assert row["waitingFor"] == f"branch {branch} is being worked on by task {holder}"
     assert row["status"] == "pending" and "runnerId" not in row and "attempts" not in row
-    assert Task.model_validate(row).waitingFor == row["waitingFor"]
+    assert Task.model_validate(row).waiting_for == row["waitingFor"]
     # and once the holder let the branch go, the task runs and the note is gone
     assert running.release() is Outcome.RELEASED
-    assert pipeline.process(waiting) is Outcome.COMPLETE, store.get(waiting).get("error")
-    assert "waitingFor" not in store.get(waiting)
+    assert pipeline.process(waiting) is Outcome.COMPLETE, store.get_row(waiting).get("error")
+    assert "waitingFor" not in store.get_row(waiting)

@@ -208,6 +208,14 @@ def test_roles_allow_the_calls_their_code_makes() -> None:
     res = cfn["Resources"]
     assert "execute-api:ManageConnections" in _allowed_actions(res["WsDisconnectFunctionRole"])
     assert "execute-api:ManageConnections" in _allowed_actions(res["WsRelayFunctionRole"])
+    # a task given up frees its branch lock
+    dead_letter = res["DeadLetterFunctionRole"]["Properties"]["Policies"]
+    assert any(
+        "dynamodb:DeleteItem" in st["Action"]
+        and st["Resource"] == {"Fn::GetAtt": ["BranchLocksTable", "Arn"]}
+        for policy in dead_letter
+        for st in policy["PolicyDocument"]["Statement"]
+    )
     # dispatch gives a row without createdAt one, so the status index (and the reconciler) sees it
     assert "dynamodb:UpdateItem" in _allowed_actions(res["DispatchFunctionRole"])
     runner = _allowed_actions(res["RunnerRole"])

@@ -26,8 +26,8 @@ SEED_ROW = {
 
 def test_the_seed_row_parses_with_its_own_names() -> None:
     task = Task.from_item(SEED_ROW)
-    assert task.id == "task-1" and task.prNumber == 42 and task.status is TaskStatus.PENDING
-    assert task.attempts == 0 and task.commitSha is None
+    assert task.id == "task-1" and task.pr_number == 42 and task.status is TaskStatus.PENDING
+    assert task.attempts == 0 and task.commit_sha is None
 
 
 def test_status_values_are_the_seeds_four() -> None:
@@ -55,7 +55,7 @@ def test_malformed_rows_name_the_bad_field(change: dict, field: str) -> None:
 
 
 def test_numeric_string_pr_number_is_accepted() -> None:
-    assert Task.from_item({**SEED_ROW, "prNumber": {"S": "42"}}).prNumber == 42
+    assert Task.from_item({**SEED_ROW, "prNumber": {"S": "42"}}).pr_number == 42
 
 
 def test_dynamodb_json_round_trip_keeps_types() -> None:
