@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
+# the suite is mostly waiting (agents, long polls, sockets): more workers than cores pays on 2 cores
+TEST_WORKERS ?= 4
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -37,7 +39,7 @@ build: venv
 	env $(PY312_ENV) $(BIN)/sam build --template template.yaml --cached --parallel >/dev/null
 
 test: lint build
-	@rc=0; $(BIN)/pytest || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
+	@rc=0; $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,3 +37,19 @@ def moto_endpoint() -> Iterator[str]:
 
     with MotoServer() as server:
         yield server.endpoint_url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lambda_logs_follow_stdout() -> None:
+    """The in-process Lambdas' shared Logger keeps the stream it was made with, as in Lambda; in a
+    test process that may be one test's captured stdout, closed when that test ends. It follows
+    whatever ``sys.stdout`` is instead, so every test's capture sees the Lambdas' lines."""
+    from tests.fixtures import _CurrentStdout
+
+    try:
+        from shared.observability import logger
+    except Exception:  # e.g. a unit-tier process where sockets are off: no Lambda runs there
+        return
+    handler = logger.registered_handler
+    if isinstance(handler, logging.StreamHandler):
+        handler.setStream(_CurrentStdout())

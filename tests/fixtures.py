@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -185,3 +188,37 @@ def local_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 def read_plain(item: dict) -> dict:
     return from_dynamodb(item)
+
+
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is at the time (pytest's capture changes it between phases)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def lambdas_to_current_stdout() -> Iterator[None]:
+    """The in-process Lambdas' output (log lines and EMF metrics) to whatever ``sys.stdout`` is now
+    (pytest's capture): the shared Logger keeps the stream it was made with, as in Lambda, and an
+    earlier test in this process (the local stack's demo) may have pointed it at a file."""
+    from shared.observability import logger
+
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    made_with = handler.stream
+    handler.setStream(_CurrentStdout())
+    try:
+        yield
+    finally:
+        handler.setStream(made_with)
+
+
+@pytest.fixture
+def lambda_stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+    """The Lambdas' output into ``capsys`` for this test."""
+    with lambdas_to_current_stdout():
+        yield capsys

@@ -13,7 +13,7 @@ import pytest
 
 from shared.models import from_dynamodb
 from tests.chaos.conftest import Chaos, summary
-from tests.fixtures import unique, wait_until
+from tests.fixtures import lambdas_to_current_stdout, unique, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 
@@ -35,6 +35,11 @@ def queue_depth(chaos: Chaos) -> int:
 def test_malformed_corpus_is_logged_or_failed_and_the_queue_keeps_flowing(
     chaos_factory: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    with lambdas_to_current_stdout():
+        _malformed_corpus(chaos_factory, capfd)
+
+
+def _malformed_corpus(chaos_factory: Any, capfd: pytest.CaptureFixture[str]) -> None:
     stream, bodies, rows = (
         corpus("malformed_stream_records"),
         corpus("malformed_sqs_bodies"),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,32 +70,6 @@ def load_handler(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterato
     yield load
     for module in loaded:
         module.reset()  # nothing made for this test's stack outlives it
-
-
-class _CurrentStdout:
-    """Writes to whatever ``sys.stdout`` is at the time (pytest's capture changes it between phases)."""
-
-    def write(self, text: str) -> int:
-        return sys.stdout.write(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
-@pytest.fixture
-def lambda_stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
-    """The Lambdas' output (their log lines and EMF metrics) into ``capsys`` for this test: the
-    shared Logger keeps the stdout it was made with, as in Lambda, so it is pointed here and back."""
-    from shared.observability import logger
-
-    handler = logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    made_with = handler.stream
-    handler.setStream(_CurrentStdout())
-    try:
-        yield capsys
-    finally:
-        handler.setStream(made_with)
 
 
 def emf_metrics(out: str) -> dict[str, list[float]]:
