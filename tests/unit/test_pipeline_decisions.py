@@ -410,3 +410,17 @@ def test_a_task_with_no_waiters_wakes_nobody(make: Any) -> None:
     runner = make()
     assert runner.process(runner.put("alone")) is Outcome.COMPLETE
     assert runner.dispatcher.sent == []
+
+
+def test_escape_sequences_in_a_title_or_id_never_reach_the_commit_message_raw(make: Any) -> None:
+    """A row's title and id go into the commit message with their escapes and controls removed
+    (a clipboard write, a cursor report request, a screen clear, a C1 control); the row keeps its text."""
+    runner = make()
+    title = "Add \x1b]52;c;ZXZpbA==\x07login\x1b[6n \x1b[2Jvalidation\x9b31m \u202eexe"
+    task_id = runner.put("task-\x1b[2Jx", branch="feature/escapes", title=title)
+    assert runner.process(task_id) is Outcome.COMPLETE
+    (sha,) = [sha for _, sha in runner.workspace.pushes]
+    message = runner.workspace.message(sha)
+    assert message.startswith("Add login validation exe")
+    assert not any(ch in message for ch in "\x1b\x07\x9b\u202e")
+    assert runner.store.get_row(task_id)["title"] == title
