@@ -197,7 +197,8 @@ class Browser:
     async def send(self, frame: Any) -> None:
         await self.ws.send(fr.encode(frame) if not isinstance(frame, str) else frame)
 
-    async def open(self, timeout: float = 5.0, **kwargs: Any) -> fr.OpenedFrame:
+    async def open(self, timeout: float = 20.0, **kwargs: Any) -> fr.OpenedFrame:
+        # a first open clones the repository and makes a worktree: slow on a loaded machine
         await self.send(fr.OpenFrame(**kwargs))
         opened = await self.wait_frame(fr.OpenedFrame, timeout)
         self.session_id = opened.sessionId
