@@ -60,7 +60,7 @@ class CountingProxy:
             disable_nagle_algorithm = True
             upstream: http.client.HTTPConnection | None = None
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
             def _forward(self) -> None:
@@ -106,7 +106,7 @@ class CountingProxy:
                     except OSError:  # the client went away (a runner the bench stopped)
                         self.close_connection = True
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True

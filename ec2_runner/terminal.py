@@ -256,7 +256,7 @@ class SessionManager:
         self.sessions[sid] = session
         try:
             await self._start(session, frame.cols or self.settings.cols, frame.rows or self.settings.rows)
-        except Exception as e:  # noqa: BLE001 - whatever broke, the browser must hear about it
+        except Exception as e:
             logger.exception("session %s failed to start", sid)
             self.sessions.pop(sid, None)
             session.ended = True
@@ -361,7 +361,7 @@ class SessionManager:
             sha = await asyncio.to_thread(
                 self._worktrees.commit_and_push, session.path, session.branch, message
             )
-        except Exception as e:  # noqa: BLE001 - reported to the user who asked
+        except Exception as e:
             logger.warning("session %s: push failed: %s", session.id, e)
             self._error(conn, f"push failed: {e}"[:2000], session.id, "push_failed")
             return

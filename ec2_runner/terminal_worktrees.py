@@ -139,5 +139,5 @@ class SessionWorktrees:
     def _release(self, path: Path) -> None:
         try:
             self._git.remove_worktree(path)
-        except Exception:  # noqa: BLE001 - cleanup must not take the runner down
+        except Exception:
             logger.exception("could not remove worktree %s", path)

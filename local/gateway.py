@@ -213,7 +213,7 @@ class LocalGateway:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as e:  # noqa: BLE001 - reported to start()
+        except BaseException as e:
             self._error = e
             self._ready.set()
 
@@ -317,7 +317,7 @@ class LocalGateway:
             assert self._loop is not None
             try:
                 policy = await self._loop.run_in_executor(self._pool, self._authorizer.invoke, auth_event)
-            except Exception as e:  # noqa: BLE001 - an authorizer error is the client's 401/500
+            except Exception as e:
                 if str(e) == "Unauthorized":
                     return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
                 logger.warning("authorizer failed: %s", type(e).__name__)
@@ -333,7 +333,7 @@ class LocalGateway:
         }
         try:
             result = await self._invoke("$connect", connect_event)
-        except Exception:  # noqa: BLE001 - a failing $connect refuses the connection
+        except Exception:
             logger.exception("$connect handler failed")
             return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
         status = int((result or {}).get("statusCode", 200))
@@ -408,13 +408,13 @@ class LocalGateway:
             }
             try:
                 await self._invoke("$disconnect", event)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("$disconnect handler failed")
 
     async def _invoke_or_report(self, ws: ServerConnection, conn: _Conn, route: str, event: dict) -> None:
         try:
             await self._invoke(route, event)
-        except Exception:  # noqa: BLE001 - API Gateway logs an integration failure and carries on
+        except Exception:
             logger.exception("%s handler failed", route)
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(
@@ -492,7 +492,7 @@ def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
         # waits for the client's delayed ACK, ~40 ms on every GoneException and connection lookup
         disable_nagle_algorithm = True
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+        def log_message(self, format: str, *args: Any) -> None:
             logger.debug("management api: " + format, *args)
 
         def _id(self) -> str | None:
@@ -512,7 +512,7 @@ def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
         def _gone(self) -> None:
             self._reply(410, {"message": None}, "GoneException")
 
-        def do_POST(self) -> None:  # noqa: N802 - stdlib's name
+        def do_POST(self) -> None:
             cid = self._id()
             length = int(self.headers.get("Content-Length") or 0)
             data = self.rfile.read(length)
@@ -524,14 +524,14 @@ def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
                 return self._gone()
             return self._reply(200)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             cid = self._id()
             info = gateway.connection_info(cid) if cid else None
             if info is None:
                 return self._gone()
             return self._reply(200, info)
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             cid = self._id()
             if cid is None or not gateway._call(gateway._close(cid)):
                 return self._gone()

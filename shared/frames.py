@@ -70,8 +70,8 @@ SessionId = Annotated[str, Field(min_length=1, max_length=128)]
 
 class _BrowserFrame(_Frame):
     # set by the relay on the way to the runner; a browser's own value is never trusted
-    connectionId: str | None = Field(default=None, max_length=128)  # noqa: N815
-    readOnly: bool = False  # noqa: N815
+    connectionId: str | None = Field(default=None, max_length=128)
+    readOnly: bool = False
 
 
 # -- browser -> runner ---------------------------------------------------------------------------
@@ -79,10 +79,10 @@ class OpenFrame(_BrowserFrame):
     """Open (or attach to) the terminal of a task or a branch; the token must grant it."""
 
     action: Literal["open"] = "open"
-    taskId: str | None = Field(default=None, min_length=1, max_length=256)  # noqa: N815
+    taskId: str | None = Field(default=None, min_length=1, max_length=256)
     branch: str | None = Field(default=None, min_length=1, max_length=256)
-    lastSeq: int = Field(default=0, ge=0)  # noqa: N815
-    sessionId: SessionId | None = None  # noqa: N815 - set by the relay from the token's grant
+    lastSeq: int = Field(default=0, ge=0)
+    sessionId: SessionId | None = None
     cols: int | None = Field(default=None, ge=1, le=1000)
     rows: int | None = Field(default=None, ge=1, le=1000)
 
@@ -97,13 +97,13 @@ class ResumeFrame(_BrowserFrame):
     """Re-attach after a reconnect; the runner replays everything after ``lastSeq``."""
 
     action: Literal["resume"] = "resume"
-    sessionId: SessionId  # noqa: N815
-    lastSeq: int = Field(default=0, ge=0)  # noqa: N815
+    sessionId: SessionId
+    lastSeq: int = Field(default=0, ge=0)
 
 
 class InputFrame(_BrowserFrame):
     action: Literal["input"] = "input"
-    sessionId: SessionId  # noqa: N815
+    sessionId: SessionId
     data: str = Field(max_length=MAX_FRAME_BYTES)
     # typed order, from 1 on each connection: API Gateway may run a connection's messages through
     # concurrent invocations, so keystrokes can reach the runner out of order (None: as they come)
@@ -112,21 +112,21 @@ class InputFrame(_BrowserFrame):
 
 class ResizeFrame(_BrowserFrame):
     action: Literal["resize"] = "resize"
-    sessionId: SessionId  # noqa: N815
+    sessionId: SessionId
     cols: int = Field(ge=1, le=1000)
     rows: int = Field(ge=1, le=1000)
 
 
 class CloseFrame(_BrowserFrame):
     action: Literal["close"] = "close"
-    sessionId: SessionId  # noqa: N815
+    sessionId: SessionId
 
 
 class PushFrame(_BrowserFrame):
     """Commit what the session changed and push it, under the pipeline's branch rules."""
 
     action: Literal["push"] = "push"
-    sessionId: SessionId  # noqa: N815
+    sessionId: SessionId
     message: str = Field(default="Refine with Kiro", min_length=1, max_length=4000)
 
 
@@ -135,8 +135,8 @@ class DetachFrame(_Frame):
     """A browser connection of the session went away."""
 
     action: Literal["detach"] = "detach"
-    sessionId: SessionId  # noqa: N815
-    connectionId: str  # noqa: N815
+    sessionId: SessionId
+    connectionId: str
 
 
 # -- runner -> browsers --------------------------------------------------------------------------
@@ -148,7 +148,7 @@ class HelloFrame(_RunnerFrame):
     """A runner (re)connected; ``sessions`` are the ones it still holds, so routes follow it."""
 
     action: Literal["hello"] = "hello"
-    runnerId: str = Field(min_length=1, max_length=128)  # noqa: N815
+    runnerId: str = Field(min_length=1, max_length=128)
     sessions: list[SessionId] = Field(default_factory=list, max_length=256)
 
 
@@ -156,22 +156,22 @@ class OpenedFrame(_RunnerFrame):
     """The session is ready; frames from ``nextSeq`` on follow (replay first)."""
 
     action: Literal["opened"] = "opened"
-    sessionId: SessionId  # noqa: N815
+    sessionId: SessionId
     branch: str
-    nextSeq: int = Field(ge=1)  # noqa: N815
+    nextSeq: int = Field(ge=1)
     resumed: bool = False
 
 
 class OutputFrame(_RunnerFrame):
     action: Literal["output"] = "output"
-    sessionId: SessionId  # noqa: N815
+    sessionId: SessionId
     seq: int = Field(ge=1)
     data: str
 
 
 class ExitFrame(_RunnerFrame):
     action: Literal["exit"] = "exit"
-    sessionId: SessionId  # noqa: N815
+    sessionId: SessionId
     code: int
     reason: str | None = None
 
@@ -181,14 +181,14 @@ class ErrorFrame(_RunnerFrame):
 
     action: Literal["error"] = "error"
     message: str = Field(max_length=4000)
-    sessionId: SessionId | None = None  # noqa: N815
+    sessionId: SessionId | None = None
     code: str | None = None  # machine-readable: forbidden, read_only, throttled, not_granted, ...
 
 
 class PushedFrame(_RunnerFrame):
     action: Literal["pushed"] = "pushed"
-    sessionId: SessionId  # noqa: N815
-    commitSha: str | None = None  # noqa: N815 - None: nothing to commit
+    sessionId: SessionId
+    commitSha: str | None = None
 
 
 BrowserFrame = Annotated[

@@ -32,8 +32,10 @@ def test_the_next_runner_removes_a_killed_runners_clean_worktree_and_keeps_the_o
     worktrees = Path(chaos.stack.runner_env(0)["WORKTREES_DIR"])
     clean_dir, dirty_dir = (worktrees / safe_dir_name(f"task-{t}") for t in (clean, dirty))
     wait_until(
-        lambda: {r.task_id for r in chaos.agent_runs([clean, dirty])} == {clean, dirty}
-        and (dirty_dir / "checkpoint.txt").exists(),
+        lambda: (
+            {r.task_id for r in chaos.agent_runs([clean, dirty])} == {clean, dirty}
+            and (dirty_dir / "checkpoint.txt").exists()
+        ),
         30,
         what="both agents at work",
     )

@@ -122,7 +122,7 @@ def test_parallel_checkouts_in_one_clone(ws: GitWorkspace) -> None:
             ws.commit_all(co.path, f"p{i}")
             ws.push(co.path, f"feature/p{i}")
             ws.remove(co.path)
-        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]

@@ -96,7 +96,7 @@ def test_secret_source_reads_secrets_manager_once() -> None:
     calls: list[str] = []
 
     class FakeSecrets:
-        def get_secret_value(self, SecretId: str) -> dict:  # noqa: N803 - boto3's name
+        def get_secret_value(self, SecretId: str) -> dict:
             calls.append(SecretId)
             return {"SecretString": SECRET}
 
@@ -112,7 +112,7 @@ def test_a_rotated_secret_takes_effect_once_its_max_age_passed() -> None:
     values = iter([SECRET, "rotated-secret-0123456789abcdef"])
 
     class RotatingSecrets:
-        def get_secret_value(self, SecretId: str) -> dict:  # noqa: N803 - boto3's name
+        def get_secret_value(self, SecretId: str) -> dict:
             return {"SecretString": next(values)}
 
     source = tokens.SecretSource(
@@ -126,7 +126,7 @@ def test_a_rotated_secret_takes_effect_once_its_max_age_passed() -> None:
 
 def test_a_binary_secret_is_read_as_text() -> None:
     class BinarySecrets:
-        def get_secret_value(self, SecretId: str) -> dict:  # noqa: N803 - boto3's name
+        def get_secret_value(self, SecretId: str) -> dict:
             return {"SecretBinary": SECRET.encode()}
 
     assert (
