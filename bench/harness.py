@@ -3,6 +3,7 @@ real runner processes on the fake Kiro CLI, and the bench's own view of the tabl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -133,7 +134,11 @@ class Harness:
                 "LEASE_SECONDS": "60",
             },
         )
-        self.config = self.stack.start()
+        # the in-process Lambdas' log lines and EMF metrics go to a file, as CloudWatch would hold
+        # them (Powertools' loggers write to the stdout they find when made), not into the table
+        self._lambda_log = open(self.workdir / "lambdas.log", "a", buffering=1)  # lives with the stack
+        with contextlib.redirect_stdout(self._lambda_log):
+            self.config = self.stack.start()
         self.table = self.config.table_name
         # the bench's own reads and writes go straight to moto: they are not the system's
         self.ddb = aws.client("dynamodb", region=REGION, endpoint_url=self.endpoint)
@@ -150,6 +155,8 @@ class Harness:
                 p.stop()
         if self.moto:
             self.moto.stop()
+        if getattr(self, "_lambda_log", None):
+            self._lambda_log.close()
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
