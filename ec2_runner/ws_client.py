@@ -78,7 +78,7 @@ async def serve_terminals(
 async def _serve_one(
     ws: ClientConnection, sessions: SessionManager, runner_id: str, stopper: asyncio.Task
 ) -> None:
-    await ws.send(fr.encode(fr.HelloFrame(runnerId=runner_id, sessions=sessions.held()[:256])))
+    await ws.send(fr.encode(fr.HelloFrame(runner_id=runner_id, sessions=sessions.held()[:256])))
     sender = asyncio.get_running_loop().create_task(_drain(ws, sessions))
     receiver = asyncio.get_running_loop().create_task(_receive(ws, sessions))
     try:

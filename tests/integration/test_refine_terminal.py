@@ -28,7 +28,7 @@ def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: st
         async def scenario() -> None:
             b = await Browser.connect(gw.ws_url, browser_token(branch="feature/echo"))
             opened = await b.open(branch="feature/echo")
-            assert opened.branch == "feature/echo" and opened.nextSeq == 1
+            assert opened.branch == "feature/echo" and opened.next_seq == 1
             await b.wait_text("git status")
             await b.type("echo hello-$((40+2))\r")
             await b.wait_text("hello-42")
@@ -63,12 +63,12 @@ def test_keystrokes_arriving_out_of_order_are_written_in_typed_order(
             sid = b.session_id
             assert sid
             for seq, data in ((3, "3"), (2, "2"), (1, "echo ordered-1")):
-                await b.send(fr.InputFrame(sessionId=sid, data=data, seq=seq))
-            await b.send(fr.InputFrame(sessionId=sid, data="\r", seq=4))
+                await b.send(fr.InputFrame(session_id=sid, data=data, seq=seq))
+            await b.send(fr.InputFrame(session_id=sid, data="\r", seq=4))
             await b.wait_text("ordered-123")
             # seq 5 never arrives (refused by the relay, say): 6 and 7 still get through
-            await b.send(fr.InputFrame(sessionId=sid, data="echo gap-", seq=6))
-            await b.send(fr.InputFrame(sessionId=sid, data="ok\r", seq=7))
+            await b.send(fr.InputFrame(session_id=sid, data="echo gap-", seq=6))
+            await b.send(fr.InputFrame(session_id=sid, data="ok\r", seq=7))
             await b.wait_text("gap-ok", timeout=5)
             await b.close()
 
@@ -84,7 +84,7 @@ def test_resize_reaches_the_pty(moto_endpoint: str, table: str, tmp_path: Path) 
             await b.open(branch="feature/resize", cols=90, rows=30)
             await b.type("stty size\r")
             await b.wait_text("30 90")
-            await b.send(fr.ResizeFrame(sessionId=b.session_id, cols=132, rows=43))
+            await b.send(fr.ResizeFrame(session_id=b.session_id, cols=132, rows=43))
             await b.type("stty size\r")
             await b.wait_text("43 132")
             await b.close()
