@@ -160,8 +160,9 @@ def running_runner(
     make: Callable[[], SessionManager],
     runner_id: str = "runner-1",
     ws_url: str | None = None,
+    secret: str | Callable[[], str | None] = RUNNER_SECRET,
 ):
-    svc = TerminalService(ws_url or gw.ws_url, RUNNER_SECRET, runner_id, make).start()
+    svc = TerminalService(ws_url or gw.ws_url, secret, runner_id, make).start()
     # wait until the relay knows the runner (its hello has been handled)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not gw.max_message_by_role.get("runner"):

@@ -11,6 +11,7 @@ import pytest
 
 from shared import frames as fr
 from tests.integration.refine_support import (
+    RUNNER_SECRET,
     Browser,
     browser_token,
     running_gateway,
@@ -47,6 +48,32 @@ def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: st
             await b.close()
 
         asyncio.run(scenario())
+
+
+def test_a_rotated_runner_secret_is_read_again_on_the_next_connect(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """The runner reads its secret for every token it mints: after a rotation (here: the first read still
+    gives the old secret, which the relay refuses), the next connect uses the new one, no restart."""
+    reads: list[str] = []
+
+    def rotating_secret() -> str:
+        reads.append("read")
+        return "the-secret-before-rotation" if len(reads) == 1 else RUNNER_SECRET
+
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path), secret=rotating_secret),
+    ):
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/rotated"))
+            opened = await b.open(branch="feature/rotated")
+            assert opened.branch == "feature/rotated"
+            await b.close()
+
+        asyncio.run(scenario())
+    assert len(reads) >= 2
 
 
 def test_keystrokes_arriving_out_of_order_are_written_in_typed_order(
