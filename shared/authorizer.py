@@ -63,7 +63,8 @@ def _verify(
     why not."""
     failure = "refused"
     # a runner token is checked first: it is signed with a different secret than browser tokens
-    for secret, role in ((runner_secret, "runner"), (token_secret, "browser")):
+    roles: tuple[tuple[str | None, tokens.Role], ...] = ((runner_secret, "runner"), (token_secret, "browser"))
+    for secret, role in roles:
         if not secret:
             continue
         try:
