@@ -15,6 +15,7 @@ from joserfc.jwk import OctKey, RSAKey
 
 from shared import tokens
 from shared.tokens import TokenExpiredError, TokenForgedError, TokenMalformedError
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -177,3 +178,19 @@ def test_an_oversized_token_is_malformed_before_any_parsing() -> None:
     token = pyjwt.encode(_claims(sub="x" * tokens.MAX_TOKEN_CHARS), SECRET, algorithm="HS256")
     with pytest.raises(TokenMalformedError, match="too long"):
         tokens.verify(token, SECRET)
+
+
+def _readme_block(after: str, lang: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"```{lang}\n", text.index(after)) + len(f"```{lang}\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_readmes_python_snippet_mints_a_token_the_authorizer_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TOKEN_SECRET", SECRET)
+    scope: dict[str, Any] = {}
+    exec(_readme_block("Python (`pip install PyJWT`)", "python"), scope)
+    claims = tokens.verify(scope["token"], SECRET, role="browser")
+    assert (claims.sub, claims.branch, claims.read_only) == ("alice", "feature/login", False)
