@@ -15,7 +15,7 @@ PY312_ENV := $(shell if python3.12 -V >/dev/null 2>&1; then :; \
 	elif command -v pyenv >/dev/null 2>&1; then v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$$)' | tail -1); \
 	[ -n "$$v" ] && echo "PYENV_VERSION=$$(pyenv version-name 2>/dev/null | cut -d: -f1):$$v"; fi)
 
-.PHONY: venv demo test unit lint build bench clean
+.PHONY: venv node-deps demo test unit lint build bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Node packages the tests use (jsonwebtoken: a Node backend's token), pinned by tests/node's lock file
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package-lock.json
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)
 
 demo: venv
 	$(BIN)/aipm local demo
@@ -38,7 +46,7 @@ lint: venv
 build: venv
 	env $(PY312_ENV) $(BIN)/sam build --template template.yaml --cached --parallel >/dev/null
 
-test: lint build
+test: lint build node-deps
 	@rc=0; $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 unit: venv
