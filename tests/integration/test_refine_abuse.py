@@ -434,7 +434,7 @@ def test_a_hostile_field_gets_a_short_safe_refusal(moto_endpoint: str, table: st
         async def scenario() -> None:
             b = await Browser.connect(gw.ws_url, browser_token(branch="feature/key"))
             await b.send(body)
-            raw = await asyncio.wait_for(b.ws.recv(), 5)
+            raw = await asyncio.wait_for(b.ws.recv(), 15)  # a loaded machine: the answer, however late
             assert isinstance(raw, str) and len(raw) <= 400, raw[:400]
             frame = fr.decode(raw, role="runner")  # an error frame, not {"message": "Internal server error"}
             assert isinstance(frame, fr.ErrorFrame) and frame.code in ("malformed", "not_granted")
