@@ -23,7 +23,16 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.models import InvalidRow, Task, TaskStatus, from_dynamodb, read_row, to_dynamodb, utc_now_iso
+from shared.models import (
+    MAX_ATTEMPTS,
+    InvalidRow,
+    Task,
+    TaskStatus,
+    from_dynamodb,
+    read_row,
+    to_dynamodb,
+    utc_now_iso,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +235,17 @@ def _release_update(note: str) -> Update:
     )
 
 
+def refuse_claim_at_limit(task: Task) -> None:
+    """A claim adds one to ``attempts``: a row at ``MAX_ATTEMPTS`` is refused (InvalidRowError), so
+    no claim can write a count that no later read accepts (38 nines would become 10^38)."""
+    if task.attempts >= MAX_ATTEMPTS:
+        raise InvalidRowError(
+            task.id,
+            f"invalid task row: attempts: {task.attempts} claims already, the most a task may have; "
+            "reset attempts on the row to run it again",
+        )
+
+
 def wire_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """``record``'s keyword arguments (the Task model's attribute names) as the row's wire names."""
     names = Task.model_fields
@@ -253,8 +273,9 @@ class TaskStore:
 
     # -- reads -------------------------------------------------------------------------------
     def get_row(self, task_id: str) -> dict[str, Any]:
-        """The row as plain values with its wire names (strongly consistent), for operators and
-        tests. Raises TaskNotFoundError."""
+        """The row as plain values with its wire names (strongly consistent), for operators, the
+        dead letter and tests; any row can be read so (a Number of more than 38 digits is the
+        exact int it holds). Raises TaskNotFoundError."""
         return from_dynamodb(self._get_item(task_id))
 
     def get(self, task_id: str) -> Task:
@@ -285,7 +306,12 @@ class TaskStore:
         for item in self._query_status(status, created_before, limit, branch):
             row = read_row(item)
             if isinstance(row, InvalidRow):
-                logger.warning("skipping unreadable row %s: %s", _item_id(item), row.reason)
+                logger.warning(
+                    "skipping unreadable row %s: %s",
+                    _item_id(item),
+                    row.reason,
+                    extra={"row_id": _item_id(item), "reason": row.reason},
+                )
                 continue
             tasks.append(row)
         return tasks
@@ -374,6 +400,7 @@ class TaskStore:
                 task = self.get(task)
             except TaskNotFoundError as e:
                 raise ClaimLostError(e.args[0]) from e
+        refuse_claim_at_limit(task)
         now = self._clock()
         lease = now + lease_seconds
         task_id = task.id

@@ -270,15 +270,21 @@ def test_runner_given_signals_for_poisoned_rows_fails_them_and_keeps_serving(
     assert_runner_healthy(stack)
 
 
-def test_dispatch_signals_a_poisoned_row_so_it_fails_at_once(stack: Any, ddb: Any) -> None:
-    """The dispatch function reads only the id and status of a new row: a poisoned number elsewhere
-    in it does not lose its signal, so the row fails now instead of after the reconciler's minute."""
-    task_id = unique("dispatched")
+def test_a_poisoned_rows_stream_record_never_holds_up_the_next_rows_signal(stack: Any, ddb: Any) -> None:
+    """The dispatch function skips the record of a row it cannot read (a log line says so) instead
+    of failing its batch, which would hold up the shard: the good row written right after it is
+    signalled and completes; the poisoned row is left to the reconciler's next pass."""
+    poisoned, good = unique("dispatch-poisoned"), unique("dispatch-good")
+    stamp = "2026-12-01T00:00:00.000Z"
     ddb.put_item(
-        TableName=stack.config.table_name,
-        Item=raw_row(task_id, stamp="2026-12-01T00:00:00.000Z", prNumber={"N": "1" * 39}),
+        TableName=stack.config.table_name, Item=raw_row(poisoned, stamp=stamp, prNumber={"N": "1" * 39})
     )
-    row = wait_final(ddb, stack, [task_id], timeout=30)[task_id]
+    ddb.put_item(TableName=stack.config.table_name, Item=raw_row(good, stamp=stamp))
+    assert wait_final(ddb, stack, [good], timeout=60)[good]["status"] == "complete"
+    # its signal comes from the reconciler (whose next pass here is an hour away)
+    assert status_of(ddb, stack, poisoned)["status"] == "pending"
+    reconcile_once(stack)
+    row = wait_final(ddb, stack, [poisoned], timeout=60)[poisoned]
     assert row["status"] == "failed" and "prNumber" in row["error"], row
 
 

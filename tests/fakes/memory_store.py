@@ -23,6 +23,7 @@ from shared.store import (
     TaskNotFoundError,
     TransitionError,
     Update,
+    refuse_claim_at_limit,
     wire_fields,
 )
 
@@ -139,6 +140,7 @@ class MemoryTaskStore:
                 task = self.get(task)
             except TaskNotFoundError as e:
                 raise ClaimLostError(e.args[0]) from e
+        refuse_claim_at_limit(task)
         task_id = task.id
         branch = task.branch if task.branch else None  # an empty branch can key no lock item
         with self._mutex:
