@@ -23,21 +23,31 @@ from shared.text import clean_text
 MAX_ATTEMPTS = 1_000_000
 
 
-class _ExactDeserializer(TypeDeserializer):
-    """boto3's deserializer, except that a Number beyond its 38-digit context (DynamoDB stores e.g.
-    ``1E+100``, and a 39-digit value round-trips through moto as written) is read exactly instead of
-    raising ``decimal.Inexact``/``Rounded``: the plain values of any row can always be shown."""
-
-    def _deserialize_n(self, value: str) -> Decimal:
-        try:
-            return super()._deserialize_n(value)
-        except ArithmeticError:
-            return Decimal(value)  # the constructor is exact whatever the context's precision
-
-
 _deserializer = TypeDeserializer()
-_exact_deserializer = _ExactDeserializer()
 _serializer = TypeSerializer()
+
+
+def _read_exactly(raw: Any) -> Any:
+    """One attribute value as boto3 reads it, except that a Number beyond its 38-digit context
+    (DynamoDB stores e.g. ``1E+100``, and a 39-digit value comes back through moto as written) is
+    read exactly instead of raising ``decimal.Inexact``/``Rounded``: any row's plain values can be
+    shown."""
+    try:
+        return _deserializer.deserialize(raw)
+    except ArithmeticError:
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise
+        [(tag, value)] = raw.items()
+        # the Decimal constructor is exact whatever the context's precision
+        if tag == "N":
+            return Decimal(value)
+        if tag == "NS":
+            return {Decimal(v) for v in value}
+        if tag == "L":
+            return [_read_exactly(v) for v in value]
+        if tag == "M":
+            return {k: _read_exactly(v) for k, v in value.items()}
+        raise
 
 
 class TaskStatus(StrEnum):
@@ -62,7 +72,7 @@ def utc_now_iso() -> str:
 def from_dynamodb(image: dict[str, Any]) -> dict[str, Any]:
     """A DynamoDB-JSON image (``{"id": {"S": ...}}``) as plain Python values; a Number of more
     than 38 digits becomes the exact int it is (``read_row`` refuses such a row as a task)."""
-    return {k: _plain(_exact_deserializer.deserialize(v)) for k, v in image.items()}
+    return {k: _plain(_read_exactly(v)) for k, v in image.items()}
 
 
 class InvalidRow(BaseModel):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from shared.dispatch import Dispatcher
 from shared.models import MAX_ATTEMPTS, InvalidRow, Task, TaskSignal, TaskStatus
-from shared.store import InvalidRowError, TaskNotFoundError, TaskRepository
+from shared.store import LEASE_HORIZON_SECONDS, InvalidRowError, TaskNotFoundError, TaskRepository
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,13 @@ def give_up(
     if status in (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value):
         return DeadLetterOutcome(task_id=task_id, failed=False, note=f"already {status}")
     lease = row.get("leaseExpiresAt")
-    if status == TaskStatus.PROCESSING.value and isinstance(lease, int | float) and lease > clock():
+    now = clock()
+    # a lease beyond the horizon was written by no runner: it holds nothing
+    if (
+        status == TaskStatus.PROCESSING.value
+        and isinstance(lease, int | float)
+        and now < lease <= now + LEASE_HORIZON_SECONDS
+    ):
         raise LeaseStillLiveError(f"task {task_id} is processing under a lease until {iso_at(lease)}")
     unreadable = _unreadable(store, task_id)
     claims = _claims(row)

@@ -41,6 +41,9 @@ LOG_TAIL_CHARS = 4000
 ERROR_CHARS = 2000
 FILTERED_PAGE = 100  # rows read per Query when a filter drops some of them
 LOCK_TTL_SECONDS = 24 * 3600  # a lock item outlives its lease by a day; then TTL sweeps it away
+# a lease further ahead than this was written by no runner (leases are minutes long): it holds
+# nothing, so a row under it can be failed (a 39-digit leaseExpiresAt would otherwise never pass)
+LEASE_HORIZON_SECONDS = 30 * 24 * 3600
 CONFLICT_RETRIES = 3  # a transaction cancelled only by a concurrent one touching the same item
 
 
@@ -586,10 +589,12 @@ class TaskStore:
     def fail_unowned(self, task_id: str, error: str) -> bool:
         """Mark a row failed that no live runner will finish (dead letter, unclaimable garbage).
 
-        Leaves rows that already ended, and rows under a live lease, alone; returns whether it
-        changed. The branch lock the row's last claim may still hold is freed with it.
+        Leaves rows that already ended, and rows under a live lease, alone (a lease more than
+        ``LEASE_HORIZON_SECONDS`` ahead is none); returns whether it changed. The branch lock the
+        row's last claim may still hold is freed with it.
         """
         stamp = utc_now_iso()
+        now = self._clock()
         try:
             self._ddb.update_item(
                 TableName=self.table_name,
@@ -598,13 +603,15 @@ class TaskStore:
                 "REMOVE leaseExpiresAt, waitingFor",
                 # never pull a row from under a runner that still holds a live lease on it
                 ConditionExpression="attribute_exists(id) AND #s <> :complete AND #s <> :failed AND "
-                "(#s <> :processing OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)",
+                "(#s <> :processing OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now "
+                "OR leaseExpiresAt > :horizon)",
                 ExpressionAttributeNames={"#s": "status", "#e": "error"},
                 ExpressionAttributeValues={
                     ":failed": {"S": TaskStatus.FAILED.value},
                     ":complete": {"S": TaskStatus.COMPLETE.value},
                     ":processing": {"S": TaskStatus.PROCESSING.value},
-                    ":now": {"N": f"{self._clock():.3f}"},
+                    ":now": {"N": f"{now:.3f}"},
+                    ":horizon": {"N": f"{now + LEASE_HORIZON_SECONDS:.3f}"},
                     ":err": {"S": error[:ERROR_CHARS]},
                     ":stamp": {"S": stamp},
                 },

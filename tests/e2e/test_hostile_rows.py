@@ -222,13 +222,22 @@ def test_one_reconciler_pass_recovers_a_lost_signal_beside_poisoned_rows(
             ),
         )
         poisoned[dead_owner] = "attempts"
+        # a lease no runner wrote: 39 digits, forever in the future
+        forever = unique("forever")
+        ddb.put_item(
+            TableName=stack.config.table_name,
+            Item=raw_row(
+                forever, status={"S": "processing"}, runnerId={"S": "nobody"}, leaseExpiresAt={"N": "9" * 39}
+            ),
+        )
+        poisoned[forever] = "leaseExpiresAt"
         assert status_of(ddb, stack, lost)["status"] == "pending"
     # when: one pass
     report = reconcile_once(stack)
     # then
     assert lost in report["pending"], report
     assert set(poisoned) <= set(report["pending"]) | set(report["expired"]), report
-    assert dead_owner in report["expired"], report
+    assert {dead_owner, forever} <= set(report["expired"]), report
     rows = wait_final(ddb, stack, [lost, *poisoned])
     assert rows[lost]["status"] == "complete", rows[lost]
     assert store.get(lost).attempts == 1

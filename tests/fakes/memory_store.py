@@ -14,6 +14,7 @@ from typing import Any
 from shared.models import InvalidRow, Task, TaskStatus, from_dynamodb, read_row, to_dynamodb, utc_now_iso
 from shared.store import (
     ERROR_CHARS,
+    LEASE_HORIZON_SECONDS,
     LOCK_TTL_SECONDS,
     BranchBusyError,
     Claim,
@@ -257,7 +258,10 @@ class MemoryTaskStore:
             if row is None or row.get("status") in (COMPLETE, FAILED):
                 return False
             lease = _number(row.get("leaseExpiresAt"))
-            live = "leaseExpiresAt" in row and not (lease is not None and lease < self._clock())
+            now = self._clock()
+            live = "leaseExpiresAt" in row and not (
+                lease is not None and (lease < now or lease > now + LEASE_HORIZON_SECONDS)
+            )
             if row.get("status") == PROCESSING and live:
                 return False  # never pulled from under a runner that holds a live lease
             stamp = utc_now_iso()

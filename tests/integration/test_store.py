@@ -852,3 +852,19 @@ def test_rows_with_numbers_beyond_38_digits_never_stop_a_read(
     assert isinstance(shown[good], Task) and all(isinstance(shown[t], InvalidRow) for t in poisoned)
     for task_id in poisoned:
         assert store.fail_unowned(task_id, "unreadable") and store.get_row(task_id)["status"] == "failed"
+
+
+def test_fail_unowned_ends_a_processing_row_under_a_lease_no_runner_wrote(
+    store: TaskRepository, backend: Backend
+) -> None:
+    """A lease more than LEASE_HORIZON_SECONDS ahead holds nothing (runners' leases are minutes
+    long): such a row is failed, where one under a real live lease is left alone."""
+    absurd, live = new_task(store), new_task(store)
+    backend.set_raw(
+        absurd, status="processing", runnerId="nobody", leaseExpiresAt=time.time() + 10 * 365 * 86400
+    )
+    backend.set_raw(live, status="processing", runnerId="r1", leaseExpiresAt=time.time() + 600)
+    assert store.fail_unowned(absurd, "unreadable")
+    assert store.get_row(absurd)["status"] == "failed"
+    assert not store.fail_unowned(live, "unreadable")
+    assert store.get_row(live)["status"] == "processing"
