@@ -84,7 +84,8 @@ class Reconciler:
         stale_before = now - self.stale_lease_seconds
         for row in self._store.list_tasks(TaskStatus.PROCESSING, limit=self.limit):
             lease = row.lease_expires_at if isinstance(row, Task) else None
-            if lease is not None and lease >= stale_before:
+            # a lease beyond the horizon was written by no runner: the row is signalled like a dead one
+            if lease is not None and stale_before <= lease <= now + LEASE_HORIZON_SECONDS:
                 continue
             if self._signal(row, "reconcile: lease expired"):
                 report.expired.append(str(row.id))

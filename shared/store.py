@@ -42,7 +42,7 @@ ERROR_CHARS = 2000
 FILTERED_PAGE = 100  # rows read per Query when a filter drops some of them
 LOCK_TTL_SECONDS = 24 * 3600  # a lock item outlives its lease by a day; then TTL sweeps it away
 # a lease further ahead than this was written by no runner (leases are minutes long): it holds
-# nothing, so a row under it can be failed (a 39-digit leaseExpiresAt would otherwise never pass)
+# nothing, so a row under it can be reclaimed or failed (a 39-digit leaseExpiresAt never passes)
 LEASE_HORIZON_SECONDS = 30 * 24 * 3600
 CONFLICT_RETRIES = 3  # a transaction cancelled only by a concurrent one touching the same item
 
@@ -392,7 +392,8 @@ class TaskStore:
 
     # -- transitions -------------------------------------------------------------------------
     def claim(self, task: Task | str, runner_id: str, lease_seconds: float) -> Claim:
-        """pending -> processing, or reclaim a processing row whose lease has expired, with the
+        """pending -> processing, or reclaim a processing row whose lease has expired (or lies
+        beyond ``LEASE_HORIZON_SECONDS``, where no runner's lease can), with the
         branch's lock in the same transaction. ``task`` is the row as the caller last read it: the
         claim holds only if its branch and attempts are still the same (an id: the row is read).
 
@@ -470,7 +471,8 @@ class TaskStore:
             ),
             "ConditionExpression": (
                 "attribute_exists(id) AND (#s = :pending OR (#s = :processing AND "
-                "(attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)))"
+                "(attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now "
+                "OR leaseExpiresAt > :horizon)))"
             ),
             "ExpressionAttributeNames": {"#s": "status", "#e": "error"},
             "ExpressionAttributeValues": {
@@ -481,6 +483,7 @@ class TaskStore:
                 ":one": {"N": "1"},
                 ":lease": {"N": f"{lease:.3f}"},
                 ":now": {"N": f"{now:.3f}"},
+                ":horizon": {"N": f"{now + LEASE_HORIZON_SECONDS:.3f}"},
                 ":stamp": {"S": utc_now_iso()},
             },
         }

@@ -201,9 +201,10 @@ def reconcile_once(stack: Any) -> dict[str, list[str]]:
 def test_one_reconciler_pass_recovers_a_lost_signal_beside_poisoned_rows(
     stack: Any, ddb: Any, store: TaskStore
 ) -> None:
-    """With poisoned rows pending (and one processing under an expired lease), a task whose signal
-    was lost is re-signalled by ONE reconciler pass and completes; each poisoned row is signalled
-    too and ends failed, its error naming the field that could not be read."""
+    """With poisoned rows pending (and processing ones under an expired or a 39-digit lease), a task
+    whose signal was lost is re-signalled by ONE reconciler pass and completes, as does a row held
+    under a lease no runner could have written; each poisoned row is signalled too and ends failed,
+    its error naming the field that could not be read."""
     # given: rows whose signals were lost, poisoned ones among them
     lost = unique("lost")
     dead_owner = unique("deadowner")
@@ -231,16 +232,25 @@ def test_one_reconciler_pass_recovers_a_lost_signal_beside_poisoned_rows(
             ),
         )
         poisoned[forever] = "leaseExpiresAt"
+        # a readable lease no runner wrote (30 digits, ten thousand times the age of the universe)
+        squatted = unique("squatted")
+        ddb.put_item(
+            TableName=stack.config.table_name,
+            Item=raw_row(
+                squatted, status={"S": "processing"}, runnerId={"S": "nobody"}, leaseExpiresAt={"N": "9" * 30}
+            ),
+        )
         assert status_of(ddb, stack, lost)["status"] == "pending"
     # when: one pass
     report = reconcile_once(stack)
     # then
     assert lost in report["pending"], report
     assert set(poisoned) <= set(report["pending"]) | set(report["expired"]), report
-    assert {dead_owner, forever} <= set(report["expired"]), report
-    rows = wait_final(ddb, stack, [lost, *poisoned])
-    assert rows[lost]["status"] == "complete", rows[lost]
-    assert store.get(lost).attempts == 1
+    assert {dead_owner, forever, squatted} <= set(report["expired"]), report
+    rows = wait_final(ddb, stack, [lost, squatted, *poisoned])
+    for recovered in (lost, squatted):
+        assert rows[recovered]["status"] == "complete", rows[recovered]
+        assert store.get(recovered).attempts == 1
     for task_id, field in poisoned.items():
         row = rows[task_id]
         assert row["status"] == "failed", (task_id, row)

@@ -193,7 +193,10 @@ class MemoryTaskStore:
         caller read: the same branch, the same attempts count."""
         status = row.get("status")
         lease = row.get("leaseExpiresAt")
-        expired = "leaseExpiresAt" not in row or ((n := _number(lease)) is not None and n < now)
+        n = _number(lease)
+        expired = "leaseExpiresAt" not in row or (
+            n is not None and (n < now or n > now + LEASE_HORIZON_SECONDS)
+        )
         if not (status == PENDING or (status == PROCESSING and expired)):
             return False
         if row.get("branch") != task.branch:

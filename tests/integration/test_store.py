@@ -868,3 +868,13 @@ def test_fail_unowned_ends_a_processing_row_under_a_lease_no_runner_wrote(
     assert store.get_row(absurd)["status"] == "failed"
     assert not store.fail_unowned(live, "unreadable")
     assert store.get_row(live)["status"] == "processing"
+
+
+def test_a_processing_row_under_a_lease_no_runner_wrote_can_be_reclaimed(
+    store: TaskRepository, backend: Backend
+) -> None:
+    """A lease more than LEASE_HORIZON_SECONDS ahead holds the row for nobody: a claim takes it."""
+    task_id = new_task(store)
+    backend.set_raw(task_id, status="processing", runnerId="nobody", leaseExpiresAt=1e30)
+    claim = store.claim(task_id, "r1", 60)
+    assert claim.attempt == 1 and store.get(task_id).runner_id == "r1"
