@@ -260,6 +260,30 @@ def test_a_sandboxed_client_reaches_the_allow_listed_model_endpoint_through_the_
     assert not any(h.lower().startswith("proxy-") for h in plain["headers"])
 
 
+def test_a_plain_http_request_goes_upstream_in_origin_form_without_proxy_headers(
+    model: ThreadingHTTPServer, proxy: EgressProxy
+) -> None:
+    """An absolute-URI request reaches the endpoint as ``path?query`` with its body, the client's
+    proxy credentials and hop-by-hop headers dropped, and ``Connection: close`` (one request per
+    connection, so a connection never carries a second request past the allow list)."""
+    # given
+    target = f"127.0.0.1:{_port(model)}"
+    request = (
+        f"POST http://{target}/v1/x?a=1 HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic eHl6\r\n"
+        "Proxy-Connection: keep-alive\r\nConnection: keep-alive\r\nX-Api-Key: k\r\n"
+        "Content-Length: 5\r\n\r\nhello"
+    )
+    # when
+    reply = _ask(proxy.socket_path, request.encode())
+    # then
+    assert _status(reply) == 200 and b"hello from the model" in reply
+    (seen,) = model.seen  # type: ignore[attr-defined]
+    assert seen["path"] == "/v1/x?a=1" and seen["body"] == "hello"
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert "proxy-authorization" not in headers and "proxy-connection" not in headers
+    assert headers["connection"] == "close" and headers["x-api-key"] == "k"
+
+
 def test_the_bridge_hands_its_process_over_to_the_command(proxy: EgressProxy) -> None:
     """The command replaces the bridge's process (the same pid, so signals and the exit status are the
     command's own) and its output passes through untouched."""
@@ -302,6 +326,28 @@ def test_the_bridge_brings_loopback_up_under_unshare_net_and_its_forwarder_dies_
     forwarders = lines[0].split()[1:]
     assert len(forwarders) == 1
     assert _gone_eventually(int(forwarders[0]))
+
+
+def test_a_ctrl_c_to_the_commands_process_group_leaves_the_forwarder_serving(
+    model: ThreadingHTTPServer, proxy: EgressProxy
+) -> None:
+    """A Refine terminal's Ctrl-C goes to the whole foreground process group; the forwarder is not in
+    it, so the agent keeps its network after an interrupted command."""
+    # given: the command ignores SIGINT itself and sends it to its own process group
+    interrupt = (
+        "import os, signal, subprocess, sys\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "os.killpg(os.getpgrp(), signal.SIGINT)\n"
+        f"subprocess.run([sys.executable, '-c', {CLIENT!r}, sys.argv[1]], check=True)\n"
+    )
+    argv = bridge_argv(
+        proxy.socket_path, BRIDGE_PORT, [sys.executable, "-c", interrupt, f"127.0.0.1:{_port(model)}"]
+    )
+    # when
+    done = _sandboxed(["setsid", "--wait", *argv], env=_env(**proxy_env(BRIDGE_PORT)))
+    # then
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["connect"][0] == 200
 
 
 def _gone_eventually(pid: int) -> bool:
