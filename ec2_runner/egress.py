@@ -20,21 +20,188 @@ mode (``python -I``), so nothing in the agent's working directory or environment
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import ipaddress
-import logging
+# The bridge comes first and imports little: it runs before the agent's command, inside the sandbox,
+# and a Python start is most of what it costs. The proxy's imports follow it.
 import os
-import re
 import signal
 import socket
-import stat
 import sys
-import threading
-from collections.abc import Iterable
-from pathlib import Path
-from urllib.parse import urlsplit
+
+# ----------------------------------------------------------------------------------------- the bridge
+
+
+def proxy_env(port: int) -> dict[str, str]:
+    """The environment that sends an agent's HTTP(S) clients through the bridge on ``127.0.0.1:port``.
+    ``NO_PROXY`` is empty so nothing, loopback included, bypasses it."""
+    url = f"http://127.0.0.1:{port}"
+    env = {}
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        env[name] = env[name.lower()] = url
+    env["NO_PROXY"] = env["no_proxy"] = ""
+    return env
+
+
+def bridge_argv(socket_path: Path, port: int, argv: list[str]) -> list[str]:
+    """The command line that, inside the sandbox's network namespace, listens on ``127.0.0.1:port``,
+    forwards each connection to the proxy's ``socket_path``, and execs ``argv`` in its own process.
+    It runs this file with the runner's interpreter in isolated mode without site-packages (no
+    PYTHONPATH, no working directory on the path), using the standard library only."""
+    if not argv:
+        raise ValueError("bridge_argv needs the command to run inside the sandbox")
+    here = os.path.realpath(__file__)
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        "-B",
+        here,
+        "bridge",
+        "--port",
+        str(port),
+        "--unix",
+        str(socket_path),
+        "--",
+        *argv,
+    ]
+
+
+def _listen_on_loopback(port: int) -> socket.socket:
+    _bring_loopback_up()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    return sock
+
+
+def _bring_loopback_up() -> None:
+    """``unshare --net`` leaves ``lo`` down (a bind to 127.0.0.1 still works, a connect does not);
+    bubblewrap brings it up itself, so this only acts when it is down."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up, ifreq = 0x8913, 0x8914, 0x1, "16sH22x"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack(ifreq, fcntl.ioctl(s, siocgifflags, struct.pack(ifreq, b"lo", 0)))[1]
+        if not flags & iff_up:
+            fcntl.ioctl(s, siocsifflags, struct.pack(ifreq, b"lo", flags | iff_up))
+
+
+def _die_with_parent(parent: int) -> None:
+    """The forwarder is killed when the command (its parent, after the exec) ends, even without a pid
+    namespace to take it down."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os._exit(0)
+
+
+def _forward(listener: socket.socket, socket_path: str) -> None:
+    """Each connection to ``listener`` spliced to a new connection to the proxy's unix socket, a
+    thread per direction (an agent opens a handful; the proxy bounds how long they stay idle)."""
+    import threading
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for s in (src, dst):  # a reset on either side ends both directions
+                with _quiet():
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def one(client: socket.socket) -> None:
+        with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            try:
+                upstream.connect(socket_path)
+            except OSError:
+                return  # the proxy is gone: the client sees its connection closed
+            back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            back.start()
+            pump(client, upstream)
+            back.join()
+
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(target=one, args=(client,), daemon=True).start()
+
+
+class _quiet:
+    """``contextlib.suppress(OSError)`` without importing contextlib before the command starts."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, *_: object) -> bool:
+        return isinstance(kind, type) and issubclass(kind, OSError)
+
+
+def _bridge(port: int, socket_path: str, argv: list[str]) -> int:
+    try:
+        listener = _listen_on_loopback(port)
+    except OSError as e:
+        print(
+            f"egress bridge: cannot bring up loopback or listen on 127.0.0.1:{port} ({e.strerror}); "
+            "is the port taken, or is this a namespace the bridge may not configure?",
+            file=sys.stderr,
+        )
+        return 70
+    parent = os.getpid()
+    if os.fork() == 0:
+        try:
+            _die_with_parent(parent)
+            os.setsid()  # off the command's terminal: its Ctrl-C or hang-up does not reach the forwarder
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)  # holds none of the command's pipes or its pty open
+            _forward(listener, socket_path)
+        finally:
+            os._exit(0)
+    listener.close()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        print(f"egress bridge: cannot run {argv[0]!r}: {e.strerror}", file=sys.stderr)
+        return 127
+
+
+def _bridge_main(args: list[str]) -> int:
+    """``--port P --unix S -- CMD...``, parsed by hand: argparse would cost the command's start-up."""
+    usage = "usage: egress.py bridge --port PORT --unix SOCKET -- CMD [ARG...]"
+    try:
+        split = args.index("--")
+        opts = dict(zip(args[:split:2], args[1:split:2], strict=True))
+        port, path, argv = int(opts.pop("--port")), opts.pop("--unix"), args[split + 1 :]
+    except (ValueError, KeyError):
+        print(usage, file=sys.stderr)
+        return 64
+    if opts or not argv:
+        print(usage, file=sys.stderr)
+        return 64
+    return _bridge(port, path, argv)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["bridge"]:
+    sys.exit(_bridge_main(sys.argv[2:]))
+
+# ------------------------------------------------------------------------------------------ the proxy
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import ipaddress  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import stat  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 log = logging.getLogger("ec2_runner.egress")
 
@@ -158,9 +325,6 @@ def refusal_for(address: str) -> str | None:
     if ip in _EC2_SERVICES:
         return "an EC2 instance-services address"
     return None
-
-
-# ------------------------------------------------------------------------------------------ the proxy
 
 
 class EgressProxy:
@@ -510,124 +674,6 @@ async def _splice(
         pass
 
 
-# ----------------------------------------------------------------------------------------- the bridge
-
-
-def proxy_env(port: int) -> dict[str, str]:
-    """The environment that sends an agent's HTTP(S) clients through the bridge on ``127.0.0.1:port``.
-    ``NO_PROXY`` is empty so nothing, loopback included, bypasses it."""
-    url = f"http://127.0.0.1:{port}"
-    env = {}
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
-        env[name] = env[name.lower()] = url
-    env["NO_PROXY"] = env["no_proxy"] = ""
-    return env
-
-
-def bridge_argv(socket_path: Path, port: int, argv: list[str]) -> list[str]:
-    """The command line that, inside the sandbox's network namespace, listens on ``127.0.0.1:port``,
-    forwards each connection to the proxy's ``socket_path``, and execs ``argv`` in its own process.
-    It runs this file with the runner's interpreter in isolated mode (no PYTHONPATH, no working
-    directory on the path), using the standard library only."""
-    if not argv:
-        raise ValueError("bridge_argv needs the command to run inside the sandbox")
-    return [
-        sys.executable,
-        "-I",
-        "-B",
-        str(Path(__file__).resolve()),
-        "bridge",
-        "--port",
-        str(port),
-        "--unix",
-        str(socket_path),
-        "--",
-        *argv,
-    ]
-
-
-def _listen_on_loopback(port: int) -> socket.socket:
-    _bring_loopback_up()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    return sock
-
-
-def _bring_loopback_up() -> None:
-    """``unshare --net`` leaves ``lo`` down (a bind to 127.0.0.1 still works, a connect does not);
-    bubblewrap brings it up itself, so this only acts when it is down."""
-    import fcntl
-    import struct
-
-    siocgifflags, siocsifflags, iff_up, ifreq = 0x8913, 0x8914, 0x1, "16sH22x"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack(ifreq, fcntl.ioctl(s, siocgifflags, struct.pack(ifreq, b"lo", 0)))[1]
-        if not flags & iff_up:
-            fcntl.ioctl(s, siocsifflags, struct.pack(ifreq, b"lo", flags | iff_up))
-
-
-def _die_with_parent(parent: int) -> None:
-    """The forwarder is killed when the command (its parent, after the exec) ends, even without a pid
-    namespace to take it down."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # the parent ended before the signal was armed
-        os._exit(0)
-
-
-async def _forward(listener: socket.socket, socket_path: str) -> None:
-    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_unix_connection(socket_path)
-        except OSError:
-            writer.close()  # the proxy is gone: the client sees its connection closed
-            return
-        try:
-            await _splice(reader, writer, up_reader, up_writer, None)
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-
-    server = await asyncio.start_server(one, sock=listener)
-    async with server:
-        await server.serve_forever()
-
-
-def _bridge(port: int, socket_path: str, argv: list[str]) -> int:
-    try:
-        listener = _listen_on_loopback(port)
-    except OSError as e:
-        print(
-            f"egress bridge: cannot bring up loopback or listen on 127.0.0.1:{port} ({e.strerror}); "
-            "is the port taken, or is this a namespace the bridge may not configure?",
-            file=sys.stderr,
-        )
-        return 70
-    parent = os.getpid()
-    if os.fork() == 0:
-        try:
-            _die_with_parent(parent)
-            os.setsid()  # off the command's terminal: its Ctrl-C or hang-up does not reach the forwarder
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)  # holds none of the command's pipes or its pty open
-            asyncio.run(_forward(listener, socket_path))
-        finally:
-            os._exit(0)
-    listener.close()
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as e:
-        print(f"egress bridge: cannot run {argv[0]!r}: {e.strerror}", file=sys.stderr)
-        return 127
-
-
 def _proxy(socket_path: Path, allowed: list[str]) -> int:
     with contextlib.suppress(ImportError):
         from ec2_runner import logs
@@ -644,22 +690,18 @@ def _proxy(socket_path: Path, allowed: list[str]) -> int:
 
 
 def main(args: list[str] | None = None) -> int:
-    """``bridge --port P --unix S -- CMD...`` (inside the sandbox) or ``proxy --unix S --allow H:P...``."""
+    """``proxy --unix S --allow HOST:PORT...``: the proxy on its own, until SIGTERM. (``bridge`` is
+    handled before this module's proxy half is even imported; see ``bridge_argv``.)"""
     parser = argparse.ArgumentParser(prog="python -m ec2_runner.egress", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    bridge = sub.add_parser("bridge", help="forward 127.0.0.1:PORT to the proxy's unix socket, then exec CMD")
-    bridge.add_argument("--port", type=int, required=True)
-    bridge.add_argument("--unix", required=True)
-    bridge.add_argument("argv", nargs=argparse.REMAINDER)
+    sub.add_parser("bridge", help="--port P --unix S -- CMD...: forward 127.0.0.1:P to S, then exec CMD")
     proxy = sub.add_parser("proxy", help="run the allow-list proxy on a unix socket until SIGTERM")
     proxy.add_argument("--unix", required=True, type=Path)
     proxy.add_argument("--allow", action="append", default=[], metavar="HOST:PORT")
-    opts = parser.parse_args(args)
-    if opts.command == "bridge":
-        argv = opts.argv[1:] if opts.argv[:1] == ["--"] else opts.argv
-        if not argv:
-            parser.error("bridge needs the command to run after --")
-        return _bridge(opts.port, opts.unix, argv)
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["bridge"]:
+        return _bridge_main(argv[1:])
+    opts = parser.parse_args(argv)
     try:
         return _proxy(opts.unix, opts.allow)
     except (ValueError, OSError) as e:

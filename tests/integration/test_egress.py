@@ -284,6 +284,51 @@ def test_a_plain_http_request_goes_upstream_in_origin_form_without_proxy_headers
     assert headers["connection"] == "close" and headers["x-api-key"] == "k"
 
 
+HALF_CLOSE = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+s.sendall(f"CONNECT {sys.argv[2]} HTTP/1.1\r\n\r\n".encode())
+assert s.recv(1024).startswith(b"HTTP/1.1 200")
+s.sendall(b"x" * 100000)
+s.shutdown(socket.SHUT_WR)
+out = b""
+while chunk := s.recv(65536):
+    out += chunk
+print(out.decode())
+"""
+
+
+def test_a_half_close_passes_through_the_bridge_and_the_proxy(
+    start_proxy: Callable[..., EgressProxy],
+) -> None:
+    """A client that ends its upload with a half-close still gets the reply the endpoint sends only
+    once it has seen the end of the upload."""
+    # given: an endpoint that answers after the client's EOF
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        target = f"127.0.0.1:{server.getsockname()[1]}"
+
+        def answer_after_eof() -> None:
+            conn, _ = server.accept()
+            with conn:
+                total = 0
+                while chunk := conn.recv(65536):
+                    total += len(chunk)
+                conn.sendall(f"got {total} bytes".encode())
+
+        threading.Thread(target=answer_after_eof, daemon=True).start()
+        proxy = start_proxy([target])
+        argv = bridge_argv(
+            proxy.socket_path, BRIDGE_PORT, [sys.executable, "-c", HALF_CLOSE, str(BRIDGE_PORT), target]
+        )
+        # when
+        done = _sandboxed(argv)
+    # then
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "got 100000 bytes"
+
+
 def test_the_bridge_hands_its_process_over_to_the_command(proxy: EgressProxy) -> None:
     """The command replaces the bridge's process (the same pid, so signals and the exit status are the
     command's own) and its output passes through untouched."""
