@@ -534,7 +534,7 @@ def egress(h: Harness, plan: Plan) -> list[Row]:
             None,
             f"{len(ms['start_bridged'])} starts each",
             f"bwrap --unshare-net running `true` through the bridge {pct(ms['start_bridged'], 50):.1f} ms vs "
-            f"without it {pct(ms['start_bare'], 50):.1f} ms (a python -I -S start and a fork before the exec)",
+            f"without it {pct(ms['start_bare'], 50):.1f} ms (python -I -S and a fork before the exec)",
         ),
     ]
 

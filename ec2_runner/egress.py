@@ -13,9 +13,11 @@ exactly the endpoints it is allowed:
   execs the agent's own command. ``proxy_env`` is the environment that points the agent's HTTP
   clients at it.
 
-The bridge runs with a read-only view of the runner's Python inside the agent's sandbox, so this
-module imports the standard library only at its top; ``bridge_argv`` runs this file in isolated
-mode (``python -I``), so nothing in the agent's working directory or environment is imported.
+The bridge runs inside the agent's sandbox with a read-only view of the runner's Python, as
+``python -I -S`` on this very file: isolated mode, so nothing from the agent's working directory or
+environment is imported, and no site-packages. Its half of the module comes first and uses only
+``os``, ``socket``, ``signal`` and ``sys`` before it execs the command, so it adds little to the
+agent's start; the proxy's half, below it, is never read by the bridge.
 """
 
 from __future__ import annotations
@@ -351,6 +353,11 @@ class EgressProxy:
     ) -> None:
         self.allow = AllowList(allowed)
         self.socket_path = Path(socket_path)
+        if len(os.fsencode(self.socket_path)) > 107:
+            raise ValueError(
+                f"the egress socket path {str(self.socket_path)!r} is longer than a unix socket's 107 bytes; "
+                "put it in a shorter folder"
+            )
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.head_timeout = head_timeout

@@ -347,6 +347,7 @@ def test_the_bridge_hands_its_process_over_to_the_command(proxy: EgressProxy) ->
     assert bridge_pid == command_pid
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="unshare --net without a user namespace needs root")
 def test_the_bridge_brings_loopback_up_under_unshare_net_and_its_forwarder_dies_with_the_command(
     model: ThreadingHTTPServer, proxy: EgressProxy
 ) -> None:
@@ -570,6 +571,12 @@ def test_the_allow_list_matches_names_and_addresses_exactly() -> None:
     assert allow.permits("::1", 8080)
     assert allow.permits("127.0.0.1", 9)
     assert not allow.permits("127.0.0.01", 9)
+
+
+def test_a_socket_path_too_long_for_a_unix_socket_is_refused_at_construction(sock_dir: Path) -> None:
+    """The kernel's 107-byte limit is named before anything listens, with what to do about it."""
+    with pytest.raises(ValueError, match="shorter folder"):
+        EgressProxy(["127.0.0.1:9"], sock_dir / ("x" * 120) / "egress.sock")
 
 
 @pytest.mark.parametrize(
