@@ -410,6 +410,22 @@ def _gone_eventually(pid: int) -> bool:
     return False
 
 
+def test_the_bridge_says_so_when_its_port_is_taken(proxy: EgressProxy) -> None:
+    """A second bridge on the same port inside one namespace stops with a sentence, not a traceback,
+    and never runs its command."""
+    # given: the outer bridge holds the port while the inner one starts
+    inner = bridge_argv(proxy.socket_path, BRIDGE_PORT, ["sh", "-c", "echo inner ran"])
+    # when
+    done = _sandboxed(bridge_argv(proxy.socket_path, BRIDGE_PORT, inner))
+    # then
+    assert done.returncode == 70
+    assert "inner ran" not in done.stdout
+    assert done.stderr.startswith(
+        f"egress bridge: cannot bring up loopback or listen on 127.0.0.1:{BRIDGE_PORT}"
+    )
+    assert "Traceback" not in done.stderr
+
+
 def test_the_bridge_ignores_python_modules_planted_in_the_working_directory(
     model: ThreadingHTTPServer, proxy: EgressProxy, tmp_path: Path
 ) -> None:
