@@ -261,11 +261,10 @@ class TokenGitServer:
         self.requests: list[GitRequest] = []
         certs.mkdir(parents=True, exist_ok=True)
         self.cert, key = certs / "cert.pem", certs / "key.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.cert)],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        files = ["-keyout", str(key), "-out", str(self.cert)]
+        subprocess.run([*openssl, *subject, *files], check=True, capture_output=True, timeout=60)
         server = self
         backend = [shutil.which("git") or "git", "http-backend"]
 

@@ -283,3 +283,90 @@ def test_the_runner_fleet_is_told_the_branch_locks_table() -> None:
     user_data = cfn["Resources"]["RunnerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
     script = user_data["Fn::Base64"]["Fn::Sub"]
     assert "BRANCH_LOCKS_TABLE=${BranchLocksTable}\n" in script
+
+
+def test_the_created_queue_table_is_kept_on_delete_but_not_after_a_failed_first_create() -> None:
+    """RetainExceptOnCreate: a failed first deploy removes the table, so a retry never meets
+    "already exists"; a deleted stack keeps the rows (a new stack then adopts the table)."""
+    table = load_template()["Resources"]["QueueTable"]
+    assert table["DeletionPolicy"] == "RetainExceptOnCreate" and table["Condition"] == "CreateQueueTable"
+
+
+def test_an_existing_queue_table_is_adopted_not_created(moto_endpoint: str, ddb: Any) -> None:
+    """With ExistingQueueTableStreamArn the stack creates no table; the functions, the runner and the
+    outputs name the existing one and the dispatch mapping reads its stream."""
+    # given the seed's table, its stream turned on (README "Migrating from the EC2 terminal server")
+    name = f"seed{uuid.uuid4().hex[:8]}-amazon-q-queue"
+    ddb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    stream_arn = ddb.describe_table(TableName=name)["Table"]["LatestStreamArn"]
+    params = {"TableName": name, "ExistingQueueTableStreamArn": stream_arn, "NamePrefix": "adopt"}
+    cfn = translate(load_template(), "us-east-1", params)
+    mapping = next(
+        r["Properties"]
+        for r in cfn["Resources"].values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping" and "FilterCriteria" in r["Properties"]
+    )
+    assert mapping["EventSourceArn"]["Fn::If"][0] == "CreateQueueTable"
+    env = cfn["Resources"]["DispatchFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["TABLE_NAME"] == {"Ref": "TableName"}
+
+    # when the stack is created with it
+    stack_name = f"adopt{uuid.uuid4().hex[:8]}"
+    kept, _ = for_moto(cfn)
+    cloudformation = aws.client("cloudformation", region="us-east-1", endpoint_url=moto_endpoint)
+    cloudformation.create_stack(
+        StackName=stack_name,
+        TemplateBody=json.dumps(kept),
+        Parameters=[
+            {"ParameterKey": k, "ParameterValue": v} for k, v in params.items() if k in kept["Parameters"]
+        ],
+    )
+
+    # then no table is made, and the outputs name the adopted one
+    resources = cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+    assert "QueueTable" not in {r.get("LogicalResourceId") for r in resources}
+    assert {"TaskQueue", "BranchLocksTable"} <= {r.get("LogicalResourceId") for r in resources}
+    (stack,) = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs["QueueTableName"] == name and outputs["QueueTableStreamArn"] == stream_arn
+
+
+def test_the_fleet_cannot_be_deployed_without_its_code_remote_and_credentials() -> None:
+    """A fleet (RunnerVpcId set) with an empty RunnerPackageUri, GitRemoteUrl, GitTokenSecretArn or
+    AgentCredentialSecretArn fails the deploy with a sentence naming the parameter, instead of
+    instances that boot into a crash loop; a stack without the fleet needs none of them."""
+    tpl = load_template()
+    (rule,) = tpl["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerVpcId"}, ""]}]}
+    asserted = {
+        a["Assert"]["Fn::Not"][0]["Fn::Equals"][0]["Ref"]: a["AssertDescription"] for a in rule["Assertions"]
+    }
+    assert set(asserted) == {
+        "RunnerPackageUri",
+        "GitRemoteUrl",
+        "GitTokenSecretArn",
+        "AgentCredentialSecretArn",
+    }
+    assert all(name in text for name, text in asserted.items())
+    for name in asserted:
+        assert tpl["Parameters"][name]["Default"] == ""
+    assert "RunnerSourceUrl" not in tpl["Parameters"] and "RunnerSourceRef" not in tpl["Parameters"]
+
+
+def test_the_runner_role_reads_its_own_secrets_and_package_only() -> None:
+    cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
+    statements = [
+        st
+        for policy in cfn["Resources"]["RunnerRole"]["Properties"]["Policies"]
+        for st in policy["PolicyDocument"]["Statement"]
+    ]
+    secrets = [st["Resource"] for st in statements if st["Action"] == "secretsmanager:GetSecretValue"]
+    assert {"Ref": "GitTokenSecretArn"} in secrets[1] and {"Ref": "AgentCredentialSecretArn"} in secrets[1]
+    (s3,) = [st for st in statements if st["Action"] == "s3:GetObject"]
+    assert "RunnerPackageUri" in json.dumps(s3["Resource"]) and "*" not in json.dumps(s3["Resource"])[:20]
