@@ -370,3 +370,39 @@ def test_the_runner_role_reads_its_own_secrets_and_package_only() -> None:
     assert {"Ref": "GitTokenSecretArn"} in secrets[1] and {"Ref": "AgentCredentialSecretArn"} in secrets[1]
     (s3,) = [st for st in statements if st["Action"] == "s3:GetObject"]
     assert "RunnerPackageUri" in json.dumps(s3["Resource"]) and "*" not in json.dumps(s3["Resource"])[:20]
+
+
+def _overrides(text: str) -> dict[str, str]:
+    import shlex
+
+    return dict(word.split("=", 1) for word in shlex.split(text))
+
+
+def test_samconfig_has_dev_and_prod_that_live_side_by_side_in_one_account() -> None:
+    """Each environment its own stack, table, prefix and stage; dev deploys without a prompt (CI);
+    no override repeats the template's default; a bare `sam deploy` goes to dev, never prod."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    params = load_template()["Parameters"]
+
+    def resolved(env: str) -> dict[str, str]:
+        given = _overrides(config[env]["deploy"]["parameters"].get("parameter_overrides", ""))
+        assert set(given) <= set(params), set(given) - set(params)
+        for name, value in given.items():
+            assert str(params[name].get("Default")) != value, f"{env}: {name} repeats its default"
+        return {name: str(spec.get("Default")) for name, spec in params.items()} | given
+
+    dev, prod = resolved("dev"), resolved("prod")
+    for key in ("TableName", "NamePrefix", "StageName"):
+        assert dev[key] != prod[key], key
+    assert (
+        config["dev"]["global"]["parameters"]["stack_name"]
+        != config["prod"]["global"]["parameters"]["stack_name"]
+    )
+    assert config["dev"]["deploy"]["parameters"]["confirm_changeset"] is False
+    assert config["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
+    assert config["default"]["global"] == config["dev"]["global"]
+    assert config["default"]["deploy"] == config["dev"]["deploy"]
