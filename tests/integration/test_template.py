@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -369,7 +370,23 @@ def test_the_runner_role_reads_its_own_secrets_and_package_only() -> None:
     secrets = [st["Resource"] for st in statements if st["Action"] == "secretsmanager:GetSecretValue"]
     assert {"Ref": "GitTokenSecretArn"} in secrets[1] and {"Ref": "AgentCredentialSecretArn"} in secrets[1]
     (s3,) = [st for st in statements if st["Action"] == "s3:GetObject"]
-    assert "RunnerPackageUri" in json.dumps(s3["Resource"]) and "*" not in json.dumps(s3["Resource"])[:20]
+    uri = "s3://my-artifacts/aipm-runner/" + "ab" * 32 + "/"
+
+    def value(node: Any) -> Any:  # the few intrinsics the statement uses, as CloudFormation does
+        if isinstance(node, str):
+            return node
+        ((fn, arg),) = node.items()
+        if fn == "Ref":
+            return {"RunnerPackageUri": uri, "AWS::Partition": "aws"}[arg]
+        if fn == "Fn::Split":
+            return value(arg[1]).split(arg[0])
+        if fn == "Fn::Select":
+            return value(arg[1])[arg[0]]
+        text, names = (arg[0], arg[1]) if isinstance(arg, list) else (arg, {})
+        names = {"AWS::Partition": "aws", "RunnerPackageUri": uri} | {k: value(v) for k, v in names.items()}
+        return re.sub(r"\$\{([^}]+)\}", lambda m: names[m.group(1)], text)
+
+    assert value(s3["Resource"]) == f"arn:aws:s3:::my-artifacts/aipm-runner/{'ab' * 32}/*"
 
 
 def _overrides(text: str) -> dict[str, str]:
