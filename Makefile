@@ -65,6 +65,7 @@ RUNNER_DIST := dist/runner
 runner-package: venv
 	rm -rf $(RUNNER_DIST) build *.egg-info && mkdir -p $(RUNNER_DIST)
 	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(RUNNER_DIST) .
+	rm -rf build *.egg-info
 	$(BIN)/pip freeze --exclude-editable | grep -v -e ' @ ' -e '^-e ' -e '^aipm-kiro-runner==' > $(RUNNER_DIST)/constraints.txt
 	cd $(RUNNER_DIST) && sha256sum -- *.whl constraints.txt > SHA256SUMS
 	@echo "$(RUNNER_DIST): folder name $$(sha256sum $(RUNNER_DIST)/SHA256SUMS | cut -c1-64)"
