@@ -24,6 +24,8 @@ import pytest
 
 from local.deploy import load_template, translate
 from shared import aws
+from shared import frames as fr
+from tests.conftest import EVENTS
 from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, unique, wait_until
 from tests.integration.refine_support import Browser
 
@@ -36,12 +38,7 @@ RUNNER_ROLE, CLI_POLICY = "RunnerRole", "OperatorPolicy"
 FLEET = {"RunnerVpcId": "vpc-0123456789abcdef0", "RunnerSubnetIds": "subnet-0123456789abcdef0"}
 
 # granted, not exercised by these flows: (role or policy, IAM action, resource) -> why it is needed
-NEEDED: dict[tuple[str, str, str], str] = {
-    (RUNNER_ROLE, "sqs:ChangeMessageVisibility", "TaskQueue"): (
-        "the visibility heartbeat of a task that outlasts a third of the visibility timeout, and a "
-        "task put back (visibility 0) at a warm stop; these flows' tasks end in a second"
-    ),
-}
+NEEDED: dict[tuple[str, str, str], str] = {}
 
 # AWS managed policies each role carries, and why (SAM adds the Lambda ones for the service itself:
 # writing logs, traces, and reading the event sources for the function, never the function's code)
@@ -181,17 +178,14 @@ def grants(cfn: dict[str, Any], resolver: Resolver) -> list[Grant]:
     return found
 
 
-def role_of(component: str, cfn: dict[str, Any]) -> str:
-    """The role (or policy) a recorded component runs under."""
-    if component == "runner":
-        return RUNNER_ROLE
-    if component == "cli":
-        return CLI_POLICY
+def roles(cfn: dict[str, Any]) -> dict[str, str]:
+    """The role (or policy) each component runs under: functions by their folder name."""
+    found = {"runner": RUNNER_ROLE, "cli": CLI_POLICY}
     for logical, res in load_template()["Resources"].items():
-        uri = res.get("Properties", {}).get("CodeUri", "")
-        if res["Type"] == "AWS::Serverless::Function" and uri.rstrip("/") == f"functions/{component}":
-            return cfn["Resources"][logical]["Properties"]["Role"]["Fn::GetAtt"][0]
-    raise AssertionError(f"component {component!r} has no role in template.yaml")
+        if res["Type"] == "AWS::Serverless::Function":
+            folder = res["Properties"]["CodeUri"].rstrip("/").rsplit("/", 1)[-1]
+            found[folder] = cfn["Resources"][logical]["Properties"]["Role"]["Fn::GetAtt"][0]
+    return found
 
 
 # -- the calls made ----------------------------------------------------------------------------
@@ -240,6 +234,18 @@ class Recording:
     cfn: dict[str, Any]
     physical: dict[str, str]
     stage: str
+
+    def __post_init__(self) -> None:
+        self.role = roles(self.cfn)
+        self.grants = grants(self.cfn, Resolver(self.cfn, self.physical))
+
+    def role_of(self, component: str) -> str:
+        assert component in self.role, f"component {component!r} has no role in template.yaml"
+        return self.role[component]
+
+    def granted(self, use: Use) -> bool:
+        role = self.role_of(use.component)
+        return any(g.principal == role and allows(g, use.action, use.resource) for g in self.grants)
 
     @property
     def deployed_calls(self) -> list[dict[str, Any]]:
@@ -303,6 +309,7 @@ def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
             "AGENT_INTERACTIVE_COMMAND": f"{FAKE_KIRO} chat --wrap never",
             "AGENT_TIMEOUT": "10",
             "SQS_WAIT_SECONDS": "1",
+            "RUNNER_SLOTS": "2",  # two tasks of one branch at once: the second waits for the first
         },
     )
     gateway: LocalGateway | None = None
@@ -313,6 +320,10 @@ def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
             r["LogicalResourceId"]: r["PhysicalResourceId"]
             for r in cfn_client.describe_stack_resources(StackName=stack.stack_name)["StackResources"]
         }
+        # moto's CloudFormation cannot make generated secrets: local.deploy makes them by name
+        secrets = aws.client("secretsmanager", region=REGION, endpoint_url=moto_endpoint)
+        for logical in ("TokenSecret", "RunnerSecret"):
+            physical[logical] = secrets.describe_secret(SecretId=f"{stack.stack_name}-{logical}")["ARN"]
         # the WebSocket functions as template.yaml gives them their keys: Secrets Manager ARNs
         gateway = LocalGateway(
             {
@@ -327,9 +338,9 @@ def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
             **{k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET")},
             "TOKEN_SECRET_ARN": physical["TokenSecret"],
         }
-        _flows(stack, gateway, cli_env, moto_endpoint)
+        Flows(stack, gateway, cli_env, moto_endpoint).run_all()
     finally:
-        stack.stop()  # the runner's disconnect is part of the Refine flow
+        stack.stop()
         if gateway:
             gateway.stop()
         mp.undo()
@@ -338,124 +349,113 @@ def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
     yield Recording(calls, cfn, physical, gateway.stage if gateway else "local")
 
 
-def _flows(stack: Any, gateway: Any, cli_env: dict[str, str], endpoint: str) -> None:
-    cfg = stack.config
-    ddb = aws.client("dynamodb", region=REGION, endpoint_url=endpoint)
-    sqs = aws.client("sqs", region=REGION, endpoint_url=endpoint)
+class Flows:
+    """The flows, each waiting for its own outcome, so the recording holds what each really did."""
 
-    def status(task_id: str) -> str:
-        item = ddb.get_item(TableName=cfg.table_name, Key={"id": {"S": task_id}}, ConsistentRead=True)
-        return item.get("Item", {}).get("status", {}).get("S", "")
+    def __init__(self, stack: Any, gateway: Any, cli_env: dict[str, str], endpoint: str) -> None:
+        self.stack, self.gateway, self.cli_env = stack, gateway, cli_env
+        self.table = stack.config.table_name
+        self.ddb = aws.client("dynamodb", region=REGION, endpoint_url=endpoint)
+        self.sqs = aws.client("sqs", region=REGION, endpoint_url=endpoint)
 
-    def ended(task_id: str) -> str:
-        return wait_until(lambda: status(task_id) in ("complete", "failed") and status(task_id), 90)
+    def cli(self, *args: str) -> str:
+        return _cli(self.stack.workdir, self.cli_env, *args)
 
-    # a task end to end, submitted as the backend does, listed, then retried by an operator
-    done, branch = unique("lp-done"), f"feature/{unique('lp')}"
-    _cli(
-        stack.workdir,
-        cli_env,
-        "submit",
-        "--id",
-        done,
-        "--title",
-        "Add a file",
-        "--details",
-        "x",
-        "--branch",
-        branch,
-    )
-    assert ended(done) == "complete"
-    assert done in _cli(stack.workdir, cli_env, "list", "--status", "complete")
-    # a task whose agent fails
-    bad = unique("lp-bad")
-    details = "[fake:exit=1]"
-    _cli(
-        stack.workdir,
-        cli_env,
-        "submit",
-        "--id",
-        bad,
-        "--title",
-        "Fail",
-        "--details",
-        details,
-        "--branch",
-        f"feature/{bad}",
-    )
-    assert ended(bad) == "failed"
-    _cli(stack.workdir, cli_env, "retry", done)
-    wait_until(lambda: status(done) == "complete" and ddb_attempts(ddb, cfg.table_name, done) == 2, 90)
+    def row(self, task_id: str) -> dict[str, Any]:
+        item = self.ddb.get_item(TableName=self.table, Key={"id": {"S": task_id}}, ConsistentRead=True)
+        return {k: next(iter(v.values())) for k, v in item.get("Item", {}).items()}
 
-    # a processing row whose runner died long ago: the reconciler signals it and a runner takes it
-    old = "2020-01-01T00:00:00.000Z"
-    lost = unique("lp-lost")
-    ddb.put_item(
-        TableName=cfg.table_name,
-        Item=_row(
-            {
-                "id": lost,
-                "title": "Lost lease",
-                "details": "x",
-                "branch": f"feature/{lost}",
-                "status": "processing",
-                "createdAt": old,
-                "updatedAt": old,
-                "runnerId": "gone",
-                "attempts": 1,
-                "leaseExpiresAt": time.time() - 3600,
-            }
-        ),
-    )
-    stack.functions["reconciler"].invoke(json.loads((Path("events") / "schedule.json").read_text()))
-    assert ended(lost) == "complete"
+    def ended(self, task_id: str, attempts: int = 1) -> str:
+        def final() -> str | None:
+            row = self.row(task_id)
+            done = row.get("status") in ("complete", "failed") and int(row.get("attempts", 0)) >= attempts
+            return row["status"] if done else None
 
-    # dead letters: one given up (its attempts used up), one signalled afresh (it never ran)
-    for prefix, attempts in (("lp-dead", 5), ("lp-requeue", 0)):
-        task_id = unique(prefix)
-        ddb.put_item(
-            TableName=cfg.table_name,
-            Item=_row(
-                {
-                    "id": task_id,
-                    "title": "Dead letter",
-                    "details": "x",
-                    "branch": f"feature/{task_id}",
-                    "status": "processing",
-                    "createdAt": old,
-                    "updatedAt": old,
-                    "runnerId": "gone",
-                    "attempts": attempts,
-                    "leaseExpiresAt": time.time() - 3600,
-                }
-            ),
-        )
-        sqs.send_message(QueueUrl=cfg.dlq_url, MessageBody=json.dumps({"taskId": task_id, "reason": "test"}))
-        assert ended(task_id) == ("failed" if attempts else "complete")
+        return wait_until(final, 90, what=f"task {task_id} to end")
 
-    # Refine: a browser on the finished task's branch, through the gateway and the runner
-    token = _cli(stack.workdir, cli_env, "token", "--task", done, "--ttl", "120")
+    def submit(self, task_id: str, branch: str, details: str = "x") -> None:
+        self.cli("submit", "--id", task_id, "--title", "A task", "--details", details, "--branch", branch)
 
-    async def refine() -> None:
-        browser = await Browser.connect(gateway.ws_url, token)
-        try:
-            await browser.open(task_id=done, timeout=30)
-            await browser.wait_text("interactive chat", timeout=30)
-            await browser.type("hello\r")
-            await browser.wait_text("you said:", timeout=20)
-            from shared import frames as fr
+    def put_row(self, task_id: str, **fields: Any) -> None:
+        row = {"id": task_id, "title": "A row", "details": "x", "branch": f"feature/{task_id}", **fields}
+        self.ddb.put_item(TableName=self.table, Item=_row(row))
 
-            await browser.send(fr.CloseFrame(session_id=browser.session_id))
-            await browser.wait_frame(fr.ExitFrame, timeout=20)
-        finally:
-            await browser.close()
+    def run_all(self) -> None:
+        self.tasks()
+        self.recovery()
+        self.refine(self.done)
 
-    asyncio.run(refine())
+    def tasks(self) -> None:
+        # a task end to end, submitted as the backend does, listed, then retried by an operator
+        self.done = unique("lp-done")
+        self.submit(self.done, f"feature/{self.done}")
+        assert self.ended(self.done) == "complete"
+        assert self.done in self.cli("list", "--status", "complete")
+        self.cli("retry", self.done)
+        assert self.ended(self.done, attempts=2) == "complete"
+        # a task whose agent fails
+        bad = unique("lp-bad")
+        self.submit(bad, f"feature/{bad}", details="[fake:exit=1]")
+        assert self.ended(bad) == "failed"
+        # two tasks of one branch: the second waits, and the first's runner wakes it when it ends
+        first, second, branch = unique("lp-first"), unique("lp-second"), f"feature/{unique('lp')}"
+        self.submit(first, branch, details="[fake:sleep=3]")
+        wait_until(lambda: self.row(first).get("status") == "processing", 60, what=f"{first} to start")
+        self.submit(second, branch)  # pending while the first holds the branch, however it is signalled
+        assert (self.ended(first), self.ended(second)) == ("complete", "complete")
+        # a row the backend wrote without createdAt: dispatch gives it one (the status index needs it)
+        bare = unique("lp-bare")
+        self.put_row(bare, status="pending")
+        assert self.ended(bare) == "complete"
 
+    def recovery(self) -> None:
+        long_ago = {"createdAt": "2020-01-01T00:00:00.000Z", "updatedAt": "2020-01-01T00:00:00.000Z"}
+        dead_runner = {"status": "processing", "runnerId": "gone", "leaseExpiresAt": time.time() - 3600}
+        # a row whose runner died long ago: the reconciler signals it and a runner takes it over
+        lost = unique("lp-lost")
+        self.put_row(lost, attempts=1, **long_ago, **dead_runner)
+        self.stack.functions["reconciler"].invoke(json.loads((EVENTS / "schedule.json").read_text()))
+        assert self.ended(lost, attempts=2) == "complete"
+        # dead letters: one given up (its attempts used up), one signalled afresh (it never ran)
+        for prefix, attempts, outcome in (("lp-dead", 5, "failed"), ("lp-requeue", 0, "complete")):
+            task_id = unique(prefix)
+            self.put_row(task_id, attempts=attempts, **long_ago, **dead_runner)
+            body = json.dumps({"taskId": task_id, "reason": "test"})
+            self.sqs.send_message(QueueUrl=self.stack.config.dlq_url, MessageBody=body)
+            assert self.ended(task_id, attempts=attempts) == outcome
 
-def ddb_attempts(ddb: Any, table: str, task_id: str) -> int:
-    item = ddb.get_item(TableName=table, Key={"id": {"S": task_id}}, ConsistentRead=True)["Item"]
-    return int(item.get("attempts", {}).get("N", "0"))
+    def refine(self, task_id: str) -> None:
+        """Browsers on a finished task's branch (token from the CLI): one types and closes its
+        session; another is in a session when its runner goes away, and is told so; both leave."""
+        token = self.cli("token", "--task", task_id, "--ttl", "120")
+
+        async def typed_and_closed() -> None:
+            browser = await Browser.connect(self.gateway.ws_url, token)
+            try:
+                await browser.open(task_id=task_id, timeout=30)
+                await browser.wait_text("interactive chat", timeout=30)
+                await browser.type("hello\r")
+                await browser.wait_text("you said:", timeout=20)
+                await browser.send(fr.CloseFrame(session_id=browser.session_id))
+                await browser.wait_frame(fr.ExitFrame, timeout=20, session_id=browser.session_id)
+            finally:
+                await browser.close()
+
+        async def runner_gone() -> None:
+            browser = await Browser.connect(self.gateway.ws_url, token)
+            try:
+                await browser.open(task_id=task_id, timeout=30)
+                await browser.wait_text("interactive chat", timeout=30)
+                runner = self.stack.runners[0]  # a crash: no goodbye from the runner
+                runner.kill()
+                runner.wait(timeout=30)
+                gone = await browser.wait_frame(fr.ErrorFrame, timeout=30, code="runner_gone")
+                assert gone.session_id == browser.session_id
+            finally:
+                await browser.close()
+
+        asyncio.run(typed_and_closed())
+        asyncio.run(runner_gone())
 
 
 # -- the proof ---------------------------------------------------------------------------------
@@ -472,16 +472,12 @@ def test_every_component_made_calls_in_these_flows(recording: Recording) -> None
 
 def test_every_call_is_granted_to_its_components_role(recording: Recording) -> None:
     """No component makes a call its role does not allow: on AWS it would be AccessDenied."""
-    held = grants(recording.cfn, Resolver(recording.cfn, recording.physical))
     denied = sorted(
         {
-            f"{u.component} ({role_of(u.component, recording.cfn)}) {u.call}: "
+            f"{u.component} ({recording.role_of(u.component)}) {u.call}: "
             f"{u.action} on {recording.label(u.resource)}"
-            for u in recording.uses()
-            if not any(
-                g.principal == role_of(u.component, recording.cfn) and allows(g, u.action, u.resource)
-                for g in held
-            )
+            for u in set(recording.uses())
+            if not recording.granted(u)
         }
     )
     assert not denied, "calls the template does not grant:\n" + "\n".join(denied)
@@ -490,16 +486,14 @@ def test_every_call_is_granted_to_its_components_role(recording: Recording) -> N
 def test_every_grant_is_used_or_needed_for_a_reason(recording: Recording) -> None:
     """No role holds a permission nothing uses: each grant matches a recorded call of its
     component, or is listed in NEEDED with why it is needed beyond these flows."""
-    held = grants(recording.cfn, Resolver(recording.cfn, recording.physical))
-    uses = recording.uses()
-    unused = set()
-    for g in held:
-        if any(
-            role_of(u.component, recording.cfn) == g.principal and allows(g, u.action, u.resource)
-            for u in uses
-        ):
-            continue
-        unused.add((g.principal, g.action, recording.label(g.resource)))
+    uses = set(recording.uses())
+    unused = {
+        (g.principal, g.action, recording.label(g.resource))
+        for g in recording.grants
+        if not any(
+            recording.role_of(u.component) == g.principal and allows(g, u.action, u.resource) for u in uses
+        )
+    }
     unexplained = sorted(unused - set(NEEDED))
     assert not unexplained, "granted but never used (remove, or add to NEEDED with a reason):\n" + "\n".join(
         map(str, unexplained)
