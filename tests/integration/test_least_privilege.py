@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from local.deploy import load_template, translate
 from shared import aws
 from shared import frames as fr
+from shared.models import utc_now_iso
 from tests.conftest import EVENTS
 from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, unique, wait_until
 from tests.integration.refine_support import Browser
@@ -230,10 +231,14 @@ def allows(grant: Grant, action: str, resource: str) -> bool:
 # -- the flows ---------------------------------------------------------------------------------
 @dataclass
 class Recording:
+    """The recorded calls, and the template's roles resolved against the stack they were made on."""
+
     calls: list[dict[str, Any]]
-    cfn: dict[str, Any]
-    physical: dict[str, str]
+    cfn: dict[str, Any]  # template.yaml after SAM's transform
+    physical: dict[str, str]  # logical id -> name, queue URL or secret ARN in moto
     stage: str
+    role: dict[str, str] = field(init=False)
+    grants: list[Grant] = field(init=False)
 
     def __post_init__(self) -> None:
         self.role = roles(self.cfn)
@@ -286,10 +291,8 @@ def _row(item: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
-    """One of each flow on a local stack whose every AWS call is recorded: a task end to end on a
-    real runner (submitted, listed and retried by the CLI), a failing task, a lost lease that the
-    reconciler re-signals, dead letters given up and requeued, and a Refine session (CLI token,
-    browser connect, open, type, close, disconnect) over Secrets Manager's keys."""
+    """One of each flow (see ``Flows``) on a local stack whose every AWS call is recorded, with the
+    WebSocket functions and the runner reading their keys from Secrets Manager as on AWS."""
     from local.gateway import LocalGateway
     from local.stack import LocalStack
 
@@ -350,7 +353,10 @@ def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 class Flows:
-    """The flows, each waiting for its own outcome, so the recording holds what each really did."""
+    """The flows, each waiting for its own outcome, so the recording holds what each really did:
+    tasks submitted, listed and retried by the CLI and run by a real runner (one completes, one
+    fails, two share a branch, one lacks createdAt), a lost lease the reconciler re-signals, dead
+    letters given up and requeued, and Refine sessions (CLI token, browsers, a runner that dies)."""
 
     def __init__(self, stack: Any, gateway: Any, cli_env: dict[str, str], endpoint: str) -> None:
         self.stack, self.gateway, self.cli_env = stack, gateway, cli_env
@@ -399,9 +405,11 @@ class Flows:
         assert self.ended(bad) == "failed"
         # two tasks of one branch: the second waits, and the first's runner wakes it when it ends
         first, second, branch = unique("lp-first"), unique("lp-second"), f"feature/{unique('lp')}"
-        self.submit(first, branch, details="[fake:sleep=3]")
+        self.submit(first, branch, details="[fake:sleep=5]")
         wait_until(lambda: self.row(first).get("status") == "processing", 60, what=f"{first} to start")
-        self.submit(second, branch)  # pending while the first holds the branch, however it is signalled
+        # written at once (a CLI process takes a while to start): pending while the first holds
+        # the branch, so the first's end finds it waiting however its own signal is timed
+        self.put_row(second, branch=branch, status="pending", createdAt=utc_now_iso())
         assert (self.ended(first), self.ended(second)) == ("complete", "complete")
         # a row the backend wrote without createdAt: dispatch gives it one (the status index needs it)
         bare = unique("lp-bare")
