@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -15,6 +16,10 @@ from botocore.config import Config
 
 # botocore's standard mode retries throttling and 5xx with exponential backoff and jitter
 _RETRY: Any = {"mode": "standard", "max_attempts": 8}
+
+RECORD_ENV = "AIPM_RECORD_AWS_CALLS"
+"""When set (to a file), every client made here appends one JSON line per API call: component,
+service, operation and the resources it names. Read once per client, so production pays nothing."""
 
 
 class Keys(NamedTuple):
@@ -56,9 +61,6 @@ def client(
 
 
 # -- call recording (tests only: tests/integration/test_least_privilege.py) ------------------------
-RECORD_ENV = "AIPM_RECORD_AWS_CALLS"
-"""When set (to a file), every client made here appends one JSON line per API call: component,
-service, operation and the resources it names. Read once per client, so production pays nothing."""
 
 _ROOT = Path(__file__).resolve().parent.parent
 _CLI_FILES = {"cli.py", "terminal_cli.py"}
@@ -66,6 +68,7 @@ _RESOURCE_PARAMS = ("TableName", "IndexName", "QueueUrl", "QueueName", "SecretId
 _write_lock = threading.Lock()
 
 
+@functools.cache
 def _component_of_file(filename: str) -> str | None:
     """The component whose code ``filename`` is: a function's folder name, ``cli``, ``runner``,
     ``local`` (the local stack's own deploy and pollers), or None (shared code, tests, libraries)."""
