@@ -36,10 +36,27 @@ REGION, ACCOUNT = "us-east-1", "123456789012"  # moto's default account
 API_ID = "wsapi00001"  # the WebSocket API moto cannot create: its id in the ARNs on both sides
 # what the runner, the CLI and each function run under; functions by their folder name
 RUNNER_ROLE, CLI_POLICY = "RunnerRole", "OperatorPolicy"
-FLEET = {"RunnerVpcId": "vpc-0123456789abcdef0", "RunnerSubnetIds": "subnet-0123456789abcdef0"}
+GIT_TOKEN_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:git-token-AbCdEf"
+AGENT_KEY_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:kiro-api-key-AbCdEf"
+PACKAGE_FOLDER = "aipm-artifacts/runner/"
+FLEET = {
+    "RunnerVpcId": "vpc-0123456789abcdef0",
+    "RunnerSubnetIds": "subnet-0123456789abcdef0",
+    "RunnerPackageUri": f"s3://{PACKAGE_FOLDER}",
+    "GitRemoteUrl": "https://git.example.com/team/repo.git",
+    "GitTokenSecretArn": GIT_TOKEN_ARN,
+    "AgentCredentialSecretArn": AGENT_KEY_ARN,
+}
 
 # granted, not exercised by these flows: (role or policy, IAM action, resource) -> why it is needed
-NEEDED: dict[tuple[str, str, str], str] = {}
+_BOOT = "the runner's user data reads it with the AWS CLI at boot (tests/integration/test_bootstrap.py)"
+NEEDED: dict[tuple[str, str, str], str] = {
+    (RUNNER_ROLE, "secretsmanager:GetSecretValue", "GitTokenSecretArn"): (
+        f"{_BOOT}; the git credential helper reads it again at each fetch and push"
+    ),
+    (RUNNER_ROLE, "secretsmanager:GetSecretValue", "AgentCredentialSecretArn"): f"{_BOOT} into agent.env",
+    (RUNNER_ROLE, "s3:GetObject", f"{PACKAGE_FOLDER}*"): f"{_BOOT}: the pinned runner package",
+}
 
 # AWS managed policies each role carries, and why (SAM adds the Lambda ones for the service itself:
 # writing logs, traces, and reading the event sources for the function, never the function's code)
@@ -80,9 +97,11 @@ _CONNECTION_METHOD = {"PostToConnection": "POST", "GetConnection": "GET", "Delet
 class Resolver:
     """The template's intrinsic functions, resolved against the stack deployed into moto."""
 
-    def __init__(self, cfn: dict[str, Any], physical: dict[str, str]) -> None:
+    def __init__(self, cfn: dict[str, Any], physical: dict[str, str], parameters: dict[str, Any]) -> None:
         self.types = {k: v["Type"] for k, v in cfn["Resources"].items()}
         self.physical = physical
+        defaults = {k: v.get("Default") for k, v in cfn.get("Parameters", {}).items()}
+        self.parameters = {**defaults, **parameters}
         self.pseudo = {
             "AWS::Partition": "aws",
             "AWS::Region": REGION,
@@ -114,11 +133,19 @@ class Resolver:
                 return str(self.ref(name))
 
             return re.sub(r"\$\{([^}!]+)\}", sub, text)
+        if "Fn::Select" in node:
+            index, items = node["Fn::Select"]
+            return self.value(items, local)[int(index)]
+        if "Fn::Split" in node:
+            delimiter, text = node["Fn::Split"]
+            return str(self.value(text, local)).split(delimiter)
         raise AssertionError(f"the test cannot resolve {node}: teach Resolver")
 
     def ref(self, name: str) -> str:
         if name in self.pseudo:
             return self.pseudo[name]
+        if name in self.parameters:
+            return str(self.parameters[name])
         if self.types.get(name) == "AWS::ApiGatewayV2::Api":
             return API_ID
         return self.physical[name]
@@ -236,13 +263,14 @@ class Recording:
     calls: list[dict[str, Any]]
     cfn: dict[str, Any]  # template.yaml after SAM's transform
     physical: dict[str, str]  # logical id -> name, queue URL or secret ARN in moto
+    parameters: dict[str, Any]  # the template parameters it was transformed with
     stage: str
     role: dict[str, str] = field(init=False)
     grants: list[Grant] = field(init=False)
 
     def __post_init__(self) -> None:
         self.role = roles(self.cfn)
-        self.grants = grants(self.cfn, Resolver(self.cfn, self.physical))
+        self.grants = grants(self.cfn, Resolver(self.cfn, self.physical, self.parameters))
 
     def role_of(self, component: str) -> str:
         assert component in self.role, f"component {component!r} has no role in template.yaml"
@@ -269,6 +297,8 @@ class Recording:
             name = phys.rsplit("/", 1)[-1] if phys.startswith("http") else phys
             arn = arn.replace(name, logical)
         arn = arn.replace(API_ID, "WebSocketApi")
+        for name in ("GitTokenSecretArn", "AgentCredentialSecretArn"):
+            arn = arn.replace(self.parameters[name], name)
         return arn.split(":", 5)[5] if arn.startswith("arn:") else arn
 
 
@@ -348,8 +378,9 @@ def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
             gateway.stop()
         mp.undo()
     calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
-    cfn = translate(load_template(), REGION, {**FLEET, "TableName": cfg.table_name})
-    yield Recording(calls, cfn, physical, gateway.stage if gateway else "local")
+    parameters = {**FLEET, "TableName": cfg.table_name}
+    cfn = translate(load_template(), REGION, parameters)
+    yield Recording(calls, cfn, physical, parameters, gateway.stage if gateway else "local")
 
 
 class Flows:
@@ -518,7 +549,7 @@ def test_each_role_carries_only_the_managed_policies_it_needs(recording: Recordi
     found = {}
     for logical, res in recording.cfn["Resources"].items():
         if res["Type"] == "AWS::IAM::Role":
-            arns = Resolver(recording.cfn, recording.physical).value(
+            arns = Resolver(recording.cfn, recording.physical, recording.parameters).value(
                 res["Properties"].get("ManagedPolicyArns", [])
             )
             found[logical] = sorted(arn.rsplit("/", 1)[-1] for arn in arns)
