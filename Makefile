@@ -62,7 +62,7 @@ $(CHECKOV_VENV)/.installed:
 	touch $@
 
 scan: $(CHECKOV_VENV)/.installed
-	$(CHECKOV_VENV)/bin/checkov --quiet --compact --framework cloudformation -f template.yaml \
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml \
 		--skip-check CKV_AWS_115,CKV_AWS_116,CKV_AWS_117,CKV_AWS_173
 
 # The runner's pinned code for the fleet (template parameter RunnerPackageUri): the wheel, the exact
