@@ -408,7 +408,9 @@ class GitWorkspace:
         return self._git.run(["rev-parse", "--verify", "HEAD^{commit}"], worktree=path)
 
     def _status(self, path: Path, timeout: float | None = None) -> str:
-        return self._git.run(["status", "--porcelain", "--ignore-submodules=all"], worktree=path, timeout=timeout)
+        return self._git.run(
+            ["status", "--porcelain", "--ignore-submodules=all"], worktree=path, timeout=timeout
+        )
 
     def commit_all(self, path: Path, message: str) -> str | None:
         """Commit everything that changed in the worktree; None when nothing did."""

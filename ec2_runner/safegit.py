@@ -222,7 +222,9 @@ class SafeGit:
             f"\turl = {_quote(self.remote)}",
             f"\tfetch = {_quote('+refs/heads/*:refs/remotes/origin/*')}",
         ]
-        text = "".join(f"{head}\n" + "".join(f"{line}\n" for line in lines) for head, lines in sections.items())
+        text = "".join(
+            f"{head}\n" + "".join(f"{line}\n" for line in lines) for head, lines in sections.items()
+        )
         self._config = text.encode()
         with self._restore_lock:
             self._write_config()

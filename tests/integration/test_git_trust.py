@@ -256,7 +256,7 @@ class _AskForPassword(http.server.BaseHTTPRequestHandler):
 
     asked: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.asked.append(self.headers.get("Authorization") or "")
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Basic realm="git"')
