@@ -257,16 +257,29 @@ class SafeGit:
             if not same:
                 self._write_config()
                 fixed.append("config")
+            # nothing is followed out of the git directory: a symlink planted in place of a folder
+            # is removed itself, never what it points at
             admin_dirs = [self.common_dir]
+            worktrees = self.common_dir / "worktrees"
+            if worktrees.is_symlink():
+                _remove(worktrees)
+                fixed.append("worktrees")
             with contextlib.suppress(OSError):
-                admin_dirs += [p for p in (self.common_dir / "worktrees").iterdir() if p.is_dir()]
+                admin_dirs += [p for p in worktrees.iterdir() if p.is_dir() and not p.is_symlink()]
             for base in admin_dirs:
                 for rel in _FOREIGN_FILES:
                     p = base / rel
-                    if p.exists() or p.is_symlink():
+                    link = _under_symlink(base, p)
+                    if link is not None:
+                        _remove(link)
+                        fixed.append(str(link.relative_to(self.common_dir)))
+                    elif p.exists() or p.is_symlink():
                         _remove(p)
                         fixed.append(str(p.relative_to(self.common_dir)))
             hooks = self.common_dir / "hooks"
+            if hooks.is_symlink() or (hooks.exists() and not hooks.is_dir()):
+                _remove(hooks)
+                fixed.append("hooks")
             with contextlib.suppress(OSError):
                 for p in hooks.iterdir():
                     if not p.name.endswith(".sample"):  # git's templates are the only hooks it had
@@ -380,6 +393,14 @@ class SafeGit:
 
 class NotAWorktreeError(Exception):
     """A folder the runner was asked to run git in is none of its clone's worktrees."""
+
+
+def _under_symlink(base: Path, p: Path) -> Path | None:
+    """The first folder between ``base`` and ``p`` (``p``'s parents, not ``p``) that is a symlink."""
+    for parent in reversed(p.relative_to(base).parents):
+        if parent != Path(".") and (base / parent).is_symlink():
+            return base / parent
+    return None
 
 
 def _remove(p: Path) -> None:

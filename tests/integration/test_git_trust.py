@@ -10,6 +10,7 @@ import http.server
 import logging
 import os
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -313,3 +314,22 @@ def test_a_planted_credential_helper_is_never_asked_and_the_operators_is(
 )
 def test_only_the_configured_remotes_transport_is_allowed(url: str, allowed: list[str]) -> None:
     assert transports(url) == allowed
+
+
+def test_a_symlink_planted_in_the_git_dir_is_removed_never_followed(ws: GitWorkspace, tmp_path: Path) -> None:
+    """The restore deletes what was planted in the git directory; a symlink put in place of its
+    hooks or info folder is removed itself, and the files where it pointed stay as they were."""
+    co = ws.checkout("feature/links", "task-links")
+    precious = tmp_path / "someone-elses"
+    precious.mkdir()
+    (precious / "pre-push").write_text("not the runner's to delete\n")
+    (precious / "attributes").write_text("not the runner's to delete either\n")
+    git_dir = ws.repo_path / ".git"
+    shutil.rmtree(git_dir / "hooks")
+    (git_dir / "hooks").symlink_to(precious)
+    shutil.rmtree(git_dir / "info")
+    (git_dir / "info").symlink_to(precious)
+    (co.path / "a.txt").write_text("a\n")
+    assert ws.commit_all(co.path, "a")
+    assert sorted(p.name for p in precious.iterdir()) == ["attributes", "pre-push"]
+    assert not (git_dir / "hooks").is_symlink() and not (git_dir / "info").is_symlink()
