@@ -115,6 +115,8 @@ class GitWorkspace:
         self._git = SafeGit(
             self.repo_path / ".git",
             remote,
+            # beside the clone, out of the worktrees folder; a dot name, so no leftover sweep takes it
+            self.repo_path.parent / f".{self.repo_path.name}.runner-git",
             author=(author_name, author_email),
             credential_helper=credential_helper,
         )

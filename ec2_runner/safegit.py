@@ -13,18 +13,22 @@ the runner's own later commands, with the runner's secrets. :class:`SafeGit` clo
 2. **Command-line overrides** (``-c``, which win over the repository's config) for every other key
    that names a program and can be overridden: fsmonitor, hooks path, credential helpers, signing,
    alternate refs, and only the one transport the configured remote needs.
-3. **Explicit git directory.** A worktree's commands run with ``GIT_DIR``, ``GIT_COMMON_DIR`` and
-   ``GIT_WORK_TREE`` the runner worked out itself, never what the worktree's ``.git`` file says.
-4. **Restore.** What ``-c`` cannot switch off (filter, textconv and merge drivers named by
-   attributes, ``include.path``, ``url.*.insteadOf``, ``remote.*.pushurl``) lives in config files,
-   so before each command the clone's ``config`` is put back to the runner's own (made from the
-   configured remote), and ``config.worktree`` files, ``info/attributes``, ``objects/info/alternates``
-   and hooks the runner never writes are removed, with a warning that names the worktree.
+3. **A git directory of its own.** The runner's commands read their config from a private git
+   directory beside the clone (``.<clone>.runner-git``: the runner's ``config``, an empty
+   ``info/``, no hooks, the objects, refs and worktree admin folders shared by symlink), through
+   ``GIT_DIR`` / ``GIT_COMMON_DIR`` / ``GIT_WORK_TREE`` the runner works out itself, never what a
+   worktree's ``.git`` file says. What ``-c`` cannot switch off (filter, textconv and merge drivers
+   named by attributes, ``include.path``, ``url.*.insteadOf``, ``remote.*.pushurl``,
+   ``info/attributes``, ``extensions.worktreeConfig``) is therefore never read, even when an agent
+   writes it while a runner command starts (another slot's agent is running meanwhile).
+4. **Restore.** Before each command the clone's own ``config`` is put back to the runner's (made
+   from the configured remote), and ``config.worktree`` files, ``info/attributes``,
+   ``objects/info/alternates`` and hooks the runner never writes are removed, with a warning that
+   names the worktree: the agent's next git, and a person's in the clone, find it clean too.
 
-Fetches and pushes name the configured URL, never ``origin``. What stays open without the agent
-sandbox: an agent process that outlives its run could rewrite a config file in the instant between
-the restore and the command (layers 1-3 hold regardless); the sandbox ends such processes with the
-run and hides the git directory from the agent.
+Fetches and pushes name the configured URL, never ``origin``. What this does not stop without the
+agent sandbox: an agent that deliberately writes the runner's own files outside the repository (its
+private git directory, its code); the sandbox hides them.
 """
 
 from __future__ import annotations
@@ -81,6 +85,9 @@ _KEPT_KEYS = (
 )
 # files in the git directory the runner never writes, and git would read
 _FOREIGN_FILES = ("info/attributes", "objects/info/alternates", "config.worktree")
+# what the runner's private git directory shares with the clone's (symlinks): its objects and refs
+_SHARED = ("objects", "refs", "logs", "worktrees", "packed-refs", "shallow")
+_SHARED_DIRS = ("objects", "refs", "logs", "worktrees")
 
 
 class GitTimeoutError(git.GitCommandError):
@@ -111,18 +118,28 @@ def _quote(value: str) -> str:
 
 
 class SafeGit:
-    """Runs git for one clone (at ``common_dir``) with the runner's configuration only."""
+    """Runs git for one clone (at ``common_dir``) with the runner's configuration only.
+
+    The runner's commands read their config from ``private_dir``, a git directory of the runner's
+    own beside the clone: its ``config`` and ``info/`` are the runner's, and everything else
+    (objects, refs, reflogs, the worktrees' admin folders) is a symlink to the clone's, so both see
+    the same repository. Git's own ``GIT_COMMON_DIR`` points the runner's commands there, while the
+    agent's git keeps using the clone's git directory: a config, ``info/attributes`` or hook an
+    agent writes there, even while the runner's command starts, is never read by it. (Git rewrites
+    ``packed-refs`` only when it deletes a packed ref or packs refs; the runner does neither.)"""
 
     def __init__(
         self,
         common_dir: Path,
         remote: str,
+        private_dir: Path,
         *,
         author: tuple[str, str],
         credential_helper: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.common_dir = Path(common_dir)
+        self.private_dir = Path(private_dir)
         self.remote = remote
         self.credential_helper = credential_helper
         self._env = self._environment(os.environ if environ is None else environ, author)
@@ -227,20 +244,59 @@ class SafeGit:
         )
         self._config = text.encode()
         with self._restore_lock:
-            self._write_config()
+            self._write_config(self.common_dir)
+            self._make_private_dir()
         self.restore(quiet=True)
 
-    def _write_config(self) -> None:
+    def _make_private_dir(self) -> None:
+        """The runner's own git directory: its config and an empty ``info/``, the rest shared."""
+        private = self.private_dir
+        private.mkdir(parents=True, exist_ok=True)
+        for name in _SHARED_DIRS:
+            (self.common_dir / name).mkdir(exist_ok=True)  # a symlink to nothing cannot be written into
+        self._link_shared()
+        head = self.common_dir / "HEAD"
+        text = head.read_text() if head.is_file() and not head.is_symlink() else ""
+        if not re.fullmatch(r"ref: refs/heads/[^\s]+\n?", text):
+            text = "ref: refs/heads/main\n"
+        (private / "HEAD").write_text(text)
+        self._write_config(private)
+
+    def _link_shared(self) -> list[str]:
+        fixed = []
+        for name in _SHARED:
+            link, target = self.private_dir / name, str(self.common_dir / name)
+            with contextlib.suppress(OSError):
+                if os.readlink(link) == target:
+                    continue
+            tmp = self.private_dir / f".{name}.{os.getpid()}.{threading.get_ident()}"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.symlink(target, tmp)
+            if link.is_dir() and not link.is_symlink():
+                shutil.rmtree(link, ignore_errors=True)
+            os.replace(tmp, link)  # atomic: another runner process sharing the clone may do the same
+            fixed.append(f"{self.private_dir.name}/{name}")
+        return fixed
+
+    def _write_config(self, git_dir: Path) -> None:
         assert self._config is not None
-        fd, tmp = tempfile.mkstemp(dir=self.common_dir, prefix=".config-")
+        fd, tmp = tempfile.mkstemp(dir=git_dir, prefix=".config-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(self._config)
-            os.replace(tmp, self.common_dir / "config")  # replaces a symlink, never writes through it
+            os.replace(tmp, git_dir / "config")  # replaces a symlink, never writes through it
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _config_is_ours(self, git_dir: Path) -> bool:
+        config = git_dir / "config"
+        try:
+            return not config.is_symlink() and config.read_bytes() == self._config
+        except OSError:
+            return False
 
     def restore(self, where: str | None = None, *, quiet: bool = False) -> list[str]:
         """Put the clone's git directory back as the runner keeps it; what had to be fixed. Cheap
@@ -249,13 +305,19 @@ class SafeGit:
             return []
         fixed: list[str] = []
         with self._restore_lock:
-            config = self.common_dir / "config"
-            try:
-                same = not config.is_symlink() and config.read_bytes() == self._config
-            except OSError:
-                same = False
-            if not same:
-                self._write_config()
+            # the runner's own git directory first (what its commands read)
+            if not self._config_is_ours(self.private_dir):
+                self._write_config(self.private_dir)
+                fixed.append(f"{self.private_dir.name}/config")
+            for name in ("info", "hooks"):
+                p = self.private_dir / name
+                if p.is_symlink() or (p.exists() and (not p.is_dir() or any(p.iterdir()))):
+                    _remove(p)
+                    fixed.append(f"{self.private_dir.name}/{name}")
+            fixed += self._link_shared()
+            # then the clone's (what the agent's git reads, and a person's in the clone)
+            if not self._config_is_ours(self.common_dir):
+                self._write_config(self.common_dir)
                 fixed.append("config")
             # nothing is followed out of the git directory: a symlink planted in place of a folder
             # is removed itself, never what it points at
@@ -296,8 +358,11 @@ class SafeGit:
 
     # -- worktrees ---------------------------------------------------------------------------
     def learn_worktree(self, path: Path) -> None:
-        """Note a worktree the runner has just made (before any agent ran in it)."""
-        self._admin_dirs[Path(path)] = self._find_admin_dir(Path(path))
+        """Note a worktree the runner has just made (before any agent ran in it), and point its
+        ``.git`` file at the clone's git directory (git wrote the runner's private one there)."""
+        admin = self._find_admin_dir(Path(path))
+        self._admin_dirs[Path(path)] = admin
+        (Path(path) / ".git").write_text(f"gitdir: {os.path.realpath(admin)}\n")
 
     def forget_worktree(self, path: Path) -> None:
         self._admin_dirs.pop(Path(path), None)
@@ -364,12 +429,13 @@ class SafeGit:
             cwd = os.sep  # absolute paths only: no repository is found from here
         elif worktree is None:
             self.restore()
-            env["GIT_DIR"] = str(self.common_dir)
+            # both: git passes GIT_COMMON_DIR on to the git it starts (worktree add's checkout)
+            env.update(GIT_DIR=str(self.private_dir), GIT_COMMON_DIR=str(self.private_dir))
             cwd = str(self.common_dir)
         else:
             admin = self.admin_dir(worktree)
             self.restore(str(worktree))
-            env.update(GIT_DIR=str(admin), GIT_COMMON_DIR=str(self.common_dir), GIT_WORK_TREE=str(worktree))
+            env.update(GIT_DIR=str(admin), GIT_COMMON_DIR=str(self.private_dir), GIT_WORK_TREE=str(worktree))
             cwd = str(worktree)
         argv = ["git", *self.overrides(), *args]
         proc = subprocess.Popen(

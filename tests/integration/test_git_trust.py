@@ -333,3 +333,42 @@ def test_a_symlink_planted_in_the_git_dir_is_removed_never_followed(ws: GitWorks
     assert ws.commit_all(co.path, "a")
     assert sorted(p.name for p in precious.iterdir()) == ["attributes", "pre-push"]
     assert not (git_dir / "hooks").is_symlink() and not (git_dir / "info").is_symlink()
+
+
+def test_an_agent_planting_while_the_runner_runs_git_for_another_task_is_never_read(
+    ws: GitWorkspace, evil: Path, markers: Path, remote: Path
+) -> None:
+    """Two slots: one task's agent keeps re-planting the clone's config, attributes and hooks
+    while the runner commits and pushes another task's work. The runner's commands read the
+    config of a git directory of its own, so there is no moment at which what was planted counts
+    (a restore before each command alone would leave one)."""
+    # given: an agent that has planted everything once, and then re-plants it without pause
+    hostile = ws.checkout("feature/racer", "task-racer")
+    hostile_agent(hostile.path, markers, evil)
+    git_dir = ws.repo_path / ".git"
+    planted = {rel: (git_dir / rel).read_bytes() for rel in ("config", "info/attributes")}
+    stop = threading.Event()
+
+    def replant() -> None:
+        while not stop.is_set():
+            for rel, data in planted.items():
+                tmp = git_dir / f"{rel}.racer"
+                tmp.write_bytes(data)
+                os.replace(tmp, git_dir / rel)
+
+    racer = threading.Thread(target=replant, daemon=True)
+    racer.start()
+    try:
+        # when: the runner works for the other task meanwhile
+        other = ws.checkout("feature/raced", "task-raced")
+        for i in range(15):
+            (other.path / "work.txt").write_text(f"round {i}\n")
+            assert ws.commit_all(other.path, f"round {i}")
+            ws.push(other.path, "feature/raced")
+        ws.status_report(other.path)
+    finally:
+        stop.set()
+        racer.join(timeout=10)
+    # then
+    assert planted_runs(markers) == []
+    assert git.Repo(remote).git.show("refs/heads/feature/raced:work.txt") == "round 14"
