@@ -269,6 +269,8 @@ class SafeGit:
             with contextlib.suppress(OSError):
                 if os.readlink(link) == target:
                     continue
+            if name in ("packed-refs", "shallow") and link.is_file() and not link.is_symlink():
+                os.replace(link, target)  # git rewrote the file in place of the link: it is the newest
             tmp = self.private_dir / f".{name}.{os.getpid()}.{threading.get_ident()}"
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

@@ -372,3 +372,17 @@ def test_an_agent_planting_while_the_runner_runs_git_for_another_task_is_never_r
     # then
     assert planted_runs(markers) == []
     assert git.Repo(remote).git.show("refs/heads/feature/raced:work.txt") == "round 14"
+
+
+def test_refs_the_runners_git_dir_rewrites_stay_shared_with_the_clone(ws: GitWorkspace) -> None:
+    """Git replaces ``packed-refs`` when it deletes a packed ref (the runner never does; an operator
+    command through the workspace might): the new file becomes the clone's, and the runner's git
+    directory links to it again, so the two never disagree about a ref."""
+    clone = git.Repo(ws.repo_path)
+    assert "refs/remotes/origin/main" in (ws.repo_path / ".git" / "packed-refs").read_text()
+    ws._git.run(["update-ref", "-d", "refs/remotes/origin/main"])
+    ws._git.run(["rev-parse", "--git-dir"])  # any next command
+    private = ws._git.private_dir
+    assert (private / "packed-refs").is_symlink()
+    assert "refs/remotes/origin/main" not in (ws.repo_path / ".git" / "packed-refs").read_text()
+    assert clone.git.for_each_ref("refs/remotes/origin/main") == ""
