@@ -432,19 +432,17 @@ class GitWorkspace:
         killed. Either raises DeadlineError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._push(path, branch, deadline)
+            return self._push(path, branch, deadline)
         except RefRejectedError as e:
             if not (e.moved and rebase_once):
                 raise
             self._rebase_onto_remote(path, branch, deadline)
-            self._push(path, branch, deadline)
-        return self.head(path)
+            return self._push(path, branch, deadline)
 
     def push_ref(self, path: Path, ref: str) -> str:
         """Push HEAD to a runner-owned ref (``kiro-wip/<task>``), never forced: a later attempt starts
         from the earlier one's work, so this is normally a fast-forward. RefRejectedError if not."""
-        self._push(path, ref)
-        return self.head(path)
+        return self._push(path, ref)
 
     def push_wip(self, path: Path, refs: list[str]) -> tuple[str, str]:
         """Push HEAD to the first of ``refs`` that takes it without force: ``(sha, ref)``. A ref
@@ -458,20 +456,21 @@ class GitWorkspace:
                 rejected.append(e)
         raise rejected[-1] if rejected else ValueError("no ref to push to")
 
-    def _push(self, path: Path, branch: str, deadline: float | None = None) -> None:
+    def _push(self, path: Path, branch: str, deadline: float | None = None) -> str:
         """Push HEAD to the configured remote's ``refs/heads/<branch>`` (never to what ``origin``,
-        a ``pushurl`` or an ``insteadOf`` in the repository may say now)."""
+        a ``pushurl`` or an ``insteadOf`` in the repository may say now); the sha pushed."""
         what = f"git push to {branch!r}"
+        sha = self.head(path)
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             limit = self._time_for(what, deadline)
             try:
                 self._git.run(
-                    ["push", "--no-verify", "--", self.remote, f"HEAD:refs/heads/{branch}"],
+                    ["push", "--no-verify", "--", self.remote, f"{sha}:refs/heads/{branch}"],
                     worktree=path,
                     timeout=limit,
                 )
-                self._track(path, branch)
-                return
+                self._track(branch, sha)
+                return sha
             except git.GitCommandError as e:
                 if _timed_out(e):  # a remote that stalled once is not asked again at once
                     raise self._network_error(what, e, limit) from e
@@ -486,13 +485,14 @@ class GitWorkspace:
                     raise DeadlineError(f"{what} failed ({_short(e)}) with no time left to retry") from e
                 logger.warning("push attempt %d failed (%s); retrying", attempt, _short(e))
                 time.sleep(pause)
+        raise AssertionError("not reached: the last attempt returns or raises")
 
-    def _track(self, path: Path, branch: str) -> None:
+    def _track(self, branch: str, sha: str) -> None:
         """What a push to ``origin`` by name did by itself: ``refs/remotes/origin/<branch>`` at what
         was pushed, so the clone knows the work is on the remote (a leftover folder holding it is
         not unique work)."""
         try:
-            self._git.run(["update-ref", f"refs/remotes/origin/{branch}", self.head(path)])
+            self._git.run(["update-ref", f"refs/remotes/origin/{branch}", sha])
         except git.GitCommandError as e:  # the next fetch of the branch sets it anyway
             logger.warning("could not note the push to %s in the clone: %s", branch, _short(e))
 
