@@ -143,7 +143,7 @@ class SafeGit:
         self.remote = remote
         self.credential_helper = credential_helper
         self._env = self._environment(os.environ if environ is None else environ, author)
-        self._config: bytes | None = None  # the clone's config as the runner wrote it
+        self._config: bytes | None = None  # the config the runner writes (its own and the clone's)
         self._restore_lock = threading.Lock()
         self._admin_dirs: dict[Path, Path] = {}  # worktree -> its admin dir, learnt when it was made
 
@@ -206,9 +206,6 @@ class SafeGit:
             ("http.sslVerify", "true"),
             ("protocol.allow", "never"),
             *((f"protocol.{name}.allow", "always") for name in transports(self.remote)),
-            # a remote named after the URL itself would be read for these
-            (f"remote.{self.remote}.uploadpack", "git-upload-pack"),
-            (f"remote.{self.remote}.receivepack", "git-receive-pack"),
         ]
         out: list[str] = []
         for key, value in settings:
