@@ -47,6 +47,11 @@ class RunnerSettings(AwsKeySettings):
     protected_branches: Annotated[list[str], NoDecode] = Field(
         default=list(DEFAULT_PROTECTED), validation_alias="PROTECTED_BRANCHES"
     )
+    # the runner's git reads no system or global config (nothing an agent could have changed): an
+    # HTTPS remote that needs a password gets it from this credential helper, as git's
+    # credential.helper takes it (e.g. "store --file /etc/aipm/git-credentials"); ssh remotes use
+    # GIT_SSH_COMMAND and SSH_AUTH_SOCK from the runner's environment
+    git_credential_helper: str | None = Field(default=None, validation_alias="GIT_CREDENTIAL_HELPER")
     git_author_name: str = Field(default="aipm runner", validation_alias="GIT_AUTHOR_NAME")
     git_author_email: str = Field(
         default="aipm-runner@users.noreply.local", validation_alias="GIT_AUTHOR_EMAIL"

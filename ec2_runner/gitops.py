@@ -7,6 +7,10 @@ each worktree in use holds a lock file of its own, so no process replaces anothe
 Worktrees are detached at the branch's remote head, so the same branch can be open in a task and
 in a terminal session at once; commits are pushed with ``HEAD:refs/heads/<branch>``, never forced,
 and so is the work in progress saved on ``kiro-wip/`` refs.
+
+Every git command goes through :class:`~ec2_runner.safegit.SafeGit`: nothing an agent writes in
+the repository (config, hooks, attributes, the worktree's ``.git`` file, where ``origin`` points)
+changes what the runner's git runs or where it pushes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
+
+from ec2_runner.safegit import GitTimeoutError, NotAWorktreeError, SafeGit
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +82,12 @@ def _short(err: git.GitCommandError) -> str:
     return " ".join(text.replace("'", "").split())[:500]
 
 
+def _why(err: BaseException) -> str:
+    return _short(err) if isinstance(err, git.GitCommandError) else str(err)
+
+
 def _timed_out(err: git.GitCommandError) -> bool:
-    # GitPython's kill_after_timeout replaces stderr with this sentence once it killed the command
-    return "did not complete in" in str(err.stderr or "") and "Timeout:" in str(err.stderr or "")
+    return isinstance(err, GitTimeoutError)
 
 
 class GitWorkspace:
@@ -94,15 +103,23 @@ class GitWorkspace:
         author_name: str = "aipm runner",
         author_email: str = "aipm-runner@users.noreply.local",
         network_timeout: float = NETWORK_TIMEOUT,
+        credential_helper: str | None = None,
     ) -> None:
-        self.repo_path = Path(repo_path)
-        self.remote = remote
+        self.repo_path = Path(repo_path).absolute()
         self.worktrees_dir = Path(worktrees_dir)
         self.default_branch = default_branch
         # a stalled remote must not hold a task (and its renewed lease) forever: every git command
         # that talks to the remote is killed after this long
         self.network_timeout = network_timeout
-        self._author = (author_name, author_email)
+        # the one way this class runs git (the remote it fetches from and pushes to lives there too)
+        self._git = SafeGit(
+            self.repo_path / ".git",
+            remote,
+            # beside the clone, out of the worktrees folder; a dot name, so no leftover sweep takes it
+            self.repo_path.parent / f".{self.repo_path.name}.runner-git",
+            author=(author_name, author_email),
+            credential_helper=credential_helper,
+        )
         # clone, fetch and worktree add/remove/prune touch the clone's shared refs and admin files:
         # one thread of one process at a time (runners started by hand share ~/.aipm/repo)
         self._lock = threading.Lock()
@@ -110,7 +127,21 @@ class GitWorkspace:
         # worktrees in use by this process, each with its lock file's descriptor (flock held)
         self._held: dict[Path, int] = {}
         with self._exclusive():
-            self.repo = self._open_or_clone()
+            self._open_or_clone()
+
+    @property
+    def remote(self) -> str:
+        """The URL every fetch and push goes to: the configured one, whatever ``origin`` now says."""
+        return self._git.remote
+
+    @remote.setter
+    def remote(self, url: str) -> None:
+        self._git.remote = url
+
+    @property
+    def common_dir(self) -> Path:
+        """The clone's git directory (shared by all its worktrees)."""
+        return self._git.common_dir
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -124,36 +155,30 @@ class GitWorkspace:
             finally:
                 os.close(fd)  # releases the flock
 
-    def _open_or_clone(self) -> git.Repo:
-        if (self.repo_path / ".git").exists() or (self.repo_path / "HEAD").exists():
-            repo = git.Repo(self.repo_path)
-            repo.git.remote("set-url", "origin", self.remote)
-        else:
+    def _open_or_clone(self) -> None:
+        if not (self.repo_path / ".git").exists() and (self.repo_path / "HEAD").exists():
+            self._git.common_dir = self.repo_path  # a bare clone
+        elif not (self.repo_path / ".git").exists():
             git.Git.check_unsafe_protocols(self.remote)
             try:
-                git.Git().clone(
-                    "--no-checkout",
-                    "--",
-                    self.remote,
-                    str(self.repo_path),
-                    kill_after_timeout=self.network_timeout,
+                self._git.run(
+                    ["clone", "--no-checkout", "--", self.remote, str(self.repo_path)],
+                    bare=True,
+                    timeout=self.network_timeout,
                 )
             except git.GitCommandError as e:
                 # a clone killed at the timeout leaves a half-made repository behind: not a clone
                 shutil.rmtree(self.repo_path, ignore_errors=True)
                 raise self._network_error(f"git clone of {self.remote!r}", e) from e
-            repo = git.Repo(self.repo_path)
-        with repo.config_writer() as cw:
-            cw.set_value("user", "name", self._author[0])
-            cw.set_value("user", "email", self._author[1])
+        # the clone's config is the runner's, from now on (and whatever an earlier run left is gone)
+        self._git.own_config()
         self.worktrees_dir.mkdir(parents=True, exist_ok=True)
-        (Path(repo.common_dir) / LOCKS_DIR).mkdir(exist_ok=True)
-        repo.git.worktree("prune")
-        return repo
+        (self.common_dir / LOCKS_DIR).mkdir(exist_ok=True)
+        self._git.run(["worktree", "prune"])
 
     def _lock_file(self, path: Path) -> Path:
         # beside the clone's own admin files, out of the worktrees folder (which holds worktrees only)
-        return Path(self.repo.common_dir) / LOCKS_DIR / f"{safe_dir_name(str(path))}.lock"
+        return self.common_dir / LOCKS_DIR / f"{safe_dir_name(str(path))}.lock"
 
     def _hold(self, path: Path) -> int | None:
         """Take ``path``'s lock file (non-blocking); its descriptor, or None when another holder,
@@ -208,7 +233,7 @@ class GitWorkspace:
             self._held[path] = fd
             try:
                 if reuse_leftover_work and path.exists() and self._holds_unique_work(path):
-                    sha = git.Repo(path).head.commit.hexsha
+                    sha = self.head(path)
                     logger.info("reusing the work left in %s (branch %s, head %s)", path, branch, sha[:12])
                     return Checkout(path=path, branch=branch, base_sha=sha, branch_existed=True)
                 return self._checkout_locked(path, branch, start_sha, start_ref)
@@ -236,10 +261,11 @@ class GitWorkspace:
             self._fetch_locked(self.default_branch, required=True)
             base = f"refs/remotes/origin/{self.default_branch}"
         try:
-            self.repo.git.worktree("add", "--detach", "--force", str(path), base)
-        except git.GitCommandError as e:
-            raise GitOpError(f"git worktree add failed: {_short(e)}") from e
-        sha = git.Repo(path).head.commit.hexsha
+            self._git.run(["worktree", "add", "--detach", "--force", str(path), base])
+            self._git.learn_worktree(path)  # before any agent can touch its .git file
+        except (git.GitCommandError, NotAWorktreeError) as e:
+            raise GitOpError(f"git worktree add failed: {_why(e)}") from e
+        sha = self.head(path)
         logger.info(
             "worktree ready at %s (branch %s, base %s, branch existed: %s)", path, branch, sha[:12], existed
         )
@@ -286,7 +312,7 @@ class GitWorkspace:
         return removed
 
     def _registered_worktrees(self) -> set[Path]:
-        listing = self.repo.git.worktree("list", "--porcelain")
+        listing = self._git.run(["worktree", "list", "--porcelain"])
         return {
             Path(line.removeprefix("worktree ")).resolve()
             for line in listing.splitlines()
@@ -303,35 +329,37 @@ class GitWorkspace:
         aside = self.worktrees_dir / ".leftover" / f"{path.name}-{time.strftime('%Y%m%dT%H%M%S')}"
         aside.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.repo.git.worktree("move", str(path), str(aside))
+            self._git.run(["worktree", "move", str(path), str(aside)])
         except git.GitCommandError:
             shutil.move(str(path), str(aside))
+        self._git.forget_worktree(path)
         logger.warning("a crashed run left work in %s; it is kept in %s", path, aside)
 
     def _holds_unique_work(self, path: Path) -> bool:
         """Whether a worktree holds work that exists nowhere else: uncommitted changes, or commits
         no remote branch has."""
         try:
-            wt = git.Repo(path)
-            unpushed = not wt.git.branch("-r", "--contains", "HEAD").strip()
-            return wt.is_dirty(untracked_files=True) or unpushed
-        except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+            unpushed = not self._git.run(["branch", "-r", "--contains", "HEAD"], worktree=path).strip()
+            return unpushed or bool(self._status(path))
+        except (git.GitCommandError, NotAWorktreeError, OSError):
             return False  # not a usable worktree: nothing in it can be recovered by git either
 
     def _remove_locked(self, path: Path) -> None:
         try:
-            self.repo.git.worktree("remove", "--force", str(path))
+            self._git.run(["worktree", "remove", "--force", str(path)])
         except git.GitCommandError:
             shutil.rmtree(path, ignore_errors=True)
-        self.repo.git.worktree("prune")
+        self._git.forget_worktree(path)
+        self._git.run(["worktree", "prune"])
 
     def _fetch_locked(self, branch: str, required: bool = False, deadline: float | None = None) -> bool:
-        """Fetch one branch into refs/remotes/origin/; False if the remote has no such branch."""
+        """Fetch one branch of the configured remote into refs/remotes/origin/; False if the remote
+        has no such branch."""
         what = f"git fetch of {branch!r}"
         refspec = f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
         limit = self._time_for(what, deadline)
         try:
-            self.repo.git.fetch("origin", "--no-tags", refspec, kill_after_timeout=limit)
+            self._git.run(["fetch", "--no-tags", "--", self.remote, refspec], timeout=limit)
             return True
         except git.GitCommandError as e:
             if "couldn't find remote ref" in (e.stderr or "").lower() and not required:
@@ -361,7 +389,7 @@ class GitWorkspace:
 
     def _has_commit(self, sha: str) -> bool:
         try:
-            self.repo.git.cat_file("-e", f"{sha}^{{commit}}")
+            self._git.run(["cat-file", "-e", f"{sha}^{{commit}}"])
             return True
         except git.GitCommandError:
             return False
@@ -370,25 +398,29 @@ class GitWorkspace:
     def squash_onto_upstream(self, path: Path, branch: str) -> None:
         """Fold the commits made on top of the branch (an earlier attempt's WIP) back into the
         index, so the task ends as one commit on its branch."""
-        wt = git.Repo(path)
         upstream = f"refs/remotes/origin/{branch}"
         try:
-            wt.git.rev_parse("--verify", "--quiet", upstream)
+            self._git.run(["rev-parse", "--verify", "--quiet", upstream], worktree=path)
         except git.GitCommandError:
             upstream = f"refs/remotes/origin/{self.default_branch}"
-        wt.git.reset("--soft", wt.git.merge_base("HEAD", upstream))
+        base = self._git.run(["merge-base", "HEAD", upstream], worktree=path)
+        self._git.run(["reset", "--soft", base], worktree=path)
 
     def head(self, path: Path) -> str:
-        return git.Repo(path).head.commit.hexsha
+        return self._git.run(["rev-parse", "--verify", "HEAD^{commit}"], worktree=path)
+
+    def _status(self, path: Path, timeout: float | None = None) -> str:
+        return self._git.run(
+            ["status", "--porcelain", "--ignore-submodules=all"], worktree=path, timeout=timeout
+        )
 
     def commit_all(self, path: Path, message: str) -> str | None:
         """Commit everything that changed in the worktree; None when nothing did."""
-        wt = git.Repo(path)
-        wt.git.add("-A")
-        if not wt.git.status("--porcelain"):
+        self._git.run(["add", "-A"], worktree=path)
+        if not self._status(path):
             return None
-        wt.git.commit("-m", message, "--no-verify")
-        return wt.head.commit.hexsha
+        self._git.run(["commit", "--no-verify", "-m", message], worktree=path)
+        return self.head(path)
 
     def push(self, path: Path, branch: str, *, rebase_once: bool = True, timeout: float | None = None) -> str:
         """Push HEAD to ``branch`` (never forced). A push rejected because the branch moved rebases
@@ -399,22 +431,18 @@ class GitWorkspace:
         network timeout): no command starts once it has passed, and one still running then is
         killed. Either raises DeadlineError."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        wt = git.Repo(path)
         try:
-            self._push(wt, branch, deadline)
+            return self._push(path, branch, deadline)
         except RefRejectedError as e:
             if not (e.moved and rebase_once):
                 raise
-            self._rebase_onto_remote(wt, branch, deadline)
-            self._push(wt, branch, deadline)
-        return wt.head.commit.hexsha
+            self._rebase_onto_remote(path, branch, deadline)
+            return self._push(path, branch, deadline)
 
     def push_ref(self, path: Path, ref: str) -> str:
         """Push HEAD to a runner-owned ref (``kiro-wip/<task>``), never forced: a later attempt starts
         from the earlier one's work, so this is normally a fast-forward. RefRejectedError if not."""
-        wt = git.Repo(path)
-        self._push(wt, ref)
-        return wt.head.commit.hexsha
+        return self._push(path, ref)
 
     def push_wip(self, path: Path, refs: list[str]) -> tuple[str, str]:
         """Push HEAD to the first of ``refs`` that takes it without force: ``(sha, ref)``. A ref
@@ -428,13 +456,21 @@ class GitWorkspace:
                 rejected.append(e)
         raise rejected[-1] if rejected else ValueError("no ref to push to")
 
-    def _push(self, wt: git.Repo, branch: str, deadline: float | None = None) -> None:
+    def _push(self, path: Path, branch: str, deadline: float | None = None) -> str:
+        """Push HEAD to the configured remote's ``refs/heads/<branch>`` (never to what ``origin``,
+        a ``pushurl`` or an ``insteadOf`` in the repository may say now); the sha pushed."""
         what = f"git push to {branch!r}"
+        sha = self.head(path)
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             limit = self._time_for(what, deadline)
             try:
-                wt.git.push("origin", f"HEAD:refs/heads/{branch}", kill_after_timeout=limit)
-                return
+                self._git.run(
+                    ["push", "--no-verify", "--", self.remote, f"{sha}:refs/heads/{branch}"],
+                    worktree=path,
+                    timeout=limit,
+                )
+                self._track(branch, sha)
+                return sha
             except git.GitCommandError as e:
                 if _timed_out(e):  # a remote that stalled once is not asked again at once
                     raise self._network_error(what, e, limit) from e
@@ -449,16 +485,26 @@ class GitWorkspace:
                     raise DeadlineError(f"{what} failed ({_short(e)}) with no time left to retry") from e
                 logger.warning("push attempt %d failed (%s); retrying", attempt, _short(e))
                 time.sleep(pause)
+        raise AssertionError("not reached: the last attempt returns or raises")
 
-    def _rebase_onto_remote(self, wt: git.Repo, branch: str, deadline: float | None = None) -> None:
+    def _track(self, branch: str, sha: str) -> None:
+        """What a push to ``origin`` by name did by itself: ``refs/remotes/origin/<branch>`` at what
+        was pushed, so the clone knows the work is on the remote (a leftover folder holding it is
+        not unique work)."""
+        try:
+            self._git.run(["update-ref", f"refs/remotes/origin/{branch}", sha])
+        except git.GitCommandError as e:  # the next fetch of the branch sets it anyway
+            logger.warning("could not note the push to %s in the clone: %s", branch, _short(e))
+
+    def _rebase_onto_remote(self, path: Path, branch: str, deadline: float | None = None) -> None:
         logger.info("remote branch %s moved during the task; rebasing once", branch)
         with self._exclusive():
             self._fetch_locked(branch, required=True, deadline=deadline)
         try:
-            wt.git.rebase(f"refs/remotes/origin/{branch}")
+            self._git.run(["rebase", f"refs/remotes/origin/{branch}"], worktree=path)
         except git.GitCommandError as e:
             try:
-                wt.git.rebase("--abort")
+                self._git.run(["rebase", "--abort"], worktree=path)
             except git.GitCommandError:
                 pass
             raise PushConflictError(
@@ -471,8 +517,8 @@ class GitWorkspace:
         trailer = f"Task-Id: {task_id}"
         try:
             with self._lock:
-                log = self.repo.git.log(
-                    "--format=%H%x00%B%x01", f"{since_sha}..refs/remotes/origin/{branch}", "--"
+                log = self._git.run(
+                    ["log", "--format=%H%x00%B%x01", f"{since_sha}..refs/remotes/origin/{branch}", "--"]
                 )
         except git.GitCommandError as e:
             logger.warning("could not look for an earlier attempt's commit on %s: %s", branch, _short(e))
@@ -488,24 +534,22 @@ class GitWorkspace:
         """``git status --porcelain`` of a worktree: its changed and untracked files, '' when clean.
         GitOpError when git cannot tell (it failed or timed out), so a caller can keep the folder."""
         try:
-            return str(git.Git(str(path)).status("--porcelain", kill_after_timeout=timeout)).strip()
-        except git.GitError as e:
-            raise GitOpError(f"git status in {path} failed: {e}") from e
+            return self._status(path, timeout=timeout).strip()
+        except (git.GitError, NotAWorktreeError, OSError) as e:
+            raise GitOpError(f"git status in {path} failed: {_why(e)}") from e
 
     def status_report(self, path: Path, *, timeout: float = 30.0) -> str:
         """``git status`` and ``git diff --stat`` of a worktree in colour, as a terminal shows them;
         a command that could not run leaves a line saying so in its place."""
         parts = []
-        for args in (["-c", "color.status=always", "status"], ["diff", "--stat", "--color=always"]):
+        for args in (
+            ["-c", "color.status=always", "status", "--ignore-submodules=all"],
+            ["diff", "--stat", "--color=always", "--no-ext-diff", "--no-textconv", "--ignore-submodules=all"],
+        ):
+            what = args[2] if args[0] == "-c" else args[0]
             try:
-                _, out, err = git.Git(str(path)).execute(
-                    ["git", *args],
-                    with_extended_output=True,
-                    with_exceptions=False,
-                    strip_newline_in_stdout=False,
-                    kill_after_timeout=timeout,
-                )
-                parts.append(str(out) + (f"{err}\n" if err else ""))
-            except (git.GitError, OSError) as e:
-                parts.append(f"git {args[-1]} failed: {e}\n")
+                _, out, err = self._git.run_full(args, worktree=path, timeout=timeout)
+                parts.append(out + (f"{err.rstrip()}\n" if err else ""))
+            except (git.GitError, NotAWorktreeError, OSError) as e:
+                parts.append(f"git {what} failed: {_why(e)}\n")
         return "".join(parts)

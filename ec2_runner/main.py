@@ -45,6 +45,7 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
         author_name=settings.git_author_name,
         author_email=settings.git_author_email,
         network_timeout=settings.git_timeout_seconds,
+        credential_helper=settings.git_credential_helper,
     )
     if not settings.keep_failed_worktrees:  # those are kept for a person to look at
         workspace.remove_leftovers()

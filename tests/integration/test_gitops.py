@@ -107,12 +107,12 @@ def test_unreachable_remote_is_a_readable_error(tmp_path: Path) -> None:
 
 
 def test_fetch_failure_is_a_gitop_error(ws: GitWorkspace, remote: Path) -> None:
-    ws.repo.git.remote("set-url", "origin", str(remote) + "-gone")
+    ws.remote = str(remote) + "-gone"  # the configured remote is gone
     with pytest.raises(GitOpError, match="fetch"):
         ws.checkout("feature/x", "task-6")
 
 
-def test_parallel_checkouts_in_one_clone(ws: GitWorkspace) -> None:
+def test_parallel_checkouts_in_one_clone(ws: GitWorkspace, remote: Path) -> None:
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
@@ -131,7 +131,7 @@ def test_parallel_checkouts_in_one_clone(ws: GitWorkspace) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    heads = ws.repo.git.ls_remote("origin", "refs/heads/feature/*").splitlines()
+    heads = git.Repo(remote).git.for_each_ref("refs/heads/feature/*").splitlines()
     assert len(heads) == 6
 
 
@@ -181,7 +181,7 @@ def test_a_stalled_fetch_times_out_as_a_gitop_error(
 ) -> None:
     # given: a workspace with a 1 s network timeout whose remote stops answering
     ws = GitWorkspace(tmp_path / "repo", str(remote), tmp_path / "wt", network_timeout=1)
-    ws.repo.git.remote("set-url", "origin", stalled_remote)
+    ws.remote = stalled_remote
     # when
     started = time.monotonic()
     with pytest.raises(GitOpError, match=r"git fetch of 'feature/stall' timed out after 1 s"):
@@ -196,7 +196,7 @@ def test_a_stalled_push_times_out_as_a_gitop_error(tmp_path: Path, remote: Path,
     co = ws.checkout("feature/stallpush", "task-stallpush")
     (co.path / "a.txt").write_text("a\n")
     ws.commit_all(co.path, "a")
-    ws.repo.git.remote("set-url", "origin", stalled_remote)
+    ws.remote = stalled_remote
     started = time.monotonic()
     with pytest.raises(GitOpError, match=r"git push to 'feature/stallpush' timed out after 1 s"):
         ws.push(co.path, "feature/stallpush")
@@ -213,7 +213,7 @@ def test_a_push_is_stopped_at_the_end_of_the_time_it_was_given(
     co = ws.checkout("feature/deadline", "task-deadline")
     (co.path / "a.txt").write_text("a\n")
     ws.commit_all(co.path, "a")
-    ws.repo.git.remote("set-url", "origin", stalled_remote)
+    ws.remote = stalled_remote
     started = time.monotonic()
     with pytest.raises(DeadlineError, match=r"git push to 'feature/deadline' stopped after 1.0 s"):
         ws.push(co.path, "feature/deadline", timeout=1.0)
@@ -385,7 +385,7 @@ def test_two_processes_share_one_clone_and_never_take_each_others_worktree(
 def test_a_worktree_lock_lives_as_long_as_its_worktree(ws: GitWorkspace) -> None:
     """Each worktree in use holds a lock file in the clone's git dir; removing it deletes the file,
     so locks do not pile up over thousands of tasks, and the worktrees folder holds worktrees only."""
-    locks = Path(ws.repo.common_dir) / "aipm-worktree-locks"
+    locks = ws.common_dir / "aipm-worktree-locks"
     co = ws.checkout("feature/lock", "task-lock")
     assert len(list(locks.iterdir())) == 1
     assert [p.name for p in ws.worktrees_dir.iterdir()] == [co.path.name]
@@ -462,7 +462,7 @@ def test_the_next_runner_removes_the_leftovers_holding_nothing_unique_and_keeps_
     assert not clean.exists() and not empty.exists()
     assert (dirty / "unsaved.txt").read_text() == "work nobody pushed"
     assert live.is_dir() and (stray / "todo.txt").read_text() == "mine"
-    listed = ws.repo.git.worktree("list", "--porcelain")
+    listed = git.Repo(ws.repo_path).git.worktree("list", "--porcelain")
     assert str(clean) not in listed and str(dirty) in listed and str(live) in listed
     # the dead runner's lock file of the removed worktree is gone with it
     assert not ws._lock_file(clean).exists()
