@@ -305,20 +305,32 @@ class Sandbox:
             for ro in self.settings.read_only:
                 args += ["--ro-bind-try", str(ro), str(ro)]
                 shown.append(Path(ro))
-            # the runner's own files, where a directory shown above holds them
-            for hide in self.hidden:
-                if hide.is_dir() and any(_within(hide, s) for s in shown):
-                    args += ["--tmpfs", str(hide)]
-                    if not _within(worktree, hide):  # (the worktree's mount point is made in it)
-                        args += ["--remount-ro", str(hide)]
             args += ["--bind", str(private / "tmp"), "/tmp"]
+            shown.append(Path("/tmp"))
             if home_ok:
                 args += ["--bind", str(private / "home"), home]
+                shown.append(Path(home))
             for rw in self.settings.writable:
                 args += ["--bind-try", str(rw), str(rw)]
+                shown.append(Path(rw))
             if self._proxy_socket is not None and self._network == "proxy":
                 args += ["--bind", str(self._proxy_socket), PROXY_SOCKET]
+            # the runner's own folders: an empty read-only tmpfs wherever one would show (below a
+            # folder shown above, or on the way down to the worktree), parents first
+            above: list[Path] = []
+            covered: list[Path] = []
+            for hide in sorted(set(self.hidden), key=lambda p: len(p.parts)):
+                if _within(worktree, hide):
+                    args += ["--tmpfs", str(hide)]
+                    above.append(hide)
+                elif any(_within(hide, c) for c in (*covered, *above)):
+                    continue  # inside an empty tmpfs made above: not there at all
+                elif hide.is_dir() and any(_within(hide, s) for s in shown):
+                    args += ["--tmpfs", str(hide), "--remount-ro", str(hide)]
+                    covered.append(hide)
             args += ["--bind", str(worktree), str(worktree), "--chdir", str(worktree)]
+            for hide in reversed(above):  # read-only once the worktree's mount point is made in it
+                args += ["--remount-ro", str(hide)]
             command = list(argv)
             if self._network == "proxy" and self._bridge is not None:
                 port = self.settings.proxy_port
