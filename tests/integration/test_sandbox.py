@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -365,3 +366,63 @@ def test_settings_refuse_what_they_cannot_use() -> None:
             SandboxSettings(**bad)
     ok = SandboxSettings(AGENT_ALLOWED_HOSTS="api.example.com:443, *.kiro.dev:443", AGENT_SANDBOX="BWRAP")
     assert ok.allowed_hosts == ["api.example.com:443", "*.kiro.dev:443"] and ok.mode == "bwrap"
+
+
+def test_a_refine_terminal_s_agent_runs_in_the_sandbox(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """A terminal session's agent (a shell here, what a user can make any agent run) sees its
+    worktree, not the runner's clone nor other processes; ending the session leaves no process of
+    it and removes its private folder."""
+    import asyncio
+
+    from shared import frames as fr
+    from tests.integration.refine_support import (
+        SHELL,
+        Browser,
+        browser_token,
+        running_gateway,
+        running_runner,
+        session_manager,
+    )
+
+    sandbox = make_sandbox(
+        SandboxSettings(AGENT_SANDBOX="bwrap", AGENT_NETWORK="none"),
+        hidden=[tmp_path / "clone", tmp_path / "worktrees"],
+    )
+    token = f"terminal-run-{uuid.uuid4().hex}"
+    env = {"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "PS1": "$ ", "HOME": "/tmp", "PROBE_RUN": token}
+    seen: dict[str, str] = {}
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path, SHELL, env, sandbox=sandbox)),
+    ):
+
+        async def scenario() -> None:
+            browser = await Browser.connect(gw.ws_url, browser_token(branch="feature/boxed"))
+            await browser.open(branch="feature/boxed", timeout=20)
+            # (each marker is computed by the shell, so the echoed command line never matches it)
+            await browser.type(f"echo CLONE-$(ls -A {tmp_path / 'clone'} 2>/dev/null | wc -l)-$((6*7))\r")
+            await browser.wait_for(lambda b: re.search(r"CLONE-\d+-42", b.text) is not None, 10)
+            await browser.type(
+                "echo PIDS $(ls /proc | grep -c '^[0-9]') PID1 $(tr '\\0' ' ' </proc/1/cmdline)\r"
+            )
+            await browser.wait_text("PID1 /usr/bin/bwrap", 10)
+            seen["clone"] = re.findall(r"CLONE-(\d+)-42", browser.text)[0]
+            seen["pid1"] = browser.text.split("PID1 /usr/bin/bwrap")[-1].split("\r\n")[0]
+            seen["pids"] = browser.text.split("PIDS ")[-1].split()[0]
+            await browser.type("exit\r")
+            await browser.wait_frame(fr.ExitFrame, 10)
+            await browser.close()
+
+        asyncio.run(scenario())
+    # then: the clone was not there, the shell saw its sandbox's processes only
+    assert seen["clone"] == "0" and any((tmp_path / "clone").iterdir()), seen  # empty inside only
+    assert int(seen["pids"]) < 10, seen  # bwrap, the shell and that one line's commands (the host: hundreds)
+    private = Path(seen["pid1"].split("--bind ")[1].split()[0]).parent  # <private>/tmp -> /tmp
+    assert private.name.startswith("aipm-agent-")
+    assert not private.exists()
+    deadline = time.monotonic() + 10
+    while processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(token) == []
