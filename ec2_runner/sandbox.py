@@ -298,18 +298,18 @@ class Sandbox:
             if self._network == "host":
                 for d in HOST_NETWORK_RUN:
                     args += ["--ro-bind-try", d, d]
-            shown: list[Path] = [Path(d) for d in SYSTEM_DIRS]
+            # the private folder first: what is shown below may lie in $HOME (a Python under ~/.pyenv)
+            args += ["--bind", str(private / "tmp"), "/tmp"]
+            shown: list[Path] = [*(Path(d) for d in SYSTEM_DIRS), Path("/tmp")]
+            if home_ok:
+                args += ["--bind", str(private / "home"), home]
+                shown.append(Path(home))
             for ro in self._program_paths(argv, env):
                 args += ["--ro-bind", str(ro), str(ro)]
                 shown.append(ro)
             for ro in self.settings.read_only:
                 args += ["--ro-bind-try", str(ro), str(ro)]
                 shown.append(Path(ro))
-            args += ["--bind", str(private / "tmp"), "/tmp"]
-            shown.append(Path("/tmp"))
-            if home_ok:
-                args += ["--bind", str(private / "home"), home]
-                shown.append(Path(home))
             for rw in self.settings.writable:
                 args += ["--bind-try", str(rw), str(rw)]
                 shown.append(Path(rw))

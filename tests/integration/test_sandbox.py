@@ -221,6 +221,16 @@ def test_the_demo_agent_writing_through_a_symlinked_tasks_md_leaves_the_target_a
     assert target.read_text() == "untouched\n"
 
 
+def test_the_demo_agent_works_in_the_sandbox(layout: dict[str, Path]) -> None:
+    """The runner's own Python (a venv, its base install possibly under the runner's home) runs
+    the demo agent inside: TASKS.md is written in the worktree."""
+    result = DemoAgent(AgentSettings(agent="demo"), sandbox_for(layout)).run(
+        "Task: boxed demo\nDetails.", layout["own"], timeout=30
+    )
+    assert result.ok, result.error
+    assert "boxed demo" in (layout["own"] / "TASKS.md").read_text()
+
+
 @pytest.fixture
 def metadata_stand_in() -> Iterator[tuple[str, list[bytes]]]:
     """A listener on host loopback standing in for the instance metadata service: its address and
