@@ -50,13 +50,20 @@ class Plan:
     idle_seconds: float = 10.0
     shared_rounds: int = 6  # four tasks a round, two of them on one branch
     burst_tasks: int = 200
+    sandbox_samples: int = 12
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(
-                quick, pickup_samples=10, seed_samples=10, slot_tasks=12, shared_rounds=4, burst_tasks=96
+                quick,
+                pickup_samples=10,
+                seed_samples=10,
+                slot_tasks=12,
+                shared_rounds=4,
+                burst_tasks=96,
+                sandbox_samples=6,
             )
         return cls(quick, slot_tasks=16)
 
@@ -165,6 +172,40 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
         )
     )
     return rows
+
+
+# -- 2b: the sandbox's cost per task --------------------------------------------------------
+def sandbox_overhead(h: Harness, plan: Plan) -> list[Row]:
+    """The per-task overhead (claim -> complete less the fake agent's own time) of the same short
+    tasks on a runner with AGENT_SANDBOX=off and on one with AGENT_SANDBOX=bwrap: what the
+    sandbox adds (bubblewrap's namespaces and mounts, the private folder) to every task."""
+    samples: dict[str, list[float]] = {"off": [], "bwrap": []}
+    # off, on, on, off: a machine that slows down or warms up over the run weighs on both alike
+    for mode in ("off", "bwrap", "bwrap", "off"):
+        h.runner(slots=2, env={"AGENT_SANDBOX": mode, "AGENT_NETWORK": "none"})
+        overheads = samples[mode]
+        for _ in range(max(plan.sandbox_samples // 2, 1)):
+            task_id = h.put_task(f"sandbox-{mode}", "[fake:sleep=0.2]")
+            row = h.wait_final(task_id)
+            run = h.agent_run(task_id)
+            if row.get("status") == "complete" and run is not None and row.get("finishedAt"):
+                took = iso_to_epoch(row["finishedAt"]) - iso_to_epoch(row["startedAt"])
+                overheads.append(took - (run[1] - run[0]))
+    on, off = pct(samples["bwrap"], 50), pct(samples["off"], 50)
+    counts = {mode: len(values) for mode, values in samples.items()}
+    return [
+        Row(
+            "per-task overhead p50 in the sandbox (AGENT_SANDBOX=bwrap)",
+            f"{on * 1000:.0f} ms",
+            "no sandbox",
+            "-",
+            f"<= {OVERHEAD_P50 * 1000:.0f} ms",
+            on <= OVERHEAD_P50,
+            f"{counts['bwrap']} tasks in it, {counts['off']} without",
+            f"the same tasks without the sandbox: {off * 1000:.0f} ms, so the sandbox adds "
+            f"{(on - off) * 1000:.0f} ms a task (AGENT_NETWORK=none)",
+        )
+    ]
 
 
 def _seed_pickups(h: Harness, plan: Plan) -> list[float]:
@@ -507,6 +548,7 @@ def terminal(h: Harness, plan: Plan) -> list[Row]:
 BENCHMARKS = {
     "idle": idle_reads,
     "pickup": pickup_and_overhead,
+    "sandbox": sandbox_overhead,
     "shared": shared_branch_pickup,
     "slots": slots_scaling,
     "burst": burst_drain,
