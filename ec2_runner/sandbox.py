@@ -336,7 +336,6 @@ class Sandbox:
                 port = self.settings.proxy_port
                 command = self._bridge.bridge_argv(Path(PROXY_SOCKET), port, command)
                 inner_env.update(self._bridge.proxy_env(port))
-                inner_env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
             args += ["--", *command]
         except BaseException:
             _rmtree(private)

@@ -436,3 +436,58 @@ def test_a_refine_terminal_s_agent_runs_in_the_sandbox(
     while processes_with(token) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_with(token) == []
+
+
+@pytest.fixture
+def model_endpoint() -> Iterator[str]:
+    """An HTTP server on host loopback standing in for the model API: its host:port."""
+    import http.server
+
+    class Reply(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"the model answers")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Reply)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_through_the_proxy_the_agent_reaches_the_model_endpoint_and_nothing_else(
+    layout: dict[str, Path], model_endpoint: str, metadata_stand_in: tuple[str, list[bytes]]
+) -> None:
+    """AGENT_NETWORK=proxy: the agent's HTTP client (its proxy settings from the sandbox) gets the
+    allow-listed model endpoint's answer; the metadata stand-in, not listed, is refused, and its
+    listener hears nothing."""
+    pytest.importorskip("ec2_runner.egress", reason="the egress proxy (ec2_runner/egress.py) is not here")
+    address, got = metadata_stand_in
+    fetch = (
+        "import sys, urllib.request\n"
+        "for target in sys.argv[1:]:\n"
+        "    try:\n"
+        "        body = urllib.request.urlopen(f'http://{target}/', timeout=10).read().decode()\n"
+        "    except Exception as e:\n"
+        "        body = f'refused: {e}'\n"
+        "    print(target, body)\n"
+    )
+    sandbox = sandbox_for(layout, AGENT_NETWORK="proxy", AGENT_ALLOWED_HOSTS=model_endpoint)
+    try:
+        with sandbox.run(
+            [sys.executable, "-c", fetch, model_endpoint, address], layout["own"], dict(os.environ)
+        ) as boxed:
+            done = subprocess.run(boxed.argv, env=boxed.env, capture_output=True, text=True, timeout=60)
+    finally:
+        sandbox.close()
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines[model_endpoint] == "the model answers", done.stderr
+    assert lines[address].startswith("refused") and "403" in lines[address]
+    assert got == []
