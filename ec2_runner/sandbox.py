@@ -34,7 +34,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +144,9 @@ class Sandbox:
     """Turns an agent command, its worktree and its environment into a sandboxed command.
 
     ``hidden``: paths of the runner's own (its clone, worktrees and state) kept invisible even when
-    they lie below a directory the sandbox shows. ``start()`` starts the egress proxy the sandboxes
-    of ``AGENT_NETWORK=proxy`` reach the model API through; ``close()`` stops it."""
+    they lie below a directory the sandbox shows. ``start()`` checks the sandbox and starts the
+    egress proxy the sandboxes of ``AGENT_NETWORK=proxy`` reach the model API through (its socket
+    in a folder made in ``state_dir``, default the temporary folder); ``close()`` stops it."""
 
     def __init__(
         self,
@@ -163,7 +163,6 @@ class Sandbox:
         self._proxy_socket: Path | None = None
         self._bridge: Any = None
         self._network = settings.network
-        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -188,9 +187,13 @@ class Sandbox:
                 "processes and the network, the instance metadata service included)"
             )
         self._exe = exe
-        if self._network == "proxy":
-            self._start_proxy()
-        self._self_check()
+        try:
+            if self._network == "proxy":
+                self._start_proxy()
+            self._self_check()
+        except BaseException:
+            self.close()
+            raise
         logger.info(
             "agents run in bubblewrap (network %s%s, uid %s)",
             self._network,
@@ -357,9 +360,9 @@ class Sandbox:
         which is one)."""
         paths: list[Path] = []
         exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-        python = self._network == "proxy" and self._bridge is not None
-        for word in argv[:2]:
-            candidate = exe if word is argv[0] else word
+        bridge = self._network == "proxy" and self._bridge is not None
+        python = bridge
+        for candidate in [exe, *argv[1:2]]:  # the command, and the script an interpreter runs
             if not os.path.isabs(candidate) or not os.path.isfile(candidate):
                 continue
             real = Path(os.path.realpath(candidate))
@@ -367,7 +370,8 @@ class Sandbox:
             python = python or real.name.startswith("python") or _python_shebang(real)
         if python:
             paths += [Path(os.path.realpath(p)) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
-            paths.append(Path(__file__).resolve().parent)  # ec2_runner: the proxy bridge's module
+        if bridge:
+            paths.append(Path(self._bridge.__file__).resolve().parent)  # the bridge is a file there
         kept: list[Path] = []
         for p in paths:
             hidden = any(_within(p, h) for h in self.hidden)

@@ -4,6 +4,7 @@ as they should, pushed or killed with nothing left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -233,3 +234,29 @@ def test_a_hung_sandboxed_agent_is_killed_at_its_timeout_with_nothing_left(stack
     assert host_processes_with(RUN_TOKEN) == []
     cli.put_task(after, f"feature/{after}")
     assert final(cli, after)["status"] == "complete"
+
+
+def helper_running() -> bool:
+    for pid in host_processes_with(RUN_TOKEN):
+        with contextlib.suppress(OSError):
+            if b"sleep(3600)" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+    return False
+
+
+def test_a_runner_killed_outright_takes_its_sandboxed_agent_along(stack: Any, cli: AwsCli) -> None:
+    """SIGKILL to the runner while its agent (and the agent's helper, out of its process group)
+    works: the sandbox dies with the runner, so nothing of the agent works on a task that another
+    runner will reclaim. (Last in this module: it ends the module's runner.)"""
+    task_id = unique("sbx-orphan")
+    cli.put_task(task_id, f"feature/{task_id}", details="[probe:hang]")
+    wait_until(helper_running, 60, what="the probe's helper running")
+    runner = stack.runners[0]
+    # when
+    runner.kill()
+    runner.wait(timeout=30)
+    # then
+    deadline = time.monotonic() + 10
+    while host_processes_with(RUN_TOKEN) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert host_processes_with(RUN_TOKEN) == []

@@ -382,8 +382,8 @@ def test_a_refine_terminal_s_agent_runs_in_the_sandbox(
     moto_endpoint: str, table: str, tmp_path: Path
 ) -> None:
     """A terminal session's agent (a shell here, what a user can make any agent run) sees its
-    worktree, not the runner's clone nor other processes; ending the session leaves no process of
-    it and removes its private folder."""
+    worktree, not the runner's clone nor other processes; closing the session leaves no process of
+    it (a helper that left its session included) and removes its private folder."""
     import asyncio
 
     from shared import frames as fr
@@ -421,7 +421,11 @@ def test_a_refine_terminal_s_agent_runs_in_the_sandbox(
             seen["clone"] = re.findall(r"CLONE-(\d+)-42", browser.text)[0]
             seen["pid1"] = browser.text.split("PID1 /usr/bin/bwrap")[-1].split("\r\n")[0]
             seen["pids"] = browser.text.split("PIDS ")[-1].split()[0]
-            await browser.type("exit\r")
+            # a helper that shrugs off signals and leaves the shell's session: the user closes the
+            # session while it runs, and the sandbox's end must take it along
+            await browser.type("(trap '' TERM HUP INT; setsid sleep 3600 &); echo BG-$((1+1))\r")
+            await browser.wait_text("BG-2", 10)
+            await browser.send(fr.CloseFrame(sessionId=browser.session_id))
             await browser.wait_frame(fr.ExitFrame, 10)
             await browser.close()
 
