@@ -43,13 +43,13 @@ class _Browser:
                 ) from None
             frame = fr.decode(raw, role="runner")
             if isinstance(frame, fr.OpenedFrame):
-                self.session_id = frame.sessionId
-                self.text += "".join(self.reasm.start(frame.nextSeq))
+                self.session_id = frame.session_id
+                self.text += "".join(self.reasm.start(frame.next_seq))
             elif isinstance(frame, fr.OutputFrame):
                 self.text += "".join(self.reasm.push(frame.seq, frame.data))
 
     async def type(self, data: str) -> None:
-        await self.ws.send(fr.encode(fr.InputFrame(sessionId=self.session_id, data=data)))  # type: ignore[attr-defined]
+        await self.ws.send(fr.encode(fr.InputFrame(session_id=self.session_id, data=data)))  # type: ignore[attr-defined]
 
 
 def measure(

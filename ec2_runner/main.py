@@ -111,8 +111,8 @@ def start_terminals(
             endpoint_url=settings.aws_endpoint_url,
             keys=settings.aws_keys,
         ),
-    ).get()
-    if not secret:
+    )
+    if not secret.get():
         logger.warning("WS_URL is set but no RUNNER_SECRET / RUNNER_SECRET_ARN: terminals are off")
         return None
     pipeline = runner.pipeline
@@ -131,7 +131,7 @@ def start_terminals(
         )
 
     logger.info("terminal service connecting to %s", settings.ws_url)
-    return TerminalService(settings.ws_url, secret, settings.runner_id, make_sessions).start()
+    return TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions).start()
 
 
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:

@@ -84,7 +84,7 @@ class SessionState:
             out.append(
                 fr.ErrorFrame(
                     message="some output is no longer buffered; the screen may be incomplete",
-                    sessionId=self.id,
+                    session_id=self.id,
                     code="output_lost",
                     to=[conn],
                 )
@@ -92,7 +92,7 @@ class SessionState:
         next_seq = max(last_seq + 1, self.oldest_seq)
         out.append(
             fr.OpenedFrame(
-                sessionId=self.id, branch=self.branch, nextSeq=next_seq, resumed=last_seq > 0, to=[conn]
+                session_id=self.id, branch=self.branch, next_seq=next_seq, resumed=last_seq > 0, to=[conn]
             )
         )
         out += [f.model_copy(update={"to": [conn]}) for f in self.ring if f.seq >= next_seq]

@@ -155,21 +155,23 @@ class SessionManager:
         if isinstance(frame, fr.OpenFrame):
             self._spawn_task(self._open(frame))
         elif isinstance(frame, fr.ResumeFrame):
-            self._spawn_task(self._attach(frame.sessionId, frame.connectionId, frame.readOnly, frame.lastSeq))
+            self._spawn_task(
+                self._attach(frame.session_id, frame.connection_id, frame.read_only, frame.last_seq)
+            )
         elif isinstance(frame, fr.InputFrame):
             self._input(frame)
         elif isinstance(frame, fr.ResizeFrame):
             self._resize(frame)
         elif isinstance(frame, fr.CloseFrame):
-            session = self._writable(frame.sessionId, frame.connectionId, frame.readOnly)
+            session = self._writable(frame.session_id, frame.connection_id, frame.read_only)
             if session:
                 self._spawn_task(self._end(session, "closed by the user"))
         elif isinstance(frame, fr.PushFrame):
-            session = self._writable(frame.sessionId, frame.connectionId, frame.readOnly)
+            session = self._writable(frame.session_id, frame.connection_id, frame.read_only)
             if session:
-                self._spawn_task(self._push(session, frame.connectionId, frame.message))
+                self._spawn_task(self._push(session, frame.connection_id, frame.message))
         elif isinstance(frame, fr.DetachFrame):
-            self._detach(frame.sessionId, frame.connectionId)
+            self._detach(frame.session_id, frame.connection_id)
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -197,18 +199,18 @@ class SessionManager:
     def _error(
         self, to: str | None, message: str, session_id: str | None = None, code: str | None = None
     ) -> None:
-        self._send(fr.ErrorFrame(message=message, sessionId=session_id, code=code, to=[to] if to else []))
+        self._send(fr.ErrorFrame(message=message, session_id=session_id, code=code, to=[to] if to else []))
 
     # -- open / attach -----------------------------------------------------------------------
     async def _open(self, frame: fr.OpenFrame) -> None:
-        sid, conn = frame.sessionId, frame.connectionId
+        sid, conn = frame.session_id, frame.connection_id
         if sid is None or conn is None:
             return
         opening = self._opening.get(sid)
         if opening is not None:
             # another open of this session is starting it: attach to that one, never start a second
             failure = await asyncio.shield(opening)
-        elif sid not in self.sessions and frame.readOnly:
+        elif sid not in self.sessions and frame.read_only:
             # a watcher only ever attaches: starting a session (worktree, agent, slot) takes write access
             failure = _OpenFailure("no_session", fr.NO_SESSION_READ_ONLY, exit=False)
         elif sid not in self.sessions:
@@ -225,13 +227,13 @@ class SessionManager:
         if failure is not None:
             self._refuse_open(conn, sid, failure)
             return
-        await self._attach(sid, conn, frame.readOnly, frame.lastSeq)
+        await self._attach(sid, conn, frame.read_only, frame.last_seq)
 
     def _refuse_open(self, conn: str, sid: str, failure: _OpenFailure) -> None:
         if failure.code:
             self._error(conn, failure.message, sid, failure.code)
         if failure.exit:
-            self._send(fr.ExitFrame(sessionId=sid, code=-1, reason=failure.message[:500], to=[conn]))
+            self._send(fr.ExitFrame(session_id=sid, code=-1, reason=failure.message[:500], to=[conn]))
 
     async def _create(self, sid: str, frame: fr.OpenFrame) -> _OpenFailure | None:
         """Start the session ``sid``; None when it runs, else why not (for every browser waiting on it)."""
@@ -244,7 +246,7 @@ class SessionManager:
             if branch is None:
                 if self._resolve_task is None:
                     raise LookupError("this runner cannot look tasks up")
-                branch = await asyncio.to_thread(self._resolve_task, frame.taskId or "")
+                branch = await asyncio.to_thread(self._resolve_task, frame.task_id or "")
             branch = check_branch(branch, self._protected)
         except (UnsafeBranchError, LookupError, KeyError, ValueError) as e:
             return _OpenFailure("bad_target", f"cannot open a terminal: {e}")
@@ -254,7 +256,7 @@ class SessionManager:
         if self._stopping:
             return _OpenFailure(None, "runner stopping")
         state = SessionState(
-            sid, branch, frame.taskId, ring_bytes=self.settings.ring_bytes, now=self._clock()
+            sid, branch, frame.task_id, ring_bytes=self.settings.ring_bytes, now=self._clock()
         )
         session = Session(state)
         self.sessions[sid] = session
@@ -311,7 +313,7 @@ class SessionManager:
         session = self.sessions.get(sid)
         if session is None or session.ended:
             self._send(
-                fr.ExitFrame(sessionId=sid, code=-1, reason="no such session on this runner", to=[conn])
+                fr.ExitFrame(session_id=sid, code=-1, reason="no such session on this runner", to=[conn])
             )
             return
         await session.ready.wait()
@@ -332,7 +334,7 @@ class SessionManager:
         if session is None or session.ended:
             if conn:
                 self._send(
-                    fr.ExitFrame(sessionId=sid, code=-1, reason="no such session on this runner", to=[conn])
+                    fr.ExitFrame(session_id=sid, code=-1, reason="no such session on this runner", to=[conn])
                 )
             return None
         if read_only or session.state.read_only(conn):
@@ -342,10 +344,10 @@ class SessionManager:
         return session
 
     def _input(self, frame: fr.InputFrame) -> None:
-        session = self._writable(frame.sessionId, frame.connectionId, frame.readOnly)
+        session = self._writable(frame.session_id, frame.connection_id, frame.read_only)
         if session is None or session.child is None:
             return
-        ready, skip_gap = session.state.typed(frame.connectionId, frame.seq, frame.data, self._clock())
+        ready, skip_gap = session.state.typed(frame.connection_id, frame.seq, frame.data, self._clock())
         self._write(session, ready)
         if skip_gap is not None:
             # a keystroke is missing: wait a moment for it, then carry on without it
@@ -360,7 +362,7 @@ class SessionManager:
             logger.info("session %s: input after the agent exited", session.id)
 
     def _resize(self, frame: fr.ResizeFrame) -> None:
-        session = self._writable(frame.sessionId, frame.connectionId, frame.readOnly)
+        session = self._writable(frame.session_id, frame.connection_id, frame.read_only)
         if session and session.child is not None:
             try:
                 session.child.setwinsize(frame.rows, frame.cols)
@@ -378,7 +380,7 @@ class SessionManager:
             logger.warning("session %s: push failed: %s", session.id, e)
             self._error(conn, f"push failed: {e}"[:2000], session.id, "push_failed")
             return
-        for frame in session.state.to_viewers(fr.PushedFrame(sessionId=session.id, commitSha=sha)):
+        for frame in session.state.to_viewers(fr.PushedFrame(session_id=session.id, commit_sha=sha)):
             self._send(frame)
 
     # -- output ------------------------------------------------------------------------------
@@ -451,7 +453,7 @@ class SessionManager:
         try:
             # with no viewer left, one exit with no ``to``: the relay tells the session's browsers
             for frame in session.state.to_viewers(
-                fr.ExitFrame(sessionId=session.id, code=code, reason=reason)
+                fr.ExitFrame(session_id=session.id, code=code, reason=reason)
             ):
                 self._send(frame)
             logger.info("session %s ended (code %s, %s)", session.id, code, reason or "agent exited")

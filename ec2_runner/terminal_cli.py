@@ -153,11 +153,11 @@ async def _attach(ws_url: str, token: str, fd: int, out: Any) -> int:
             opener: fr.OpenFrame | fr.ResumeFrame
             if state.session_id is None:
                 opener = fr.OpenFrame(
-                    taskId=grant.get("task"), branch=grant.get("branch"), cols=cols, rows=rows
+                    task_id=grant.get("task"), branch=grant.get("branch"), cols=cols, rows=rows
                 )
             else:
                 state.start_reattach(loop.time())
-                opener = fr.ResumeFrame(sessionId=state.session_id, lastSeq=state.reasm.last_seq)
+                opener = fr.ResumeFrame(session_id=state.session_id, last_seq=state.reasm.last_seq)
             await ws.send(fr.encode(opener))
             try:
                 code = await _pump(ws, keys, winch, state, out, say)
@@ -189,17 +189,19 @@ async def _pump(
         nonlocal typed
         assert state.session_id
         typed += 1
-        await ws.send(fr.encode(fr.InputFrame(sessionId=state.session_id, data=text, seq=typed)))
+        await ws.send(fr.encode(fr.InputFrame(session_id=state.session_id, data=text, seq=typed)))
 
     async def send_resize() -> None:
         if state.session_id:
             cols, rows = _size()
-            await ws.send(fr.encode(fr.ResizeFrame(sessionId=state.session_id, cols=cols, rows=rows)))
+            await ws.send(fr.encode(fr.ResizeFrame(session_id=state.session_id, cols=cols, rows=rows)))
 
     async def resume_after(delay: float) -> None:
         await asyncio.sleep(delay)
         if state.reattaching and state.session_id:
-            await ws.send(fr.encode(fr.ResumeFrame(sessionId=state.session_id, lastSeq=state.reasm.last_seq)))
+            await ws.send(
+                fr.encode(fr.ResumeFrame(session_id=state.session_id, last_seq=state.reasm.last_seq))
+            )
 
     def retry_resume() -> int | None:
         state.start_reattach(loop.time())
@@ -240,8 +242,8 @@ async def _pump(
             except fr.FrameError:
                 continue
             if isinstance(frame, fr.OpenedFrame):
-                state.session_id = frame.sessionId
-                chunks = state.reasm.start(frame.nextSeq)
+                state.session_id = frame.session_id
+                chunks = state.reasm.start(frame.next_seq)
                 if state.reattaching:
                     state.reattach_until = None
                     say("reattached")
@@ -267,7 +269,7 @@ async def _pump(
                     return 1
                 continue
             elif isinstance(frame, fr.PushedFrame):
-                say(f"pushed {frame.commitSha}" if frame.commitSha else "nothing to commit")
+                say(f"pushed {frame.commit_sha}" if frame.commit_sha else "nothing to commit")
                 continue
             else:
                 continue

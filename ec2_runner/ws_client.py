@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from botocore.exceptions import BotoCoreError, ClientError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -33,24 +35,37 @@ def _with_token(url: str, token: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+def _secret_reader(runner_secret: str | Callable[[], str | None]) -> Callable[[], str | None]:
+    return runner_secret if callable(runner_secret) else (lambda: runner_secret)
+
+
 async def serve_terminals(
     ws_url: str,
-    runner_secret: str,
+    runner_secret: str | Callable[[], str | None],
     sessions: SessionManager,
     runner_id: str,
     stop: asyncio.Event | None = None,
     *,
     max_backoff: float = 30.0,
 ) -> None:
-    """Hold the runner's relay connection until ``stop`` is set, serving ``sessions`` over it."""
+    """Hold the runner's relay connection until ``stop`` is set, serving ``sessions`` over it.
+
+    ``runner_secret`` is the secret or what reads it (a SecretSource's ``get``): it is read again for
+    every token, so a rotated secret is used from the next reconnect on.
+    """
+    read_secret = _secret_reader(runner_secret)
     stop = stop or asyncio.Event()
     sessions.start()
     stopper = asyncio.get_running_loop().create_task(stop.wait())
     backoff = 0.5
     try:
         while not stop.is_set():
-            url = _with_token(ws_url, mint_runner_token(runner_secret, runner_id, ttl=RUNNER_TOKEN_TTL))
             try:
+                # Secrets Manager is a blocking call: off the loop, so the sessions keep flowing
+                secret = await asyncio.to_thread(read_secret)
+                if not secret:
+                    raise RuntimeError("the runner secret is empty")
+                url = _with_token(ws_url, mint_runner_token(secret, runner_id, ttl=RUNNER_TOKEN_TTL))
                 # websockets retries network errors and 5xx with its own exponential backoff
                 async for ws in connect(
                     url, max_size=fr.MAX_MESSAGE_BYTES, open_timeout=10, ping_interval=20
@@ -62,8 +77,9 @@ async def serve_terminals(
                         await ws.close()
                         return
                     logger.warning("terminal relay connection lost; reconnecting")
-            except (InvalidStatus, InvalidHandshake, OSError) as e:
-                # a refused handshake (expired token, 403) is not retried by websockets itself
+            except (InvalidStatus, InvalidHandshake, OSError, RuntimeError, BotoCoreError, ClientError) as e:
+                # a refused handshake (expired token, 403) is not retried by websockets itself; nor is a
+                # secret that could not be read
                 logger.warning("terminal relay refused the connection (%s); retrying in %.1fs", e, backoff)
                 try:
                     await asyncio.wait_for(stop.wait(), backoff)
@@ -78,7 +94,7 @@ async def serve_terminals(
 async def _serve_one(
     ws: ClientConnection, sessions: SessionManager, runner_id: str, stopper: asyncio.Task
 ) -> None:
-    await ws.send(fr.encode(fr.HelloFrame(runnerId=runner_id, sessions=sessions.held()[:256])))
+    await ws.send(fr.encode(fr.HelloFrame(runner_id=runner_id, sessions=sessions.held()[:256])))
     sender = asyncio.get_running_loop().create_task(_drain(ws, sessions))
     receiver = asyncio.get_running_loop().create_task(_receive(ws, sessions))
     try:
@@ -129,7 +145,13 @@ async def _flush_outbox(ws: ClientConnection, sessions: SessionManager) -> None:
 class TerminalService:
     """``serve_terminals`` in its own thread and event loop, for a synchronous runner daemon."""
 
-    def __init__(self, ws_url: str, runner_secret: str, runner_id: str, make_sessions: object) -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        runner_secret: str | Callable[[], str | None],
+        runner_id: str,
+        make_sessions: object,
+    ) -> None:
         """``make_sessions`` is called inside the service's loop and returns the SessionManager."""
         self.ws_url = ws_url
         self.runner_secret = runner_secret

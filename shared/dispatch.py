@@ -34,11 +34,11 @@ def signal_for(
     if new_image.get("status") != TaskStatus.PENDING.value:
         return None
     if event_name == "INSERT":
-        return TaskSignal(taskId=task_id, reason="insert")
+        return TaskSignal(task_id=task_id, reason="insert")
     old_status = (old_image or {}).get("status")
     if old_status == TaskStatus.PENDING.value:
         return None
-    return TaskSignal(taskId=task_id, reason=f"reset from {old_status or 'nothing'}")
+    return TaskSignal(task_id=task_id, reason=f"reset from {old_status or 'nothing'}")
 
 
 def needs_created_at(new_image: dict[str, Any] | None) -> bool:

@@ -18,6 +18,7 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
 
 MAX_FRAME_BYTES = 32 * 1024
 MAX_MESSAGE_BYTES = 128 * 1024
@@ -62,7 +63,15 @@ class ForbiddenActionError(FrameError):
 
 
 class _Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # camelCase on the wire, snake_case in Python; decode() accepts only the wire names
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
 
 
 SessionId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -70,8 +79,8 @@ SessionId = Annotated[str, Field(min_length=1, max_length=128)]
 
 class _BrowserFrame(_Frame):
     # set by the relay on the way to the runner; a browser's own value is never trusted
-    connectionId: str | None = Field(default=None, max_length=128)
-    readOnly: bool = False
+    connection_id: str | None = Field(default=None, max_length=128)
+    read_only: bool = False
 
 
 # -- browser -> runner ---------------------------------------------------------------------------
@@ -79,16 +88,16 @@ class OpenFrame(_BrowserFrame):
     """Open (or attach to) the terminal of a task or a branch; the token must grant it."""
 
     action: Literal["open"] = "open"
-    taskId: str | None = Field(default=None, min_length=1, max_length=256)
+    task_id: str | None = Field(default=None, min_length=1, max_length=256)
     branch: str | None = Field(default=None, min_length=1, max_length=256)
-    lastSeq: int = Field(default=0, ge=0)
-    sessionId: SessionId | None = None
+    last_seq: int = Field(default=0, ge=0)
+    session_id: SessionId | None = None
     cols: int | None = Field(default=None, ge=1, le=1000)
     rows: int | None = Field(default=None, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _one_target(self) -> OpenFrame:
-        if (self.taskId is None) == (self.branch is None):
+        if (self.task_id is None) == (self.branch is None):
             raise ValueError("open needs exactly one of taskId or branch")
         return self
 
@@ -97,13 +106,13 @@ class ResumeFrame(_BrowserFrame):
     """Re-attach after a reconnect; the runner replays everything after ``lastSeq``."""
 
     action: Literal["resume"] = "resume"
-    sessionId: SessionId
-    lastSeq: int = Field(default=0, ge=0)
+    session_id: SessionId
+    last_seq: int = Field(default=0, ge=0)
 
 
 class InputFrame(_BrowserFrame):
     action: Literal["input"] = "input"
-    sessionId: SessionId
+    session_id: SessionId
     data: str = Field(max_length=MAX_FRAME_BYTES)
     # typed order, from 1 on each connection: API Gateway may run a connection's messages through
     # concurrent invocations, so keystrokes can reach the runner out of order (None: as they come)
@@ -112,21 +121,21 @@ class InputFrame(_BrowserFrame):
 
 class ResizeFrame(_BrowserFrame):
     action: Literal["resize"] = "resize"
-    sessionId: SessionId
+    session_id: SessionId
     cols: int = Field(ge=1, le=1000)
     rows: int = Field(ge=1, le=1000)
 
 
 class CloseFrame(_BrowserFrame):
     action: Literal["close"] = "close"
-    sessionId: SessionId
+    session_id: SessionId
 
 
 class PushFrame(_BrowserFrame):
     """Commit what the session changed and push it, under the pipeline's branch rules."""
 
     action: Literal["push"] = "push"
-    sessionId: SessionId
+    session_id: SessionId
     message: str = Field(default="Refine with Kiro", min_length=1, max_length=4000)
 
 
@@ -135,8 +144,8 @@ class DetachFrame(_Frame):
     """A browser connection of the session went away."""
 
     action: Literal["detach"] = "detach"
-    sessionId: SessionId
-    connectionId: str
+    session_id: SessionId
+    connection_id: str
 
 
 # -- runner -> browsers --------------------------------------------------------------------------
@@ -148,7 +157,7 @@ class HelloFrame(_RunnerFrame):
     """A runner (re)connected; ``sessions`` are the ones it still holds, so routes follow it."""
 
     action: Literal["hello"] = "hello"
-    runnerId: str = Field(min_length=1, max_length=128)
+    runner_id: str = Field(min_length=1, max_length=128)
     sessions: list[SessionId] = Field(default_factory=list, max_length=256)
 
 
@@ -156,22 +165,22 @@ class OpenedFrame(_RunnerFrame):
     """The session is ready; frames from ``nextSeq`` on follow (replay first)."""
 
     action: Literal["opened"] = "opened"
-    sessionId: SessionId
+    session_id: SessionId
     branch: str
-    nextSeq: int = Field(ge=1)
+    next_seq: int = Field(ge=1)
     resumed: bool = False
 
 
 class OutputFrame(_RunnerFrame):
     action: Literal["output"] = "output"
-    sessionId: SessionId
+    session_id: SessionId
     seq: int = Field(ge=1)
     data: str
 
 
 class ExitFrame(_RunnerFrame):
     action: Literal["exit"] = "exit"
-    sessionId: SessionId
+    session_id: SessionId
     code: int
     reason: str | None = None
 
@@ -181,14 +190,14 @@ class ErrorFrame(_RunnerFrame):
 
     action: Literal["error"] = "error"
     message: str = Field(max_length=4000)
-    sessionId: SessionId | None = None
+    session_id: SessionId | None = None
     code: str | None = None  # machine-readable: forbidden, read_only, throttled, not_granted, ...
 
 
 class PushedFrame(_RunnerFrame):
     action: Literal["pushed"] = "pushed"
-    sessionId: SessionId
-    commitSha: str | None = None
+    session_id: SessionId
+    commit_sha: str | None = None
 
 
 BrowserFrame = Annotated[
@@ -257,7 +266,7 @@ def decode(raw: str | bytes, role: Literal["browser", "runner", "to_runner", "an
     if action not in _ALLOWED[role]:
         raise ForbiddenActionError(action, role)
     try:
-        return _ADAPTERS[role].validate_python(obj)
+        return _ADAPTERS[role].validate_python(obj, by_alias=True, by_name=False)
     except ValidationError as e:
         raise MalformedFrameError(_short(e)) from e
 
@@ -268,10 +277,10 @@ def encode(frame: _Frame, limit: int = MAX_FRAME_BYTES, *, exclude: set[str] | N
     if isinstance(frame, _RunnerFrame) and not frame.to:
         drop.add("to")
     if isinstance(frame, _BrowserFrame):
-        if frame.connectionId is None:
-            drop.add("connectionId")
-        if not frame.readOnly:
-            drop.add("readOnly")
+        if frame.connection_id is None:
+            drop.add("connection_id")
+        if not frame.read_only:
+            drop.add("read_only")
     text = json.dumps(
         frame.model_dump(mode="json", exclude=drop, exclude_none=True),
         ensure_ascii=False,
@@ -301,7 +310,7 @@ def output_frames(
     while pos < len(text):
         n = min(len(text) - pos, budget)
         while True:
-            frame = OutputFrame(sessionId=session_id, seq=seq, data=text[pos : pos + n])
+            frame = OutputFrame(session_id=session_id, seq=seq, data=text[pos : pos + n])
             if len(encode(frame, limit=10 * MAX_MESSAGE_BYTES).encode()) <= budget or n == 1:
                 break
             n = max(1, n * 2 // 3)

@@ -150,7 +150,7 @@ def give_up(
     claims = attempts if isinstance(attempts, int) else 0
     if dispatcher and max_receive_count and claims < max_receive_count and requeues < max_requeues:
         reason = f"requeued from the DLQ: {receive_count} receives but {_times(claims, 'attempt')}"
-        dispatcher.send(TaskSignal(taskId=task_id, reason=reason, requeues=requeues + 1))
+        dispatcher.send(TaskSignal(task_id=task_id, reason=reason, requeues=requeues + 1))
         return DeadLetterOutcome(task_id=task_id, failed=False, requeued=True, note=reason)
     error = give_up_error(row, receive_count)
     if store.fail_unowned(task_id, error):

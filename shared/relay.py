@@ -124,7 +124,7 @@ class Relay:
         elif ident.role == "browser" and ident.session_id:
             runner = self.store.route(ident.session_id)
             if runner:
-                detach = fr.DetachFrame(sessionId=ident.session_id, connectionId=ident.connection_id)
+                detach = fr.DetachFrame(session_id=ident.session_id, connection_id=ident.connection_id)
                 if not self.poster.post(endpoint, runner, fr.encode(detach)):
                     self._runner_gone(endpoint, runner, ident.session_id)
 
@@ -137,7 +137,7 @@ class Relay:
                     endpoint,
                     browser,
                     fr.ErrorFrame(
-                        sessionId=sid,
+                        session_id=sid,
                         code="runner_gone",
                         message="the runner holding this terminal disconnected; send resume to reattach",
                     ),
@@ -164,11 +164,11 @@ class Relay:
             return self._refuse(endpoint, ident, "malformed", str(e))
         session = ident.session_id
         if isinstance(frame, fr.OpenFrame):
-            if (frame.taskId, frame.branch) != (ident.task_id, ident.branch):
+            if (frame.task_id, frame.branch) != (ident.task_id, ident.branch):
                 return self._refuse(
                     endpoint, ident, "not_granted", "the token does not grant that task or branch"
                 )
-        elif frame.sessionId != session:
+        elif frame.session_id != session:
             return self._refuse(
                 endpoint, ident, "not_granted", "the token does not grant that session", session
             )
@@ -191,7 +191,7 @@ class Relay:
                 session,
             )
         stamped = frame.model_copy(
-            update={"connectionId": ident.connection_id, "readOnly": ident.read_only, "sessionId": session}
+            update={"connection_id": ident.connection_id, "read_only": ident.read_only, "session_id": session}
         )
         assert session is not None
         if isinstance(frame, fr.OpenFrame):
@@ -215,14 +215,14 @@ class Relay:
         self._send(
             endpoint,
             ident.connection_id,
-            fr.ExitFrame(sessionId=session, code=-1, reason="no runner holds this session"),
+            fr.ExitFrame(session_id=session, code=-1, reason="no runner holds this session"),
         )
         return None
 
     def _open(self, ident: Identity, session: str, frame: fr.OpenFrame, endpoint: str) -> None:
         for _ in range(3):
             runner = self.store.route(session)
-            if runner is None and frame.readOnly:
+            if runner is None and frame.read_only:
                 # a watcher attaches to a live session; it never makes a runner start one
                 return self._refuse(endpoint, ident, "no_session", fr.NO_SESSION_READ_ONLY, session)
             if runner is None:
@@ -261,12 +261,12 @@ class Relay:
             self.store.runner_holds(ident.connection_id, frame.sessions)
             return None
         if isinstance(frame, fr.OpenedFrame):
-            self.store.runner_holds(ident.connection_id, [frame.sessionId])
+            self.store.runner_holds(ident.connection_id, [frame.session_id])
         elif isinstance(frame, fr.ExitFrame):
-            self.store.runner_holds(ident.connection_id, [frame.sessionId], add=False)
-            self.store.drop_route(frame.sessionId, ident.connection_id)
-            self._routes.pop(frame.sessionId, None)
-        session = getattr(frame, "sessionId", None)
+            self.store.runner_holds(ident.connection_id, [frame.session_id], add=False)
+            self.store.drop_route(frame.session_id, ident.connection_id)
+            self._routes.pop(frame.session_id, None)
+        session = getattr(frame, "session_id", None)
         targets = list(frame.to) or (self.store.browsers(session) if session else [])
         text = fr.for_browser(frame)
         for target in targets:
@@ -274,7 +274,7 @@ class Relay:
                 # clean exactly the id we posted to, and tell the runner it has one viewer less
                 self.store.remove(target)
                 if session:
-                    detach = fr.DetachFrame(sessionId=session, connectionId=target)
+                    detach = fr.DetachFrame(session_id=session, connection_id=target)
                     self.poster.post(endpoint, ident.connection_id, fr.encode(detach))
         return None
 
@@ -283,7 +283,7 @@ class Relay:
     ) -> None:
         logger.info("refused a frame from %s: %s", ident.connection_id, code)
         self._send(
-            endpoint, ident.connection_id, fr.ErrorFrame(code=code, message=message, sessionId=session)
+            endpoint, ident.connection_id, fr.ErrorFrame(code=code, message=message, session_id=session)
         )
 
     def _send(self, endpoint: str, connection_id: str, frame: Any) -> None:

@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from shared import aws
+from shared import wiring
 from shared.config import DeadLetterSettings
 from shared.dispatch import Dispatcher
 from shared.models import TaskSignal
@@ -37,23 +37,13 @@ def settings() -> DeadLetterSettings:
 @cache
 def store() -> TaskStore:
     """Made on the first record, once per process."""
-    s = settings()
-    return TaskStore(
-        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
-        s.table_name,
-        branch_locks_table=s.branch_locks_table,
-    )
+    return wiring.task_store(settings())
 
 
 @cache
 def dispatcher() -> Dispatcher | None:
     """Made on the first record, once per process; None without a task queue to signal afresh."""
-    s = settings()
-    if not s.task_queue_url:
-        return None
-    return Dispatcher(
-        aws.client("sqs", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.task_queue_url
-    )
+    return wiring.dispatcher(settings())
 
 
 def reset() -> None:

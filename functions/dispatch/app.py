@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared import aws
+from shared import wiring
 from shared.config import DispatchSettings
 from shared.dispatch import Dispatcher, MalformedRecordError, needs_created_at, signal_for
 from shared.models import TaskSignal
@@ -37,21 +37,13 @@ def settings() -> DispatchSettings:
 @cache
 def dispatcher() -> Dispatcher:
     """Made on the first record, once per process."""
-    s = settings()
-    return Dispatcher(
-        aws.client("sqs", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.task_queue_url
-    )
+    return wiring.required_dispatcher(settings())
 
 
 @cache
 def store() -> TaskStore:
     """Made on the first record, once per process."""
-    s = settings()
-    return TaskStore(
-        aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
-        s.table_name,
-        branch_locks_table=s.branch_locks_table,
-    )
+    return wiring.task_store(settings())
 
 
 def reset() -> None:

@@ -7,12 +7,10 @@ from functools import cache
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared import aws
+from shared import wiring
 from shared.config import ReconcilerSettings
-from shared.dispatch import Dispatcher
 from shared.observability import TASKS_RESIGNALLED, MetricUnit, logger, metrics, tracer
 from shared.reconcile import Reconciler
-from shared.store import TaskStore
 
 
 @cache
@@ -25,12 +23,8 @@ def reconciler() -> Reconciler:
     """Made on the first run, once per process."""
     s = settings()
     return Reconciler(
-        TaskStore(
-            aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url),
-            s.table_name,
-            branch_locks_table=s.branch_locks_table,
-        ),
-        Dispatcher(aws.client("sqs", region=s.aws_region, endpoint_url=s.aws_endpoint_url), s.task_queue_url),
+        wiring.task_store(s),
+        wiring.required_dispatcher(s),
         pending_age_seconds=s.pending_age_seconds,
         stale_lease_seconds=s.stale_lease_seconds,
     )

@@ -74,7 +74,7 @@ def test_refine_a_finished_task_live_and_push_the_result(refine_stack: Any) -> N
     async def refine() -> str:
         browser = await Browser.connect(cfg.ws_url, token)
         try:
-            await browser.open(taskId=task_id, timeout=20)
+            await browser.open(task_id=task_id, timeout=20)
             await browser.wait_text("interactive chat", timeout=20)
             # the session opened where the task's agent ran: the agent resumes that very conversation
             await browser.wait_text("Resumed the previous conversation", timeout=20)
@@ -82,10 +82,10 @@ def test_refine_a_finished_task_live_and_push_the_result(refine_stack: Any) -> N
             await browser.wait_text("[y/n/t]", timeout=20)  # the interactive agent asks, the user allows
             await browser.type("y\r")
             await browser.wait_text("you said:", timeout=20)
-            await browser.send(fr.PushFrame(sessionId=browser.session_id, message="Refine: add refined.txt"))
+            await browser.send(fr.PushFrame(session_id=browser.session_id, message="Refine: add refined.txt"))
             pushed = await browser.wait_frame(fr.PushedFrame, timeout=20)
-            await browser.send(fr.CloseFrame(sessionId=browser.session_id))
-            return pushed.commitSha
+            await browser.send(fr.CloseFrame(session_id=browser.session_id))
+            return pushed.commit_sha
         finally:
             await browser.close()
 
@@ -103,7 +103,7 @@ def test_a_token_for_another_task_cannot_open_this_one(refine_stack: Any) -> Non
     async def attempt() -> list[str | None]:
         browser = await Browser.connect(cfg.ws_url, token)
         try:
-            await browser.send(fr.OpenFrame(taskId="not-granted-task"))
+            await browser.send(fr.OpenFrame(task_id="not-granted-task"))
             await browser.wait_frame(fr.ErrorFrame, timeout=10)
             return [f.code for f in browser.frames if isinstance(f, fr.ErrorFrame)]
         finally:

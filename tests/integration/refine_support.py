@@ -163,8 +163,9 @@ def running_runner(
     make: Callable[[], SessionManager],
     runner_id: str = "runner-1",
     ws_url: str | None = None,
+    secret: str | Callable[[], str | None] = RUNNER_SECRET,
 ):
-    svc = TerminalService(ws_url or gw.ws_url, RUNNER_SECRET, runner_id, make).start()
+    svc = TerminalService(ws_url or gw.ws_url, secret, runner_id, make).start()
     # wait until the relay knows the runner (its hello has been handled)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not gw.max_message_by_role.get("runner"):
@@ -204,18 +205,18 @@ class Browser:
         # a first open clones the repository and makes a worktree: slow on a loaded machine
         await self.send(fr.OpenFrame(**kwargs))
         opened = await self.wait_frame(fr.OpenedFrame, timeout)
-        self.session_id = opened.sessionId
+        self.session_id = opened.session_id
         return opened
 
     async def type(self, data: str) -> None:
         assert self.session_id
-        await self.send(fr.InputFrame(sessionId=self.session_id, data=data))
+        await self.send(fr.InputFrame(session_id=self.session_id, data=data))
 
     def _apply(self, frame: Any) -> None:
         if isinstance(frame, fr.OutputFrame):
             self.text += "".join(self.reasm.push(frame.seq, frame.data))
         elif isinstance(frame, fr.OpenedFrame):
-            self.text += "".join(self.reasm.start(frame.nextSeq))
+            self.text += "".join(self.reasm.start(frame.next_seq))
             self.frames.append(frame)
         else:
             if isinstance(frame, fr.ExitFrame):

@@ -59,7 +59,7 @@ def test_token_for_one_session_cannot_reach_another(moto_endpoint: str, table: s
             a = await Browser.connect(gw.ws_url, browser_token(branch="feature/a"))
             b = await Browser.connect(gw.ws_url, browser_token(task="T-2"))
             await a.open(branch="feature/a")
-            await b.open(taskId="T-2")
+            await b.open(task_id="T-2")
             assert a.session_id != b.session_id
             await a.type("echo only-$((1+1))-for-a\r")
             await b.type("echo only-$((2+2))-for-b\r")
@@ -69,12 +69,12 @@ def test_token_for_one_session_cannot_reach_another(moto_endpoint: str, table: s
             assert b.session_id
             attempts = [
                 fr.OpenFrame(branch="feature/two"),
-                fr.OpenFrame(taskId="T-2"),
-                fr.InputFrame(sessionId=b.session_id, data="echo pwned-$((3+3))\r"),
-                fr.ResizeFrame(sessionId=b.session_id, cols=10, rows=10),
-                fr.ResumeFrame(sessionId=b.session_id, lastSeq=0),
-                fr.PushFrame(sessionId=b.session_id, message="pwned"),
-                fr.CloseFrame(sessionId=b.session_id),
+                fr.OpenFrame(task_id="T-2"),
+                fr.InputFrame(session_id=b.session_id, data="echo pwned-$((3+3))\r"),
+                fr.ResizeFrame(session_id=b.session_id, cols=10, rows=10),
+                fr.ResumeFrame(session_id=b.session_id, last_seq=0),
+                fr.PushFrame(session_id=b.session_id, message="pwned"),
+                fr.CloseFrame(session_id=b.session_id),
             ]
             for frame in attempts:
                 await a.send(frame)
@@ -128,11 +128,11 @@ def test_read_only_browser_watches_but_its_input_is_refused(
         async def scenario() -> None:
             writer = await Browser.connect(gw.ws_url, browser_token(task="T-1"))
             watcher = await Browser.connect(gw.ws_url, browser_token(task="T-1", read_only=True))
-            await writer.open(taskId="T-1")
-            await watcher.open(taskId="T-1")
+            await writer.open(task_id="T-1")
+            await watcher.open(task_id="T-1")
             await watcher.type("echo from-$((8+8))-watcher\r")
-            await watcher.send(fr.ResizeFrame(sessionId=watcher.session_id, cols=20, rows=5))
-            await watcher.send(fr.CloseFrame(sessionId=watcher.session_id))
+            await watcher.send(fr.ResizeFrame(session_id=watcher.session_id, cols=20, rows=5))
+            await watcher.send(fr.CloseFrame(session_id=watcher.session_id))
             await watcher.wait_for(lambda br: error_codes(br).count("read_only") == 3)
             await writer.type("echo from-$((9+9))-writer\r")
             await watcher.wait_text("from-18-writer")
@@ -204,7 +204,7 @@ def test_open_and_resume_floods_are_throttled(moto_endpoint: str, table: str, tm
             sent = 1 + 3 * CONTROL_RATE
             # when
             for _ in range(sent - 1):
-                await b.send(fr.ResumeFrame(sessionId=b.session_id, lastSeq=0))
+                await b.send(fr.ResumeFrame(session_id=b.session_id, last_seq=0))
             # then: every frame got its answer, and the burst (well under a window) spans at most two
             await b.wait_for(lambda br: error_codes(br).count("throttled") + opened_count(br) == sent, 15)
             assert opened_count(b) <= 2 * CONTROL_RATE

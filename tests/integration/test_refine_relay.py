@@ -66,7 +66,7 @@ def test_gone_on_a_browser_removes_that_browser_not_the_runner_that_sent(
             live_id = next(c for c in await asyncio.to_thread(relay.store.browsers, sid))
             gone_id = "R29uZUNvbm5JZA="  # its $disconnect was lost: the table still lists it
             relay.store.add_browser(Identity(gone_id, "browser", "u", session_id=sid))
-            frame = fr.OutputFrame(sessionId=sid, seq=1, data="to both", to=[live_id, gone_id])
+            frame = fr.OutputFrame(session_id=sid, seq=1, data="to both", to=[live_id, gone_id])
             # when
             await asyncio.to_thread(
                 relay.message,
@@ -77,7 +77,7 @@ def test_gone_on_a_browser_removes_that_browser_not_the_runner_that_sent(
             # then
             assert fr.decode(await asyncio.wait_for(live.ws.recv(), 5)).data == "to both"
             detach = fr.decode(await asyncio.wait_for(runner_ws.recv(), 5), role="to_runner")
-            assert (detach.action, detach.connectionId) == ("detach", gone_id)
+            assert (detach.action, detach.connection_id) == ("detach", gone_id)
             assert item(relay, gone_id) is None
             assert item(relay, runner_id) is not None and item(relay, live_id) is not None
             await live.close()
@@ -103,11 +103,11 @@ def test_gone_on_the_runner_removes_that_runner_not_the_browser_that_sent(
             relay.store.set_route(sid, dead)
             ident = Identity(b_id, "browser", "tester", session_id=sid, branch="feature/dead-runner")
             # when
-            typed = fr.encode(fr.InputFrame(sessionId=sid, data="x"))
+            typed = fr.encode(fr.InputFrame(session_id=sid, data="x"))
             await asyncio.to_thread(relay.message, ident, typed, gw.management_url)
             # then
             exit_frame = await b.wait_frame(fr.ExitFrame, 5)
-            assert exit_frame.sessionId == sid
+            assert exit_frame.session_id == sid
             assert item(relay, dead) is None and relay.store.route(sid) is None
             assert item(relay, b_id) is not None
             await b.close()
@@ -129,7 +129,7 @@ def test_open_and_resume_share_one_budget_per_window(moto_endpoint: str, table: 
             b_id = next(c for c in await asyncio.to_thread(relay.store.browsers, sid))
             relay.store.set_route(sid, runner_id)
             ident = Identity(b_id, "browser", "tester", session_id=sid, branch="feature/budget")
-            resume = fr.encode(fr.ResumeFrame(sessionId=sid, lastSeq=0))
+            resume = fr.encode(fr.ResumeFrame(session_id=sid, last_seq=0))
 
             answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 

@@ -55,7 +55,7 @@ def test_disconnect_and_resume_lose_nothing_in_a_5mb_burst(
 
             second = await Browser.connect(gw.ws_url, token)
             second.reasm = fr.SeqReassembler()
-            await second.send(fr.ResumeFrame(sessionId=first.session_id, lastSeq=first.reasm.last_seq))
+            await second.send(fr.ResumeFrame(session_id=first.session_id, last_seq=first.reasm.last_seq))
             await second.wait_text("END-42", 20)
             elapsed = time.perf_counter() - t0
             whole = first.text + second.text
@@ -97,7 +97,7 @@ def test_killed_runner_gives_the_browser_an_error_then_exit(
                 await b.wait_for(lambda br: "runner_gone" in error_codes(br), 10)
                 await b.type("echo anyone\r")
                 exit_frame = await b.wait_frame(fr.ExitFrame, 5)
-                assert exit_frame.code == -1 and exit_frame.sessionId == b.session_id
+                assert exit_frame.code == -1 and exit_frame.session_id == b.session_id
                 await b.close()
 
             asyncio.run(scenario())
@@ -149,7 +149,7 @@ def test_fake_kiro_repl_resumes_and_sees_resize(moto_endpoint: str, table: str, 
             await b.wait_text("\x1b[38;5;141m> \x1b[0m")
             await b.type("stty size\r")
             await b.wait_text("33 100")
-            await b.send(fr.ResizeFrame(sessionId=b.session_id, cols=77, rows=22))
+            await b.send(fr.ResizeFrame(session_id=b.session_id, cols=77, rows=22))
             await b.type("stty size\r")
             await b.wait_text("22 77")
             await b.type("hello kiro\r")
@@ -186,11 +186,11 @@ def test_auto_resume_only_where_the_tasks_own_agent_ran(
             await branch.open(branch="feature/plain", timeout=10)
             await branch.wait_text(KIRO_PROMPT, 10)
             task = await Browser.connect(gw.ws_url, browser_token(task="T-1"))
-            await task.open(taskId="T-1", timeout=10)
+            await task.open(task_id="T-1", timeout=10)
             resumed = f"Resumed the previous conversation in {ran.path.resolve()} (2 messages)"
             await task.wait_text(resumed, 10)
             other = await Browser.connect(gw.ws_url, browser_token(task="T-2"))
-            await other.open(taskId="T-2", timeout=10)
+            await other.open(task_id="T-2", timeout=10)
             await other.wait_text(KIRO_PROMPT, 10)
             for b in (branch, other):
                 assert "Resumed" not in b.text and "No previous conversation" not in b.text

@@ -49,10 +49,10 @@ def test_concurrent_opens_of_one_task_share_one_session(
                 b = await Browser.connect(gw.ws_url, browser_token(task="T-1"))
                 # when
                 opened_a, opened_b = await asyncio.gather(
-                    a.open(taskId="T-1", timeout=10), b.open(taskId="T-1", timeout=10)
+                    a.open(task_id="T-1", timeout=10), b.open(task_id="T-1", timeout=10)
                 )
                 # then
-                assert opened_a.sessionId == opened_b.sessionId
+                assert opened_a.session_id == opened_b.session_id
                 await a.wait_text(KIRO_PROMPT, 10)
                 await b.wait_text(KIRO_PROMPT, 10)
                 await a.type("typed in a\r")
@@ -85,7 +85,7 @@ def test_read_only_open_only_watches_a_live_session(moto_endpoint: str, table: s
         async def scenario() -> None:
             watcher = await Browser.connect(gw.ws_url, browser_token(task="T-2", read_only=True))
             # when
-            await watcher.send(fr.OpenFrame(taskId="T-2"))
+            await watcher.send(fr.OpenFrame(task_id="T-2"))
             # then
             refused = await watcher.wait_frame(fr.ErrorFrame, 10)
             assert refused.code == "no_session" and "read-only" in refused.message
@@ -94,8 +94,8 @@ def test_read_only_open_only_watches_a_live_session(moto_endpoint: str, table: s
             assert not (tmp_path / "worktrees").exists() or list((tmp_path / "worktrees").iterdir()) == []
             # a writer opens it; now the same read-only open attaches and watches
             writer = await Browser.connect(gw.ws_url, browser_token(task="T-2"))
-            await writer.open(taskId="T-2", timeout=10)
-            await watcher.open(taskId="T-2", timeout=10)
+            await writer.open(task_id="T-2", timeout=10)
+            await watcher.open(task_id="T-2", timeout=10)
             await writer.type("watch this\r")
             await watcher.wait_text("you said: watch this", 10)
             assert len(kiro.events("start")) == 1
@@ -113,7 +113,9 @@ def test_runner_refuses_a_read_only_open_of_no_session(tmp_path: Path) -> None:
 
     async def scenario() -> list[object]:
         manager.start()
-        await manager.handle(fr.OpenFrame(taskId="T-1", sessionId=sid, connectionId="c-ro", readOnly=True))
+        await manager.handle(
+            fr.OpenFrame(task_id="T-1", session_id=sid, connection_id="c-ro", read_only=True)
+        )
         frames = [await asyncio.wait_for(manager.outbox.get(), 5)]
         await asyncio.sleep(0.2)  # anything else it would have sent comes within this
         while not manager.outbox.empty():
@@ -127,7 +129,7 @@ def test_runner_refuses_a_read_only_open_of_no_session(tmp_path: Path) -> None:
     assert [type(f) for f in frames] == [fr.ErrorFrame]
     error = frames[0]
     assert isinstance(error, fr.ErrorFrame)
-    assert (error.code, error.sessionId, error.to) == ("no_session", sid, ["c-ro"])
+    assert (error.code, error.session_id, error.to) == ("no_session", sid, ["c-ro"])
     assert not (tmp_path / "worktrees").exists() or list((tmp_path / "worktrees").iterdir()) == []
 
 
@@ -152,7 +154,7 @@ def test_a_kept_dirty_worktree_is_reopened_with_its_work(
             await first.type("y\r")
             await first.wait_text("Done: wrote wip.txt", 10)
             # when: the user closes the session, then opens the branch again at once
-            await first.send(fr.CloseFrame(sessionId=first.session_id))
+            await first.send(fr.CloseFrame(session_id=first.session_id))
             await first.wait_frame(fr.ExitFrame, 10)
             await first.close()
             again = await Browser.connect(gw.ws_url, token)
@@ -208,12 +210,12 @@ def test_only_input_keeps_a_session_from_the_idle_timeout(tmp_path: Path) -> Non
     async def scenario() -> None:
         manager.start()
         out = Outbox(manager)
-        await manager.handle(fr.OpenFrame(branch="feature/busy", sessionId=sid, connectionId="c-1"))
+        await manager.handle(fr.OpenFrame(branch="feature/busy", session_id=sid, connection_id="c-1"))
         await out.wait(lambda fs: any(isinstance(f, fr.OutputFrame) for f in fs), 10, "output")
         # given: someone types now and then for twice the idle timeout: the session stays
         typed_until = time.monotonic() + 2.0
         while time.monotonic() < typed_until:
-            await manager.handle(fr.InputFrame(sessionId=sid, connectionId="c-1", data=" "))
+            await manager.handle(fr.InputFrame(session_id=sid, connection_id="c-1", data=" "))
             await asyncio.sleep(0.3)
             assert exits(out.frames) == []
         # when: nobody types any more, while the agent keeps printing
@@ -246,21 +248,21 @@ def test_every_viewer_gets_output_and_exit_beyond_one_frames_routing_list(tmp_pa
     async def scenario() -> None:
         manager.start()
         out = Outbox(manager)
-        await manager.handle(fr.OpenFrame(branch="feature/crowd", sessionId=sid, connectionId=viewers[0]))
+        await manager.handle(fr.OpenFrame(branch="feature/crowd", session_id=sid, connection_id=viewers[0]))
         for conn in viewers[1:]:
-            await manager.handle(fr.ResumeFrame(sessionId=sid, connectionId=conn, readOnly=True))
+            await manager.handle(fr.ResumeFrame(session_id=sid, connection_id=conn, read_only=True))
         await out.wait(
             lambda fs: len(reached(fs, fr.OpenedFrame)) == len(viewers), 10, "every viewer attached"
         )
         # when
         await manager.handle(
-            fr.InputFrame(sessionId=sid, connectionId=viewers[0], data="echo crowd-$((2*21))\r")
+            fr.InputFrame(session_id=sid, connection_id=viewers[0], data="echo crowd-$((2*21))\r")
         )
         # then
         await out.wait(
             lambda fs: reached(fs, fr.OutputFrame, "crowd-42") == set(viewers), 10, "output to all"
         )
-        await manager.handle(fr.CloseFrame(sessionId=sid, connectionId=viewers[0]))
+        await manager.handle(fr.CloseFrame(session_id=sid, connection_id=viewers[0]))
         await out.wait(lambda fs: reached(fs, fr.ExitFrame) == set(viewers), 10, "exit to all")
         assert all(len(f.to) <= fr.MAX_TO for f in out.frames if hasattr(f, "to"))
         out.stop()
@@ -285,11 +287,11 @@ def test_a_session_left_alone_ends_after_the_grace_period_and_commits_nothing(tm
     async def scenario() -> Path:
         manager.start()
         out = Outbox(manager)
-        await manager.handle(fr.OpenFrame(branch="feature/left", sessionId=sid, connectionId="c-1"))
+        await manager.handle(fr.OpenFrame(branch="feature/left", session_id=sid, connection_id="c-1"))
         await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs), 10, "opened")
         await manager.handle(
             fr.InputFrame(
-                sessionId=sid, connectionId="c-1", data="echo draft > draft.txt; echo typed-$((6*7))\r"
+                session_id=sid, connection_id="c-1", data="echo draft > draft.txt; echo typed-$((6*7))\r"
             )
         )
         await out.wait(
@@ -299,7 +301,7 @@ def test_a_session_left_alone_ends_after_the_grace_period_and_commits_nothing(tm
         assert path is not None
         # when: the browser disconnects
         left = time.monotonic()
-        await manager.handle(fr.DetachFrame(sessionId=sid, connectionId="c-1"))
+        await manager.handle(fr.DetachFrame(session_id=sid, connection_id="c-1"))
         await asyncio.sleep(0.5)
         assert sid in manager.sessions  # within the grace period it lives on
         await out.wait(lambda fs: sid not in manager.sessions, 10, "the grace period to end it")
@@ -325,14 +327,14 @@ def test_a_browser_resuming_past_the_ring_is_told_output_was_lost(tmp_path: Path
     async def scenario() -> list[object]:
         manager.start()
         out = Outbox(manager)
-        await manager.handle(fr.OpenFrame(branch="feature/ring", sessionId=sid, connectionId="c-1"))
+        await manager.handle(fr.OpenFrame(branch="feature/ring", session_id=sid, connection_id="c-1"))
         await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs), 10, "opened")
-        await manager.handle(fr.DetachFrame(sessionId=sid, connectionId="c-1"))
+        await manager.handle(fr.DetachFrame(session_id=sid, connection_id="c-1"))
         # 300 KB of output while nobody watches
         await manager.handle(
             fr.InputFrame(
-                sessionId=sid,
-                connectionId="c-1",
+                session_id=sid,
+                connection_id="c-1",
                 data="head -c 300000 /dev/zero | tr '\\0' y; echo; echo RING-END\r",
             )
         )
@@ -343,7 +345,7 @@ def test_a_browser_resuming_past_the_ring_is_told_output_was_lost(tmp_path: Path
             await asyncio.sleep(0.05)
         # when: the browser resumes from the first frame it had
         seen = len(out.frames)
-        await manager.handle(fr.ResumeFrame(sessionId=sid, connectionId="c-2", lastSeq=1))
+        await manager.handle(fr.ResumeFrame(session_id=sid, connection_id="c-2", last_seq=1))
         await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs[seen:]), 10, "reopened")
         frames = out.frames[seen:]
         out.stop()
@@ -384,9 +386,9 @@ def test_a_session_reopened_after_a_runner_restart_finds_its_uncommitted_work(tm
         manager.start()
         out = Outbox(manager)
         # when
-        await manager.handle(fr.OpenFrame(branch="feature/restart", sessionId=sid, connectionId="c-1"))
+        await manager.handle(fr.OpenFrame(branch="feature/restart", session_id=sid, connection_id="c-1"))
         await out.wait(lambda fs: any(isinstance(f, fr.OpenedFrame) for f in fs), 10, "opened")
-        await manager.handle(fr.InputFrame(sessionId=sid, connectionId="c-1", data="cat notes.txt\r"))
+        await manager.handle(fr.InputFrame(session_id=sid, connection_id="c-1", data="cat notes.txt\r"))
 
         # then
         def shown(frames: list[object]) -> bool:

@@ -11,6 +11,7 @@ import pytest
 
 from shared import frames as fr
 from tests.integration.refine_support import (
+    RUNNER_SECRET,
     Browser,
     browser_token,
     running_gateway,
@@ -28,7 +29,7 @@ def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: st
         async def scenario() -> None:
             b = await Browser.connect(gw.ws_url, browser_token(branch="feature/echo"))
             opened = await b.open(branch="feature/echo")
-            assert opened.branch == "feature/echo" and opened.nextSeq == 1
+            assert opened.branch == "feature/echo" and opened.next_seq == 1
             await b.wait_text("git status")
             await b.type("echo hello-$((40+2))\r")
             await b.wait_text("hello-42")
@@ -49,6 +50,32 @@ def test_keystrokes_echo_through_the_relay_and_pty(moto_endpoint: str, table: st
         asyncio.run(scenario())
 
 
+def test_a_rotated_runner_secret_is_read_again_on_the_next_connect(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """The runner reads its secret for every token it mints: after a rotation (here: the first read still
+    gives the old secret, which the relay refuses), the next connect uses the new one, no restart."""
+    reads: list[str] = []
+
+    def rotating_secret() -> str:
+        reads.append("read")
+        return "the-secret-before-rotation" if len(reads) == 1 else RUNNER_SECRET
+
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path), secret=rotating_secret),
+    ):
+
+        async def scenario() -> None:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/rotated"))
+            opened = await b.open(branch="feature/rotated")
+            assert opened.branch == "feature/rotated"
+            await b.close()
+
+        asyncio.run(scenario())
+    assert len(reads) >= 2
+
+
 def test_keystrokes_arriving_out_of_order_are_written_in_typed_order(
     moto_endpoint: str, table: str, tmp_path: Path
 ) -> None:
@@ -63,12 +90,12 @@ def test_keystrokes_arriving_out_of_order_are_written_in_typed_order(
             sid = b.session_id
             assert sid
             for seq, data in ((3, "3"), (2, "2"), (1, "echo ordered-1")):
-                await b.send(fr.InputFrame(sessionId=sid, data=data, seq=seq))
-            await b.send(fr.InputFrame(sessionId=sid, data="\r", seq=4))
+                await b.send(fr.InputFrame(session_id=sid, data=data, seq=seq))
+            await b.send(fr.InputFrame(session_id=sid, data="\r", seq=4))
             await b.wait_text("ordered-123")
             # seq 5 never arrives (refused by the relay, say): 6 and 7 still get through
-            await b.send(fr.InputFrame(sessionId=sid, data="echo gap-", seq=6))
-            await b.send(fr.InputFrame(sessionId=sid, data="ok\r", seq=7))
+            await b.send(fr.InputFrame(session_id=sid, data="echo gap-", seq=6))
+            await b.send(fr.InputFrame(session_id=sid, data="ok\r", seq=7))
             await b.wait_text("gap-ok", timeout=5)
             await b.close()
 
@@ -84,7 +111,7 @@ def test_resize_reaches_the_pty(moto_endpoint: str, table: str, tmp_path: Path) 
             await b.open(branch="feature/resize", cols=90, rows=30)
             await b.type("stty size\r")
             await b.wait_text("30 90")
-            await b.send(fr.ResizeFrame(sessionId=b.session_id, cols=132, rows=43))
+            await b.send(fr.ResizeFrame(session_id=b.session_id, cols=132, rows=43))
             await b.type("stty size\r")
             await b.wait_text("43 132")
             await b.close()

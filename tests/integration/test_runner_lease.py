@@ -218,13 +218,13 @@ def test_task_longer_than_the_lease_is_not_reclaimed_while_its_runner_lives(
     try:
         task_id = new_task(store, "[fake:sleep=7.5]")
         branch = f"feature/{task_id}"
-        dispatcher.send(TaskSignal(taskId=task_id, reason="insert"))
+        dispatcher.send(TaskSignal(task_id=task_id, reason="insert"))
         wait_until(lambda: agent_starts(agent_log, branch), timeout=30, what="the agent to start")
         first_owner = store.get_row(task_id)["runnerId"]
         # when: signals arrive again once the first lease (3 s) would have run out without renewals
         time.sleep(lease + 0.5)
         for _ in range(2):
-            dispatcher.send(TaskSignal(taskId=task_id, reason="reconciler"))
+            dispatcher.send(TaskSignal(task_id=task_id, reason="reconciler"))
             time.sleep(1.0)
             assert store.get_row(task_id)["runnerId"] == first_owner
         row = wait_until(

@@ -24,7 +24,7 @@ def images(event_file: str, index: int = 0) -> tuple[str, dict[str, Any] | None,
 def test_insert_of_a_pending_row_signals_with_reason_insert() -> None:
     """The seed's example row, inserted pending, is one signal naming its id."""
     signal = signal_for(*images("stream_insert.json"))
-    assert signal == TaskSignal(taskId="3f6c1c8e-2b7a-4d0e-9a51-7c2f0d4e8a10", reason="insert")
+    assert signal == TaskSignal(task_id="3f6c1c8e-2b7a-4d0e-9a51-7c2f0d4e8a10", reason="insert")
 
 
 def test_insert_of_a_row_that_is_not_pending_is_quiet() -> None:

@@ -13,27 +13,38 @@ pytestmark = pytest.mark.unit
 
 def test_browser_frames_round_trip() -> None:
     for frame in [
-        f.OpenFrame(taskId="T-1", lastSeq=3),
+        f.OpenFrame(task_id="T-1", last_seq=3),
         f.OpenFrame(branch="feature/x"),
-        f.ResumeFrame(sessionId="s-1", lastSeq=7),
-        f.InputFrame(sessionId="s-1", data="ls\r"),
-        f.ResizeFrame(sessionId="s-1", cols=120, rows=40),
-        f.CloseFrame(sessionId="s-1"),
-        f.PushFrame(sessionId="s-1", message="tidy"),
+        f.ResumeFrame(session_id="s-1", last_seq=7),
+        f.InputFrame(session_id="s-1", data="ls\r"),
+        f.ResizeFrame(session_id="s-1", cols=120, rows=40),
+        f.CloseFrame(session_id="s-1"),
+        f.PushFrame(session_id="s-1", message="tidy"),
     ]:
         assert f.decode(f.encode(frame), role="browser") == frame
 
 
 def test_runner_frames_round_trip() -> None:
     for frame in [
-        f.HelloFrame(runnerId="r1", sessions=["s-1"]),
-        f.OpenedFrame(sessionId="s-1", branch="feature/x", nextSeq=1, to=["c1"]),
-        f.OutputFrame(sessionId="s-1", seq=1, data="\x1b[31mred\x1b[0m"),
-        f.ExitFrame(sessionId="s-1", code=0),
+        f.HelloFrame(runner_id="r1", sessions=["s-1"]),
+        f.OpenedFrame(session_id="s-1", branch="feature/x", next_seq=1, to=["c1"]),
+        f.OutputFrame(session_id="s-1", seq=1, data="\x1b[31mred\x1b[0m"),
+        f.ExitFrame(session_id="s-1", code=0),
         f.ErrorFrame(message="boom"),
-        f.PushedFrame(sessionId="s-1", commitSha="abc"),
+        f.PushedFrame(session_id="s-1", commit_sha="abc"),
     ]:
         assert f.decode(f.encode(frame), role="runner") == frame
+
+
+def test_the_wire_uses_camel_case_names_only() -> None:
+    """Python reads snake_case; the wire (page, API Gateway, runner) speaks camelCase, and only that."""
+    wire = json.loads(f.encode(f.OpenFrame(task_id="T-1", last_seq=3, connection_id="c1", read_only=True)))
+    assert wire == {"action": "open", "taskId": "T-1", "lastSeq": 3, "connectionId": "c1", "readOnly": True}
+    with pytest.raises(f.MalformedFrameError):
+        f.decode('{"action":"resume","session_id":"s-1"}', role="browser")
+    # a browser cannot smuggle a snake_case read_only past the relay's stamp either
+    with pytest.raises(f.MalformedFrameError):
+        f.decode('{"action":"input","sessionId":"s-1","data":"x","read_only":false}', role="browser")
 
 
 def test_browser_cannot_send_runner_only_actions() -> None:
@@ -74,7 +85,7 @@ def test_message_over_128_kb_is_refused_before_parsing() -> None:
 
 def test_encode_refuses_frames_over_32_kb() -> None:
     with pytest.raises(f.FrameTooLargeError):
-        f.encode(f.OutputFrame(sessionId="s", seq=1, data="x" * f.MAX_FRAME_BYTES))
+        f.encode(f.OutputFrame(session_id="s", seq=1, data="x" * f.MAX_FRAME_BYTES))
 
 
 def test_output_split_keeps_every_frame_under_budget_even_with_escapes() -> None:
@@ -87,7 +98,7 @@ def test_output_split_keeps_every_frame_under_budget_even_with_escapes() -> None
 
 
 def test_for_browser_strips_routing() -> None:
-    frame = f.OutputFrame(sessionId="s", seq=1, data="x", to=["c1", "c2"])
+    frame = f.OutputFrame(session_id="s", seq=1, data="x", to=["c1", "c2"])
     assert "to" not in json.loads(f.for_browser(frame))
     assert json.loads(f.encode(frame))["to"] == ["c1", "c2"]
 

@@ -71,8 +71,8 @@ def test_prompt_names_title_details_branch_and_pr() -> None:
 
 
 def test_signal_body_is_task_id_and_reason() -> None:
-    assert json.loads(TaskSignal(taskId="t", reason="insert").body()) == {"taskId": "t", "reason": "insert"}
-    assert json.loads(TaskSignal(taskId="t", reason="again", requeues=1).body())["requeues"] == 1
+    assert json.loads(TaskSignal(task_id="t", reason="insert").body()) == {"taskId": "t", "reason": "insert"}
+    assert json.loads(TaskSignal(task_id="t", reason="again", requeues=1).body())["requeues"] == 1
     with pytest.raises(ValidationError):
         TaskSignal.model_validate_json('{"taskId": ""}')
 

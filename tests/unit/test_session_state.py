@@ -129,7 +129,7 @@ def test_resume_from_a_seq_replays_only_what_came_after() -> None:
 
     opened = frames[0]
     assert isinstance(opened, fr.OpenedFrame)
-    assert (opened.nextSeq, opened.resumed, opened.branch) == (2, True, "feature/x")
+    assert (opened.next_seq, opened.resumed, opened.branch) == (2, True, "feature/x")
     assert [(f.seq, f.data) for f in frames[1:]] == [(2, "two"), (3, "three")]
 
 
@@ -144,8 +144,8 @@ def test_resume_past_the_ring_says_output_was_lost_and_replays_what_is_left() ->
     assert kinds(frames)[:2] == ["ErrorFrame", "OpenedFrame"]
     error, opened = frames[0], frames[1]
     assert isinstance(error, fr.ErrorFrame) and isinstance(opened, fr.OpenedFrame)
-    assert (error.code, error.to, error.sessionId) == ("output_lost", ["c-1"], "s-1")
-    assert opened.nextSeq == state.oldest_seq == 7
+    assert (error.code, error.to, error.session_id) == ("output_lost", ["c-1"], "s-1")
+    assert opened.next_seq == state.oldest_seq == 7
     assert [f.seq for f in frames[2:]] == [7, 8, 9, 10]
 
 
@@ -157,7 +157,7 @@ def test_resume_that_is_up_to_date_replays_nothing() -> None:
     frames = state.attach("c-1", False, 1, now=1.0)
 
     assert kinds(frames) == ["OpenedFrame"]
-    assert frames[0].nextSeq == 2  # type: ignore[attr-defined]
+    assert frames[0].next_seq == 2  # type: ignore[attr-defined]
 
 
 def test_a_fresh_open_is_not_a_resume_and_never_reports_loss() -> None:
@@ -201,7 +201,7 @@ def test_read_only_viewers_are_known_as_such() -> None:
 def test_to_viewers_addresses_each_group_or_goes_unaddressed_when_alone() -> None:
     """An exit or pushed frame reaches every viewer; with none left it goes once with no ``to``."""
     state = session()
-    exit_frame = fr.ExitFrame(sessionId="s-1", code=0)
+    exit_frame = fr.ExitFrame(session_id="s-1", code=0)
 
     assert [f.to for f in state.to_viewers(exit_frame)] == [[]]
     state.attach("c-1", False, 0, now=0.0)
