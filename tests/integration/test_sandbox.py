@@ -425,7 +425,7 @@ def test_a_refine_terminal_s_agent_runs_in_the_sandbox(
             # session while it runs, and the sandbox's end must take it along
             await browser.type("(trap '' TERM HUP INT; setsid sleep 3600 &); echo BG-$((1+1))\r")
             await browser.wait_text("BG-2", 10)
-            await browser.send(fr.CloseFrame(sessionId=browser.session_id))
+            await browser.send(fr.CloseFrame(session_id=browser.session_id))
             await browser.wait_frame(fr.ExitFrame, 10)
             await browser.close()
 
