@@ -33,6 +33,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "tests" / "hostile_agent" / "probe"
+FAKE_AGENT_CLI = ROOT / "tests" / "fake_agent" / "kiro-cli"
 SECRETS = ("AWS_SECRET_ACCESS_KEY", "RUNNER_SECRET", "TOKEN_SECRET")
 
 
@@ -495,3 +496,69 @@ def test_through_the_proxy_the_agent_reaches_the_model_endpoint_and_nothing_else
     assert lines[model_endpoint] == "the model answers", done.stderr
     assert lines[address].startswith("refused") and "403" in lines[address]
     assert got == []
+
+
+def test_a_task_s_sandboxed_conversation_resumes_in_its_sandboxed_terminal(
+    moto_endpoint: str, table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent CLI's own state folder listed in AGENT_SANDBOX_WRITABLE: the task's headless run
+    (in the sandbox) leaves its conversation there, and the task's Refine session (in the sandbox
+    too) resumes it, as it does unsandboxed."""
+    import asyncio
+
+    from ec2_runner.agents import make_agent
+    from tests.integration.refine_support import (
+        Browser,
+        FakeKiro,
+        browser_token,
+        running_gateway,
+        running_runner,
+        session_manager,
+        workspace,
+    )
+
+    kiro = FakeKiro(tmp_path)
+    logs = tmp_path / "agent-log"  # a folder of its own: the sandbox may show it writable
+    logs.mkdir()
+    kiro.home.mkdir()
+    kiro.log = logs / "fake-kiro.log"
+    kiro.env["FAKE_AGENT_LOG"] = str(kiro.log)
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(kiro.log))
+    monkeypatch.setenv("FAKE_KIRO_HOME", str(kiro.home))
+    sandbox = make_sandbox(
+        SandboxSettings(
+            AGENT_SANDBOX="bwrap",
+            AGENT_NETWORK="none",
+            AGENT_SANDBOX_WRITABLE=f"{kiro.home}:{logs}",
+        ),
+        hidden=[tmp_path / "clone", tmp_path / "worktrees"],
+    )
+    ws = workspace(tmp_path)
+    # given: the task's headless run, sandboxed, in the task's folder (removed once it succeeded)
+    ran = ws.checkout("feature/one", "task-T-1")
+    agent = make_agent(
+        AgentSettings(agent="kiro", command=f"{FAKE_AGENT_CLI} chat --no-interactive --trust-all-tools"),
+        sandbox,
+    )
+    result = agent.run("Task: the task's own run", ran.path, timeout=30)
+    assert result.ok, result.error
+    ws.remove(ran.path)
+    # when: its Refine session opens
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(
+            gw, lambda: session_manager(tmp_path, kiro.argv_for, kiro.env, ws=ws, sandbox=sandbox)
+        ),
+    ):
+
+        async def scenario() -> None:
+            task = await Browser.connect(gw.ws_url, browser_token(task="T-1"))
+            await task.open(task_id="T-1", timeout=20)
+            # then
+            await task.wait_text(
+                f"Resumed the previous conversation in {ran.path.resolve()} (2 messages)", 10
+            )
+            await task.close()
+
+        asyncio.run(scenario())
+    assert [e["mode"] for e in kiro.events("start")] == ["headless", "interactive"]
