@@ -163,6 +163,8 @@ class Sandbox:
         self._proxy_socket: Path | None = None
         self._bridge: Any = None
         self._network = settings.network
+        self._exe = settings.bwrap
+        self._disable_userns = False
 
     @property
     def enabled(self) -> bool:
@@ -187,6 +189,9 @@ class Sandbox:
                 "processes and the network, the instance metadata service included)"
             )
         self._exe = exe
+        # bubblewrap 0.8+: the agent cannot make user namespaces of its own (and a kernel's worth of
+        # namespaced capabilities with them)
+        self._disable_userns = "--disable-userns" in _help(exe)
         try:
             if self._network == "proxy":
                 self._start_proxy()
@@ -295,7 +300,7 @@ class Sandbox:
             inner_env["TMPDIR"] = "/tmp"
             for name in ("TMP", "TEMP"):
                 inner_env.pop(name, None)
-            args = [getattr(self, "_exe", self.settings.bwrap)]
+            args = [self._exe]
             args += self._namespaces()
             args += ["--proc", "/proc", "--dev", "/dev"]
             args += _system_binds()
@@ -352,6 +357,8 @@ class Sandbox:
             args.append("--share-net")
         if self._user_ns:
             args += ["--unshare-user", "--uid", str(self.settings.uid), "--gid", str(self.settings.gid)]
+            if self._disable_userns:
+                args.append("--disable-userns")
         return args
 
     def _program_paths(self, argv: list[str], env: dict[str, str]) -> list[Path]:
@@ -403,6 +410,14 @@ def _system_binds() -> list[str]:
         else:
             args += ["--ro-bind", "/dev/null", m]
     return args
+
+
+def _help(exe: str) -> str:
+    try:
+        done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=SELF_CHECK_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout + done.stderr
 
 
 def _is_system(p: Path) -> bool:

@@ -562,3 +562,14 @@ def test_a_task_s_sandboxed_conversation_resumes_in_its_sandboxed_terminal(
 
         asyncio.run(scenario())
     assert [e["mode"] for e in kiro.events("start")] == ["headless", "interactive"]
+
+
+def test_the_agent_cannot_make_namespaces_of_its_own(layout: dict[str, Path]) -> None:
+    """Inside, `unshare --user` fails (bubblewrap's --disable-userns): no namespaced capabilities
+    for the agent to work with. Outside, the same command works (the control)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here")
+    assert subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode == 0
+    with sandbox_for(layout).run(["unshare", "--user", "true"], layout["own"], dict(os.environ)) as boxed:
+        done = subprocess.run(boxed.argv, env=boxed.env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0, done.stdout
