@@ -236,6 +236,21 @@ def test_a_hung_sandboxed_agent_is_killed_at_its_timeout_with_nothing_left(stack
     assert final(cli, after)["status"] == "complete"
 
 
+def test_a_runner_whose_sandbox_cannot_run_refuses_to_start_saying_what_to_do(
+    stack: Any, tmp_path: Path
+) -> None:
+    """AGENT_SANDBOX=bwrap on a host without bubblewrap (played by a name that is not installed):
+    the runner exits at once with a sentence that says to install it or to turn the sandbox off,
+    and takes no task."""
+    log = tmp_path / "refusing-runner.log"
+    proc = stack.start_runner({"AGENT_SANDBOX_BWRAP": "bwrap-not-installed-here"}, log_path=log, index=7)
+    code = proc.wait(timeout=60)
+    text = log.read_text()
+    assert code != 0
+    assert "install bubblewrap" in text and "set AGENT_SANDBOX=off" in text, text
+    assert "Traceback" not in text, text
+
+
 def helper_running() -> bool:
     for pid in host_processes_with(RUN_TOKEN):
         with contextlib.suppress(OSError):
