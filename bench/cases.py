@@ -545,6 +545,41 @@ def terminal(h: Harness, plan: Plan) -> list[Row]:
     ]
 
 
+def egress(h: Harness, plan: Plan) -> list[Row]:
+    """What the sandbox's egress (bridge in the namespace, allow-list proxy) adds to a request."""
+    from bench.egress import measure
+
+    got = measure(requests=20 if plan.quick else 50, startups=5 if plan.quick else 10)
+    ms = {k: [s * 1000 for s in v] for k, v in got.items()}
+    start_extra = pct(ms["start_bridged"], 50) - pct(ms["start_bare"], 50)
+    return [
+        Row(
+            "egress: new connection + request p50",
+            f"{pct(ms['via_fresh'], 50):.1f} ms (p95 {pct(ms['via_fresh'], 95):.1f})",
+            "n/a",
+            "-",
+            "-",
+            None,
+            f"{len(ms['via_fresh'])} requests",
+            "from inside bwrap --unshare-net: CONNECT through the bridge and the allow-list proxy, then "
+            f"GET; straight to the endpoint without a sandbox {pct(ms['direct_fresh'], 50):.1f} ms; on a "
+            f"kept-open tunnel {pct(ms['via_kept'], 50):.2f} ms vs {pct(ms['direct_kept'], 50):.2f} ms "
+            "direct",
+        ),
+        Row(
+            "egress: the bridge's start-up per sandbox p50",
+            f"+{start_extra:.1f} ms",
+            "n/a",
+            "-",
+            "-",
+            None,
+            f"{len(ms['start_bridged'])} starts each",
+            f"bwrap --unshare-net running `true` through the bridge {pct(ms['start_bridged'], 50):.1f} ms vs "
+            f"without it {pct(ms['start_bare'], 50):.1f} ms (python -I -S and a fork before the exec)",
+        ),
+    ]
+
+
 BENCHMARKS = {
     "idle": idle_reads,
     "pickup": pickup_and_overhead,
@@ -554,6 +589,7 @@ BENCHMARKS = {
     "burst": burst_drain,
     "memory": memory,
     "terminal": terminal,
+    "egress": egress,
 }
 ALIASES = {
     "overhead": "pickup",

@@ -15,9 +15,39 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from shared.text import clean_text
+
+# a row's claims count: the claim adds one, so a row at the limit is refused, never claimed
+MAX_ATTEMPTS = 1_000_000
+
 
 _deserializer = TypeDeserializer()
 _serializer = TypeSerializer()
+
+
+def _read_exactly(raw: Any) -> Any:
+    """One attribute value as boto3 reads it, except that a Number beyond its 38-digit context
+    (DynamoDB stores e.g. ``1E+100``, and a 39-digit value comes back through moto as written) is
+    read exactly instead of raising ``decimal.Inexact``/``Rounded``: any row's plain values can be
+    shown."""
+    try:
+        return _deserializer.deserialize(raw)
+    except ArithmeticError:
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise
+        [(tag, value)] = raw.items()
+        # the Decimal constructor is exact whatever the context's precision
+        if tag == "N":
+            return Decimal(value)
+        if tag == "NS":
+            return {Decimal(v) for v in value}
+        if tag == "L":
+            return [_read_exactly(v) for v in value]
+        if tag == "M":
+            return {k: _read_exactly(v) for k, v in value.items()}
+        raise
 
 
 class TaskStatus(StrEnum):
@@ -40,8 +70,9 @@ def utc_now_iso() -> str:
 
 
 def from_dynamodb(image: dict[str, Any]) -> dict[str, Any]:
-    """A DynamoDB-JSON image (``{"id": {"S": ...}}``) as plain Python values."""
-    return {k: _plain(_deserializer.deserialize(v)) for k, v in image.items()}
+    """A DynamoDB-JSON image (``{"id": {"S": ...}}``) as plain Python values; a Number of more
+    than 38 digits becomes the exact int it is (``read_row`` refuses such a row as a task)."""
+    return {k: _plain(_read_exactly(v)) for k, v in image.items()}
 
 
 class InvalidRow(BaseModel):
@@ -67,11 +98,12 @@ def read_row(item: dict[str, Any]) -> Task | InvalidRow:
     values: dict[str, Any] = {}
     unreadable: list[str] = []
     for key, raw in item.items():
+        if key not in _TASK_KEYS:
+            continue  # what a backend adds beside the task's own fields is not the task's to read
         try:
             values[key] = _plain(_deserializer.deserialize(raw))
         except (ArithmeticError, TypeError, ValueError):
-            shown = str(next(iter(raw.values()), ""))[:40] if isinstance(raw, dict) and raw else ""
-            unreadable.append(f"{key}: a value this code cannot read ({shown})")
+            unreadable.append(f"{key}: {_unreadable(raw)}")
     ident = item.get("id", {}).get("S") if isinstance(item.get("id"), dict) else None
     status = item.get("status", {}).get("S") if isinstance(item.get("status"), dict) else None
     if unreadable:
@@ -80,6 +112,21 @@ def read_row(item: dict[str, Any]) -> Task | InvalidRow:
         return Task.model_validate(values)
     except ValidationError as e:
         return InvalidRow(id=ident, status=status, reason=describe_validation(e))
+
+
+def _unreadable(raw: Any) -> str:
+    """Why an attribute value cannot be read, with (the start of) what it holds."""
+    tag, value = next(iter(raw.items()), ("", "")) if isinstance(raw, dict) else ("", raw)
+    digits = sum(ch.isdigit() for ch in value) if tag == "N" and isinstance(value, str) else 0
+    if digits > 38:
+        return f"a number of {digits} digits, more than the 38 this code reads exactly ({_shown(value)})"
+    return f"a value this code cannot read ({_shown(str(value))})"
+
+
+def _shown(value: object) -> str:
+    """A value from a row as a reason may quote it: cleaned, and cut short."""
+    text = clean_text(str(value))
+    return text if len(text) <= 24 else f"{text[:20]}..."
 
 
 def to_dynamodb(values: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +180,7 @@ class Task(WireModel):
     # added fields (add-only)
     runner_id: str | None = None
     # a small non-negative count: anything else is refused as an unreadable row, never claimed
-    attempts: int = Field(default=0, ge=0, le=1_000_000)
+    attempts: int = Field(default=0, ge=0, le=MAX_ATTEMPTS)
     lease_expires_at: float | None = None  # epoch seconds
     started_at: str | None = None
     finished_at: str | None = None
@@ -151,6 +198,18 @@ class Task(WireModel):
         if isinstance(v, str) and v.strip().isdigit():
             return int(v)
         return v
+
+    @field_validator("attempts", mode="before")
+    @classmethod
+    def _attempts_is_a_small_count(cls, v: Any) -> Any:
+        # a row's attempts may come from anyone with table access: 1.5, -1 or 38 nines is refused
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_ATTEMPTS:
+            return v
+        raise PydanticCustomError(
+            "attempts_count",
+            "must be a whole number from 0 to {limit} (the claims so far), not {shown}",
+            {"limit": MAX_ATTEMPTS, "shown": _shown(v)},
+        )
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Task:
@@ -170,6 +229,9 @@ class Task(WireModel):
             "Make the change in this working directory. Do not commit or push; the runner does that."
         )
         return "\n".join(lines)
+
+
+_TASK_KEYS = frozenset(Task.model_fields) | {f.alias for f in Task.model_fields.values() if f.alias}
 
 
 class TaskSignal(WireModel):

@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.dispatch import Dispatcher
-from shared.models import InvalidRow, Task, TaskSignal, TaskStatus
-from shared.store import TaskNotFoundError, TaskRepository
+from shared.models import MAX_ATTEMPTS, InvalidRow, Task, TaskSignal, TaskStatus
+from shared.store import LEASE_HORIZON_SECONDS, InvalidRowError, TaskNotFoundError, TaskRepository
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class Reconciler:
         stale_before = now - self.stale_lease_seconds
         for row in self._store.list_tasks(TaskStatus.PROCESSING, limit=self.limit):
             lease = row.lease_expires_at if isinstance(row, Task) else None
-            if lease is not None and lease >= stale_before:
+            # a lease beyond the horizon was written by no runner: the row is signalled like a dead one
+            if lease is not None and stale_before <= lease <= now + LEASE_HORIZON_SECONDS:
                 continue
             if self._signal(row, "reconcile: lease expired"):
                 report.expired.append(str(row.id))
@@ -92,7 +93,10 @@ class Reconciler:
 
     def _signal(self, row: Task | InvalidRow, reason: str) -> bool:
         if not row.id:
-            logger.warning("row without a string id in the status index: %s", getattr(row, "reason", ""))
+            why = getattr(row, "reason", "")
+            logger.warning(
+                "skipping a row without a string id in the status index: %s", why, extra={"reason": why}
+            )
             return False
         message_id = self._dispatcher.send(TaskSignal(task_id=row.id, reason=reason))
         logger.info("re-signalled task %s (%s), message %s", row.id, reason, message_id)
@@ -144,15 +148,28 @@ def give_up(
     if status in (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value):
         return DeadLetterOutcome(task_id=task_id, failed=False, note=f"already {status}")
     lease = row.get("leaseExpiresAt")
-    if status == TaskStatus.PROCESSING.value and isinstance(lease, int | float) and lease > clock():
+    now = clock()
+    # a lease beyond the horizon was written by no runner: it holds nothing
+    if (
+        status == TaskStatus.PROCESSING.value
+        and isinstance(lease, int | float)
+        and now < lease <= now + LEASE_HORIZON_SECONDS
+    ):
         raise LeaseStillLiveError(f"task {task_id} is processing under a lease until {iso_at(lease)}")
-    attempts = row.get("attempts")
-    claims = attempts if isinstance(attempts, int) else 0
-    if dispatcher and max_receive_count and claims < max_receive_count and requeues < max_requeues:
+    unreadable = _unreadable(store, task_id)
+    claims = _claims(row)
+    if (
+        unreadable is None
+        and dispatcher
+        and max_receive_count
+        and claims < max_receive_count
+        and requeues < max_requeues
+    ):
         reason = f"requeued from the DLQ: {receive_count} receives but {_times(claims, 'attempt')}"
         dispatcher.send(TaskSignal(task_id=task_id, reason=reason, requeues=requeues + 1))
         return DeadLetterOutcome(task_id=task_id, failed=False, requeued=True, note=reason)
-    error = give_up_error(row, receive_count)
+    # a row no runner can read is not requeued: every runner would refuse it the same way
+    error = f"gave up: {unreadable}" if unreadable else give_up_error(row, receive_count)
     if store.fail_unowned(task_id, error):
         return DeadLetterOutcome(task_id=task_id, failed=True, error=error)
     # the row changed between the read and the write: it ended, or a runner took it again
@@ -162,10 +179,27 @@ def give_up(
     return DeadLetterOutcome(task_id=task_id, failed=False, note=f"became {now_status} meanwhile")
 
 
+def _unreadable(store: TaskRepository, task_id: str) -> str | None:
+    """Why the row cannot be read as a task (the reason names the field), or None."""
+    try:
+        store.get(task_id)
+    except InvalidRowError as e:
+        return e.reason
+    except TaskNotFoundError:
+        return None
+    return None
+
+
+def _claims(row: dict[str, Any]) -> int:
+    """The row's ``attempts`` when it is a count (0 for 1.5, -1, 38 nines or anything else)."""
+    attempts = row.get("attempts")
+    ok = isinstance(attempts, int) and not isinstance(attempts, bool) and 0 <= attempts <= MAX_ATTEMPTS
+    return attempts if ok and isinstance(attempts, int) else 0
+
+
 def give_up_error(row: dict[str, Any], receive_count: int) -> str:
     """The ``error`` a given-up task ends with, counted in the row's ``attempts``."""
-    attempts = row.get("attempts")
-    claims = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
+    claims = _claims(row)
     if claims <= 0:
         return f"gave up: its signal was received {_times(receive_count, 'time')} and no runner claimed it"
     last = row.get("error")

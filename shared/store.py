@@ -23,7 +23,16 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.models import InvalidRow, Task, TaskStatus, from_dynamodb, read_row, to_dynamodb, utc_now_iso
+from shared.models import (
+    MAX_ATTEMPTS,
+    InvalidRow,
+    Task,
+    TaskStatus,
+    from_dynamodb,
+    read_row,
+    to_dynamodb,
+    utc_now_iso,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +41,9 @@ LOG_TAIL_CHARS = 4000
 ERROR_CHARS = 2000
 FILTERED_PAGE = 100  # rows read per Query when a filter drops some of them
 LOCK_TTL_SECONDS = 24 * 3600  # a lock item outlives its lease by a day; then TTL sweeps it away
+# a lease further ahead than this was written by no runner (leases are minutes long): it holds
+# nothing, so a row under it can be reclaimed or failed (a 39-digit leaseExpiresAt never passes)
+LEASE_HORIZON_SECONDS = 30 * 24 * 3600
 CONFLICT_RETRIES = 3  # a transaction cancelled only by a concurrent one touching the same item
 
 
@@ -226,6 +238,17 @@ def _release_update(note: str) -> Update:
     )
 
 
+def refuse_claim_at_limit(task: Task) -> None:
+    """A claim adds one to ``attempts``: a row at ``MAX_ATTEMPTS`` is refused (InvalidRowError), so
+    no claim can write a count that no later read accepts (38 nines would become 10^38)."""
+    if task.attempts >= MAX_ATTEMPTS:
+        raise InvalidRowError(
+            task.id,
+            f"invalid task row: attempts: {task.attempts} claims already, the most a task may have; "
+            "reset attempts on the row to run it again",
+        )
+
+
 def wire_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """``record``'s keyword arguments (the Task model's attribute names) as the row's wire names."""
     names = Task.model_fields
@@ -253,8 +276,9 @@ class TaskStore:
 
     # -- reads -------------------------------------------------------------------------------
     def get_row(self, task_id: str) -> dict[str, Any]:
-        """The row as plain values with its wire names (strongly consistent), for operators and
-        tests. Raises TaskNotFoundError."""
+        """The row as plain values with its wire names (strongly consistent), for operators, the
+        dead letter and tests; any row can be read so (a Number of more than 38 digits is the
+        exact int it holds). Raises TaskNotFoundError."""
         return from_dynamodb(self._get_item(task_id))
 
     def get(self, task_id: str) -> Task:
@@ -285,7 +309,12 @@ class TaskStore:
         for item in self._query_status(status, created_before, limit, branch):
             row = read_row(item)
             if isinstance(row, InvalidRow):
-                logger.warning("skipping unreadable row %s: %s", _item_id(item), row.reason)
+                logger.warning(
+                    "skipping unreadable row %s: %s",
+                    _item_id(item),
+                    row.reason,
+                    extra={"row_id": _item_id(item), "reason": row.reason},
+                )
                 continue
             tasks.append(row)
         return tasks
@@ -363,7 +392,8 @@ class TaskStore:
 
     # -- transitions -------------------------------------------------------------------------
     def claim(self, task: Task | str, runner_id: str, lease_seconds: float) -> Claim:
-        """pending -> processing, or reclaim a processing row whose lease has expired, with the
+        """pending -> processing, or reclaim a processing row whose lease has expired (or lies
+        beyond ``LEASE_HORIZON_SECONDS``, where no runner's lease can), with the
         branch's lock in the same transaction. ``task`` is the row as the caller last read it: the
         claim holds only if its branch and attempts are still the same (an id: the row is read).
 
@@ -374,6 +404,7 @@ class TaskStore:
                 task = self.get(task)
             except TaskNotFoundError as e:
                 raise ClaimLostError(e.args[0]) from e
+        refuse_claim_at_limit(task)
         now = self._clock()
         lease = now + lease_seconds
         task_id = task.id
@@ -440,7 +471,8 @@ class TaskStore:
             ),
             "ConditionExpression": (
                 "attribute_exists(id) AND (#s = :pending OR (#s = :processing AND "
-                "(attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)))"
+                "(attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now "
+                "OR leaseExpiresAt > :horizon)))"
             ),
             "ExpressionAttributeNames": {"#s": "status", "#e": "error"},
             "ExpressionAttributeValues": {
@@ -451,6 +483,7 @@ class TaskStore:
                 ":one": {"N": "1"},
                 ":lease": {"N": f"{lease:.3f}"},
                 ":now": {"N": f"{now:.3f}"},
+                ":horizon": {"N": f"{now + LEASE_HORIZON_SECONDS:.3f}"},
                 ":stamp": {"S": utc_now_iso()},
             },
         }
@@ -559,10 +592,12 @@ class TaskStore:
     def fail_unowned(self, task_id: str, error: str) -> bool:
         """Mark a row failed that no live runner will finish (dead letter, unclaimable garbage).
 
-        Leaves rows that already ended, and rows under a live lease, alone; returns whether it
-        changed. The branch lock the row's last claim may still hold is freed with it.
+        Leaves rows that already ended, and rows under a live lease, alone (a lease more than
+        ``LEASE_HORIZON_SECONDS`` ahead is none); returns whether it changed. The branch lock the
+        row's last claim may still hold is freed with it.
         """
         stamp = utc_now_iso()
+        now = self._clock()
         try:
             self._ddb.update_item(
                 TableName=self.table_name,
@@ -571,13 +606,15 @@ class TaskStore:
                 "REMOVE leaseExpiresAt, waitingFor",
                 # never pull a row from under a runner that still holds a live lease on it
                 ConditionExpression="attribute_exists(id) AND #s <> :complete AND #s <> :failed AND "
-                "(#s <> :processing OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)",
+                "(#s <> :processing OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now "
+                "OR leaseExpiresAt > :horizon)",
                 ExpressionAttributeNames={"#s": "status", "#e": "error"},
                 ExpressionAttributeValues={
                     ":failed": {"S": TaskStatus.FAILED.value},
                     ":complete": {"S": TaskStatus.COMPLETE.value},
                     ":processing": {"S": TaskStatus.PROCESSING.value},
-                    ":now": {"N": f"{self._clock():.3f}"},
+                    ":now": {"N": f"{now:.3f}"},
+                    ":horizon": {"N": f"{now + LEASE_HORIZON_SECONDS:.3f}"},
                     ":err": {"S": error[:ERROR_CHARS]},
                     ":stamp": {"S": stamp},
                 },

@@ -14,6 +14,7 @@ from typing import Any
 from shared.models import InvalidRow, Task, TaskStatus, from_dynamodb, read_row, to_dynamodb, utc_now_iso
 from shared.store import (
     ERROR_CHARS,
+    LEASE_HORIZON_SECONDS,
     LOCK_TTL_SECONDS,
     BranchBusyError,
     Claim,
@@ -23,6 +24,7 @@ from shared.store import (
     TaskNotFoundError,
     TransitionError,
     Update,
+    refuse_claim_at_limit,
     wire_fields,
 )
 
@@ -139,6 +141,7 @@ class MemoryTaskStore:
                 task = self.get(task)
             except TaskNotFoundError as e:
                 raise ClaimLostError(e.args[0]) from e
+        refuse_claim_at_limit(task)
         task_id = task.id
         branch = task.branch if task.branch else None  # an empty branch can key no lock item
         with self._mutex:
@@ -190,7 +193,10 @@ class MemoryTaskStore:
         caller read: the same branch, the same attempts count."""
         status = row.get("status")
         lease = row.get("leaseExpiresAt")
-        expired = "leaseExpiresAt" not in row or ((n := _number(lease)) is not None and n < now)
+        n = _number(lease)
+        expired = "leaseExpiresAt" not in row or (
+            n is not None and (n < now or n > now + LEASE_HORIZON_SECONDS)
+        )
         if not (status == PENDING or (status == PROCESSING and expired)):
             return False
         if row.get("branch") != task.branch:
@@ -255,7 +261,10 @@ class MemoryTaskStore:
             if row is None or row.get("status") in (COMPLETE, FAILED):
                 return False
             lease = _number(row.get("leaseExpiresAt"))
-            live = "leaseExpiresAt" in row and not (lease is not None and lease < self._clock())
+            now = self._clock()
+            live = "leaseExpiresAt" in row and not (
+                lease is not None and (lease < now or lease > now + LEASE_HORIZON_SECONDS)
+            )
             if row.get("status") == PROCESSING and live:
                 return False  # never pulled from under a runner that holds a live lease
             stamp = utc_now_iso()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from shared import aws
-from shared.models import InvalidRow, Task, TaskStatus, from_dynamodb, to_dynamodb
+from shared.models import MAX_ATTEMPTS, InvalidRow, Task, TaskStatus, from_dynamodb, to_dynamodb
 from shared.store import (
     LOCK_TTL_SECONDS,
     STATUS_INDEX,
@@ -805,3 +805,76 @@ def test_a_claimed_row_without_created_at_is_listed(store: TaskRepository, backe
     assert task_id not in {t.id for t in store.list_by_status(TaskStatus.PENDING, limit=100_000)}
     store.claim(task_id, "runner-1", 60)
     assert task_id in {t.id for t in store.list_by_status(TaskStatus.PROCESSING, limit=100_000)}
+
+
+def test_a_claim_at_the_attempts_limit_is_refused_and_the_row_stays_as_it_was(
+    store: TaskRepository, backend: Backend
+) -> None:
+    """The claim's +1 never writes a count no read accepts (38 nines would become 10^38)."""
+    task_id = new_task(store)
+    backend.set_raw(task_id, attempts=MAX_ATTEMPTS)
+    with pytest.raises(InvalidRowError) as refused:
+        store.claim(task_id, "r1", 60)
+    assert "attempts" in refused.value.reason
+    row = store.get_row(task_id)
+    assert row["status"] == "pending" and row["attempts"] == MAX_ATTEMPTS and "runnerId" not in row
+
+
+def test_rows_with_numbers_beyond_38_digits_never_stop_a_read(
+    ddb: Any, deployed: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows written with the raw client holding a 39-digit Number (boto3 raises decimal.Inexact on
+    it) or attempts 1.5: ``get`` says which field, ``get_row`` shows the exact value, listings
+    list every other row (``list_by_status`` skips them with a structured log line), and
+    ``fail_unowned`` ends them."""
+    store = locking_store(ddb, deployed)
+    branch = f"feature/{unique('poison')}"
+    good = branch_task(store, branch)
+    poisoned = {unique("big"): ("prNumber", {"N": "1" * 39}), unique("half"): ("attempts", {"N": "1.5"})}
+    for task_id, (field, value) in poisoned.items():
+        now = "2026-11-25T00:00:00.000Z"
+        item = {"id": task_id, "title": "T", "branch": branch, "status": "pending", "createdAt": now}
+        ddb.put_item(TableName=deployed.table_name, Item={**to_dynamodb(item), field: value})
+    big = next(iter(poisoned))
+    # then
+    for task_id, (field, _) in poisoned.items():
+        with pytest.raises(InvalidRowError) as unreadable:
+            store.get(task_id)
+        assert unreadable.value.reason.startswith(f"invalid task row: {field}: ")
+    assert store.get_row(big)["prNumber"] == int("1" * 39)
+    with caplog.at_level("WARNING", logger="shared.store"):
+        assert [t.id for t in store.list_by_status(TaskStatus.PENDING, branch=branch)] == [good]
+    skipped = {r.row_id: r.reason for r in caplog.records if hasattr(r, "row_id")}  # type: ignore[attr-defined]
+    assert set(skipped) == set(poisoned) and all(r.startswith("invalid task row: ") for r in skipped.values())
+    shown = {
+        r.id: r for r in store.list_tasks(TaskStatus.PENDING, limit=100_000) if r.id in {good, *poisoned}
+    }
+    assert isinstance(shown[good], Task) and all(isinstance(shown[t], InvalidRow) for t in poisoned)
+    for task_id in poisoned:
+        assert store.fail_unowned(task_id, "unreadable") and store.get_row(task_id)["status"] == "failed"
+
+
+def test_fail_unowned_ends_a_processing_row_under_a_lease_no_runner_wrote(
+    store: TaskRepository, backend: Backend
+) -> None:
+    """A lease more than LEASE_HORIZON_SECONDS ahead holds nothing (runners' leases are minutes
+    long): such a row is failed, where one under a real live lease is left alone."""
+    absurd, live = new_task(store), new_task(store)
+    backend.set_raw(
+        absurd, status="processing", runnerId="nobody", leaseExpiresAt=time.time() + 10 * 365 * 86400
+    )
+    backend.set_raw(live, status="processing", runnerId="r1", leaseExpiresAt=time.time() + 600)
+    assert store.fail_unowned(absurd, "unreadable")
+    assert store.get_row(absurd)["status"] == "failed"
+    assert not store.fail_unowned(live, "unreadable")
+    assert store.get_row(live)["status"] == "processing"
+
+
+def test_a_processing_row_under_a_lease_no_runner_wrote_can_be_reclaimed(
+    store: TaskRepository, backend: Backend
+) -> None:
+    """A lease more than LEASE_HORIZON_SECONDS ahead holds the row for nobody: a claim takes it."""
+    task_id = new_task(store)
+    backend.set_raw(task_id, status="processing", runnerId="nobody", leaseExpiresAt=1e30)
+    claim = store.claim(task_id, "r1", 60)
+    assert claim.attempt == 1 and store.get(task_id).runner_id == "r1"

@@ -7,7 +7,17 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from shared.models import Task, TaskSignal, TaskStatus, from_dynamodb, to_dynamodb, utc_now_iso
+from shared.models import (
+    MAX_ATTEMPTS,
+    InvalidRow,
+    Task,
+    TaskSignal,
+    TaskStatus,
+    from_dynamodb,
+    read_row,
+    to_dynamodb,
+    utc_now_iso,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +90,52 @@ def test_signal_body_is_task_id_and_reason() -> None:
 def test_timestamps_are_iso_utc_with_millis() -> None:
     stamp = utc_now_iso()
     assert len(stamp) == 24 and stamp.endswith("Z") and stamp[10] == "T"
+
+
+BIG = "1" * 39  # one digit more than boto3's decimal context reads: it raises decimal.Inexact
+
+
+def test_plain_values_of_a_number_beyond_38_digits_are_its_exact_int() -> None:
+    """``from_dynamodb`` (operators, the dead letter, tests) reads any row: a 39-digit Number is the
+    int it holds, and DynamoDB's own ``1E+100`` spelling too."""
+    plain = from_dynamodb({**SEED_ROW, "prNumber": {"N": BIG}, "leaseExpiresAt": {"N": "1E+100"}})
+    assert plain["prNumber"] == int(BIG) and plain["leaseExpiresAt"] == 10**100
+    assert from_dynamodb({"n": {"L": [{"N": "9" * 40}]}, "s": {"NS": [BIG]}}) == {
+        "n": [int("9" * 40)],
+        "s": {int(BIG)},
+    }
+
+
+@pytest.mark.parametrize("field", ["prNumber", "attempts", "leaseExpiresAt"])
+def test_a_row_with_a_number_beyond_38_digits_is_invalid_naming_the_field(field: str) -> None:
+    row = read_row({**SEED_ROW, field: {"N": BIG}})
+    assert isinstance(row, InvalidRow) and row.id == "task-1" and row.status == "pending"
+    assert row.reason.startswith(f"invalid task row: {field}: a number of 39 digits"), row.reason
+
+
+def test_a_number_beyond_38_digits_outside_the_tasks_fields_does_not_spoil_the_row() -> None:
+    """What a backend keeps beside the task's own fields is not the task's to read."""
+    assert isinstance(read_row({**SEED_ROW, "backendScore": {"N": BIG}}), Task)
+
+
+@pytest.mark.parametrize("raw", ["1.5", "-1", "9" * 38, "1000001"])
+def test_attempts_that_is_not_a_small_non_negative_integer_is_refused_saying_what_it_is(raw: str) -> None:
+    row = read_row({**SEED_ROW, "attempts": {"N": raw}})
+    assert isinstance(row, InvalidRow)
+    assert row.reason.startswith("invalid task row: attempts: must be a whole number from 0 to 1000000")
+    assert raw[:20] in row.reason
+
+
+@pytest.mark.parametrize("raw", [{"BOOL": True}, {"S": "3"}, {"NULL": True}])
+def test_attempts_of_another_type_is_refused_too(raw: dict) -> None:
+    row = read_row({**SEED_ROW, "attempts": raw})
+    assert isinstance(row, InvalidRow) and row.reason.startswith("invalid task row: attempts: must be")
+
+
+def test_attempts_up_to_the_limit_are_read() -> None:
+    assert Task.from_item({**SEED_ROW, "attempts": {"N": str(MAX_ATTEMPTS)}}).attempts == MAX_ATTEMPTS
+
+
+def test_a_reason_never_quotes_control_characters_from_the_row() -> None:
+    row = read_row({**SEED_ROW, "attempts": {"S": "\x1b]52;c;aGk=\x07\x1b[2J\x9b"}})
+    assert isinstance(row, InvalidRow) and "\x1b" not in row.reason and "\x9b" not in row.reason
