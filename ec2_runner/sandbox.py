@@ -227,6 +227,11 @@ class Sandbox:
             )
             self._network = "none"
             return
+        if not self.settings.allowed_hosts:
+            logger.warning(
+                "AGENT_NETWORK=proxy with no AGENT_ALLOWED_HOSTS: agents reach no host at all; list "
+                "the agent's model API (host:port) there"
+            )
         base = self._state_dir or Path(tempfile.gettempdir())
         base.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="aipm-egress-", dir=base))
