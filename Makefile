@@ -15,7 +15,7 @@ PY312_ENV := $(shell if python3.12 -V >/dev/null 2>&1; then :; \
 	elif command -v pyenv >/dev/null 2>&1; then v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$$)' | tail -1); \
 	[ -n "$$v" ] && echo "PYENV_VERSION=$$(pyenv version-name 2>/dev/null | cut -d: -f1):$$v"; fi)
 
-.PHONY: venv demo test unit lint build bench clean
+.PHONY: venv node-deps demo test unit lint scan build runner-package publish-runner bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ venv: $(STAMP)
 		|| (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null) \
 		|| echo "bubblewrap is not installed and could not be: install it, or set AGENT_SANDBOX=off (README)"
 
+# Node packages the tests use (jsonwebtoken: a Node backend's token), pinned by tests/node's lock file
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package-lock.json
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)
+
 demo: venv
 	$(BIN)/aipm local demo
 
@@ -38,11 +46,52 @@ lint: venv
 	$(BIN)/lint-imports
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml
+	$(MAKE) --no-print-directory scan
+
+# The template's security scan. checkov pins boto3/botocore below aws-sam-cli's, so it lives in a
+# venv of its own. Every finding is fixed or skipped with its reason: those that hold for every
+# function are skipped here, the others on their resource (Metadata: checkov: skip).
+#   CKV_AWS_115 reserved concurrency: the functions scale with their event sources; a cap would
+#               throttle the stream and the relay (API Gateway already throttles the stage)
+#   CKV_AWS_116 a function DLQ: only for async invokes; these are stream/SQS/API/schedule invokes
+#               (the stream retries then bisects, SQS redrives, the reconciler re-signals)
+#   CKV_AWS_117 functions in a VPC: they reach only AWS APIs; a VPC adds NAT cost and cold starts
+#   CKV_AWS_173 env var KMS CMK: the environment holds names and ARNs, no secrets (those are in
+#               Secrets Manager)
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+scan: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml \
+		--skip-check CKV_AWS_115,CKV_AWS_116,CKV_AWS_117,CKV_AWS_173
+
+# The runner's pinned code for the fleet (template parameter RunnerPackageUri): the wheel, the exact
+# versions of this environment (the ones the test suite passed with; pip installs only those the
+# wheel needs) and SHA256SUMS. `make publish-runner BUCKET=b` uploads it to a folder named by the
+# SHA-256 of SHA256SUMS, which the user data checks on boot.
+RUNNER_DIST := dist/runner
+runner-package: venv
+	rm -rf $(RUNNER_DIST) build *.egg-info && mkdir -p $(RUNNER_DIST)
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(RUNNER_DIST) .
+	rm -rf build *.egg-info
+	$(BIN)/pip freeze --exclude-editable | grep -v -e ' @ ' -e '^-e ' -e '^aipm-kiro-runner==' > $(RUNNER_DIST)/constraints.txt
+	cd $(RUNNER_DIST) && sha256sum -- *.whl constraints.txt > SHA256SUMS
+	@echo "$(RUNNER_DIST): folder name $$(sha256sum $(RUNNER_DIST)/SHA256SUMS | cut -c1-64)"
+
+publish-runner: runner-package
+	@test -n "$(BUCKET)" || { echo "make publish-runner BUCKET=<a bucket the deploying account can read>"; exit 2; }
+	@uri="s3://$(BUCKET)/aipm-runner/$$(sha256sum $(RUNNER_DIST)/SHA256SUMS | cut -c1-64)/"; \
+	$(BIN)/aws s3 cp --recursive --only-show-errors $(RUNNER_DIST)/ "$$uri"; \
+	echo "RunnerPackageUri=$$uri"
 
 build: venv
 	env $(PY312_ENV) $(BIN)/sam build --template template.yaml --cached --parallel >/dev/null
 
-test: lint build
+test: lint build node-deps
 	@rc=0; $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 unit: venv
@@ -52,4 +101,4 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf .aws-sam .aipm .pytest_cache .import_linter_cache build
+	rm -rf .aws-sam .aipm .pytest_cache .import_linter_cache build dist

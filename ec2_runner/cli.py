@@ -132,9 +132,28 @@ def _token_secret() -> str:
     return secret
 
 
+def _protected_branches() -> list[str]:
+    """PROTECTED_BRANCHES as the runner reads it (comma-separated), else the default set."""
+    from shared.branches import DEFAULT_PROTECTED
+
+    raw = os.environ.get("PROTECTED_BRANCHES")
+    return [p.strip() for p in raw.split(",") if p.strip()] if raw else list(DEFAULT_PROTECTED)
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from ec2_runner.terminal_cli import mint_token
+    from shared.branches import UnsafeBranchError, check_branch
 
+    if args.branch is not None and not args.read_only:
+        # a read-write token for a branch lets its holder type, and push, there
+        try:
+            check_branch(args.branch, _protected_branches())
+        except UnsafeBranchError as e:
+            print(
+                f"aipm token: {e}; no token minted. A read-only token can still watch it: add --read-only.",
+                file=sys.stderr,
+            )
+            return 2
     print(
         mint_token(
             task_id=args.task,

@@ -51,7 +51,7 @@ def mint_token(
 def token_grant(token: str) -> dict[str, Any]:
     """The (unverified) claims of a token: enough for a client to know what to open."""
     try:
-        payload = token.split(".")[0]
+        payload = token.split(".")[1]  # a JWT: header.payload.signature
         return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (ValueError, IndexError) as e:
         raise tokens.TokenMalformedError("not a token") from e

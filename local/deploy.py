@@ -559,7 +559,8 @@ def _events(logical_id: str, resources: dict[str, Any], resolver: _Resolver) -> 
             props.get("FunctionName"), logical_id
         ):
             source = props["EventSourceArn"]
-            target = next(iter(references(source)))
+            # the resource it reads (a stream ARN may be an Fn::If over a condition and a parameter)
+            target = next(r for r in sorted(references(source)) if r in resources)
             is_stream = resources[target]["Type"] == "AWS::DynamoDB::Table"
             patterns = [
                 json.loads(f["Pattern"]) for f in (props.get("FilterCriteria") or {}).get("Filters", [])

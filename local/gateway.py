@@ -429,10 +429,11 @@ class LocalGateway:
 
     def _select_route(self, body: str) -> str:
         """``$request.body.action``: the route of that key, else ``$default`` (``$``-keys are never
-        selected by a message)."""
+        selected by a message); a body API Gateway cannot read as JSON (too deep included) goes to
+        ``$default``, whose handler refuses it."""
         try:
             action = json.loads(body).get("action")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return "$default"
         if isinstance(action, str) and action in self.routes and not action.startswith("$"):
             return action

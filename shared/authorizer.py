@@ -1,7 +1,8 @@
 """The ``$connect`` REQUEST authorizer: who may open a WebSocket connection, and with what grant.
 
-A browser presents a token signed with the token secret, granting one task or branch (maybe
-read-only); a runner presents a runner token signed with the runner secret. No token at all is a
+A browser presents a JWT signed with the token secret for the ``aipm-terminal`` audience, granting
+one task or branch (maybe read-only); a runner presents one signed with the runner secret for
+``aipm-runner`` (``shared.tokens``). No token at all is a
 401 (``UnauthorizedError``); a token that is expired, forged or malformed is a Deny (403). An Allow
 carries the grant as context, which API Gateway attaches to every later event of the connection
 (``shared.identity``).
@@ -58,23 +59,22 @@ class Authorizer:
 def _verify(
     token: str, token_secret: str | None, runner_secret: str | None
 ) -> tuple[tokens.TokenClaims | None, str]:
-    """The token's claims if a secret of its role signed it, else None and why not."""
+    """The token's claims if the secret of its role signed it for that role's audience, else None and
+    why not."""
     failure = "refused"
     # a runner token is checked first: it is signed with a different secret than browser tokens
-    for secret, role in ((runner_secret, "runner"), (token_secret, "browser")):
+    roles: tuple[tuple[str | None, tokens.Role], ...] = ((runner_secret, "runner"), (token_secret, "browser"))
+    for secret, role in roles:
         if not secret:
             continue
         try:
-            candidate = tokens.verify(token, secret)
+            return tokens.verify(token, secret, role=role), ""
         except tokens.TokenExpiredError:
             failure = "expired"
-            continue
         except tokens.TokenForgedError:
             continue
         except tokens.TokenMalformedError:
             return None, "malformed"
-        if candidate.role == role:
-            return candidate, ""
     return None, failure
 
 

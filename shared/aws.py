@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple
 
 import boto3
@@ -9,6 +16,10 @@ from botocore.config import Config
 
 # botocore's standard mode retries throttling and 5xx with exponential backoff and jitter
 _RETRY: Any = {"mode": "standard", "max_attempts": 8}
+
+RECORD_ENV = "AIPM_RECORD_AWS_CALLS"
+"""When set (to a file), every client made here appends one JSON line per API call: component,
+service, operation and the resources it names. Read once per client, so production pays nothing."""
 
 
 class Keys(NamedTuple):
@@ -42,4 +53,85 @@ def client(
         if keys
         else {}
     )
-    return session.client(service, region_name=region, endpoint_url=endpoint_url or None, config=cfg, **creds)
+    made = session.client(service, region_name=region, endpoint_url=endpoint_url or None, config=cfg, **creds)
+    record_to = os.environ.get(RECORD_ENV)
+    if record_to:
+        _CallRecorder(record_to, _component(sys._getframe(1))).attach(made)
+    return made
+
+
+# -- call recording (tests only: tests/integration/test_least_privilege.py) ------------------------
+
+_ROOT = Path(__file__).resolve().parent.parent
+_CLI_FILES = {"cli.py", "terminal_cli.py"}
+_RESOURCE_PARAMS = ("TableName", "IndexName", "QueueUrl", "QueueName", "SecretId", "ConnectionId")
+_write_lock = threading.Lock()
+
+
+@functools.cache
+def _component_of_file(filename: str) -> str | None:
+    """The component whose code ``filename`` is: a function's folder name, ``cli``, ``runner``,
+    ``local`` (the local stack's own deploy and pollers), or None (shared code, tests, libraries)."""
+    try:
+        rel = Path(filename).resolve().relative_to(_ROOT).parts
+    except ValueError:
+        return None
+    if len(rel) >= 3 and rel[0] == "functions":
+        return rel[1]
+    if len(rel) == 2 and rel[0] == "ec2_runner":
+        return "cli" if rel[1] in _CLI_FILES else "runner"
+    if rel and rel[0] == "local":
+        return "local"
+    return None
+
+
+def _component(frame: FrameType | None) -> str:
+    """The innermost component on the stack from ``frame`` outwards; ``other`` when none is."""
+    while frame is not None:
+        found = _component_of_file(frame.f_code.co_filename)
+        if found:
+            return found
+        frame = frame.f_back
+    return "other"
+
+
+def _resources(params: dict[str, Any]) -> dict[str, Any]:
+    """The resources an API call names, as its parameters spell them."""
+    found: dict[str, Any] = {k: params[k] for k in _RESOURCE_PARAMS if k in params}
+    if "TransactItems" in params:  # a transaction is granted by the actions of its parts
+        found["parts"] = [
+            [kind, body.get("TableName")] for item in params["TransactItems"] for kind, body in item.items()
+        ]
+    if "RequestItems" in params:  # BatchGetItem / BatchWriteItem
+        found["tables"] = sorted(params["RequestItems"])
+    return found
+
+
+class _CallRecorder:
+    """Appends ``{component, service, operation, resources}`` lines to a file for each API call;
+    the component is the innermost one on the caller's stack (a Lambda handler calling through
+    shared code), else the one that made the client (the runner's worker threads)."""
+
+    def __init__(self, path: str, made_by: str) -> None:
+        self.path = path
+        self.made_by = made_by
+
+    def attach(self, made: Any) -> None:
+        made.meta.events.register("before-parameter-build", self._record)
+
+    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        caller = _component(sys._getframe(1))
+        line = {
+            "component": caller if caller not in ("other", "local") else self.made_by,
+            "service": model.service_model.service_name,
+            "operation": model.name,
+            "resources": _resources(params),
+            "pid": os.getpid(),
+        }
+        data = (json.dumps(line, sort_keys=True) + "\n").encode()
+        with _write_lock:  # O_APPEND: whole lines from several processes into one file
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)

@@ -2,7 +2,8 @@
 
 Key ``connectionId``, GSI ``sessionId-index``, TTL ``expiresAt``. Three kinds of item share it:
 
-- a browser: ``role=browser``, ``sessionId`` = the one session its token grants, ``readOnly``;
+- a browser: ``role=browser``, ``sessionId`` = the one session its token grants, ``readOnly``,
+  ``sub`` and ``tokenExp`` (its token's ``exp``);
 - a runner: ``role=runner``, ``sessionId=#runners`` (so runners are listed by a query, never a scan),
   ``sessions`` = the sessions it holds;
 - a route: ``connectionId=route#<sessionId>``, ``runnerConnectionId`` = the runner holding it.
@@ -66,6 +67,8 @@ class ConnectionStore:
             "sub": {"S": ident.sub},
             "expiresAt": self._expires(),
         }
+        if ident.exp is not None:
+            item["tokenExp"] = {"N": str(ident.exp)}  # the grant's end (the relay checks it per frame)
         self._ddb.put_item(TableName=self.table, Item=item)
 
     def add_runner(self, ident: Identity) -> None:

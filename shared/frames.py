@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -25,6 +26,12 @@ MAX_MESSAGE_BYTES = 128 * 1024
 # a runner's output frame carries at most this much encoded data, leaving room for ``to``
 OUTPUT_DATA_BUDGET = 28 * 1024
 MAX_TO = 32
+# no frame nests deeper than 2; past this a message is refused before it is parsed (a parser's
+# recursion, or a validator's, never meets a hostile depth)
+MAX_DEPTH = 16
+# what a refusal may quote of its input, and how long its reason may be
+QUOTE_CHARS = 16
+MAX_REASON_CHARS = 160
 # what a read-only open of a session nobody has opened gets (``error`` code ``no_session``)
 NO_SESSION_READ_ONLY = (
     "nothing is open here yet: a read-only token can only watch a session that someone with write "
@@ -248,13 +255,20 @@ def decode(raw: str | bytes, role: Literal["browser", "runner", "to_runner", "an
     Raises FrameTooLargeError (over 128 KB), ForbiddenActionError (a known action this role may not
     send) or MalformedFrameError.
     """
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+    size = len(raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw)
     if size > MAX_MESSAGE_BYTES:
         raise FrameTooLargeError(size, MAX_MESSAGE_BYTES)
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode()
+        except UnicodeDecodeError as e:
+            raise MalformedFrameError("frame is not UTF-8 text") from e
+    if _too_deep(raw, MAX_DEPTH):
+        raise MalformedFrameError(f"frame nests deeper than {MAX_DEPTH} levels")
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MalformedFrameError(f"frame is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:
+        raise MalformedFrameError(f"frame is not JSON: {_clip(str(e))}") from e
     if not isinstance(obj, dict):
         raise MalformedFrameError("frame is not a JSON object")
     action = obj.get("action")
@@ -262,13 +276,44 @@ def decode(raw: str | bytes, role: Literal["browser", "runner", "to_runner", "an
         raise MalformedFrameError("frame has no string 'action'")
     all_actions = BROWSER_ACTIONS | RUNNER_ACTIONS | RELAY_ACTIONS
     if action not in all_actions:
-        raise MalformedFrameError(f"unknown action {action[:40]!r}")
+        raise MalformedFrameError(f"unknown action {_quote(action)}")
     if action not in _ALLOWED[role]:
         raise ForbiddenActionError(action, role)
     try:
         return _ADAPTERS[role].validate_python(obj, by_alias=True, by_name=False)
     except ValidationError as e:
         raise MalformedFrameError(_short(e)) from e
+    except RecursionError as e:  # not reached past the depth check; kept as the last word
+        raise MalformedFrameError(f"frame nests deeper than {MAX_DEPTH} levels") from e
+
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether the JSON text nests arrays and objects more than ``limit`` deep (brackets inside
+    strings do not count); linear in the text, no recursion."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub("", text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _quote(text: str) -> str:
+    """At most QUOTE_CHARS of a client's text, as a Python literal (so nothing in it is raw)."""
+    return repr(text[:QUOTE_CHARS]) + ("..." if len(text) > QUOTE_CHARS else "")
+
+
+def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def encode(frame: _Frame, limit: int = MAX_FRAME_BYTES, *, exclude: set[str] | None = None) -> str:
@@ -413,6 +458,12 @@ class SeqReassembler:
 
 
 def _short(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
-    return f"invalid frame: {loc or 'frame'}: {first.get('msg')}"
+    """The first validation error in a line of bounded length: field names are the client's own
+    keys (an unknown one may be 10 KB), so each is quoted short; pydantic's message quotes no input."""
+    first = err.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(
+        _quote(str(p)) if len(str(p)) > QUOTE_CHARS else str(p)
+        for p in first.get("loc", ())
+        if not isinstance(p, int)
+    )
+    return _clip(f"invalid frame: {loc or 'frame'}: {first.get('msg')}")

@@ -1,8 +1,9 @@
-"""Fixed-window rate limits per connection, exact across any number of relay instances.
+"""Fixed-window rate limits per connection, session or user, exact across any number of relay instances.
 
-One atomic counter per connection, kind and window: an ``ADD`` on an item of its own in the
-connections table (key ``rate#<connectionId>#[<kind>#]<window number>``, no ``sessionId``, so the
-session index never sees it), expiring by TTL. Each frame costs one write and no read.
+One atomic counter per scope, kind and window: an ``ADD`` on an item of its own in the connections
+table (key ``rate#<scope>#[<kind>#]<window number>``, no ``sessionId``, so the session index never
+sees it), expiring by TTL. The scope is a connection id, or ``session:<id>`` / ``user:<sub>``. Each
+count costs one write and no read.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ RATE_PREFIX = "rate#"
 
 
 class RateLimiter:
-    """Counts frames per connection in fixed windows, through one injected DynamoDB client."""
+    """Counts frames per scope in fixed windows, through one injected DynamoDB client."""
 
     def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float] = time.time) -> None:
         self._ddb = dynamodb
         self.table = table
         self._clock = clock
 
-    def take(self, connection_id: str, limit: int, *, kind: str = "", window: float = 1.0) -> bool:
-        """Count one frame of ``kind`` in the current ``window``-second window; False past ``limit``."""
+    def take(self, scope: str, limit: int, *, kind: str = "", window: float = 1.0) -> bool:
+        """Count one frame of ``kind`` for ``scope`` (a connection id, ``session:<id>``, ``user:<sub>``)
+        in the current ``window``-second window; False past ``limit``."""
         now = self._clock()
-        scope = f"{kind}#" if kind else ""
+        of_kind = f"{kind}#" if kind else ""
         resp = self._ddb.update_item(
             TableName=self.table,
-            Key={"connectionId": {"S": f"{RATE_PREFIX}{connection_id}#{scope}{int(now // window)}"}},
+            Key={"connectionId": {"S": f"{RATE_PREFIX}{scope}#{of_kind}{int(now // window)}"}},
             UpdateExpression="ADD rc :one SET expiresAt = :exp",
             ExpressionAttributeValues={
                 ":one": {"N": "1"},

@@ -4,8 +4,14 @@ Browser frames go to the runner holding their session (starting one on ``open``)
 to the browser connections they name in ``to``. Identity (role, grant, read-only) comes with every
 event (``shared.identity``), so most frames need no read; the connections and routes live in the
 connections table (``shared.connections``), input and open/resume budgets in ``shared.ratelimit``,
-and posting in ``shared.management_api``. A ``GoneException`` only ever deletes the connection id
-that was posted to.
+and posting in ``shared.management_api``.
+
+Hostile clients meet bounds, not crashes: a connection whose token has expired since ``$connect``
+has every frame refused (``token_expired``) and is detached from its session; open/resume (each may
+replay the whole ring) are budgeted per connection, per session and per user, so many connections
+cannot multiply the replays (``throttled``); and every refusal is a short ``error`` frame whatever
+the input (``shared.frames`` bounds depth and quotes no more than a few characters). A
+``GoneException`` only ever deletes the connection id that was posted to.
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ ROUTE_CACHE_SECONDS = 5.0
 # (a resume from seq 0 replays up to the whole 8 MB), so they get a far smaller budget than keystrokes
 CONTROL_RATE = 5
 CONTROL_WINDOW_SECONDS = 10.0
+# and per session and per user in the same window, so many connections cannot multiply the replays:
+# at most this many rings replayed a window for one session (the page's open after a reload is one)
+SESSION_REPLAY_RATE = 6
+USER_REPLAY_RATE = 12
+# what a refusal's message may hold (an ErrorFrame allows more; a refusal never needs it)
+MAX_REFUSAL_CHARS = 300
+TOKEN_EXPIRED = (
+    "this connection's token has expired: its frames are refused from now on; connect again with a "
+    "fresh token"
+)
 
 
 class Relay:
@@ -48,8 +64,11 @@ class Relay:
         input_rate: int = 50,
         control_rate: int = CONTROL_RATE,
         control_window: float = CONTROL_WINDOW_SECONDS,
+        session_replay_rate: int = SESSION_REPLAY_RATE,
+        user_replay_rate: int = USER_REPLAY_RATE,
         management_endpoint: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.poster = poster
@@ -58,7 +77,10 @@ class Relay:
         self.input_rate = input_rate
         self.control_rate = control_rate
         self.control_window = control_window
+        self.session_replay_rate = session_replay_rate
+        self.user_replay_rate = user_replay_rate
         self._clock = clock
+        self._wall_clock = wall_clock
         # session -> (runner connection, when read): a warm instance skips the route read per
         # keystroke; a stale entry shows itself as a GoneException and is read again
         self._routes: dict[str, tuple[str, float]] = {}
@@ -154,6 +176,9 @@ class Relay:
             raise PermissionError("connection has no authorised role")
 
     def _from_browser(self, ident: Identity, body: str, endpoint: str) -> None:
+        if ident.expired(self._wall_clock()):
+            # the grant ends with the token, whenever the connection was opened
+            return self._expired(ident, endpoint)
         try:
             frame = fr.decode(body, role="browser")
         except fr.ForbiddenActionError as e:
@@ -180,16 +205,8 @@ class Relay:
             return self._refuse(
                 endpoint, ident, "throttled", f"more than {self.input_rate} input frames a second", session
             )
-        if isinstance(frame, fr.OpenFrame | fr.ResumeFrame) and not self.limiter.take(
-            ident.connection_id, self.control_rate, kind="ctl", window=self.control_window
-        ):
-            return self._refuse(
-                endpoint,
-                ident,
-                "throttled",
-                f"more than {self.control_rate} open/resume frames in {self.control_window:g} s",
-                session,
-            )
+        if isinstance(frame, fr.OpenFrame | fr.ResumeFrame) and (over := self._replay_budget_spent(ident)):
+            return self._refuse(endpoint, ident, "throttled", over, session)
         stamped = frame.model_copy(
             update={"connection_id": ident.connection_id, "read_only": ident.read_only, "session_id": session}
         )
@@ -218,6 +235,33 @@ class Relay:
             fr.ExitFrame(session_id=session, code=-1, reason="no runner holds this session"),
         )
         return None
+
+    def _replay_budget_spent(self, ident: Identity) -> str | None:
+        """Count an open or resume (each may make the runner replay its whole ring) against the
+        budgets of its connection, its session and its user; why not, once one is spent."""
+        budgets = (
+            (ident.connection_id, self.control_rate, "on this connection"),
+            (f"session:{ident.session_id}", self.session_replay_rate, "on this session"),
+            (f"user:{ident.sub}", self.user_replay_rate, "from this user"),
+        )
+        for scope, limit, where in budgets:
+            if not self.limiter.take(scope, limit, kind="ctl", window=self.control_window):
+                return (
+                    f"more than {limit} open/resume frames in {self.control_window:g} s {where}; "
+                    "resume again in a few seconds"
+                )
+        return None
+
+    def _expired(self, ident: Identity, endpoint: str) -> None:
+        """Refuse a frame of an expired connection, and detach it from its session's runner, so it
+        gets no more output either."""
+        session = ident.session_id
+        self._refuse(endpoint, ident, "token_expired", TOKEN_EXPIRED, session)
+        runner = self._route(session) if session else None
+        if runner and session:
+            detach = fr.DetachFrame(session_id=session, connection_id=ident.connection_id)
+            if not self.poster.post(endpoint, runner, fr.encode(detach)):
+                self._runner_gone(endpoint, runner, session)
 
     def _open(self, ident: Identity, session: str, frame: fr.OpenFrame, endpoint: str) -> None:
         for _ in range(3):
@@ -282,6 +326,8 @@ class Relay:
         self, endpoint: str, ident: Identity, code: str, message: str, session: str | None = None
     ) -> None:
         logger.info("refused a frame from %s: %s", ident.connection_id, code)
+        if len(message) > MAX_REFUSAL_CHARS:
+            message = message[: MAX_REFUSAL_CHARS - 3] + "..."
         self._send(
             endpoint, ident.connection_id, fr.ErrorFrame(code=code, message=message, session_id=session)
         )

@@ -1,35 +1,58 @@
-"""Short-lived signed tokens: what a browser presents at ``$connect`` (and what a runner presents locally).
+"""Short-lived signed tokens: what a browser presents at ``$connect``, and what a runner presents.
 
-A token is ``base64url(payload) "." base64url(HMAC-SHA256(secret, "v1." + payload))``; the payload is
-compact JSON with ``sub`` (the user), one of ``task`` / ``branch`` (the one session it grants),
-``ro`` (read-only watcher), ``role`` and ``exp`` (epoch seconds). The backend mints browser tokens
-with ``TOKEN_SECRET``; verification is constant-time and fails by type: expired, forged, malformed.
+Both are standard JWTs (RFC 7519), HS256 only, minted and verified with PyJWT, so any backend mints a
+browser token with a stock JWT library (the README shows Node's ``jsonwebtoken`` and Python's PyJWT).
+Claims: ``sub`` (the user, or the runner id), ``aud`` (``aipm-terminal`` for a browser token,
+``aipm-runner`` for a runner token), ``iat`` and ``exp`` (epoch seconds, at most ``MAX_TTL`` apart),
+and on a browser token exactly one of ``task`` / ``branch`` (the one session it grants) and ``ro``
+(read-only watcher). The backend signs browser tokens with ``TOKEN_SECRET``.
+
+Verification fails by type: expired (past ``exp`` by more than ``CLOCK_SKEW``), forged (another key,
+another algorithm, ``alg: none``, another audience) or malformed (not three canonical base64url
+parts, over ``MAX_TOKEN_CHARS``, claims missing or of the wrong type, a lifetime over ``MAX_TTL``,
+issued in the future). Only the canonical encoding is valid: padding, junk characters or spare bits in
+any part are refused, so one token has exactly one spelling.
 
 Runners, in AWS and locally alike, prove they hold the runner secret by presenting a short-lived
-runner token (``role=runner``) signed with it, never the secret itself (query strings end up in
-logs); the same ``$connect`` authorizer checks it. Locally the secret is ``RUNNER_SECRET``; in AWS the
-runner reads it from Secrets Manager (``RUNNER_SECRET_ARN``) with its instance role. No route is
-authorised with IAM (SigV4): the instance role only reaches the secret.
+runner token signed with it, never the secret itself (query strings end up in logs); the same
+``$connect`` authorizer checks it. Locally the secret is ``RUNNER_SECRET``; in AWS the runner reads it
+from Secrets Manager (``RUNNER_SECRET_ARN``) with its instance role. No route is authorised with IAM
+(SigV4): the instance role only reaches the secret.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-import json
+import re
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import jwt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
-_VERSION = b"v1."
 MAX_TOKEN_CHARS = 2048
 DEFAULT_TTL = 15 * 60
 MAX_TTL = 24 * 3600
 CLOCK_SKEW = 30
+ALGORITHM = "HS256"
+BROWSER_AUDIENCE = "aipm-terminal"
+RUNNER_AUDIENCE = "aipm-runner"
+MIN_SECRET_BYTES = 16
+
+Role = Literal["browser", "runner"]
+AUDIENCES: dict[Role, str] = {"browser": BROWSER_AUDIENCE, "runner": RUNNER_AUDIENCE}
+_ROLES: dict[str, Role] = {BROWSER_AUDIENCE: "browser", RUNNER_AUDIENCE: "runner"}
+# three unpadded base64url parts and nothing else: no '=', no junk PyJWT's decoder would skip
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+# the key's length is checked here (MIN_SECRET_BYTES; generated secrets are 64 characters); newer
+# PyJWT also warns below 32 bytes, which would repeat on every token
+_SHORT_KEY_WARNING = getattr(getattr(jwt, "warnings", None), "InsecureKeyLengthWarning", None)
+if _SHORT_KEY_WARNING is not None:
+    warnings.filterwarnings("ignore", category=_SHORT_KEY_WARNING)
 
 
 class TokenError(Exception):
@@ -37,11 +60,12 @@ class TokenError(Exception):
 
 
 class TokenMalformedError(TokenError):
-    """Not a token at all: wrong shape, bad base64, bad JSON, missing claims."""
+    """Not a token at all: wrong shape, not canonical base64url, bad JSON, missing or bad claims."""
 
 
 class TokenForgedError(TokenError):
-    """The signature does not match: another secret, or a payload changed after signing."""
+    """Not signed by this secret with HS256: another key, another algorithm, ``alg: none``, a payload
+    changed after signing, or a genuine token for another audience."""
 
 
 class TokenExpiredError(TokenError):
@@ -49,21 +73,24 @@ class TokenExpiredError(TokenError):
 
 
 class TokenClaims(BaseModel):
-    """What a token grants."""
+    """What a token grants (``role`` follows from its audience)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     sub: str = Field(min_length=1, max_length=256)
-    role: Literal["browser", "runner"] = "browser"
+    role: Role = "browser"
     task: str | None = Field(default=None, min_length=1, max_length=256)
     branch: str | None = Field(default=None, min_length=1, max_length=256)
-    ro: bool = False
+    ro: StrictBool = False
+    iat: int
     exp: int
 
     @model_validator(mode="after")
     def _grant(self) -> TokenClaims:
         if self.role == "browser" and (self.task is None) == (self.branch is None):
             raise ValueError("a browser token grants exactly one of task or branch")
+        if self.exp - self.iat > MAX_TTL or self.exp < self.iat:
+            raise ValueError(f"a token lives between 0 and {MAX_TTL} seconds")
         return self
 
     @property
@@ -71,23 +98,11 @@ class TokenClaims(BaseModel):
         return self.ro
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _key(secret: str | bytes) -> bytes:
     key = secret.encode() if isinstance(secret, str) else secret
-    if len(key) < 16:
-        raise ValueError("token secret must be at least 16 bytes")
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"token secret must be at least {MIN_SECRET_BYTES} bytes")
     return key
-
-
-def _sign(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, _VERSION + payload, hashlib.sha256).digest()
 
 
 def mint(
@@ -98,19 +113,24 @@ def mint(
     branch: str | None = None,
     read_only: bool = False,
     ttl: int = DEFAULT_TTL,
-    role: Literal["browser", "runner"] = "browser",
+    role: Role = "browser",
     now: float | None = None,
 ) -> str:
-    """A token for ``task`` or ``branch`` (exactly one), valid ``ttl`` seconds."""
+    """A JWT for ``task`` or ``branch`` (exactly one), valid ``ttl`` seconds."""
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"ttl must be between 1 and {MAX_TTL} seconds")
-    claims = TokenClaims(
-        sub=sub, role=role, task=task, branch=branch, ro=read_only, exp=int((now or time.time()) + ttl)
-    )
-    payload = json.dumps(
-        claims.model_dump(exclude_none=True, exclude_defaults=False), separators=(",", ":"), sort_keys=True
-    ).encode()
-    return f"{_b64(payload)}.{_b64(_sign(_key(secret), payload))}"
+    iat = int(now if now is not None else time.time())
+    claims = TokenClaims(sub=sub, role=role, task=task, branch=branch, ro=read_only, iat=iat, exp=iat + ttl)
+    payload: dict[str, Any] = {
+        "sub": claims.sub,
+        "aud": AUDIENCES[role],
+        "iat": claims.iat,
+        "exp": claims.exp,
+    }
+    if role == "browser":
+        payload["ro"] = claims.ro
+        payload.update({"task": task} if task is not None else {"branch": branch})
+    return jwt.encode(payload, _key(secret), algorithm=ALGORITHM)
 
 
 def mint_runner_token(
@@ -120,27 +140,58 @@ def mint_runner_token(
     return mint(runner_secret, sub=runner_id, role="runner", ttl=ttl, now=now)
 
 
-def verify(token: object, secret: str | bytes, *, now: float | None = None) -> TokenClaims:
-    """The claims of a genuine, unexpired token; raises a TokenError subclass otherwise."""
+def verify(
+    token: object, secret: str | bytes, *, role: Role | None = None, now: float | None = None
+) -> TokenClaims:
+    """The claims of a genuine, unexpired token (for ``role``'s audience, or either when None);
+    raises a TokenError subclass otherwise."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         raise TokenMalformedError("token missing or too long")
-    parts = token.split(".")
-    if len(parts) != 2 or not all(parts):
-        raise TokenMalformedError("token is not payload.signature")
+    if not _COMPACT.fullmatch(token) or not all(_canonical(part) for part in token.split(".")):
+        raise TokenMalformedError("token is not a JWT of three canonical base64url parts")
+    audiences = [AUDIENCES[role]] if role else list(AUDIENCES.values())
     try:
-        payload = _unb64(parts[0])
-        signature = _unb64(parts[1])
-    except (binascii.Error, ValueError) as e:
-        raise TokenMalformedError("token is not base64url") from e
-    if not hmac.compare_digest(_sign(_key(secret), payload), signature):
-        raise TokenForgedError("token signature does not match")
+        payload = jwt.decode(
+            token,
+            _key(secret),
+            algorithms=[ALGORITHM],
+            audience=audiences,
+            # time is checked below against ``now``, with CLOCK_SKEW
+            options={
+                "require": ["sub", "aud", "iat", "exp"],
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
+        )
+    except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError) as e:
+        raise TokenForgedError("token is not signed with this secret (HS256)") from e
+    except jwt.InvalidAudienceError as e:
+        raise TokenForgedError(f"token is not for the audience {' or '.join(audiences)}") from e
+    except jwt.InvalidTokenError as e:
+        raise TokenMalformedError(f"token is not a valid JWT: {type(e).__name__}") from e
+    aud = payload.get("aud")
+    if not isinstance(aud, str):
+        raise TokenMalformedError("token audience must be one string")
     try:
-        claims = TokenClaims.model_validate(json.loads(payload))
+        claims = TokenClaims.model_validate({**payload, "role": _ROLES[aud]})
     except (ValueError, ValidationError) as e:
         raise TokenMalformedError("token payload is not valid claims") from e
-    if claims.exp + CLOCK_SKEW < (now if now is not None else time.time()):
+    at = now if now is not None else time.time()
+    if claims.exp + CLOCK_SKEW < at:
         raise TokenExpiredError("token expired")
+    if claims.iat - CLOCK_SKEW > at:
+        raise TokenMalformedError("token is issued in the future")
     return claims
+
+
+def _canonical(part: str) -> bool:
+    """Whether ``part`` is the one unpadded base64url spelling of its bytes (no spare bits set)."""
+    try:
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == part
 
 
 SECRET_MAX_AGE = 300  # seconds a secret read from Secrets Manager is used before it is read again

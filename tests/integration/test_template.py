@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -232,13 +233,9 @@ def test_roles_allow_the_calls_their_code_makes() -> None:
         for statement in policy["PolicyDocument"]["Statement"]
         if statement["Resource"] == {"Fn::GetAtt": ["BranchLocksTable", "Arn"]}
     ]
-    assert locks and {
-        "dynamodb:GetItem",
-        "dynamodb:PutItem",
-        "dynamodb:UpdateItem",
-        "dynamodb:DeleteItem",
-        "dynamodb:ConditionCheckItem",
-    } <= {a for s in locks for a in s["Action"]}
+    assert locks and {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"} <= {
+        a for s in locks for a in s["Action"]
+    }  # and no more: tests/integration/test_least_privilege.py checks both ways
     # the relay never reads the queue table: least privilege
     relay_resources = json.dumps(res["WsRelayFunctionRole"]["Properties"]["Policies"])
     assert "QueueTable" not in relay_resources
@@ -283,3 +280,142 @@ def test_the_runner_fleet_is_told_the_branch_locks_table() -> None:
     user_data = cfn["Resources"]["RunnerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
     script = user_data["Fn::Base64"]["Fn::Sub"]
     assert "BRANCH_LOCKS_TABLE=${BranchLocksTable}\n" in script
+
+
+def test_the_created_queue_table_is_kept_on_delete_but_not_after_a_failed_first_create() -> None:
+    """RetainExceptOnCreate: a failed first deploy removes the table, so a retry never meets
+    "already exists"; a deleted stack keeps the rows (a new stack then adopts the table)."""
+    table = load_template()["Resources"]["QueueTable"]
+    assert table["DeletionPolicy"] == "RetainExceptOnCreate" and table["Condition"] == "CreateQueueTable"
+
+
+def test_an_existing_queue_table_is_adopted_not_created(moto_endpoint: str, ddb: Any) -> None:
+    """With ExistingQueueTableStreamArn the stack creates no table; the functions, the runner and the
+    outputs name the existing one and the dispatch mapping reads its stream."""
+    # given the seed's table, its stream turned on (README "Migrating from the EC2 terminal server")
+    name = f"seed{uuid.uuid4().hex[:8]}-amazon-q-queue"
+    ddb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    stream_arn = ddb.describe_table(TableName=name)["Table"]["LatestStreamArn"]
+    params = {"TableName": name, "ExistingQueueTableStreamArn": stream_arn, "NamePrefix": "adopt"}
+    cfn = translate(load_template(), "us-east-1", params)
+    mapping = next(
+        r["Properties"]
+        for r in cfn["Resources"].values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping" and "FilterCriteria" in r["Properties"]
+    )
+    assert mapping["EventSourceArn"]["Fn::If"][0] == "CreateQueueTable"
+    env = cfn["Resources"]["DispatchFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["TABLE_NAME"] == {"Ref": "TableName"}
+
+    # when the stack is created with it
+    stack_name = f"adopt{uuid.uuid4().hex[:8]}"
+    kept, _ = for_moto(cfn)
+    cloudformation = aws.client("cloudformation", region="us-east-1", endpoint_url=moto_endpoint)
+    cloudformation.create_stack(
+        StackName=stack_name,
+        TemplateBody=json.dumps(kept),
+        Parameters=[
+            {"ParameterKey": k, "ParameterValue": v} for k, v in params.items() if k in kept["Parameters"]
+        ],
+    )
+
+    # then no table is made, and the outputs name the adopted one
+    resources = cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+    assert "QueueTable" not in {r.get("LogicalResourceId") for r in resources}
+    assert {"TaskQueue", "BranchLocksTable"} <= {r.get("LogicalResourceId") for r in resources}
+    (stack,) = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs["QueueTableName"] == name and outputs["QueueTableStreamArn"] == stream_arn
+
+
+def test_the_fleet_cannot_be_deployed_without_its_code_remote_and_credentials() -> None:
+    """A fleet (RunnerVpcId set) with an empty RunnerPackageUri, GitRemoteUrl, GitTokenSecretArn or
+    AgentCredentialSecretArn fails the deploy with a sentence naming the parameter, instead of
+    instances that boot into a crash loop; a stack without the fleet needs none of them."""
+    tpl = load_template()
+    (rule,) = tpl["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerVpcId"}, ""]}]}
+    asserted = {
+        a["Assert"]["Fn::Not"][0]["Fn::Equals"][0]["Ref"]: a["AssertDescription"] for a in rule["Assertions"]
+    }
+    assert set(asserted) == {
+        "RunnerPackageUri",
+        "GitRemoteUrl",
+        "GitTokenSecretArn",
+        "AgentCredentialSecretArn",
+    }
+    assert all(name in text for name, text in asserted.items())
+    for name in asserted:
+        assert tpl["Parameters"][name]["Default"] == ""
+    assert "RunnerSourceUrl" not in tpl["Parameters"] and "RunnerSourceRef" not in tpl["Parameters"]
+
+
+def test_the_runner_role_reads_its_own_secrets_and_package_only() -> None:
+    cfn = translate(load_template(), "us-east-1", {"TableName": "x", "NamePrefix": "x"})
+    statements = [
+        st
+        for policy in cfn["Resources"]["RunnerRole"]["Properties"]["Policies"]
+        for st in policy["PolicyDocument"]["Statement"]
+    ]
+    secrets = [st["Resource"] for st in statements if st["Action"] == "secretsmanager:GetSecretValue"]
+    assert {"Ref": "GitTokenSecretArn"} in secrets[1] and {"Ref": "AgentCredentialSecretArn"} in secrets[1]
+    (s3,) = [st for st in statements if st["Action"] == "s3:GetObject"]
+    uri = "s3://my-artifacts/aipm-runner/" + "ab" * 32 + "/"
+
+    def value(node: Any) -> Any:  # the few intrinsics the statement uses, as CloudFormation does
+        if isinstance(node, str):
+            return node
+        ((fn, arg),) = node.items()
+        if fn == "Ref":
+            return {"RunnerPackageUri": uri, "AWS::Partition": "aws"}[arg]
+        if fn == "Fn::Split":
+            return value(arg[1]).split(arg[0])
+        if fn == "Fn::Select":
+            return value(arg[1])[arg[0]]
+        text, names = (arg[0], arg[1]) if isinstance(arg, list) else (arg, {})
+        names = {"AWS::Partition": "aws", "RunnerPackageUri": uri} | {k: value(v) for k, v in names.items()}
+        return re.sub(r"\$\{([^}]+)\}", lambda m: names[m.group(1)], text)
+
+    assert value(s3["Resource"]) == f"arn:aws:s3:::my-artifacts/aipm-runner/{'ab' * 32}/*"
+
+
+def _overrides(text: str) -> dict[str, str]:
+    import shlex
+
+    return dict(word.split("=", 1) for word in shlex.split(text))
+
+
+def test_samconfig_has_dev_and_prod_that_live_side_by_side_in_one_account() -> None:
+    """Each environment its own stack, table, prefix and stage; dev deploys without a prompt (CI);
+    no override repeats the template's default; a bare `sam deploy` goes to dev, never prod."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    params = load_template()["Parameters"]
+
+    def resolved(env: str) -> dict[str, str]:
+        given = _overrides(config[env]["deploy"]["parameters"].get("parameter_overrides", ""))
+        assert set(given) <= set(params), set(given) - set(params)
+        for name, value in given.items():
+            assert str(params[name].get("Default")) != value, f"{env}: {name} repeats its default"
+        return {name: str(spec.get("Default")) for name, spec in params.items()} | given
+
+    dev, prod = resolved("dev"), resolved("prod")
+    for key in ("TableName", "NamePrefix", "StageName"):
+        assert dev[key] != prod[key], key
+    assert (
+        config["dev"]["global"]["parameters"]["stack_name"]
+        != config["prod"]["global"]["parameters"]["stack_name"]
+    )
+    assert config["dev"]["deploy"]["parameters"]["confirm_changeset"] is False
+    assert config["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
+    assert config["default"]["global"] == config["dev"]["global"]
+    assert config["default"]["deploy"] == config["dev"]["deploy"]

@@ -3,6 +3,7 @@ an IAM policy on the route asked for out, the grant as its context."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -22,6 +23,17 @@ pytestmark = pytest.mark.unit
 TOKEN_SECRET = "token-secret-for-tests-0123456789"
 RUNNER_SECRET = "runner-secret-for-tests-0123456789"
 METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abc123defg/prod/$connect"
+
+
+def _junk_in_signature(token: str) -> str:
+    head, sig = token.rsplit(".", 1)
+    return f"{head}.{sig[:8]}!={sig[8:]}"
+
+
+def _alg_none(token: str) -> str:
+    """The token's claims under ``{"alg": "none"}`` and no signature."""
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    return f"{header}.{token.split('.')[1]}."
 
 
 def request(token: str | None) -> APIGatewayAuthorizerRequestEvent:
@@ -70,7 +82,14 @@ def test_a_runner_token_is_allowed_as_a_runner() -> None:
         (tokens.mint("another-secret-0123456789abcdef", sub="u", task="T-1"), "refused"),
         # a browser token signed with the runner secret is no runner token, nor a browser's
         (tokens.mint(RUNNER_SECRET, sub="u", task="T-1"), "refused"),
+        # a runner-audience token signed with the token secret is neither
+        (tokens.mint_runner_token(TOKEN_SECRET, "runner-x"), "refused"),
         ("garbage.token", "malformed"),
+        # alg none: no signature at all
+        (_alg_none(tokens.mint(TOKEN_SECRET, sub="u", task="T-1")), "malformed"),
+        # a genuine token with junk or an extra '=' in its signature
+        (tokens.mint(TOKEN_SECRET, sub="u", task="T-1") + "=", "malformed"),
+        (_junk_in_signature(tokens.mint(TOKEN_SECRET, sub="u", task="T-1")), "malformed"),
     ],
 )
 def test_a_bad_token_is_denied_with_the_reason(token: str, reason: str) -> None:

@@ -6,7 +6,9 @@ from importlib.metadata import version
 
 import pytest
 
+from ec2_runner import cli
 from ec2_runner.cli import main
+from shared import tokens
 
 pytestmark = pytest.mark.unit
 
@@ -27,3 +29,34 @@ def test_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert "``" not in text
     assert "aipm: the runner, the local stack, and operator commands" in text
     assert "--version" in text
+
+
+@pytest.mark.parametrize("branch", ["main", "release/1.2", "MAIN"])
+def test_token_refuses_a_read_write_token_for_a_protected_branch(
+    branch: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``aipm token --branch main`` mints nothing, and says why and what to do instead."""
+    monkeypatch.setenv("TOKEN_SECRET", "cli-token-secret-for-tests-0123456789")
+    monkeypatch.delenv("PROTECTED_BRANCHES", raising=False)
+    cli._settings.cache_clear()  # the settings are read once per process
+    assert main(["token", "--branch", branch]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "is protected" in err and "no token minted" in err and "--read-only" in err
+
+
+def test_token_mints_read_only_for_a_protected_branch_and_read_write_elsewhere(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "cli-token-secret-for-tests-0123456789"
+    monkeypatch.setenv("TOKEN_SECRET", secret)
+    monkeypatch.setenv("PROTECTED_BRANCHES", "main,trunk")
+    cli._settings.cache_clear()
+    assert main(["token", "--branch", "main", "--read-only"]) == 0
+    watcher = tokens.verify(capsys.readouterr().out.strip(), secret)
+    assert (watcher.branch, watcher.read_only) == ("main", True)
+    assert main(["token", "--branch", "trunk"]) == 2
+    capsys.readouterr()
+    assert main(["token", "--branch", "feature/x"]) == 0
+    writer = tokens.verify(capsys.readouterr().out.strip(), secret)
+    assert (writer.branch, writer.read_only) == ("feature/x", False)

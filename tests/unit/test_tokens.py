@@ -6,6 +6,7 @@ import base64
 import json
 import time
 
+import jwt
 import pytest
 
 from shared import tokens
@@ -42,27 +43,39 @@ def test_token_signed_with_another_secret_is_forged() -> None:
         tokens.verify(token, SECRET)
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 def test_payload_changed_after_signing_is_forged() -> None:
     """Swapping the grant (task A -> task B) breaks the signature."""
     token = tokens.mint(SECRET, sub="alice", task="A")
-    payload, sig = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    header, payload, sig = token.split(".")
+    claims = json.loads(_unb64(payload))
     claims["task"] = "B"
-    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode() + "." + sig
+    forged = f"{header}.{_b64(json.dumps(claims).encode())}.{sig}"
     with pytest.raises(TokenForgedError):
         tokens.verify(forged, SECRET)
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "a.b.c", "!!!.???", None, 42, "x" * 5000, "e30.e30"])
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "a.b", "a.b.c.d", "!!!.???.***", None, 42, "x" * 5000, "e30.e30.e30", "e30.e30."]
+)
 def test_garbage_is_malformed_or_forged(bad: object) -> None:
     with pytest.raises((TokenMalformedError, TokenForgedError)):
         tokens.verify(bad, SECRET)
 
 
 def test_signed_garbage_payload_is_malformed() -> None:
-    """A correctly signed payload that is not claims (no grant) is malformed, not accepted."""
-    payload = b'{"sub":"x","exp":99999999999}'
-    token = tokens._b64(payload) + "." + tokens._b64(tokens._sign(SECRET.encode(), payload))
+    """A correctly signed JWT that is not our claims (no grant) is malformed, not accepted."""
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": "x", "aud": tokens.BROWSER_AUDIENCE, "iat": now, "exp": now + 60}, SECRET, algorithm="HS256"
+    )
     with pytest.raises(TokenMalformedError):
         tokens.verify(token, SECRET)
 
