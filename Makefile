@@ -23,7 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# agents run in bubblewrap by default (AGENT_SANDBOX=bwrap): install it where it is missing
 venv: $(STAMP)
+	@command -v bwrap >/dev/null || apt-get install -y -q bubblewrap >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null) \
+		|| echo "bubblewrap is not installed and could not be: install it, or set AGENT_SANDBOX=off (README)"
 
 # Node packages the tests use (jsonwebtoken: a Node backend's token), pinned by tests/node's lock file
 NODE_STAMP := tests/node/node_modules/.installed

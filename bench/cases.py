@@ -50,13 +50,20 @@ class Plan:
     idle_seconds: float = 10.0
     shared_rounds: int = 6  # four tasks a round, two of them on one branch
     burst_tasks: int = 200
+    sandbox_samples: int = 12
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(
-                quick, pickup_samples=10, seed_samples=10, slot_tasks=12, shared_rounds=4, burst_tasks=96
+                quick,
+                pickup_samples=10,
+                seed_samples=10,
+                slot_tasks=12,
+                shared_rounds=4,
+                burst_tasks=96,
+                sandbox_samples=6,
             )
         return cls(quick, slot_tasks=16)
 
@@ -165,6 +172,45 @@ def pickup_and_overhead(h: Harness, plan: Plan) -> list[Row]:
         )
     )
     return rows
+
+
+# -- 2b: the sandbox's cost per task --------------------------------------------------------
+def sandbox_overhead(h: Harness, plan: Plan) -> list[Row]:
+    """The per-task overhead (claim -> complete less the fake agent's own time) of the same short
+    tasks on runners with AGENT_SANDBOX=off and =bwrap (network none, and proxy, the default, whose
+    bridge starts before the agent): what the sandbox adds to every task."""
+    modes = {
+        "off": {"AGENT_SANDBOX": "off"},
+        "none": {"AGENT_SANDBOX": "bwrap", "AGENT_NETWORK": "none"},
+        "proxy": {"AGENT_SANDBOX": "bwrap", "AGENT_NETWORK": "proxy"},
+    }
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
+    # each mode twice, mirrored: a machine that slows down or warms up over the run weighs on all alike
+    for mode in ("off", "none", "proxy", "proxy", "none", "off"):
+        h.runner(slots=2, env=modes[mode])
+        for _ in range(max(plan.sandbox_samples // 2, 1)):
+            task_id = h.put_task(f"sandbox-{mode}", "[fake:sleep=0.2]")
+            row = h.wait_final(task_id)
+            run = h.agent_run(task_id)
+            if row.get("status") == "complete" and run is not None and row.get("finishedAt"):
+                took = iso_to_epoch(row["finishedAt"]) - iso_to_epoch(row["startedAt"])
+                samples[mode].append(took - (run[1] - run[0]))
+    p50 = {mode: pct(values, 50) for mode, values in samples.items()}
+    on, off = p50["proxy"], p50["off"]
+    return [
+        Row(
+            "per-task overhead p50 in the sandbox (AGENT_SANDBOX=bwrap)",
+            f"{on * 1000:.0f} ms",
+            "no sandbox",
+            "-",
+            f"<= {OVERHEAD_P50 * 1000:.0f} ms",
+            on <= OVERHEAD_P50,
+            ", ".join(f"{len(v)} tasks {m}" for m, v in samples.items()),
+            f"AGENT_NETWORK=proxy (the default); the same tasks without the sandbox: {off * 1000:.0f} ms, "
+            f"so it adds {(on - off) * 1000:.0f} ms a task ({(p50['none'] - off) * 1000:.0f} ms with "
+            "AGENT_NETWORK=none, no proxy bridge)",
+        )
+    ]
 
 
 def _seed_pickups(h: Harness, plan: Plan) -> list[float]:
@@ -542,6 +588,7 @@ def egress(h: Harness, plan: Plan) -> list[Row]:
 BENCHMARKS = {
     "idle": idle_reads,
     "pickup": pickup_and_overhead,
+    "sandbox": sandbox_overhead,
     "shared": shared_branch_pickup,
     "slots": slots_scaling,
     "burst": burst_drain,

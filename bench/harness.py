@@ -58,8 +58,16 @@ def cpu_times(pid: int) -> tuple[float, float]:
 class Runner:
     """One real runner process (``python -m ec2_runner``) that this bench started."""
 
-    def __init__(self, proc: subprocess.Popen, slots: int, log: Path, proxy: CountingProxy) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        slots: int,
+        log: Path,
+        proxy: CountingProxy,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.proc, self.slots, self.log, self.proxy = proc, slots, log, proxy
+        self.env = env or {}
         self._asked = False
 
     @property
@@ -93,7 +101,9 @@ class Harness:
     def __init__(self, keep: bool = False) -> None:
         self.keep = keep
         self.workdir = Path(tempfile.mkdtemp(prefix="aipm-bench-"))
-        self.agent_log = self.workdir / "fake-agent.log"
+        # in a folder of its own: the sandboxed runs' agents may write there and nowhere else outside
+        self.agent_log = self.workdir / "agent-log" / "fake-agent.log"
+        self.agent_log.parent.mkdir()
         self.moto: MotoServer | None = None
         self.stack: LocalStack | None = None
         self.runner_proxy: CountingProxy | None = None  # every request the runners send
@@ -125,6 +135,9 @@ class Harness:
                 "AGENT_COMMAND": AGENT_COMMAND,
                 "AGENT_TIMEOUT": "120",
                 "FAKE_AGENT_LOG": str(self.agent_log),
+                # unsandboxed unless a benchmark asks (the sandbox row); its agents may log here
+                "AGENT_SANDBOX": "off",
+                "AGENT_SANDBOX_WRITABLE": str(self.agent_log.parent),
                 # long polls of 5 s, not 20: a stopped runner's poll must end before the next one
                 # starts, or moto hands the next message to the dead poll (see README)
                 "SQS_WAIT_SECONDS": str(SQS_WAIT),
@@ -161,22 +174,24 @@ class Harness:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- runners -----------------------------------------------------------------------------
-    def runner(self, slots: int) -> Runner:
-        """A warmed-up runner with ``slots`` slots, the only consumer of the task queue."""
-        return self.runners(1, slots)[0]
+    def runner(self, slots: int, env: dict[str, str] | None = None) -> Runner:
+        """A warmed-up runner with ``slots`` slots (and ``env`` on top of the stack's), the only
+        consumer of the task queue."""
+        return self.runners(1, slots, env)[0]
 
-    def runners(self, count: int, slots: int) -> list[Runner]:
+    def runners(self, count: int, slots: int, env: dict[str, str] | None = None) -> list[Runner]:
         """``count`` warmed-up runners with ``slots`` slots each, the only consumers of the queue."""
+        env = env or {}
         live = [r for r in self.current if r.proc.poll() is None]
-        if len(live) == count == len(self.current) and all(r.slots == slots for r in live):
+        if len(live) == count == len(self.current) and all(r.slots == slots and r.env == env for r in live):
             return self.current
         self._stop_runners()
         assert self.stack and self.runner_proxy
         for _ in range(count):
             # the stack numbers its runners, so every runner (the terminal bench's too) has its own clone
             log = self.workdir / f"runner-{len(self.stack.runners)}-{slots}-slots.log"
-            proc = self.stack.start_runner(extra_env={"RUNNER_SLOTS": str(slots)}, log_path=log)
-            self.current.append(Runner(proc, slots, log, self.runner_proxy))
+            proc = self.stack.start_runner(extra_env={"RUNNER_SLOTS": str(slots), **env}, log_path=log)
+            self.current.append(Runner(proc, slots, log, self.runner_proxy, env))
         if count > 1:
             # each one polling before the warm-up tasks go in, so the first does not take them all
             deadline = time.monotonic() + 60

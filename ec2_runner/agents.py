@@ -20,6 +20,7 @@ from typing import Protocol
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.headless import AgentResult, PtyAgent
 from ec2_runner.kiro import KiroAgent
+from ec2_runner.sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +54,12 @@ class CommandAgent(PtyAgent):
 
     name = "command"
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, sandbox: Sandbox | None = None) -> None:
         if not settings.command:
             raise ValueError("AGENT=command needs AGENT_COMMAND")
         argv = shlex.split(settings.command)
         interactive = shlex.split(settings.interactive_command) if settings.interactive_command else argv[:1]
-        super().__init__(settings, argv, interactive)
+        super().__init__(settings, argv, interactive, sandbox)
 
 
 class DemoAgent(PtyAgent):
@@ -67,13 +68,15 @@ class DemoAgent(PtyAgent):
 
     name = "demo"
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, sandbox: Sandbox | None = None) -> None:
         base = [sys.executable, str(DEMO_AGENT), "chat"]
-        super().__init__(settings, [*base, "--no-interactive", "--trust-all-tools", "--wrap", "never"], base)
+        headless = [*base, "--no-interactive", "--trust-all-tools", "--wrap", "never"]
+        super().__init__(settings, headless, base, sandbox)
 
 
-def make_agent(settings: AgentSettings) -> Agent:
-    """The adapter ``AGENT`` names; ``auto`` picks Kiro when ``kiro-cli`` is on PATH, else the demo."""
+def make_agent(settings: AgentSettings, sandbox: Sandbox | None = None) -> Agent:
+    """The adapter ``AGENT`` names; ``auto`` picks Kiro when ``kiro-cli`` is on PATH, else the demo.
+    With a ``sandbox``, every headless run of it runs inside that sandbox."""
     kind = settings.agent
     if kind == "auto":
         exe = shlex.split(settings.command)[0] if settings.command else "kiro-cli"
@@ -82,8 +85,8 @@ def make_agent(settings: AgentSettings) -> Agent:
             "AGENT=auto: %s", f"using {exe}" if kind == "kiro" else f"{exe} not found, using the DEMO agent"
         )
     if kind == "kiro":
-        return KiroAgent(settings)
+        return KiroAgent(settings, sandbox)
     if kind == "command":
-        return CommandAgent(settings)
+        return CommandAgent(settings, sandbox)
     logger.warning("using the DEMO agent: a stand-in that writes the task into TASKS.md, not a coding agent")
-    return DemoAgent(settings)
+    return DemoAgent(settings, sandbox)

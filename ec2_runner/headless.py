@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.ansi import Redactor
 from ec2_runner.ptydriver import PtyRun, Watch, drive
+from ec2_runner.sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +102,23 @@ def judge_exit(run: PtyRun, noise: re.Pattern[str] | None = None) -> tuple[bool,
 class PtyAgent:
     """An agent command run headless in a pty. Subclasses name the command; by default a run is
     judged by its exit code (:func:`judge_exit`); an adapter with rules of its own overrides
-    :meth:`_attempts`."""
+    :meth:`_attempts`. With a ``sandbox``, every spawn of the command runs inside it."""
 
     name = "agent"
 
-    def __init__(self, settings: AgentSettings, argv: list[str], interactive: list[str]) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        argv: list[str],
+        interactive: list[str],
+        sandbox: Sandbox | None = None,
+    ) -> None:
         if not argv:
             raise ValueError("agent command is empty")
         self.settings = settings
         self.argv = argv
         self.interactive = interactive
+        self.sandbox = sandbox
 
     # -- public
 
@@ -183,6 +191,12 @@ class PtyAgent:
             return result(False, f"agent command not found: {exe} (set AGENT_COMMAND)")
 
         def once(watch: Watch | None) -> PtyRun:
+            if self.sandbox is None:
+                return drive_in(argv, env, watch)
+            with self.sandbox.run(argv, cwd, env) as boxed:
+                return drive_in(boxed.argv, boxed.env, watch)
+
+        def drive_in(argv: list[str], env: dict[str, str], watch: Watch | None) -> PtyRun:
             return drive(
                 argv,
                 cwd,

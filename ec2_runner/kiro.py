@@ -19,6 +19,7 @@ from collections.abc import Callable
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.headless import DriveOnce, PtyAgent, judge_exit
 from ec2_runner.ptydriver import PtyRun, Stop
+from ec2_runner.sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class KiroAgent(PtyAgent):
 
     name = "kiro"
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, sandbox: Sandbox | None = None) -> None:
         argv = shlex.split(settings.command or KIRO_COMMAND)
         if settings.interactive_command:
             interactive = shlex.split(settings.interactive_command)
@@ -120,7 +121,7 @@ class KiroAgent(PtyAgent):
             interactive = [a for a in argv if a not in ("--no-interactive", "--trust-all-tools")]
         else:
             interactive = shlex.split(KIRO_INTERACTIVE_COMMAND)
-        super().__init__(settings, argv, interactive)
+        super().__init__(settings, argv, interactive, sandbox)
 
     def _attempts(
         self, once: DriveOnce, on_output: Callable[[str], None] | None

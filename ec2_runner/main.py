@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ec2_runner import logs
 from ec2_runner.agent_settings import AgentSettings
@@ -11,6 +12,7 @@ from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
+from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
 from ec2_runner.terminal import SessionManager, TerminalSettings
 from ec2_runner.terminal_worktrees import GitCallables
 from ec2_runner.ws_client import TerminalService
@@ -23,8 +25,20 @@ from shared.tokens import SecretSource
 logger = logging.getLogger(__name__)
 
 
-def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None = None) -> Runner:
-    """A runner wired to its queue, table, git remote and agent, from validated settings."""
+def runner_sandbox(settings: RunnerSettings, sandbox_settings: SandboxSettings) -> Sandbox:
+    """The agents' sandbox, checked and started, with the runner's own clone, worktrees and state
+    hidden from it. SandboxUnavailable (its message says what to do) when it cannot run here."""
+    hidden = [settings.repo_path, settings.worktrees, Path.home() / ".aipm"]
+    return make_sandbox(sandbox_settings, hidden=hidden)
+
+
+def build_runner(
+    settings: RunnerSettings,
+    agent_settings: AgentSettings | None = None,
+    sandbox: Sandbox | None = None,
+) -> Runner:
+    """A runner wired to its queue, table, git remote and agent, from validated settings; with a
+    ``sandbox``, every agent run happens inside it."""
     logs.set_runner_id(settings.runner_id)
     ddb = aws.client(
         "dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url, keys=settings.aws_keys
@@ -49,7 +63,7 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
     )
     if not settings.keep_failed_worktrees:  # those are kept for a person to look at
         workspace.remove_leftovers()
-    agent = make_agent(agent_settings or AgentSettings())
+    agent = make_agent(agent_settings or AgentSettings(), sandbox)
     options = PipelineOptions(
         protected_branches=tuple(settings.protected_branches),
         lease_seconds=settings.lease_seconds,
@@ -78,9 +92,13 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
 
 
 def start_terminals(
-    settings: RunnerSettings, runner: Runner, terminal_settings: TerminalSettings | None = None
+    settings: RunnerSettings,
+    runner: Runner,
+    terminal_settings: TerminalSettings | None = None,
+    sandbox: Sandbox | None = None,
 ) -> TerminalService | None:
-    """The Refine terminal service on the runner's outbound WebSocket, when one is configured."""
+    """The Refine terminal service on the runner's outbound WebSocket, when one is configured; with
+    a ``sandbox``, every terminal's agent runs inside it."""
     if not settings.ws_url:
         return None
     secret = SecretSource(
@@ -110,6 +128,7 @@ def start_terminals(
             resolve_task=lambda task_id: pipeline.store.get_row(task_id)["branch"],
             protected=tuple(settings.protected_branches),
             env=agent.child_env() if hasattr(agent, "child_env") else None,
+            sandbox=sandbox,
         )
 
     logger.info("terminal service connecting to %s", settings.ws_url)
@@ -122,13 +141,21 @@ def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
     if local_stack_in_use():
         logger.info("using the local stack from .aipm/local.json")
     settings = load_settings(RunnerSettings)
-    runner = build_runner(settings, load_settings(AgentSettings))
-    runner.install_signal_handlers()
-    knobs = load_settings(TerminalSettings) if settings.ws_url else None
-    terminals = start_terminals(settings, runner, knobs)
     try:
-        runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
+        sandbox = runner_sandbox(settings, load_settings(SandboxSettings))
+    except SandboxUnavailable as e:
+        logger.error("the runner cannot start: %s", e)
+        raise SystemExit(f"aipm runner: {e}") from None
+    try:
+        runner = build_runner(settings, load_settings(AgentSettings), sandbox)
+        runner.install_signal_handlers()
+        knobs = load_settings(TerminalSettings) if settings.ws_url else None
+        terminals = start_terminals(settings, runner, knobs, sandbox)
+        try:
+            runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
+        finally:
+            if terminals:
+                terminals.stop()
     finally:
-        if terminals:
-            terminals.stop()
+        sandbox.close()
     return 0

@@ -30,6 +30,7 @@ import pexpect
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ec2_runner.sandbox import Sandbox, Sandboxed
 from ec2_runner.session_state import SessionState
 from ec2_runner.terminal_worktrees import GitCallables, SessionWorktrees
 from shared import frames as fr
@@ -77,6 +78,7 @@ class Session:
     state: SessionState
     path: Path | None = None
     child: pexpect.spawn | None = None
+    boxed: Sandboxed | None = None  # the agent's sandbox (its private directory goes at the end)
     flush_handle: asyncio.TimerHandle | None = None
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -105,9 +107,11 @@ class SessionManager:
         has_conversation: Callable[[Path], bool] | None = None,
         protected: tuple[str, ...] | list[str] = DEFAULT_PROTECTED,
         env: dict[str, str] | None = None,
+        sandbox: Sandbox | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._sandbox = sandbox
         self._argv_for = argv_for
         self._worktrees = SessionWorktrees(git, has_conversation)
         self._resolve_task = resolve_task
@@ -286,9 +290,18 @@ class SessionManager:
             return  # _end has released the folder; start no agent
         argv = self._argv_for(resume)
         logger.info("session %s: %s in %s (resume: %s)", session.id, argv[0], path, resume)
-        child = pexpect.spawn(
-            argv[0], argv[1:], cwd=str(path), env=self._env, dimensions=(rows, cols), encoding=None, echo=True
-        )
+        env = self._env
+        if self._sandbox is not None:
+            session.boxed = self._sandbox.wrap(argv, path, dict(os.environ) if env is None else env)
+            argv, env = session.boxed.argv, session.boxed.env
+        try:
+            child = pexpect.spawn(
+                argv[0], argv[1:], cwd=str(path), env=env, dimensions=(rows, cols), encoding=None, echo=True
+            )
+        except BaseException:
+            if session.boxed is not None:
+                session.boxed.close()
+            raise
         child.delaybeforesend = None
         session.child = child
         self._start_reading(session)
@@ -426,6 +439,8 @@ class SessionManager:
                 self._drain(session)
             await asyncio.to_thread(_close_child, child)
             code = child.exitstatus if child.exitstatus is not None else -(child.signalstatus or 1)
+        if session.boxed is not None:
+            await asyncio.to_thread(session.boxed.close)
         tail = session.decoder.decode(b"", final=True)
         if tail:
             self._feed(session, tail)

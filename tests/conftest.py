@@ -28,6 +28,10 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 # the fake Kiro CLI keeps its conversations outside the worktrees, as the real one does: not in ~
 os.environ.setdefault("FAKE_KIRO_HOME", tempfile.mkdtemp(prefix="fake-kiro-home-"))
+# the fake Kiro CLI logs outside its worktree, and the reaping tests look its processes up by the pids
+# it logs (a sandbox's pid namespace renumbers them): the suite runs agents unsandboxed unless a test
+# asks for the sandbox, as tests/integration/test_sandbox.py and tests/e2e/test_sandboxed_runner.py do
+os.environ.setdefault("AGENT_SANDBOX", "off")
 
 
 @pytest.fixture(scope="session")

@@ -196,7 +196,8 @@ def test_make_demo_shows_the_sample_task_reach_a_pushed_commit(tmp_path: Path) -
     commit on the remote, a terminal link; Ctrl-C stops it cleanly. Its console (stdout and stderr
     both) shows sentences only: log lines, and the tracebacks of a request the local AWS fails
     on, go to .aipm/logs/."""
-    env = {k: v for k, v in _env(PORT="0").items() if k not in ("AGENT", "AGENT_COMMAND")}
+    # the demo as a user gets it: the demo agent, in the default sandbox
+    env = {k: v for k, v in _env(PORT="0").items() if k not in ("AGENT", "AGENT_COMMAND", "AGENT_SANDBOX")}
     out_path = tmp_path / "demo.out"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(

@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.agents import make_agent
 from ec2_runner.gitops import GitWorkspace
+from ec2_runner.sandbox import Sandbox
 from ec2_runner.terminal import SessionManager, TerminalSettings
 from ec2_runner.terminal_worktrees import GitCallables
 from ec2_runner.ws_client import TerminalService
@@ -88,10 +89,11 @@ def session_manager(
     *,
     ws: GitWorkspace | None = None,
     resolve_delay: float = 0.0,
+    sandbox: Sandbox | None = None,
     **settings: Any,
 ) -> SessionManager:
     """A runner's session manager over real git in ``tmp``. ``resolve_delay`` makes the task lookup
-    take as long as a table read over the network would."""
+    take as long as a table read over the network would; with a ``sandbox``, agents run in it."""
     ws = ws or workspace(tmp)
     argv_for = argv if callable(argv) else (lambda resume: list(argv))
 
@@ -105,6 +107,7 @@ def session_manager(
         git=GitCallables.from_workspace(ws),
         resolve_task=resolve_task,
         env=env if env is not None else SHELL_ENV,
+        sandbox=sandbox,
     )
 
 
