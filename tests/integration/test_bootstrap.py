@@ -156,6 +156,7 @@ def values(
         "AgentInstallCommand": f'install -D -m 0755 {world_readable}/kiro-cli "$HOME/.local/bin/kiro-cli"',
         "AgentCredentialSecretArn": agent_secret,
         "AgentCredentialName": "KIRO_API_KEY",
+        "AgentAllowedHosts": "*.kiro.dev:443,*.amazonaws.com:443",
     }
 
 
