@@ -60,12 +60,21 @@ def _shellcheck() -> str | None:
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`make runner-package` into a temp dir: the wheel, constraints.txt and SHA256SUMS."""
-    out = tmp_path_factory.mktemp("pkg") / "runner"
+    work = tmp_path_factory.mktemp("pkg")
+    out = work / "runner"
+    # from a copy of the sources: the build folders it makes and removes are not the checkout's, which
+    # other tests (the wheel's own) read at the same time
+    src = work / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "node_modules"),
+    )
     venv = Path(sys.executable).parent.parent
     # -o venv: this environment is the venv (its install stamp is not remade by a test)
     proc = subprocess.run(
         ["make", "-s", "-o", "venv", "runner-package", f"VENV={venv}", f"RUNNER_DIST={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=src, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return out
