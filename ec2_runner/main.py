@@ -73,6 +73,7 @@ def build_runner(settings: RunnerSettings, agent_settings: AgentSettings | None 
         wait_time_seconds=settings.wait_time_seconds,
         lease_seconds=settings.lease_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        visibility_margin_seconds=settings.visibility_margin_seconds,
     )
 
 
