@@ -60,6 +60,7 @@ class AwsCli:
         self.table = table
         exe = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "aws"
         self.exe = str(exe if exe.exists() else "aws")
+        self._ddb: Any = None
 
     def __call__(self, *args: str) -> dict:
         out = subprocess.run(
@@ -132,6 +133,27 @@ class AwsCli:
             json.dumps({"id": {"S": task_id}}),
         ).get("Item")
         return from_dynamodb(item) if item else {}
+
+    def read(self, task_id: str) -> dict:
+        """The row as ``get`` returns it, read in this process (boto3, strongly consistent): for
+        polling, where an aws CLI process per poll (~1 s of CPU each) would starve the runners."""
+        if self._ddb is None:
+            self._ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=self.endpoint)
+        item = self._ddb.get_item(TableName=self.table, Key={"id": {"S": task_id}}, ConsistentRead=True)
+        return from_dynamodb(item["Item"]) if "Item" in item else {}
+
+    def wait_final(self, task_id: str, timeout: float = 60, attempts: int | None = None) -> dict:
+        """The row once it is complete or failed (with ``attempts`` attempts, when given)."""
+        return wait_until(
+            lambda: (
+                (row := self.read(task_id)).get("status") in ("complete", "failed")
+                and (attempts is None or row.get("attempts") == attempts)
+                and row
+            ),
+            timeout,
+            interval=0.2,
+            what=f"{task_id} to end" + (f" after attempt {attempts}" if attempts else ""),
+        )
 
 
 def wait_until(

@@ -10,7 +10,7 @@ from typing import Any
 import git
 import pytest
 
-from tests.fixtures import AwsCli, unique, wait_until
+from tests.fixtures import AwsCli, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -21,24 +21,12 @@ def cli(local_stack: Any) -> AwsCli:
 
 
 def final(cli: AwsCli, task_id: str, timeout: float = 60) -> dict:
-    return wait_until(
-        lambda: (row := cli.get(task_id)).get("status") in ("complete", "failed") and row,
-        timeout,
-        interval=0.2,
-        what=f"{task_id} to end",
-    )
+    return cli.wait_final(task_id, timeout)
 
 
 def second_run(cli: AwsCli, task_id: str) -> dict:
     """The row once its second attempt has ended."""
-    return wait_until(
-        lambda: (
-            (row := cli.get(task_id)).get("attempts") == 2 and row["status"] in ("complete", "failed") and row
-        ),
-        60,
-        interval=0.2,
-        what="the second run",
-    )
+    return cli.wait_final(task_id, 60, attempts=2)
 
 
 def remote_sha(stack: Any, branch: str) -> str | None:
@@ -63,6 +51,8 @@ def test_row_inserted_with_aws_cli_completes_with_the_agents_commit(local_stack:
     assert remote.git.show(f"{row['commitSha']}:src/login.py").strip() == "def validate(): ..."
     message = remote.git.log("-1", "--format=%B", row["commitSha"])
     assert "Add login validation" in message and task_id in message
+    read_back = cli.get(task_id)  # what an operator reads back with get-item
+    assert (read_back["status"], read_back["commitSha"]) == ("complete", row["commitSha"])
 
 
 def test_reset_to_pending_with_update_item_runs_the_task_again(local_stack: Any, cli: AwsCli) -> None:
