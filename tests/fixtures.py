@@ -82,8 +82,20 @@ class AwsCli:
         details: str = "Implement email/password validation...",
         extra: dict | None = None,
     ) -> None:
+        self.put_item(self.task_item(task_id, branch, title=title, details=details, extra=extra))
+
+    @staticmethod
+    def task_item(
+        task_id: str,
+        branch: str,
+        *,
+        title: str = "Add login validation",
+        details: str = "Implement email/password validation...",
+        extra: dict | None = None,
+    ) -> dict:
+        """A pending row in DynamoDB JSON, as the seed writes it."""
         now = utc_now_iso()
-        item = {
+        return {
             "id": {"S": task_id},
             "title": {"S": title},
             "details": {"S": details},
@@ -95,7 +107,23 @@ class AwsCli:
             "updatedAt": {"S": now},
             **(extra or {}),
         }
-        self.put_item(item)
+
+    def put_tasks(self, tasks: list[dict[str, Any]]) -> None:
+        """Several pending rows in one ``batch-write-item`` (one CLI process, as an operator loads a
+        batch): each of ``tasks`` holds ``put_task``'s arguments (task_id, branch, title, ...)."""
+        self.put_items([self.task_item(**task) for task in tasks])
+
+    def put_items(self, items: list[dict]) -> None:
+        """``batch-write-item`` of ``items`` (25 at most, the API's limit), with the request in a file."""
+        import tempfile
+
+        assert 0 < len(items) <= 25, "batch-write-item takes 1 to 25 items"
+        request = {self.table: [{"PutRequest": {"Item": item}} for item in items]}
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(request, f)
+            f.flush()
+            left = self("dynamodb", "batch-write-item", "--request-items", f"file://{f.name}")
+        assert not left.get("UnprocessedItems"), left
 
     def put_item(self, item: dict) -> None:
         """put-item with the item in a file (``file://``), as large items need."""
