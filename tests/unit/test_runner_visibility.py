@@ -9,7 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
 from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
@@ -21,13 +21,25 @@ QUEUE = "http://127.0.0.1:1/123456789012/tasks"
 
 
 def stubbed_sqs(visibility: list[int]) -> tuple[Any, Stubber]:
-    """An SQS client that answers from a stub (no network): the visibility changes it expects, in
-    order, then the delete."""
+    """An SQS client that answers from a stub (no network): one message received (hidden for
+    ``visibility[0]``), the visibility changes ``visibility[1:]`` in order, then the delete."""
     sqs = boto3.client(
         "sqs", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
     )
     stub = Stubber(sqs)
-    for seconds in visibility:
+    body = json.dumps({"taskId": "t-1", "reason": "insert"})
+    stub.add_response(
+        "receive_message",
+        {"Messages": [{"MessageId": "m-1", "ReceiptHandle": "r-1", "Body": body}]},
+        {
+            "QueueUrl": QUEUE,
+            "MaxNumberOfMessages": 1,
+            "WaitTimeSeconds": ANY,
+            "VisibilityTimeout": visibility[0],
+            "MessageSystemAttributeNames": ANY,
+        },
+    )
+    for seconds in visibility[1:]:
         stub.add_response(
             "change_message_visibility",
             {},
@@ -51,17 +63,24 @@ class ExtendingPipeline:
         return Outcome.COMPLETE
 
 
-def handle_one(runner: Runner) -> None:
-    runner._handle({"ReceiptHandle": "r-1", "MessageId": "m-1", "Body": json.dumps({"taskId": "t-1"})})
-
-
 @pytest.mark.parametrize(("margin", "expected"), [(None, 12), (1, 8), (0, 7)])
 def test_a_message_is_hidden_for_the_lease_plus_the_margin(margin: int | None, expected: int) -> None:
-    # hidden as the task starts, then extended by the heartbeat: both for a lease and the margin
-    sqs, stub = stubbed_sqs([expected, expected])
+    # received, hidden again as the task starts, then extended by the heartbeat: each time for the
+    # lease and the margin
+    sqs, stub = stubbed_sqs([expected, expected, expected])
     extra = {} if margin is None else {"visibility_margin_seconds": margin}
     runner = Runner(sqs, QUEUE, ExtendingPipeline(7), lease_seconds=7, **extra)  # type: ignore[arg-type]
-    handle_one(runner)
+    assert runner.run(max_tasks=1) == 1
+    stub.assert_no_pending_responses()
+    assert runner.outcomes == {"complete": 1}
+
+
+def test_a_message_is_received_hidden_for_at_most_thirty_seconds() -> None:
+    """A long lease: the receive hides the message for 30 s only (a poll cut off by a stop brings it
+    back soon), and the task's start hides it for the whole lease and margin."""
+    sqs, stub = stubbed_sqs([30, 125, 125])
+    runner = Runner(sqs, QUEUE, ExtendingPipeline(120), lease_seconds=120)  # type: ignore[arg-type]
+    assert runner.run(max_tasks=1) == 1
     stub.assert_no_pending_responses()
 
 
