@@ -30,6 +30,7 @@ def refine_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -
         stack_name=unique("rf"),
         endpoint_url=moto_endpoint,
         reconcile_seconds=3600,
+        stream_poll_seconds=0.2,
         gateway_port=0,
         runner_env={
             "AGENT": "kiro",
