@@ -40,13 +40,24 @@ node-deps: $(NODE_STAMP)
 demo: venv
 	$(BIN)/aipm local demo
 
+# the checks are independent: `make lint` (and `make test`, with the build) runs them side by side,
+# each one's output kept together (mypy alone is ~10 s of CPU; the SAM tools start slowly)
+LINT_CHECKS := lint-ruff lint-mypy lint-imports lint-cfn lint-sam scan
+.PHONY: $(LINT_CHECKS)
+
 lint: venv
+	@$(MAKE) --no-print-directory -j3 --output-sync=target $(LINT_CHECKS)
+
+lint-ruff:
 	$(BIN)/ruff check .
+lint-mypy:
 	$(BIN)/mypy
+lint-imports:
 	$(BIN)/lint-imports
+lint-cfn:
 	$(BIN)/cfn-lint template.yaml
+lint-sam:
 	$(BIN)/sam validate --lint --template template.yaml
-	$(MAKE) --no-print-directory scan
 
 # The template's security scan. checkov pins boto3/botocore below aws-sam-cli's, so it lives in a
 # venv of its own. Every finding is fixed or skipped with its reason: those that hold for every
@@ -91,7 +102,8 @@ publish-runner: runner-package
 build: venv
 	env $(PY312_ENV) $(BIN)/sam build --template template.yaml --cached --parallel >/dev/null
 
-test: lint build node-deps
+test: venv
+	@$(MAKE) --no-print-directory -j3 --output-sync=target $(LINT_CHECKS) build node-deps
 	@rc=0; $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 unit: venv

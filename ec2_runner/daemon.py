@@ -70,13 +70,15 @@ class Runner:
         wait_time_seconds: int = 20,
         lease_seconds: float = 120,
         shutdown_grace_seconds: float = 30,
+        visibility_margin_seconds: int = VISIBILITY_MARGIN,
     ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.pipeline = pipeline
         self.slots = slots
         self.wait_time_seconds = wait_time_seconds
-        self.visibility_seconds = int(lease_seconds) + VISIBILITY_MARGIN
+        self.visibility_margin = visibility_margin_seconds
+        self.visibility_seconds = int(lease_seconds) + visibility_margin_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self._stopping = threading.Event()  # warm stop: take no new messages
         self._cold = threading.Event()  # cold stop: stop running agents too
@@ -271,7 +273,7 @@ class Runner:
             try:
                 outcome = self.pipeline.process(
                     sig.task_id,
-                    extend_visibility=lambda s: self._hide(receipt, int(s) + VISIBILITY_MARGIN),
+                    extend_visibility=lambda s: self._hide(receipt, int(s) + self.visibility_margin),
                     should_stop=self._cold.is_set,
                 )
             except Exception:

@@ -88,6 +88,7 @@ def build_runner(
         wait_time_seconds=settings.wait_time_seconds,
         lease_seconds=settings.lease_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        visibility_margin_seconds=settings.visibility_margin_seconds,
     )
 
 

@@ -63,6 +63,7 @@ class LocalStack:
         endpoint_url: str | None = None,
         parameters: dict[str, Any] | None = None,
         log_dir: Path | None = None,
+        stream_poll_seconds: float = 0.05,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.log_dir = log_dir  # runners log to runner-N.log there instead of this process's stderr
@@ -74,6 +75,8 @@ class LocalStack:
         self.extra_runner_env = runner_env or {}
         self.extra_function_env = function_env or {}
         self.reconcile_seconds = reconcile_seconds
+        # how often the table's stream is read when it brought nothing (each read is an HTTP call)
+        self.stream_poll_seconds = stream_poll_seconds
         self.gateway_port = gateway_port
         self._external_endpoint = endpoint_url
         self.parameters = parameters or {}  # template parameters (MaxReceiveCount, ...)
@@ -146,6 +149,7 @@ class LocalStack:
             filters=res.dispatch_filters,
             batch_size=res.dispatch_batch_size,
             max_retries=res.dispatch_max_retries,
+            poll_interval=self.stream_poll_seconds,
         )
         self.stream.start(from_start=True)
         dlq = SqsPoller(sqs, res.dlq_url, self.functions["dead_letter"].invoke, region=self.region)

@@ -60,6 +60,7 @@ class AwsCli:
         self.table = table
         exe = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "aws"
         self.exe = str(exe if exe.exists() else "aws")
+        self._ddb: Any = None
 
     def __call__(self, *args: str) -> dict:
         out = subprocess.run(
@@ -81,8 +82,20 @@ class AwsCli:
         details: str = "Implement email/password validation...",
         extra: dict | None = None,
     ) -> None:
+        self.put_item(self.task_item(task_id, branch, title=title, details=details, extra=extra))
+
+    @staticmethod
+    def task_item(
+        task_id: str,
+        branch: str,
+        *,
+        title: str = "Add login validation",
+        details: str = "Implement email/password validation...",
+        extra: dict | None = None,
+    ) -> dict:
+        """A pending row in DynamoDB JSON, as the seed writes it."""
         now = utc_now_iso()
-        item = {
+        return {
             "id": {"S": task_id},
             "title": {"S": title},
             "details": {"S": details},
@@ -94,7 +107,23 @@ class AwsCli:
             "updatedAt": {"S": now},
             **(extra or {}),
         }
-        self.put_item(item)
+
+    def put_tasks(self, tasks: list[dict[str, Any]]) -> None:
+        """Several pending rows in one ``batch-write-item`` (one CLI process, as an operator loads a
+        batch): each of ``tasks`` holds ``put_task``'s arguments (task_id, branch, title, ...)."""
+        self.put_items([self.task_item(**task) for task in tasks])
+
+    def put_items(self, items: list[dict]) -> None:
+        """``batch-write-item`` of ``items`` (25 at most, the API's limit), with the request in a file."""
+        import tempfile
+
+        assert 0 < len(items) <= 25, "batch-write-item takes 1 to 25 items"
+        request = {self.table: [{"PutRequest": {"Item": item}} for item in items]}
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(request, f)
+            f.flush()
+            left = self("dynamodb", "batch-write-item", "--request-items", f"file://{f.name}")
+        assert not left.get("UnprocessedItems"), left
 
     def put_item(self, item: dict) -> None:
         """put-item with the item in a file (``file://``), as large items need."""
@@ -133,6 +162,27 @@ class AwsCli:
         ).get("Item")
         return from_dynamodb(item) if item else {}
 
+    def read(self, task_id: str) -> dict:
+        """The row as ``get`` returns it, read in this process (boto3, strongly consistent): for
+        polling, where an aws CLI process per poll (~1 s of CPU each) would starve the runners."""
+        if self._ddb is None:
+            self._ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=self.endpoint)
+        item = self._ddb.get_item(TableName=self.table, Key={"id": {"S": task_id}}, ConsistentRead=True)
+        return from_dynamodb(item["Item"]) if "Item" in item else {}
+
+    def wait_final(self, task_id: str, timeout: float = 60, attempts: int | None = None) -> dict:
+        """The row once it is complete or failed (with ``attempts`` attempts, when given)."""
+        return wait_until(
+            lambda: (
+                (row := self.read(task_id)).get("status") in ("complete", "failed")
+                and (attempts is None or row.get("attempts") == attempts)
+                and row
+            ),
+            timeout,
+            interval=0.2,
+            what=f"{task_id} to end" + (f" after attempt {attempts}" if attempts else ""),
+        )
+
 
 def wait_until(
     check: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition"
@@ -168,6 +218,7 @@ def local_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
         stack_name=unique("e2e"),
         endpoint_url=moto_endpoint,
         reconcile_seconds=3600,
+        stream_poll_seconds=0.2,  # a 50 ms poll costs ~8 % of a core per stack
         runner_env={
             "AGENT": "kiro",
             "AGENT_COMMAND": FAKE_AGENT_COMMAND,

@@ -34,7 +34,8 @@ def test_runner_killed_right_after_its_push_lands_does_not_push_twice(
     chaos_factory: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # given: a remote whose post-receive hook kills the pushing runner
-    chaos: Chaos = chaos_factory("crashpush")
+    # (one runner lives at a time: the dead one's message may come back 2 s after its 3 s lease)
+    chaos: Chaos = chaos_factory("crashpush", runner_env={"VISIBILITY_MARGIN_SECONDS": "2"})
     hook = chaos.remote().common_dir + "/hooks/post-receive"
     with open(hook, "w") as f:
         f.write(KILL_PUSHER_HOOK)

@@ -23,8 +23,12 @@ def test_the_next_runner_removes_a_killed_runners_clean_worktree_and_keeps_the_o
     chaos_factory: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # given: a runner at work on two tasks, one that changed nothing yet and one with a file written
-    # (a 10 s lease: the tasks come back to a runner no sooner than ~10 s after its death)
-    chaos: Chaos = chaos_factory("leftover", runner_env={"LEASE_SECONDS": "10", "RUNNER_SLOTS": "2"})
+    # (a 10 s lease: the tasks come back to a runner no sooner than ~8 s after its death; one runner
+    # lives at a time, so a 2 s visibility margin past the lease is enough)
+    chaos: Chaos = chaos_factory(
+        "leftover",
+        runner_env={"LEASE_SECONDS": "10", "RUNNER_SLOTS": "2", "VISIBILITY_MARGIN_SECONDS": "2"},
+    )
     chaos.start_runner(0)
     clean, dirty = unique("clean"), unique("dirty")
     chaos.put(clean, f"feature/{clean}", details="[fake:sleep=6]")

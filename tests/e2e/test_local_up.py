@@ -75,12 +75,7 @@ def _runner_id(log: Path) -> str:
 
 def _run_task(cli: AwsCli, task_id: str) -> dict:
     cli.put_task(task_id, f"feature/{task_id}")
-    return wait_until(
-        lambda: (row := cli.get(task_id)).get("status") in ("complete", "failed") and row,
-        60,
-        interval=0.2,
-        what=f"{task_id} to end",
-    )
+    return cli.wait_final(task_id, 60)
 
 
 def test_local_json_names_every_endpoint_and_only_its_owner_can_read_it(
@@ -147,21 +142,12 @@ def test_runners_started_by_hand_find_the_stack_and_share_one_clone_safely(
         )
         assert all(b"using the local stack from .aipm/local.json" in p.read_bytes() for p in logs)
         assert all(p.poll() is None for p in procs), [p.read_text()[-2000:] for p in logs]
-        # 8 tasks of 3 s each, put faster than they end: the stack's two runners (4 slots) cannot
-        # hold them all, so the hand-started ones must take some
+        # 8 tasks of 3 s each, put at once (one batch-write-item): the stack's two runners (4 slots)
+        # cannot hold them all, so the hand-started ones must take some
         cli = AwsCli(cfg["endpoint_url"], cfg["table_name"])
         ids = [unique("byhand") for _ in range(8)]
-        for task_id in ids:
-            cli.put_task(task_id, f"feature/{task_id}", details="[fake:sleep=3]")
-        rows = [
-            wait_until(
-                lambda t=task_id: (row := cli.get(t)).get("status") in ("complete", "failed") and row,
-                90,
-                interval=0.2,
-                what=f"{task_id} to end",
-            )
-            for task_id in ids
-        ]
+        cli.put_tasks([{"task_id": t, "branch": f"feature/{t}", "details": "[fake:sleep=3]"} for t in ids])
+        rows = [cli.wait_final(task_id, 90) for task_id in ids]
         assert [r["status"] for r in rows] == ["complete"] * 8, [r.get("error") for r in rows]
         by_hand = {_runner_id(p) for p in logs}
         assert by_hand & {r["runnerId"] for r in rows}, "the hand-started runners took no task"

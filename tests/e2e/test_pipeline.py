@@ -4,6 +4,7 @@ processes, the fake Kiro CLI in a real pty, a bare git remote."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +22,12 @@ def cli(local_stack: Any) -> AwsCli:
 
 
 def final(cli: AwsCli, task_id: str, timeout: float = 60) -> dict:
-    return wait_until(
-        lambda: (row := cli.get(task_id)).get("status") in ("complete", "failed") and row,
-        timeout,
-        interval=0.2,
-        what=f"{task_id} to end",
-    )
+    return cli.wait_final(task_id, timeout)
 
 
 def second_run(cli: AwsCli, task_id: str) -> dict:
     """The row once its second attempt has ended."""
-    return wait_until(
-        lambda: (
-            (row := cli.get(task_id)).get("attempts") == 2 and row["status"] in ("complete", "failed") and row
-        ),
-        60,
-        interval=0.2,
-        what="the second run",
-    )
+    return cli.wait_final(task_id, 60, attempts=2)
 
 
 def remote_sha(stack: Any, branch: str) -> str | None:
@@ -63,6 +52,8 @@ def test_row_inserted_with_aws_cli_completes_with_the_agents_commit(local_stack:
     assert remote.git.show(f"{row['commitSha']}:src/login.py").strip() == "def validate(): ..."
     message = remote.git.log("-1", "--format=%B", row["commitSha"])
     assert "Add login validation" in message and task_id in message
+    read_back = cli.get(task_id)  # what an operator reads back with get-item
+    assert (read_back["status"], read_back["commitSha"]) == ("complete", row["commitSha"])
 
 
 def test_reset_to_pending_with_update_item_runs_the_task_again(local_stack: Any, cli: AwsCli) -> None:
@@ -113,12 +104,25 @@ AGENT_FAILURES = {
 }
 
 
+@pytest.fixture(scope="module")
+def agent_failure_rows(cli: AwsCli) -> dict[str, tuple[str, str]]:
+    """One task per failure marker, all put in one batch-write-item, so they run side by side in the
+    runner's slots instead of one after another: marker -> (task id, branch)."""
+    tasks = {marker: (unique("agentfail"), f"feature/{unique('af')}") for marker in AGENT_FAILURES}
+    cli.put_tasks(
+        [
+            {"task_id": t, "branch": b, "details": f"Do the thing. {marker}"}
+            for marker, (t, b) in tasks.items()
+        ]
+    )
+    return tasks
+
+
 @pytest.mark.parametrize(("marker", "error"), list(AGENT_FAILURES.items()), ids=list(AGENT_FAILURES))
 def test_agent_failure_ends_failed_with_a_clear_error_and_nothing_pushed(
-    local_stack: Any, cli: AwsCli, marker: str, error: str
+    local_stack: Any, cli: AwsCli, agent_failure_rows: dict[str, tuple[str, str]], marker: str, error: str
 ) -> None:
-    task_id, branch = unique("agentfail"), f"feature/{unique('af')}"
-    cli.put_task(task_id, branch, details=f"Do the thing. {marker}")
+    task_id, branch = agent_failure_rows[marker]
     row = final(cli, task_id)
     assert row["status"] == "failed"
     assert error.lower() in row["error"].lower()
@@ -141,21 +145,50 @@ UNSAFE_BRANCHES = {
 }
 
 
+@dataclass
+class UnsafeRun:
+    """All the unsafe-branch rows, put in one batch and run to their end, with what the stack held
+    before and after them."""
+
+    ids: dict[str, str]  # branch -> task id
+    rows: dict[str, dict]  # branch -> final row
+    refs_before: set[str]
+    refs_after: set[str]
+    dirs_before: set[Path]
+    dirs_after: set[Path]
+
+
+@pytest.fixture(scope="module")
+def unsafe_run(local_stack: Any, cli: AwsCli) -> UnsafeRun:
+    dirs_before = set(local_stack.workdir.parent.iterdir())
+    refs_before = remote_refs(local_stack)
+    ids = {branch: unique("branch") for branch in UNSAFE_BRANCHES}
+    cli.put_tasks(
+        [{"task_id": t, "branch": b, "details": "[fake:write path=pwned.txt text=x]"} for b, t in ids.items()]
+    )
+    rows = {branch: final(cli, task_id) for branch, task_id in ids.items()}
+    return UnsafeRun(
+        ids,
+        rows,
+        refs_before,
+        remote_refs(local_stack),
+        dirs_before,
+        set(local_stack.workdir.parent.iterdir()),
+    )
+
+
 @pytest.mark.parametrize(
     ("branch", "rule"), list(UNSAFE_BRANCHES.items()), ids=[repr(b)[:30] for b in UNSAFE_BRANCHES]
 )
 def test_unsafe_branch_fails_naming_the_rule_and_touches_nothing(
-    local_stack: Any, cli: AwsCli, branch: str, rule: str, tmp_path: Path
+    unsafe_run: UnsafeRun, branch: str, rule: str
 ) -> None:
-    before = set(local_stack.workdir.parent.iterdir())
-    refs_before = remote_refs(local_stack)
-    task_id = unique("branch")
-    cli.put_task(task_id, branch, details="[fake:write path=pwned.txt text=x]")
-    row = final(cli, task_id)
+    row = unsafe_run.rows[branch]
     assert row["status"] == "failed" and rule in row["error"]
-    assert remote_refs(local_stack) == refs_before  # nothing pushed anywhere
+    # nothing pushed anywhere, nothing made beside the stack, by this row or any other of the batch
+    assert unsafe_run.refs_after == unsafe_run.refs_before
     assert not Path("/tmp/pwned").exists()
-    assert set(local_stack.workdir.parent.iterdir()) == before
+    assert unsafe_run.dirs_after == unsafe_run.dirs_before
 
 
 def test_malformed_rows_fail_or_are_skipped_and_the_runner_keeps_serving(
@@ -167,6 +200,7 @@ def test_malformed_rows_fail_or_are_skipped_and_the_runner_keeps_serving(
         unique("notitle"): {"title": {"N": "12"}},
         unique("huge"): {"details": {"S": "x" * 350_000}},
     }
+    items = []
     for task_id, change in bad.items():
         item = {"branch": {"S": f"feature/{task_id}"}, **{k: v for k, v in change.items() if v}}
         now = "2026-11-25T00:00:00.000Z"
@@ -181,21 +215,16 @@ def test_malformed_rows_fail_or_are_skipped_and_the_runner_keeps_serving(
         }
         if "branch" in change and change["branch"] is None:
             full.pop("branch")
-        cli.put_item(full)
+        items.append(full)
     # a status outside the enum is never signalled and never touched
     odd = unique("oddstatus")
-    cli(
-        "dynamodb",
-        "put-item",
-        "--table-name",
-        cli.table,
-        "--item",
-        json.dumps(
-            {"id": {"S": odd}, "title": {"S": "t"}, "branch": {"S": "feature/odd"}, "status": {"S": "queued"}}
-        ),
+    items.append(
+        {"id": {"S": odd}, "title": {"S": "t"}, "branch": {"S": "feature/odd"}, "status": {"S": "queued"}}
     )
+    # and a good row written after them all (one batch-write-item: one aws CLI process)
     good = unique("good")
-    cli.put_task(good, f"feature/{good}")
+    items.append(cli.task_item(good, f"feature/{good}"))
+    cli.put_items(items)
     errors = {task_id: final(cli, task_id)["error"] for task_id in bad}
     assert "branch" in errors[next(k for k in bad if k.startswith("nobranch"))]
     assert "prNumber" in errors[next(k for k in bad if k.startswith("badtype"))]
@@ -208,12 +237,16 @@ def test_malformed_rows_fail_or_are_skipped_and_the_runner_keeps_serving(
 
 
 def test_two_runners_process_each_of_ten_tasks_exactly_once(local_stack: Any, cli: AwsCli) -> None:
-    second = local_stack.start_runner()
+    second_log = local_stack.workdir / f"second-runner-{unique('log')}.log"
+    second = local_stack.start_runner(log_path=second_log)
     try:
+        wait_until(
+            lambda: b"runner started" in second_log.read_bytes(), 60, what="the second runner to start"
+        )
         ids = [unique("pair") for _ in range(10)]
-        for task_id in ids:
-            # each task outlasts the gap between inserts, so one runner's 2 slots cannot take them all
-            cli.put_task(task_id, f"feature/{task_id}", details="[fake:sleep=2]")
+        # ten tasks of 2 s in one batch, with both runners polling: one runner's 2 slots cannot take
+        # them all before the other takes some
+        cli.put_tasks([{"task_id": t, "branch": f"feature/{t}", "details": "[fake:sleep=2]"} for t in ids])
         rows = [final(cli, task_id, timeout=90) for task_id in ids]
         assert [r["status"] for r in rows] == ["complete"] * 10
         assert all(r["attempts"] == 1 for r in rows)

@@ -14,7 +14,7 @@ import git
 import pytest
 
 from shared import frames as fr
-from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, AwsCli, unique, wait_until
+from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, AwsCli, unique
 from tests.integration.refine_support import Browser
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -30,6 +30,7 @@ def refine_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -
         stack_name=unique("rf"),
         endpoint_url=moto_endpoint,
         reconcile_seconds=3600,
+        stream_poll_seconds=0.2,
         gateway_port=0,
         runner_env={
             "AGENT": "kiro",
@@ -66,7 +67,7 @@ def test_refine_a_finished_task_live_and_push_the_result(refine_stack: Any) -> N
     cli = AwsCli(cfg.endpoint_url, cfg.table_name)
     task_id, branch = unique("refine"), f"feature/{unique('refine')}"
     cli.put_task(task_id, branch)
-    row = wait_until(lambda: (r := cli.get(task_id)).get("status") in ("complete", "failed") and r, 60)
+    row = cli.wait_final(task_id, 60)
     assert row["status"] == "complete", row.get("error")
 
     token = aipm(refine_stack, "token", "--task", task_id, "--ttl", "120")

@@ -34,7 +34,12 @@ SETTINGS = {
 def stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     work = tmp_path_factory.mktemp("settings")
     stack = LocalStack(
-        work, runners=0, stack_name=unique("cfg"), endpoint_url=moto_endpoint, reconcile_seconds=3600
+        work,
+        runners=0,
+        stack_name=unique("cfg"),
+        endpoint_url=moto_endpoint,
+        reconcile_seconds=3600,
+        stream_poll_seconds=0.2,
     )
     config = stack.start()
     # the team works off `develop`: new PR branches must start there
