@@ -140,20 +140,29 @@ def _protected_branches() -> list[str]:
     return [p.strip() for p in raw.split(",") if p.strip()] if raw else list(DEFAULT_PROTECTED)
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from ec2_runner.terminal_cli import mint_token
+def _refused_branch(command: str, branch: str | None, read_only: bool) -> bool:
+    """A read-write grant on a protected or unsafe branch lets its holder type, and push, there: say
+    so and refuse (True). A read-only grant, or a task's, is fine."""
     from shared.branches import UnsafeBranchError, check_branch
 
-    if args.branch is not None and not args.read_only:
-        # a read-write token for a branch lets its holder type, and push, there
-        try:
-            check_branch(args.branch, _protected_branches())
-        except UnsafeBranchError as e:
-            print(
-                f"aipm token: {e}; no token minted. A read-only token can still watch it: add --read-only.",
-                file=sys.stderr,
-            )
-            return 2
+    if branch is None or read_only:
+        return False
+    try:
+        check_branch(branch, _protected_branches())
+    except UnsafeBranchError as e:
+        print(
+            f"aipm {command}: {e}; no token minted. A read-only token can still watch it: add --read-only.",
+            file=sys.stderr,
+        )
+        return True
+    return False
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from ec2_runner.terminal_cli import mint_token
+
+    if _refused_branch("token", args.branch, args.read_only):
+        return 2
     print(
         mint_token(
             task_id=args.task,
@@ -180,6 +189,8 @@ def cmd_terminal(args: argparse.Namespace) -> int:
         grant = {"task_id": args.target}
     except TaskNotFoundError:
         grant = {"branch": args.target}
+        if _refused_branch("terminal", args.target, args.read_only):
+            return 2
     token = mint_token(**grant, read_only=args.read_only, ttl=args.ttl, secret=secret, user=args.user)
     return attach(ws_url, token)
 

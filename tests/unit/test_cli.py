@@ -60,3 +60,24 @@ def test_token_mints_read_only_for_a_protected_branch_and_read_write_elsewhere(
     assert main(["token", "--branch", "feature/x"]) == 0
     writer = tokens.verify(capsys.readouterr().out.strip(), secret)
     assert (writer.branch, writer.read_only) == ("feature/x", False)
+
+
+def test_terminal_refuses_a_read_write_session_on_a_protected_branch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``aipm terminal main`` (a branch, not a task) opens nothing writable there, as ``aipm token``."""
+    from shared.store import TaskNotFoundError
+
+    class NoTasks:
+        def get(self, task_id: str) -> None:
+            raise TaskNotFoundError(task_id)
+
+    monkeypatch.setenv("TOKEN_SECRET", "cli-token-secret-for-tests-0123456789")
+    monkeypatch.setenv("WS_URL", "ws://127.0.0.1:9/never-dialled")
+    monkeypatch.delenv("PROTECTED_BRANCHES", raising=False)
+    monkeypatch.setattr(cli, "_store", lambda: NoTasks())
+    cli._settings.cache_clear()
+    assert main(["terminal", "main"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "is protected" in err and "--read-only" in err
