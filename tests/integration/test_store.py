@@ -693,7 +693,11 @@ def test_a_runner_that_reclaims_its_own_task_cannot_write_through_its_old_claim(
     now[0] += 31
     new = store.claim(task_id, "r1", 30)
     assert new.attempt == 2
-    for write in (lambda: old.renew(30), lambda: old.record(base_sha="a" * 40), lambda: old.fail("stale", kind=ErrorKind.AGENT_EXIT)):
+    for write in (
+        lambda: old.renew(30),
+        lambda: old.record(base_sha="a" * 40),
+        lambda: old.fail("stale", kind=ErrorKind.AGENT_EXIT),
+    ):
         with pytest.raises(LeaseLostError):
             write()
     new.complete("b" * 40)
