@@ -25,6 +25,7 @@ from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.ansi import Redactor
 from ec2_runner.ptydriver import PtyRun, Watch, drive
 from ec2_runner.sandbox import Sandbox
+from shared.models import ErrorKind
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class AgentResult(BaseModel):
     ok: bool
     exit_code: int | None = None
     error: str | None = None
+    kind: ErrorKind | None = None  # the failure's errorKind (None when ok)
     output: str = ""
     duration: float = 0.0
     attempts: int = 1
@@ -84,6 +86,14 @@ def killed_by(run: PtyRun) -> str:
     except ValueError:
         name = str(run.signal)
     return f"agent was killed by signal {name}"
+
+
+def exit_kind(run: PtyRun) -> ErrorKind | None:
+    """The ``errorKind`` of the verdict :func:`judge_exit` gives (None: the run succeeded): what
+    stopped the run, else a failure of the agent's own (a non-zero exit, a signal)."""
+    if run.error:
+        return run.kind or ErrorKind.AGENT_EXIT
+    return None if run.exit_code == 0 else ErrorKind.AGENT_EXIT
 
 
 def judge_exit(run: PtyRun, noise: re.Pattern[str] | None = None) -> tuple[bool, str | None]:
@@ -160,7 +170,13 @@ class PtyAgent:
         env = self.child_env()
         redact = Redactor([v for k, v in env.items() if _SECRET_NAME.search(k)])
 
-        def result(ok: bool, error: str | None, run: PtyRun | None = None, attempts: int = 1) -> AgentResult:
+        def result(
+            ok: bool,
+            error: str | None,
+            kind: ErrorKind | None,
+            run: PtyRun | None = None,
+            attempts: int = 1,
+        ) -> AgentResult:
             duration = time.monotonic() - started
             error = redact(error) if error else None
             logger.info(
@@ -176,6 +192,7 @@ class PtyAgent:
                 ok=ok,
                 exit_code=run.exit_code if run else None,
                 error=error,
+                kind=None if ok else kind or ErrorKind.AGENT_EXIT,
                 output=run.output if run else "",
                 duration=duration,
                 attempts=attempts,
@@ -184,11 +201,15 @@ class PtyAgent:
         argv = self._argv_for(prompt)
         if len(prompt.encode()) > MAX_PROMPT_BYTES:
             return result(
-                False, f"prompt too long for the agent's command line ({len(prompt.encode())} bytes)"
+                False,
+                f"prompt too long for the agent's command line ({len(prompt.encode())} bytes)",
+                ErrorKind.INVALID_TASK,
             )
         exe = argv[0]
         if not (shutil.which(exe, path=env.get("PATH")) if os.sep not in exe else os.access(exe, os.X_OK)):
-            return result(False, f"agent command not found: {exe} (set AGENT_COMMAND)")
+            return result(
+                False, f"agent command not found: {exe} (set AGENT_COMMAND)", ErrorKind.AGENT_UNAVAILABLE
+            )
 
         def once(watch: Watch | None) -> PtyRun:
             if self.sandbox is None:
@@ -211,8 +232,8 @@ class PtyAgent:
             )
 
         logger.info("%s starting: %s in %s (timeout %.0f s)", self.name, exe, cwd, limit)
-        run, ok, error, attempts = self._attempts(once, on_output)
-        return result(ok, error, run, attempts)
+        run, ok, error, kind, attempts = self._attempts(once, on_output)
+        return result(ok, error, kind, run, attempts)
 
     # -- internals
 
@@ -222,8 +243,8 @@ class PtyAgent:
 
     def _attempts(
         self, once: DriveOnce, on_output: Callable[[str], None] | None
-    ) -> tuple[PtyRun, bool, str | None, int]:
-        """Run the command and judge it: ``(run, ok, error, attempts)``. Here: once, by its exit."""
+    ) -> tuple[PtyRun, bool, str | None, ErrorKind | None, int]:
+        """Run the command and judge it: ``(run, ok, error, kind, attempts)``. Here: once, by its exit."""
         run = once(None)
         ok, error = judge_exit(run)
-        return run, ok, error, 1
+        return run, ok, error, exit_kind(run), 1

@@ -17,9 +17,10 @@ import shlex
 from collections.abc import Callable
 
 from ec2_runner.agent_settings import AgentSettings
-from ec2_runner.headless import DriveOnce, PtyAgent, judge_exit
+from ec2_runner.headless import DriveOnce, PtyAgent, exit_kind, judge_exit
 from ec2_runner.ptydriver import PtyRun, Stop
 from ec2_runner.sandbox import Sandbox
+from shared.models import ErrorKind
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class KiroRules:
     def __call__(self, text: str, now: float) -> Stop | None:
         """Look at the recent output; a Stop when the run must end now."""
         if self.login_seen is not None and now - self.login_seen >= self.login_timeout:
-            return Stop("agent is not logged in")
+            return Stop("agent is not logged in", kind=ErrorKind.AGENT_NOT_LOGGED_IN)
         if CREDITS.search(text):
             self.credits = True
         if TROUBLE.search(text):
@@ -79,7 +80,7 @@ class KiroRules:
             self.login_seen = now
             logger.warning("%s is asking for a device login", self.name)
             if self.login_timeout <= 0:
-                return Stop("agent is not logged in")
+                return Stop("agent is not logged in", kind=ErrorKind.AGENT_NOT_LOGGED_IN)
         elif self.login_seen is not None and LOGGED_IN.search(text):
             self.login_seen = None
             self.logged_in = True
@@ -91,6 +92,7 @@ class KiroRules:
             return Stop(
                 f"agent asked for approval to use tool{tool}; run with --trust-all-tools or trust the tool",
                 answer="n",
+                kind=ErrorKind.APPROVAL_REQUIRED,
             )
         return None
 
@@ -105,6 +107,14 @@ class KiroRules:
             if code is not None and self.stalled:
                 return False, f"agent failed (exit {code}): agent is having trouble responding"
         return judge_exit(run, noise=CREDITS)
+
+    def kind(self, run: PtyRun) -> ErrorKind | None:
+        """The ``errorKind`` of the verdict :meth:`judge` gives (None: the run succeeded)."""
+        if self.judge(run)[0]:
+            return None
+        if run.error is None and self.auth_failed and not self.credits:
+            return ErrorKind.AGENT_AUTH_FAILED
+        return exit_kind(run) or ErrorKind.AGENT_EXIT  # Kiro's exit codes 3 and 4, a stall
 
 
 class KiroAgent(PtyAgent):
@@ -125,7 +135,7 @@ class KiroAgent(PtyAgent):
 
     def _attempts(
         self, once: DriveOnce, on_output: Callable[[str], None] | None
-    ) -> tuple[PtyRun, bool, str | None, int]:
+    ) -> tuple[PtyRun, bool, str | None, ErrorKind | None, int]:
         """Run under Kiro's rules; once more when it was having trouble responding."""
         attempts = 0
         earlier = ""
@@ -134,6 +144,7 @@ class KiroAgent(PtyAgent):
             rules = KiroRules(self.settings.login_timeout, self.name)
             run = once(rules)
             ok, error = rules.judge(run)
+            kind = rules.kind(run)
             if not ok and rules.trouble and run.error is None and attempts == 1:
                 logger.warning("%s is having trouble responding; retrying once", self.name)
                 earlier = run.output + RETRY_NOTE
@@ -144,4 +155,4 @@ class KiroAgent(PtyAgent):
                 run.keep_before(earlier)
                 if error and rules.trouble:
                     error += " (retried once)"
-            return run, ok, error, attempts
+            return run, ok, error, kind, attempts

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from ec2_runner.agents import Agent, AgentResult
-from ec2_runner.gitops import Checkout, DeadlineError, GitOpError, GitWorkspace, safe_dir_name
+from ec2_runner.gitops import (
+    Checkout,
+    DeadlineError,
+    GitOpError,
+    GitWorkspace,
+    PushConflictError,
+    RefRejectedError,
+    safe_dir_name,
+)
 from shared.branches import WIP_PREFIX, UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
-from shared.models import Task, TaskSignal, TaskStatus
+from shared.models import ErrorKind, Task, TaskSignal, TaskStatus
 from shared.store import (
     BranchBusyError,
     Claim,
@@ -291,7 +299,7 @@ class TaskPipeline:
             logger.warning("could not note on the row what the task waits for (%s)", e)
 
     def _fail_unclaimed(self, task_id: str, reason: str) -> Outcome:
-        if not self.store.fail_unowned(task_id, reason):
+        if not self.store.fail_unowned(task_id, reason, ErrorKind.INVALID_TASK):
             # a live runner holds the row, or it has ended: it is not this signal's to fail
             logger.warning("unreadable row left alone (someone else's, or ended): %s", reason)
             return Outcome.NOT_CLAIMABLE
@@ -344,7 +352,7 @@ class Attempt:
     def run(self, earlier_base: str | None) -> Outcome:
         refusal = self._refusal()
         if refusal:
-            return self._fail(refusal)
+            return self._fail(*refusal)
         started = time.monotonic()
         try:
             checkout = self.workspace.checkout(
@@ -354,25 +362,26 @@ class Attempt:
                 start_ref=_start_ref(self.task),
             )
         except GitOpError as e:
-            return self._fail(str(e))
+            return self._fail(str(e), ErrorKind.GIT_FAILED)
         try:  # from here on, whatever fails, the worktree goes (or is kept on purpose)
             return self._in_worktree(checkout, earlier_base, started)
         except GitOpError as e:
             self.keep = self.options.keep_failed_worktrees
-            return self._fail(str(e))
+            return self._fail(str(e), ErrorKind.GIT_FAILED)
         finally:
             if not self.keep:
                 self.workspace.remove(checkout.path)
 
-    def _refusal(self) -> str | None:
-        """Why the task cannot run at all (too large, an unsafe branch), or None."""
+    def _refusal(self) -> tuple[str, ErrorKind] | None:
+        """Why the task cannot run at all (too large, an unsafe branch) and its kind, or None."""
         size = len(self.task.details.encode())
         if size > self.options.max_details_bytes:
-            return f"details is {size} bytes, over the {self.options.max_details_bytes}-byte limit"
+            limit = self.options.max_details_bytes
+            return f"details is {size} bytes, over the {limit}-byte limit", ErrorKind.INVALID_TASK
         try:
             check_branch(self.task.branch, self.options.protected_branches)
         except UnsafeBranchError as e:
-            return str(e)
+            return str(e), ErrorKind.UNSAFE_BRANCH
         return None
 
     def _in_worktree(self, checkout: Checkout, earlier_base: str | None, started: float) -> Outcome:
@@ -431,7 +440,7 @@ class Attempt:
             saved = self._keep_work(checkout)
             self.keep = self.keep or saved.unsaved
             error = _with_note(error, saved.note(checkout.path))
-        return self._fail(error, tail)
+        return self._fail(error, result.kind or ErrorKind.AGENT_EXIT, tail)
 
     def _deliver(self, checkout: Checkout, tail: str) -> str | Outcome:
         """Commit the agent's work and push it to the task's branch: the commit's sha, or the
@@ -442,7 +451,7 @@ class Attempt:
         sha = self.workspace.commit_all(checkout.path, _commit_message(task))
         if sha is None and self.workspace.head(checkout.path) == checkout.base_sha:
             if self.options.fail_on_no_changes:
-                return self._fail(self.options.no_changes_error, tail)
+                return self._fail(self.options.no_changes_error, ErrorKind.NO_CHANGES, tail)
             return checkout.base_sha
         # proof of ownership right before the push: a runner whose row was reclaimed (or that
         # cannot tell) must not push to the task's branch, and the push must end inside the lease
@@ -461,13 +470,13 @@ class Attempt:
         except GitOpError as e:  # a conflict, a refusal, the network: the task fails, its work stays
             saved = self._keep_work(checkout)
             self.keep = self.options.keep_failed_worktrees or saved.unsaved
-            return self._fail(_with_note(str(e), saved.note(checkout.path)), tail)
+            return self._fail(_with_note(str(e), saved.note(checkout.path)), push_kind(e), tail)
         logger.info("pushed %s to %s (attempt %d)", pushed[:12], task.branch, self.claim.attempt)
         return pushed
 
-    def _fail(self, error: str, log_tail: str = "") -> Outcome:
-        logger.error("task failed: %s", error)
-        self.claim.fail(error, log_tail)
+    def _fail(self, error: str, kind: ErrorKind, log_tail: str = "") -> Outcome:
+        logger.error("task failed (%s): %s", kind.value, error, extra={"error_kind": kind.value})
+        self.claim.fail(error, log_tail, kind=kind)
         return Outcome.FAILED
 
     def _save_wip(self, checkout: Checkout) -> SavedWork:
@@ -537,6 +546,17 @@ def wip_refs(task_id: str, attempt: int, sha: str) -> list[str]:
     refuses ``kiro-wip/<id>`` and ``kiro-wip/<id>/x`` together, hence the dash)."""
     base = wip_ref(task_id)
     return [base, f"{base}-{attempt}", f"{base}-{attempt}-{sha[:12]}"]
+
+
+def push_kind(e: GitOpError) -> ErrorKind:
+    """The ``errorKind`` of a failed push to the task's branch: a conflict (the branch moved and the
+    work does not rebase onto it, or moved again after the rebase), a refusal by the remote (a hook,
+    a protected ref), or a git failure (the network)."""
+    if isinstance(e, PushConflictError) or (isinstance(e, RefRejectedError) and e.moved):
+        return ErrorKind.PUSH_CONFLICT
+    if isinstance(e, RefRejectedError):
+        return ErrorKind.PUSH_REFUSED
+    return ErrorKind.GIT_FAILED
 
 
 def _start_ref(task: Task) -> str:

@@ -19,6 +19,7 @@ import pexpect
 
 from ec2_runner.ansi import OutputCleaner, Redactor
 from ec2_runner.reaping import die_with_parent, group_alive, kill_process_group
+from shared.models import ErrorKind
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,12 @@ PTY_ROWS, PTY_COLS = 50, 200
 
 @dataclass(frozen=True)
 class Stop:
-    """A watcher's verdict: end the run with ``error``, after sending ``answer`` (a line) to the command."""
+    """A watcher's verdict: end the run with ``error`` (of ``kind``), after sending ``answer`` (a
+    line) to the command."""
 
     error: str
     answer: str | None = None
+    kind: ErrorKind = field(default=ErrorKind.AGENT_EXIT, compare=False)
 
 
 # (recent plain text, time.monotonic()) -> Stop to end the run, or None. Called on every pass of the
@@ -48,6 +51,7 @@ class PtyRun:
     exit_code: int | None = None
     signal: int | None = None
     error: str | None = None  # set when the run was stopped (timeout, should_stop, a watcher's Stop)
+    kind: ErrorKind | None = None  # what stopped it, with ``error``
     tail: list[str] = field(default_factory=list)
     tail_len: int = 0
 
@@ -105,6 +109,7 @@ def drive(
         )
     except (pexpect.ExceptionPexpect, OSError) as e:
         run.error = f"could not start the agent ({argv[0]}): {e}"
+        run.kind = ErrorKind.AGENT_UNAVAILABLE
         return run
     child.delaybeforesend = None
     child.delayafterclose = child.ptyproc.delayafterclose = 0  # we reap it ourselves; no fixed sleep
@@ -124,8 +129,9 @@ def drive(
             except Exception:  # a broken listener must not break the run
                 logger.exception("on_output callback failed")
 
-    def stop(error: str) -> None:
+    def stop(error: str, kind: ErrorKind) -> None:
         run.error = error
+        run.kind = kind
         kill_process_group(child, kill_grace)
 
     try:
@@ -134,10 +140,10 @@ def drive(
             reason = should_stop() if should_stop is not None else False
             if reason:
                 detail = reason if isinstance(reason, str) else "stop requested"
-                stop(f"agent stopped: {detail}")
+                stop(f"agent stopped: {detail}", ErrorKind.CANCELLED)
                 break
             if now >= deadline:
-                stop(f"agent timed out after {limit:g} s")
+                stop(f"agent timed out after {limit:g} s", ErrorKind.AGENT_TIMEOUT)
                 break
             wait = max(0.0, min(POLL_SECONDS, deadline - now))
             index = child.expect([pexpect.EOF, pexpect.TIMEOUT, anything], timeout=wait)
@@ -151,7 +157,7 @@ def drive(
                 if verdict is not None:
                     if verdict.answer is not None:
                         child.sendline(verdict.answer)
-                    stop(verdict.error)
+                    stop(verdict.error, verdict.kind)
                     break
             if not child.isalive():
                 # done = the command's exit; something it started may still hold the pty open, so

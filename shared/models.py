@@ -63,6 +63,27 @@ class TaskStatus(StrEnum):
         return self in (TaskStatus.COMPLETE, TaskStatus.FAILED)
 
 
+class ErrorKind(StrEnum):
+    """Why a task failed, from a closed set (the row's ``errorKind``), so UIs, alarms and metrics
+    classify failures without parsing ``error``, which stays the readable sentence. Add-only: a
+    value, once written, keeps its spelling and meaning."""
+
+    AGENT_NOT_LOGGED_IN = "agent_not_logged_in"  # the agent asked for a login no one gave
+    AGENT_AUTH_FAILED = "agent_auth_failed"  # the agent's credential was refused
+    APPROVAL_REQUIRED = "approval_required"  # the agent asked to approve a tool
+    AGENT_TIMEOUT = "agent_timeout"  # the agent ran out of its time
+    AGENT_EXIT = "agent_exit"  # the agent failed by itself: a non-zero exit, a signal
+    AGENT_UNAVAILABLE = "agent_unavailable"  # the agent command could not be started
+    NO_CHANGES = "no_changes"  # the agent changed nothing
+    UNSAFE_BRANCH = "unsafe_branch"  # the task's branch breaks the branch rules
+    INVALID_TASK = "invalid_task"  # the row cannot be a task, or one too large to run
+    GIT_FAILED = "git_failed"  # a git step failed (checkout, commit, a push the network broke)
+    PUSH_CONFLICT = "push_conflict"  # the branch moved and the work does not rebase onto it
+    PUSH_REFUSED = "push_refused"  # the remote declined the push (a hook, a protected ref)
+    GAVE_UP = "gave_up"  # the dead-letter path ended a task its attempts could not finish
+    CANCELLED = "cancelled"  # someone asked for the task (or the run) to stop
+
+
 def utc_now_iso() -> str:
     """Timestamps in the seed's format: ISO 8601, UTC, millisecond precision, ``Z`` suffix."""
     now = dt.datetime.now(dt.UTC)
@@ -178,6 +199,9 @@ class Task(WireModel):
     updated_at: str | None = None
     error: str | None = None
     # added fields (add-only)
+    # set with ``error`` by every failure; a kind this version does not know (a newer runner's)
+    # is kept as the string it is, so the row stays readable
+    error_kind: ErrorKind | str | None = Field(default=None, union_mode="left_to_right")
     runner_id: str | None = None
     # a small non-negative count: anything else is refused as an unreadable row, never claimed
     attempts: int = Field(default=0, ge=0, le=MAX_ATTEMPTS)

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.dispatch import Dispatcher
-from shared.models import MAX_ATTEMPTS, InvalidRow, Task, TaskSignal, TaskStatus
+from shared.models import MAX_ATTEMPTS, ErrorKind, InvalidRow, Task, TaskSignal, TaskStatus
 from shared.store import LEASE_HORIZON_SECONDS, InvalidRowError, TaskNotFoundError, TaskRepository
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,8 @@ def give_up(
         return DeadLetterOutcome(task_id=task_id, failed=False, requeued=True, note=reason)
     # a row no runner can read is not requeued: every runner would refuse it the same way
     error = f"gave up: {unreadable}" if unreadable else give_up_error(row, receive_count)
-    if store.fail_unowned(task_id, error):
+    kind = ErrorKind.INVALID_TASK if unreadable else ErrorKind.GAVE_UP
+    if store.fail_unowned(task_id, error, kind):
         return DeadLetterOutcome(task_id=task_id, failed=True, error=error)
     # the row changed between the read and the write: it ended, or a runner took it again
     now_status = store.get_row(task_id).get("status")

@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.models import (
     MAX_ATTEMPTS,
+    ErrorKind,
     InvalidRow,
     Task,
     TaskStatus,
@@ -152,9 +153,9 @@ class Claim:
         that commit, so ``wipSha``/``wipRef`` are cleared (a retry must not resume from them)."""
         self._store._end(self, _complete_update(commit_sha, log_tail))
 
-    def fail(self, error: str, log_tail: str = "") -> None:
-        """processing -> failed with a readable error."""
-        self._store._end(self, _fail_update(error, log_tail))
+    def fail(self, error: str, log_tail: str = "", *, kind: ErrorKind) -> None:
+        """processing -> failed with a readable error and its ``errorKind``, in one write."""
+        self._store._end(self, _fail_update(error, log_tail, kind))
 
     def release(self, note: str) -> None:
         """processing -> pending: the task is given back (shutdown), with a note in ``error``."""
@@ -189,7 +190,7 @@ class TaskRepository(ClaimWrites, Protocol):
     def stamp_created(self, task_id: str, created_at: str) -> bool: ...
     def note_waiting(self, task_id: str, note: str, attempts: int | None) -> bool: ...
     def claim(self, task: Task | str, runner_id: str, lease_seconds: float) -> Claim: ...
-    def fail_unowned(self, task_id: str, error: str) -> bool: ...
+    def fail_unowned(self, task_id: str, error: str, kind: ErrorKind = ErrorKind.GAVE_UP) -> bool: ...
     def reset(self, task_id: str) -> None: ...
 
 
@@ -212,16 +213,17 @@ def _complete_update(commit_sha: str, log_tail: str) -> Update:
             "finishedAt": stamp,
             "updatedAt": stamp,
         },
-        ("leaseExpiresAt", "error", "wipSha", "wipRef"),
+        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef"),
     )
 
 
-def _fail_update(error: str, log_tail: str) -> Update:
+def _fail_update(error: str, log_tail: str, kind: ErrorKind) -> Update:
     stamp = utc_now_iso()
     return Update(
         TaskStatus.FAILED,
         {
             "error": error[:ERROR_CHARS] or "failed",
+            "errorKind": ErrorKind(kind).value,
             "logTail": log_tail[-LOG_TAIL_CHARS:],
             "finishedAt": stamp,
             "updatedAt": stamp,
@@ -234,7 +236,7 @@ def _release_update(note: str) -> Update:
     return Update(
         TaskStatus.PENDING,
         {"error": note[:ERROR_CHARS], "updatedAt": utc_now_iso()},
-        ("leaseExpiresAt", "runnerId"),
+        ("leaseExpiresAt", "runnerId", "errorKind"),  # a note, not a failure
     )
 
 
@@ -467,7 +469,7 @@ class TaskStore:
                 "leaseExpiresAt = :lease, startedAt = :stamp, updatedAt = :stamp, "
                 # a row written without createdAt is invisible to the status index until it has one
                 "createdAt = if_not_exists(createdAt, :stamp) "
-                "REMOVE #e, commitSha, finishedAt, waitingFor"
+                "REMOVE #e, errorKind, commitSha, finishedAt, waitingFor"
             ),
             "ConditionExpression": (
                 "attribute_exists(id) AND (#s = :pending OR (#s = :processing AND "
@@ -589,8 +591,9 @@ class TaskStore:
             raise
         return True
 
-    def fail_unowned(self, task_id: str, error: str) -> bool:
-        """Mark a row failed that no live runner will finish (dead letter, unclaimable garbage).
+    def fail_unowned(self, task_id: str, error: str, kind: ErrorKind = ErrorKind.GAVE_UP) -> bool:
+        """Mark a row failed that no live runner will finish (dead letter, unclaimable garbage),
+        with ``error`` and its ``errorKind`` in the one conditional write.
 
         Leaves rows that already ended, and rows under a live lease, alone (a lease more than
         ``LEASE_HORIZON_SECONDS`` ahead is none); returns whether it changed. The branch lock the
@@ -602,7 +605,8 @@ class TaskStore:
             self._ddb.update_item(
                 TableName=self.table_name,
                 Key={"id": {"S": task_id}},
-                UpdateExpression="SET #s = :failed, #e = :err, finishedAt = :stamp, updatedAt = :stamp "
+                UpdateExpression="SET #s = :failed, #e = :err, errorKind = :kind, finishedAt = :stamp, "
+                "updatedAt = :stamp "
                 "REMOVE leaseExpiresAt, waitingFor",
                 # never pull a row from under a runner that still holds a live lease on it
                 ConditionExpression="attribute_exists(id) AND #s <> :complete AND #s <> :failed AND "
@@ -616,6 +620,7 @@ class TaskStore:
                     ":now": {"N": f"{now:.3f}"},
                     ":horizon": {"N": f"{now + LEASE_HORIZON_SECONDS:.3f}"},
                     ":err": {"S": error[:ERROR_CHARS]},
+                    ":kind": {"S": ErrorKind(kind).value},
                     ":stamp": {"S": stamp},
                 },
             )

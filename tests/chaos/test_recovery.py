@@ -86,6 +86,7 @@ def test_poison_task_lands_in_the_dlq_and_fails_while_the_others_complete(
         "(it may have been killed, or the agent took it down)"
     ), f"{line}; {rows[poison]}"
     assert rows[poison]["attempts"] == 3 and supervisor.deaths == 3, line
+    assert rows[poison].get("errorKind") == "gave_up", f"{line}; {rows[poison]}"
     assert [rows[t]["status"] for t in good] == ["complete"] * len(good), f"{line}; {rows}"
     assert not chaos.double_owned(ids), line
     dlq = chaos.stack.config.dlq_url  # type: ignore[union-attr]

@@ -125,7 +125,7 @@ def status_of(ddb: Any, stack: Any, task_id: str) -> dict[str, Any]:
     item = ddb.get_item(TableName=stack.config.table_name, Key={"id": {"S": task_id}}, ConsistentRead=True)[
         "Item"
     ]
-    return {k: item[k]["S"] for k in ("status", "error", "commitSha") if "S" in item.get(k, {})}
+    return {k: item[k]["S"] for k in ("status", "error", "commitSha", "errorKind") if "S" in item.get(k, {})}
 
 
 def wait_final(ddb: Any, stack: Any, task_ids: list[str], timeout: float = 90) -> dict[str, dict]:
@@ -255,6 +255,7 @@ def test_one_reconciler_pass_recovers_a_lost_signal_beside_poisoned_rows(
         row = rows[task_id]
         assert row["status"] == "failed", (task_id, row)
         assert row["error"].startswith("invalid task row: ") and field in row["error"], (task_id, row)
+        assert row.get("errorKind") == "invalid_task", (task_id, row)
         assert "Traceback" not in row["error"]
     assert_runner_healthy(stack)
 

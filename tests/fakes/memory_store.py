@@ -11,7 +11,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.models import InvalidRow, Task, TaskStatus, from_dynamodb, read_row, to_dynamodb, utc_now_iso
+from shared.models import (
+    ErrorKind,
+    InvalidRow,
+    Task,
+    TaskStatus,
+    from_dynamodb,
+    read_row,
+    to_dynamodb,
+    utc_now_iso,
+)
 from shared.store import (
     ERROR_CHARS,
     LEASE_HORIZON_SECONDS,
@@ -169,7 +178,7 @@ class MemoryTaskStore:
                     }
                 )
             )
-            for name in ("error", "commitSha", "finishedAt"):
+            for name in ("error", "errorKind", "commitSha", "finishedAt"):
                 row.pop(name, None)
             if branch is not None:
                 self.locks[branch] = _stored(
@@ -255,7 +264,7 @@ class MemoryTaskStore:
             if claim.branch is not None:
                 self._unlock(claim.branch, claim.task_id, claim.runner_id)
 
-    def fail_unowned(self, task_id: str, error: str) -> bool:
+    def fail_unowned(self, task_id: str, error: str, kind: ErrorKind = ErrorKind.GAVE_UP) -> bool:
         with self._mutex:
             row = self.rows.get(task_id)
             if row is None or row.get("status") in (COMPLETE, FAILED):
@@ -268,7 +277,16 @@ class MemoryTaskStore:
             if row.get("status") == PROCESSING and live:
                 return False  # never pulled from under a runner that holds a live lease
             stamp = utc_now_iso()
-            row.update(_stored({"status": FAILED, "error": error[:ERROR_CHARS], "finishedAt": stamp}))
+            row.update(
+                _stored(
+                    {
+                        "status": FAILED,
+                        "error": error[:ERROR_CHARS],
+                        "errorKind": ErrorKind(kind).value,
+                        "finishedAt": stamp,
+                    }
+                )
+            )
             row["updatedAt"] = stamp
             row.pop("leaseExpiresAt", None)
             branch = row.get("branch")

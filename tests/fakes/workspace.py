@@ -35,7 +35,8 @@ class Commit:
 class FakeWorkspace:
     """Records what the pipeline did: ``checkouts``, ``commits`` made in worktrees, ``pushes`` to
     task branches, ``wip_pushes`` to ``kiro-wip`` refs, ``removed`` worktrees. Set ``fail_push``
-    (or ``fail_wip``) to an exception to make every push to a task branch (or WIP ref) raise it."""
+    (or ``fail_wip``) to an exception to make every push to a task branch (or WIP ref) raise it,
+    ``fail_checkout`` to make every checkout raise it."""
 
     def __init__(self, root: Path, default_branch: str = "main") -> None:
         self.root = root
@@ -50,6 +51,7 @@ class FakeWorkspace:
         self.removed: list[Path] = []
         self.fail_push: GitOpError | None = None
         self.fail_wip: GitOpError | None = None
+        self.fail_checkout: GitOpError | None = None
         self.push_timeouts: list[float | None] = []
         self._heads: dict[Path, str] = {}
         self._mutex = threading.Lock()
@@ -78,6 +80,8 @@ class FakeWorkspace:
     ) -> Checkout:
         """A fresh folder at the earlier attempt's WIP (when the remote has it), the branch's head,
         or the default branch's head for a branch the remote does not have yet."""
+        if self.fail_checkout is not None:
+            raise self.fail_checkout
         with self._mutex:
             path = self.root / safe_dir_name(name)
             n = 1

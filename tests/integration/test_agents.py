@@ -21,7 +21,7 @@ from ec2_runner.agents import CommandAgent, DemoAgent, make_agent
 from ec2_runner.headless import AgentResult
 from ec2_runner.kiro import KiroAgent
 from ec2_runner.ptydriver import TAIL_CHARS
-from shared.models import Task, TaskStatus
+from shared.models import ErrorKind, Task, TaskStatus
 
 pytestmark = pytest.mark.integration
 
@@ -531,3 +531,41 @@ def test_done_when_the_agent_exits_even_if_a_child_keeps_the_pty(work: Path, tmp
     assert time.monotonic() - started < 3
     helper = int(result.output.split("started ")[1].split()[0])
     assert not alive(helper)
+
+
+# ---------------------------------------------------------------- failure kinds
+
+
+@pytest.mark.parametrize(
+    ("prompt", "overrides", "kind"),
+    [
+        ("Task [fake:login]", {"kiro_api_key": None}, ErrorKind.AGENT_NOT_LOGGED_IN),
+        ("Task [fake:authfail]", {}, ErrorKind.AGENT_AUTH_FAILED),
+        ("Task [fake:approval tool=fs_write]", {}, ErrorKind.APPROVAL_REQUIRED),
+        ("Stuck [fake:hang]", {"timeout": 1.0}, ErrorKind.AGENT_TIMEOUT),
+        ("Task [fake:exit=1]", {}, ErrorKind.AGENT_EXIT),
+        ("Task [fake:exit=3]", {}, ErrorKind.AGENT_EXIT),
+        ("Task [fake:trouble=always]", {}, ErrorKind.AGENT_EXIT),
+        ("Task", {"command": "kiro-cli-not-installed chat"}, ErrorKind.AGENT_UNAVAILABLE),
+    ],
+)
+def test_each_way_a_kiro_run_fails_has_its_error_kind(
+    work: Path, prompt: str, overrides: dict[str, Any], kind: ErrorKind
+) -> None:
+    """The adapter says what kind of failure a run was, beside its readable error, so the row's
+    ``errorKind`` needs no parsing of the text."""
+    result = kiro(**overrides).run(prompt, work)
+
+    assert not result.ok and result.error
+    assert result.kind is kind
+
+
+def test_a_generic_command_fails_by_its_exit_kind_alone(work: Path) -> None:
+    """A generic command's failure is an exit (Kiro's words mean nothing to it), its timeout a
+    timeout, and a run stopped from outside is ``cancelled``; a success has no kind."""
+    generic = CommandAgent(AgentSettings(agent="command", command=HEADLESS, kill_grace=0.3))
+
+    assert generic.run("Task [fake:exit=3]", work).kind is ErrorKind.AGENT_EXIT
+    assert generic.run("Stuck [fake:hang]", work, timeout=1.0).kind is ErrorKind.AGENT_TIMEOUT
+    assert generic.run("Stuck [fake:hang]", work, should_stop=lambda: True).kind is ErrorKind.CANCELLED
+    assert generic.run("Task [fake:authfail]", work).kind is None

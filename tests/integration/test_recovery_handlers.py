@@ -163,6 +163,24 @@ def test_a_task_no_runner_ever_claimed_says_so(
     assert row["error"] == "gave up: its signal was received 5 times and no runner claimed it"
 
 
+def test_a_task_given_up_is_failed_with_the_gave_up_kind(
+    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+) -> None:
+    """The dead-letter path writes ``errorKind`` with its error: ``gave_up`` for a task its attempts
+    could not finish, ``invalid_task`` for a row no runner can read (no attempt would help)."""
+    poison = add_row(store, attempts=5, error="agent exited with code 1")
+    unreadable = add_row(store, title="")
+    app = load_handler("dead_letter", fresh_stack)
+
+    app.lambda_handler(dlq_event(poison, unreadable, receive_count=5, requeues=2), lambda_context)
+
+    given_up, refused = store.get_row(poison), store.get_row(unreadable)
+    assert given_up["status"] == "failed" and given_up["errorKind"] == "gave_up"
+    assert given_up["error"] == "gave up after 5 attempts: agent exited with code 1"
+    assert refused["status"] == "failed" and refused["errorKind"] == "invalid_task"
+    assert refused["error"].startswith("gave up: invalid task row: title")
+
+
 def test_rows_that_already_ended_are_left_alone(
     fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from shared import aws
-from shared.models import MAX_ATTEMPTS, InvalidRow, Task, TaskStatus, from_dynamodb, to_dynamodb
+from shared.models import MAX_ATTEMPTS, ErrorKind, InvalidRow, Task, TaskStatus, from_dynamodb, to_dynamodb
 from shared.store import (
     LOCK_TTL_SECONDS,
     STATUS_INDEX,
@@ -234,8 +234,8 @@ def test_complete_and_fail_need_the_owner(store: TaskRepository) -> None:
     task_id = new_task(store)
     claim = store.claim(task_id, "r1", 60)
     with pytest.raises(LeaseLostError):
-        not_mine(store, claim).fail("not mine")
-    claim.fail("agent failed (exit 1): boom", "tail")
+        not_mine(store, claim).fail("not mine", kind=ErrorKind.AGENT_EXIT)
+    claim.fail("agent failed (exit 1): boom", "tail", kind=ErrorKind.AGENT_EXIT)
     row = store.get_row(task_id)
     assert row["status"] == "failed" and row["error"] == "agent failed (exit 1): boom"
     assert "leaseExpiresAt" not in row and row["finishedAt"]
@@ -255,7 +255,7 @@ def test_ended_rows_are_not_claimable_until_reset(store: TaskRepository) -> None
 def test_a_reset_and_the_next_claim_clear_what_the_last_attempt_left(store: TaskRepository) -> None:
     """A retried task starts clean: the reset drops the owner, the claim drops the old outcome."""
     task_id = new_task(store)
-    store.claim(task_id, "r1", 60).fail("agent failed (exit 1)")
+    store.claim(task_id, "r1", 60).fail("agent failed (exit 1)", kind=ErrorKind.AGENT_EXIT)
     store.reset(task_id)
     row = store.get_row(task_id)
     assert row["status"] == "pending" and "runnerId" not in row and "leaseExpiresAt" not in row
@@ -284,6 +284,58 @@ def test_fail_unowned_leaves_ended_and_live_rows_alone(backend: Backend) -> None
     assert store.fail_unowned(stuck, "gave up after 5 attempts: x") is True
     assert store.get_row(stuck)["status"] == "failed"
     assert store.fail_unowned(new_task(store), "never claimed") is True
+
+
+def test_a_failure_writes_its_error_kind_with_its_error(store: TaskRepository) -> None:
+    """``Claim.fail`` writes ``errorKind`` in the same write as ``error``; the row reads back as a
+    ``Task`` with the kind."""
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60).fail("agent timed out after 30 s", kind=ErrorKind.AGENT_TIMEOUT)
+    row = store.get_row(task_id)
+    assert row["status"] == "failed" and row["error"] == "agent timed out after 30 s"
+    assert row["errorKind"] == "agent_timeout"
+    assert store.get(task_id).error_kind is ErrorKind.AGENT_TIMEOUT
+
+
+def test_giving_up_writes_its_error_kind_with_its_error(backend: Backend) -> None:
+    """``fail_unowned`` writes the kind it is given (``gave_up`` by default) with the error."""
+    now = [1000.0]
+    store = backend.store(now)
+    stuck, garbage = new_task(store), new_task(store)
+    store.claim(stuck, "r1", 60)
+    now[0] += 61
+    assert store.fail_unowned(stuck, "gave up after 1 attempt: runner gone") is True
+    assert store.fail_unowned(garbage, "invalid task row: title: too short", ErrorKind.INVALID_TASK)
+    assert {k: store.get_row(stuck)[k] for k in ("status", "error", "errorKind")} == {
+        "status": "failed",
+        "error": "gave up after 1 attempt: runner gone",
+        "errorKind": "gave_up",
+    }
+    assert store.get_row(garbage)["errorKind"] == "invalid_task"
+
+
+def test_a_row_that_did_not_fail_carries_no_error_kind(store: TaskRepository) -> None:
+    """The next claim, a completion and a release each leave no ``errorKind`` behind: the kind
+    belongs to a failure, and only while the row shows it."""
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 60).fail("agent failed (exit 1)", kind=ErrorKind.AGENT_EXIT)
+    store.reset(task_id)
+    claim = store.claim(task_id, "r2", 60)
+    assert "errorKind" not in store.get_row(task_id)
+    claim.complete("c" * 40)
+    assert "errorKind" not in store.get_row(task_id)
+    released = new_task(store)
+    store.claim(released, "r1", 60).fail("agent failed", kind=ErrorKind.AGENT_EXIT)
+    store.reset(released)
+    store.claim(released, "r1", 60).release("runner shutting down")
+    row = store.get_row(released)
+    assert row["status"] == "pending" and "errorKind" not in row
+
+
+def test_a_row_with_an_error_kind_this_version_does_not_know_stays_readable(store: TaskRepository) -> None:
+    """A newer runner's kind (the set is add-only) is kept as written; the row is still a task."""
+    task_id = new_task(store, errorKind="some_newer_kind", status="failed", error="x")
+    assert store.get(task_id).error_kind == "some_newer_kind"
 
 
 def test_giving_up_on_a_task_frees_its_branch_lock(backend: Backend) -> None:
@@ -414,7 +466,7 @@ def test_fail_keeps_the_wip_for_the_retry(store: TaskRepository) -> None:
     task_id = new_task(store)
     claim = store.claim(task_id, "r1", 60)
     claim.record(wip_sha="c" * 40)
-    claim.fail("agent timed out; work kept on kiro-wip")
+    claim.fail("agent timed out; work kept on kiro-wip", kind=ErrorKind.AGENT_TIMEOUT)
     store.reset(task_id)
     assert store.claim(task_id, "r2", 60).task.wip_sha == "c" * 40
 
@@ -568,7 +620,7 @@ def test_the_branch_is_free_for_the_next_task_once_its_holder_ends(
     if end == "complete":
         holder.complete("a" * 40)
     elif end == "fail":
-        holder.fail("agent failed")
+        holder.fail("agent failed", kind=ErrorKind.AGENT_EXIT)
     else:
         holder.release("runner shutting down")
     # then: the lock is gone and the second task claims the branch
@@ -600,7 +652,7 @@ def test_a_lock_whose_lease_passed_is_taken_over_and_its_old_holder_loses_the_re
         old.renew(30)
     assert backend.lock(branch)["taskId"] == next_task
     # the old holder's end still writes its status, and leaves the new holder's lock alone
-    old.fail("lease lost")
+    old.fail("lease lost", kind=ErrorKind.AGENT_EXIT)
     assert store.get_row(dead)["status"] == "failed"
     assert backend.lock(branch)["taskId"] == next_task
 
@@ -641,7 +693,11 @@ def test_a_runner_that_reclaims_its_own_task_cannot_write_through_its_old_claim(
     now[0] += 31
     new = store.claim(task_id, "r1", 30)
     assert new.attempt == 2
-    for write in (lambda: old.renew(30), lambda: old.record(base_sha="a" * 40), lambda: old.fail("stale")):
+    for write in (
+        lambda: old.renew(30),
+        lambda: old.record(base_sha="a" * 40),
+        lambda: old.fail("stale", kind=ErrorKind.AGENT_EXIT),
+    ):
         with pytest.raises(LeaseLostError):
             write()
     new.complete("b" * 40)

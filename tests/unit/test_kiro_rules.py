@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ec2_runner.headless import judge_exit, last_meaningful_line
+from ec2_runner.headless import exit_kind, judge_exit, last_meaningful_line
 from ec2_runner.kiro import CREDITS, KiroRules
 from ec2_runner.ptydriver import PtyRun, Stop
+from shared.models import ErrorKind
 
 pytestmark = pytest.mark.unit
 
@@ -129,3 +130,35 @@ def test_a_stopped_run_keeps_the_reason_it_was_stopped() -> None:
 def test_a_run_killed_by_a_signal_says_which() -> None:
     """A process that ended by a signal (no exit code) fails naming the signal."""
     assert judge_exit(ended("", exit_code=None, signal=9)) == (False, "agent was killed by signal SIGKILL")
+
+
+def test_each_verdict_has_the_kind_its_error_names() -> None:
+    """``kind`` follows ``judge``: none for a success, the stop's own kind for a stopped run (even
+    with 'Authentication failed.' in it), the credential for an auth failure, an exit otherwise
+    (a stall that exits 0, a signal)."""
+    stall = "Kiro is having trouble responding right now.\n"
+    stopped = ended("Authentication failed.\n")
+    stopped.error, stopped.kind = "agent timed out after 1 s", ErrorKind.AGENT_TIMEOUT
+    cases = [
+        ("done\n" + CREDITS_LINE, ended("done\n" + CREDITS_LINE), None),
+        ("Authentication failed.\n", ended("Authentication failed.\n"), ErrorKind.AGENT_AUTH_FAILED),
+        (stall, ended(stall), ErrorKind.AGENT_EXIT),
+        ("", ended("", exit_code=None, signal=9), ErrorKind.AGENT_EXIT),
+        ("Authentication failed.\n", stopped, ErrorKind.AGENT_TIMEOUT),
+    ]
+    for seen, run, kind in cases:
+        rules = KiroRules()
+        rules(seen, 0.0)
+        assert rules.kind(run) is kind, (seen, run)
+    assert (
+        exit_kind(ended("", exit_code=0)) is None
+        and exit_kind(ended("", exit_code=2)) is ErrorKind.AGENT_EXIT
+    )
+
+
+def test_a_watchers_stop_carries_its_kind() -> None:
+    """The login and approval stops say their kinds (the driver writes them on the run)."""
+    login = KiroRules()("Open this URL: https://view.awsapps.com/start/#/device\n", 0.0)
+    approval = KiroRules()("Using tool: fs_write\nAllow this action? [y/n/t]:", 0.0)
+    assert login is not None and login.kind is ErrorKind.AGENT_NOT_LOGGED_IN
+    assert approval is not None and approval.kind is ErrorKind.APPROVAL_REQUIRED

@@ -6,6 +6,7 @@ during a test, so every test takes milliseconds."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ from typing import Any
 import pytest
 
 from ec2_runner.agents import AgentResult
-from ec2_runner.gitops import DeadlineError, GitOpError, PushConflictError
+from ec2_runner.gitops import DeadlineError, GitOpError, PushConflictError, RefRejectedError
 from ec2_runner.pipeline import Outcome, PipelineOptions, TaskPipeline
 from shared.branches import DEFAULT_PROTECTED
-from shared.models import TaskSignal
+from shared.models import ErrorKind, TaskSignal
 from tests.fakes.agent import ScriptedAgent
 from tests.fakes.dispatcher import RecordingDispatcher
 from tests.fakes.memory_store import MemoryTaskStore
@@ -424,3 +425,112 @@ def test_escape_sequences_in_a_title_or_id_never_reach_the_commit_message_raw(ma
     assert message.startswith("Add login validation exe")
     assert not any(ch in message for ch in "\x1b\x07\x9b\u202e")
     assert runner.store.get_row(task_id)["title"] == title
+
+
+# -- failure kinds --------------------------------------------------------------------------------
+def _unreadable(runner: Runner) -> str:
+    runner.store.rows["bad"] = {"id": "bad", "title": "", "branch": "feature/bad", "status": "pending"}
+    return "bad"
+
+
+def _failing_agent(kind: ErrorKind | None, exit_code: int | None = 1) -> ScriptedAgent:
+    return ScriptedAgent(AgentResult(ok=False, exit_code=exit_code, error="agent failed", kind=kind))
+
+
+KIND_CASES: dict[str, tuple[dict[str, Any], Callable[[Runner], str], ErrorKind]] = {
+    "unreadable row": ({}, _unreadable, ErrorKind.INVALID_TASK),
+    "oversized details": (
+        {"max_details_bytes": 16},
+        lambda r: r.put("big", details="x" * 17),
+        ErrorKind.INVALID_TASK,
+    ),
+    "protected branch": ({}, lambda r: r.put("unsafe", "main"), ErrorKind.UNSAFE_BRANCH),
+    "reserved branch": ({}, lambda r: r.put("unsafe", "kiro-wip/x"), ErrorKind.UNSAFE_BRANCH),
+    "no changes": ({"agent": ScriptedAgent()}, lambda r: r.put("idle"), ErrorKind.NO_CHANGES),
+    "agent not logged in": (
+        {"agent": _failing_agent(ErrorKind.AGENT_NOT_LOGGED_IN, None)},
+        lambda r: r.put("login"),
+        ErrorKind.AGENT_NOT_LOGGED_IN,
+    ),
+    "agent auth failed": (
+        {"agent": _failing_agent(ErrorKind.AGENT_AUTH_FAILED, 0)},
+        lambda r: r.put("auth"),
+        ErrorKind.AGENT_AUTH_FAILED,
+    ),
+    "approval required": (
+        {"agent": _failing_agent(ErrorKind.APPROVAL_REQUIRED, None)},
+        lambda r: r.put("approval"),
+        ErrorKind.APPROVAL_REQUIRED,
+    ),
+    "agent timeout": (
+        {"agent": _failing_agent(ErrorKind.AGENT_TIMEOUT, None)},
+        lambda r: r.put("slow"),
+        ErrorKind.AGENT_TIMEOUT,
+    ),
+    "agent exit": (
+        {"agent": _failing_agent(ErrorKind.AGENT_EXIT)},
+        lambda r: r.put("x"),
+        ErrorKind.AGENT_EXIT,
+    ),
+    "an adapter that gives no kind": (
+        {"agent": _failing_agent(None)},
+        lambda r: r.put("x"),
+        ErrorKind.AGENT_EXIT,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(KIND_CASES))
+def test_each_failure_before_the_push_writes_its_error_kind(make: Any, case: str) -> None:
+    """Every way a task fails before its push writes an ``errorKind`` with its ``error``."""
+    options, put, kind = KIND_CASES[case]
+    runner = make(**options)
+    task_id = put(runner)
+    assert runner.process(task_id) is Outcome.FAILED
+    row = runner.store.get_row(task_id)
+    assert row["status"] == "failed" and row["error"]
+    assert row["errorKind"] == kind.value
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (PushConflictError("the PR branch 'feature/x' moved during the task"), ErrorKind.PUSH_CONFLICT),
+        (
+            RefRejectedError("git push to 'feature/x' was rejected: fetch first", True),
+            ErrorKind.PUSH_CONFLICT,
+        ),
+        (
+            RefRejectedError("git push to 'feature/x' was rejected: pre-receive hook declined", False),
+            ErrorKind.PUSH_REFUSED,
+        ),
+        (GitOpError("git push to 'feature/x' failed: Could not resolve host"), ErrorKind.GIT_FAILED),
+    ],
+    ids=["conflict", "moved-again", "refused", "network"],
+)
+def test_a_failed_push_writes_its_error_kind(make: Any, error: GitOpError, kind: ErrorKind) -> None:
+    runner = make()
+    runner.workspace.fail_push = error
+    task_id = runner.put("push")
+    assert runner.process(task_id) is Outcome.FAILED
+    row = runner.store.get_row(task_id)
+    assert row["errorKind"] == kind.value and row["error"].startswith(str(error))
+
+
+def test_a_checkout_that_fails_writes_the_git_error_kind(make: Any) -> None:
+    runner = make()
+    runner.workspace.fail_checkout = GitOpError("git fetch of 'feature/x' failed: Could not resolve host")
+    task_id = runner.put("checkout")
+    assert runner.process(task_id) is Outcome.FAILED
+    row = runner.store.get_row(task_id)
+    assert row["errorKind"] == "git_failed" and row["error"].startswith("git fetch of")
+
+
+def test_a_task_given_back_or_completed_carries_no_error_kind(make: Any) -> None:
+    """A shutdown's note in ``error`` is no failure, and a completion clears the last one."""
+    runner = make(ScriptedAgent(writes=CHANGE))
+    stopped = runner.put("stopped")
+    assert runner.process(stopped, stop=True) is Outcome.RELEASED
+    assert "errorKind" not in runner.store.get_row(stopped)
+    assert runner.process(stopped) is Outcome.COMPLETE
+    assert "errorKind" not in runner.store.get_row(stopped)
