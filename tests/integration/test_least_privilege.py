@@ -79,6 +79,8 @@ MANAGED: dict[str, dict[str, str]] = {
     },
 }
 MANAGED["DispatchFunctionRole"]["AWSLambdaDynamoDBExecutionRole"] = "the stream event source mapping"
+# API Gateway's own account-wide role (SetApiGatewayLogsRole): writes the WebSocket stage's access logs
+MANAGED["ApiGatewayLogsRole"] = {"AmazonAPIGatewayPushToCloudWatchLogs": "the WebSocket stage's access logs"}
 MANAGED["DeadLetterFunctionRole"]["AWSLambdaSQSQueueExecutionRole"] = "the DLQ event source mapping"
 
 # the local stack's own clients (deploy, pollers) and the test's: not a deployed component
