@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -235,6 +237,50 @@ def local_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
         yield stack
     finally:
         stack.stop()
+
+
+def aipm_in(workdir: Path, *args: str) -> str:
+    """``aipm ARGS`` run as a user in the stack's folder (it finds the stack from .aipm/local.json, not
+    from this process's endpoint or secrets); its output, or the test fails with its stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET", "WS_URL")}
+    out = subprocess.run(
+        [sys.executable, "-m", "ec2_runner.cli", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@contextlib.contextmanager
+def metadata_stand_in() -> Iterator[tuple[str, list[bytes]]]:
+    """A listener on host loopback standing in for the instance metadata service: its address and
+    what reached it (a connection that sent nothing counts as ``(connected)``)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                got.append(conn.recv(100) or b"(connected)")
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}", got
+    finally:
+        stop.set()
+        serving.join(5)
+        server.close()
 
 
 def read_plain(item: dict) -> dict:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ import pytest
 
 from local.gitremote import ensure_bare_remote
 from shared import frames as fr
-from tests.fixtures import AwsCli, unique, wait_until
+from tests.fixtures import AwsCli, aipm_in, unique, wait_until
 from tests.integration.refine_support import Browser
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -70,17 +67,7 @@ def hostile(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def aipm(stack: Any, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET", "WS_URL")}
-    out = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        cwd=stack.workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    return aipm_in(stack.workdir, *args)
 
 
 def run_task(cli: AwsCli, branch: str, details: str) -> dict:

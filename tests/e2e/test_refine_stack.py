@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +11,7 @@ import git
 import pytest
 
 from shared import frames as fr
-from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, AwsCli, unique
+from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, AwsCli, aipm_in, unique
 from tests.integration.refine_support import Browser
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -48,17 +45,7 @@ def refine_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def aipm(stack: Any, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET", "WS_URL")}
-    out = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        cwd=stack.workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    return aipm_in(stack.workdir, *args)
 
 
 def test_refine_a_finished_task_live_and_push_the_result(refine_stack: Any) -> None:

@@ -8,9 +8,7 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ import pytest
 
 from ec2_runner.gitops import safe_dir_name
 from tests.fixtures import AwsCli, unique, wait_until
+from tests.fixtures import metadata_stand_in as stand_in_for_metadata
 
 pytestmark = [
     pytest.mark.e2e,
@@ -42,29 +41,8 @@ SECRETS = {
 
 @pytest.fixture(scope="module")
 def metadata_stand_in() -> Iterator[tuple[str, list[bytes]]]:
-    """A listener on host loopback playing the instance metadata service: its address, what reached it."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    got: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                got.append(conn.recv(100) or b"(connected)")
-
-    serving = threading.Thread(target=serve, daemon=True)
-    serving.start()
-    try:
-        yield f"127.0.0.1:{server.getsockname()[1]}", got
-    finally:
-        stop.set()
-        serving.join(5)
-        server.close()
+    with stand_in_for_metadata() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.agents import CommandAgent, DemoAgent
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
+from tests.fixtures import metadata_stand_in as stand_in_for_metadata
 
 pytestmark = [
     pytest.mark.integration,
@@ -234,30 +234,8 @@ def test_the_demo_agent_works_in_the_sandbox(layout: dict[str, Path]) -> None:
 
 @pytest.fixture
 def metadata_stand_in() -> Iterator[tuple[str, list[bytes]]]:
-    """A listener on host loopback standing in for the instance metadata service: its address and
-    what reached it."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    got: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                got.append(conn.recv(100) or b"(connected)")
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield f"127.0.0.1:{server.getsockname()[1]}", got
-    finally:
-        stop.set()
-        t.join(2)
-        server.close()
+    with stand_in_for_metadata() as served:
+        yield served
 
 
 @pytest.mark.parametrize("network", ["none", "proxy"])
