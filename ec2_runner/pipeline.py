@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 SHUTDOWN = "runner shutting down"
 LEASE_LOST = "lease lost to another runner"
 LEASE_GONE = "the row is no longer this runner's (another runner took it over, or its lease ran out first)"
-# the time a git push killed at its timeout takes to stop (GitPython's watchdog looks its children up
-# with pgrep, then SIGKILLs them all): a push is given what remains of its lease less this
+# the time a git push killed at its timeout takes to stop (SafeGit SIGKILLs git's whole process group
+# and reaps it): a push is given what remains of its lease less this
 KILL_SECONDS = 0.25
 
 
