@@ -71,7 +71,8 @@ def passes(patterns: list[dict], event_record: dict) -> bool:
 
 
 class _Background:
-    """One daemon thread running ``_loop`` until ``stop()``; what every local event source shares."""
+    """One daemon thread running ``_loop`` until ``stop()``; what every local event source shares.
+    A stopped source can be started again (as an event source mapping is disabled and enabled)."""
 
     thread_name = "event-source"
     join_seconds = 5.0
@@ -81,6 +82,7 @@ class _Background:
         self._thread: threading.Thread | None = None
 
     def _start_thread(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
         self._thread.start()
 
@@ -144,6 +146,7 @@ class StreamPoller(_Background):
 
     def start(self, from_start: bool = True) -> None:
         kind = "TRIM_HORIZON" if from_start else "LATEST"
+        self._iterators.clear()
         for shard in self._shards():
             self._iterators[shard] = self.streams.get_shard_iterator(
                 StreamArn=self.stream_arn, ShardId=shard, ShardIteratorType=kind

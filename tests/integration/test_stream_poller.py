@@ -83,6 +83,25 @@ def test_a_failed_record_is_delivered_again_with_the_records_after_it(
     assert handler.batches == [ids, ["r3", "r4", "r5"]]
 
 
+def test_a_stopped_poller_starts_again_from_the_streams_end(moto_endpoint: str, ddb: Any, table: str) -> None:
+    """As an event source mapping disabled and enabled again: what was written meanwhile is not
+    delivered (its signal is lost, for the reconciler), what comes after is."""
+    handler = Handler(set(), times=0)
+    poller = _poller(moto_endpoint, ddb, table, handler, max_retries=3)
+    poller.start(from_start=True)
+    try:
+        _put(ddb, table, ["before"])
+        wait_until(lambda: poller.delivered == 1, 10, what="the first record delivered")
+        poller.stop()
+        _put(ddb, table, ["while-stopped"])
+        poller.start(from_start=False)
+        _put(ddb, table, ["after"])
+        wait_until(lambda: poller.delivered == 2, 10, what="the record after the restart delivered")
+    finally:
+        poller.stop()
+    assert [i for batch in handler.batches for i in batch] == ["before", "after"]
+
+
 def test_a_record_that_keeps_failing_is_given_up_after_the_mappings_retries(
     moto_endpoint: str, ddb: Any, table: str
 ) -> None:
