@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
@@ -15,21 +14,16 @@ from typing import Any
 LOCAL_STACK_PACKAGE = "local"
 
 
-@functools.cache
 def _settings() -> Any:
-    from ec2_runner.config import CliSettings
-    from shared.config import load_settings
+    from ec2_runner.commands.context import settings
 
-    return load_settings(CliSettings)
+    return settings()
 
 
 def _store() -> Any:
-    from shared import aws
-    from shared.store import TaskStore
+    from ec2_runner.commands.context import store
 
-    s = _settings()
-    ddb = aws.client("dynamodb", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys)
-    return TaskStore(ddb, s.table_name, branch_locks_table=s.branch_locks_table)
+    return store()
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
@@ -267,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         # all that follows is the local stack's own, options included (`aipm local --help`)
         return run_local_stack(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from ec2_runner.console import CliError
+
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:
+        print(f"aipm {args.cmd}: {e.message}", file=sys.stderr)
+        return int(e.code)
 
 
 if __name__ == "__main__":

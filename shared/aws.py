@@ -78,8 +78,10 @@ def _component_of_file(filename: str) -> str | None:
         return None
     if len(rel) >= 3 and rel[0] == "functions":
         return rel[1]
+    if len(rel) == 3 and rel[:2] == ("ec2_runner", "commands"):
+        return "cli"
     if len(rel) == 2 and rel[0] == "ec2_runner":
-        return "cli" if rel[1] in _CLI_FILES else "runner"
+        return "cli" if rel[1] in _CLI_FILES | {"console.py"} else "runner"
     if rel and rel[0] == "local":
         return "local"
     return None

@@ -8,6 +8,7 @@ import pytest
 
 from ec2_runner import cli
 from ec2_runner.cli import main
+from ec2_runner.commands import context
 from shared import tokens
 
 pytestmark = pytest.mark.unit
@@ -38,7 +39,7 @@ def test_token_refuses_a_read_write_token_for_a_protected_branch(
     """``aipm token --branch main`` mints nothing, and says why and what to do instead."""
     monkeypatch.setenv("TOKEN_SECRET", "cli-token-secret-for-tests-0123456789")
     monkeypatch.delenv("PROTECTED_BRANCHES", raising=False)
-    cli._settings.cache_clear()  # the settings are read once per process
+    context.settings.cache_clear()  # the settings are read once per process
     assert main(["token", "--branch", branch]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -51,7 +52,7 @@ def test_token_mints_read_only_for_a_protected_branch_and_read_write_elsewhere(
     secret = "cli-token-secret-for-tests-0123456789"
     monkeypatch.setenv("TOKEN_SECRET", secret)
     monkeypatch.setenv("PROTECTED_BRANCHES", "main,trunk")
-    cli._settings.cache_clear()
+    context.settings.cache_clear()
     assert main(["token", "--branch", "main", "--read-only"]) == 0
     watcher = tokens.verify(capsys.readouterr().out.strip(), secret)
     assert (watcher.branch, watcher.read_only) == ("main", True)
@@ -76,7 +77,7 @@ def test_terminal_refuses_a_read_write_session_on_a_protected_branch(
     monkeypatch.setenv("WS_URL", "ws://127.0.0.1:9/never-dialled")
     monkeypatch.delenv("PROTECTED_BRANCHES", raising=False)
     monkeypatch.setattr(cli, "_store", lambda: NoTasks())
-    cli._settings.cache_clear()
+    context.settings.cache_clear()
     assert main(["terminal", "main"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
