@@ -96,6 +96,9 @@ class WebSocketSpec(BaseModel):
     routes: dict[str, str]  # route key ("$connect", "$default", ...) -> function name ("ws_connect")
     authorizer: str | None = None  # function name of the $connect REQUEST authorizer
     identity_sources: list[str] = Field(default_factory=list)  # ["route.request.querystring.token"]
+    # routes with a MOCK integration (no Lambda): route key -> what its route response sends back
+    # (the integration response's $default template; None when the route has no route response)
+    mock_routes: dict[str, str | None] = Field(default_factory=dict)
 
 
 class LocalStackResources(BaseModel):
@@ -641,11 +644,25 @@ def _websocket(
     integrations = {
         k: function_of(p.get("IntegrationUri")) for k, p in of_api("AWS::ApiGatewayV2::Integration").items()
     }
+    mocks = {k for k, p in of_api("AWS::ApiGatewayV2::Integration").items() if p.get("IntegrationType") == "MOCK"}
+    mock_replies: dict[str, str | None] = {}
+    for props in of_api("AWS::ApiGatewayV2::IntegrationResponse").values():
+        integration = next((r for r in references(props.get("IntegrationId")) if r in mocks), None)
+        if integration and props.get("IntegrationResponseKey") == "$default":
+            mock_replies[integration] = (props.get("ResponseTemplates") or {}).get("$default")
+    answered = {
+        r for p in of_api("AWS::ApiGatewayV2::RouteResponse").values() for r in references(p.get("RouteId"))
+    }
     routes: dict[str, str] = {}
-    for props in of_api("AWS::ApiGatewayV2::Route").values():
-        target = next((integrations[r] for r in references(props.get("Target")) if r in integrations), None)
+    mock_routes: dict[str, str | None] = {}
+    for logical, props in of_api("AWS::ApiGatewayV2::Route").items():
+        targets = references(props.get("Target"))
+        target = next((integrations[r] for r in targets if r in integrations and integrations[r]), None)
+        mock = next((r for r in targets if r in mocks), None)
         if target:
             routes[props["RouteKey"]] = target
+        elif mock:
+            mock_routes[props["RouteKey"]] = mock_replies.get(mock) if logical in answered else None
     authorizers = of_api("AWS::ApiGatewayV2::Authorizer")
     authorizer = next(iter(authorizers.values()), None)
     stage = next(iter(of_api("AWS::ApiGatewayV2::Stage").values()), {})
@@ -657,4 +674,5 @@ def _websocket(
         routes=routes,
         authorizer=function_of(authorizer.get("AuthorizerUri")) if authorizer else None,
         identity_sources=list(authorizer.get("IdentitySource", [])) if authorizer else [],
+        mock_routes=mock_routes,
     )

@@ -1,10 +1,15 @@
 """The local stand-in for the API Gateway WebSocket endpoint.
 
-- A websockets server (max message 128 KiB: larger ones close with 1009, as API Gateway does) that
+- A websockets server with API Gateway's limits (``GatewayLimits``; AWS's values unless a test
+  shortens them): a frame over 32 KB or a message over 128 KB closes the connection with 1009; a
+  connection with no message from its client for 10 minutes, or open for 2 hours, is closed with
+  1001 (``$disconnect`` sees the code). Control frames (WebSocket pings) do not count as activity;
+  what is posted to a connection goes out in frames of at most 32 KB. The server
   gives each connection an id, calls the REAL authorizer and ``$connect`` handler before accepting
   the handshake, selects a route from ``$request.body.action`` (no such route -> ``$default``) and
   calls the real handlers in-process with API-Gateway-shaped events. Routes, authorizer and stage are
-  template.yaml's, as local.deploy parses them (``LocalGateway.from_spec``).
+  template.yaml's, as local.deploy parses them (``LocalGateway.from_spec``). A route with a MOCK
+  integration (``ping``) is answered by the gateway itself with its route response, no handler called.
 - A small HTTP server with ``POST/GET/DELETE [/{stage}]/@connections/{id}``, so boto3's
   ``apigatewaymanagementapi`` client works unchanged with ``endpoint_url`` (410 GoneException for
   unknown ids, 413 over 128 KiB).
@@ -36,7 +41,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from local.demo_tokens import demo_token
 from local.lambdas import LocalFunction
+from shared import frames as fr
+from shared.branches import DEFAULT_PROTECTED
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +52,37 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "web" / "index.html"
 PAGE_STAGE_META = '<meta name="aipm-ws-stage" content="{}">'
 MAX_MESSAGE = 128 * 1024
+MAX_FRAME = 32 * 1024
+IDLE_TIMEOUT_SECONDS = 600.0
+MAX_CONNECTION_SECONDS = 7200.0
+# what API Gateway closes a connection with at its idle timeout and its maximum duration
+GOING_AWAY = 1001
 RUNNER_CONCURRENCY = 8  # concurrent invocations for one runner connection's frames
 API_ID = "localws"
 ACCOUNT = "123456789012"
 
 # what template.yaml declares today; a gateway made from local.deploy's WebSocketSpec uses the template's own
 DEFAULT_ROUTES = {"$connect": "ws_connect", "$disconnect": "ws_disconnect", "$default": "ws_relay"}
+DEFAULT_MOCK_ROUTES: dict[str, str | None] = {"ping": '{"action": "pong"}'}
 DEFAULT_AUTHORIZER = "ws_authorizer"
 DEFAULT_IDENTITY_SOURCES = ("route.request.querystring.token",)
 DEFAULT_STAGE = "local"
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """API Gateway's WebSocket limits (AWS's values by default; tests shorten them)."""
+
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS
+    max_connection_seconds: float = MAX_CONNECTION_SECONDS
+    max_frame_bytes: int = MAX_FRAME
+    max_message_bytes: int = MAX_MESSAGE
+
+    def __post_init__(self) -> None:
+        if min(self.idle_timeout, self.max_connection_seconds) <= 0:
+            raise ValueError("the idle timeout and the maximum connection duration must be positive")
+        if not 16 <= self.max_frame_bytes <= self.max_message_bytes:
+            raise ValueError("the frame limit must be at least 16 bytes and at most the message limit")
 
 
 @dataclass
@@ -64,6 +94,8 @@ class _Conn:
     user_agent: str
     ws: ServerConnection | None = None
     last_active: int = 0
+    last_in: float = field(default_factory=time.monotonic)  # the client's last message (idle timeout)
+    opened: float = field(default_factory=time.monotonic)
     max_in: int = 0
     max_out: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,12 +129,22 @@ class LocalGateway:
         authorizer: str | None = DEFAULT_AUTHORIZER,
         identity_sources: list[str] | tuple[str, ...] = DEFAULT_IDENTITY_SOURCES,
         workers: int = 16,
+        mock_routes: dict[str, str | None] | None = None,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        max_connection_seconds: float = MAX_CONNECTION_SECONDS,
+        max_frame_bytes: int = MAX_FRAME,
+        max_message_bytes: int = MAX_MESSAGE,
+        protected_branches: tuple[str, ...] | list[str] = DEFAULT_PROTECTED,
     ) -> None:
         """``routes`` maps route keys (``$connect``, ``$disconnect``, ``$default``, or an action) to
         function folders under ``functions/``; ``authorizer`` is the ``$connect`` REQUEST authorizer's
         function (None: connections are not authorised); ``identity_sources`` are what API Gateway
         requires before it calls the authorizer. The defaults are what template.yaml declares;
-        ``from_spec`` takes them from the template as local.deploy parses it."""
+        ``from_spec`` takes them from the template as local.deploy parses it. ``mock_routes`` maps
+        the route keys of MOCK integrations to the reply their route response sends (None: none).
+
+        The limits are API Gateway's unless shortened: ``idle_timeout`` (seconds without a message
+        from the client), ``max_connection_seconds``, ``max_frame_bytes`` and ``max_message_bytes``."""
         self.env = dict(env)
         if not self.env.get("TOKEN_SECRET") and not self.env.get("TOKEN_SECRET_ARN"):
             self.env["TOKEN_SECRET"] = secrets.token_urlsafe(32)
@@ -112,6 +154,9 @@ class LocalGateway:
         self.host = host
         self.stage = stage
         self.routes = dict(DEFAULT_ROUTES if routes is None else routes)
+        self.mock_routes = dict(DEFAULT_MOCK_ROUTES if mock_routes is None else mock_routes)
+        self.protected_branches = tuple(protected_branches)
+        self.limits = GatewayLimits(idle_timeout, max_connection_seconds, max_frame_bytes, max_message_bytes)
         missing = {"$connect", "$default"} - set(self.routes)
         if missing:
             raise ValueError(f"a WebSocket API needs the routes {sorted(missing)}")
@@ -132,6 +177,8 @@ class LocalGateway:
         self._http_thread: threading.Thread | None = None
         self.ws_port = 0
         self.max_message_by_role: dict[str, int] = {}
+        self.mock_replies = 0  # messages a MOCK route answered (no handler called)
+        self.closed_by_limit: dict[str, int] = {}  # "idle timeout" / "connection duration limit" -> count
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -225,8 +272,9 @@ class LocalGateway:
             self.host,
             self.port,
             process_request=self._process_request,
-            max_size=MAX_MESSAGE,
-            # API Gateway has its own keep-alive; the local stand-in needs no pings
+            # a message over the limit, or one frame over the frame limit, closes with 1009
+            max_size=(self.limits.max_message_bytes, self.limits.max_frame_bytes),
+            # API Gateway answers a client's pings but sends none; they keep nothing alive
             ping_interval=None,
         ) as server:
             self.ws_port = server.sockets[0].getsockname()[1]
@@ -267,6 +315,7 @@ class LocalGateway:
             routes=dict(spec.routes),
             authorizer=spec.authorizer,
             identity_sources=list(spec.identity_sources),
+            mock_routes=dict(getattr(spec, "mock_routes", None) or {}),
             **kwargs,
         )
 
@@ -343,7 +392,10 @@ class LocalGateway:
         return None
 
     def _page(self, connection: ServerConnection, request: Request) -> Response:
-        path = urlsplit(request.path).path
+        split = urlsplit(request.path)
+        path = split.path
+        if path in ("/token", f"/{self.stage}/token"):
+            return self._token(connection, split.query)
         if path not in ("/", "/index.html", f"/{self.stage}", f"/{self.stage}/") or not PAGE.is_file():
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found\n")
         # the page connects to this gateway's stage unless its URL says otherwise (?ws=...)
@@ -351,6 +403,15 @@ class LocalGateway:
         response = connection.respond(http.HTTPStatus.OK, page)
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "text/html; charset=utf-8"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _token(self, connection: ServerConnection, query: str) -> Response:
+        """The demo page's ``tokenUrl``: a fresh browser token (local stack only)."""
+        answer = demo_token(query, self.token_secret, self.protected_branches)
+        response = connection.respond(answer.status, json.dumps(answer.body) + "\n")
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -363,6 +424,7 @@ class LocalGateway:
         code, reason = 1000, ""
         in_flight = asyncio.Semaphore(RUNNER_CONCURRENCY)
         pending: set[asyncio.Task] = set()
+        watchdog = asyncio.create_task(self._enforce_durations(conn, ws))
         try:
             async for message in ws:
                 body = message if isinstance(message, str) else message.decode("utf-8", "replace")
@@ -370,7 +432,15 @@ class LocalGateway:
                 conn.max_in = max(conn.max_in, size)
                 self.max_message_by_role[role] = max(self.max_message_by_role.get(role, 0), size)
                 conn.last_active = _now_ms()
+                conn.last_in = time.monotonic()
                 route = self._select_route(body)
+                if route in self.mock_routes:
+                    # a MOCK integration: API Gateway answers from its route response, calls no Lambda
+                    reply = self.mock_routes[route]
+                    if reply is not None:
+                        self.mock_replies += 1
+                        await self._send_framed(ws, reply)
+                    continue
                 event = {
                     "requestContext": self._request_context(
                         conn, route, "MESSAGE", messageId=uuid.uuid4().hex[:16]
@@ -392,6 +462,7 @@ class LocalGateway:
         except ConnectionClosed:
             pass
         finally:
+            watchdog.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             if ws.close_code is not None:
@@ -433,9 +504,10 @@ class LocalGateway:
         ``$default``, whose handler refuses it."""
         try:
             action = json.loads(body).get("action")
-        except (ValueError, AttributeError, RecursionError):
+        except (ValueError, AttributeError, RecursionError, TypeError):
             return "$default"
-        if isinstance(action, str) and action in self.routes and not action.startswith("$"):
+        known = action in self.routes or action in self.mock_routes
+        if isinstance(action, str) and known and not action.startswith("$"):
             return action
         return "$default"
 
@@ -454,10 +526,35 @@ class LocalGateway:
             text = None
         conn.max_out = max(conn.max_out, len(data))
         try:
-            await conn.ws.send(text if text is not None else data)
+            await self._send_framed(conn.ws, text if text is not None else data)
         except ConnectionClosed:
             return False
         return True
+
+    async def _send_framed(self, ws: ServerConnection, message: str | bytes) -> None:
+        """Send one message as API Gateway does: in frames of at most the frame limit."""
+        limit = self.limits.max_frame_bytes
+        if isinstance(message, bytes):
+            parts: list[Any] = [message[i : i + limit] for i in range(0, len(message), limit)] or [b""]
+        else:
+            parts = fr.utf8_pieces(message, limit)
+        await ws.send(parts[0] if len(parts) == 1 else parts)
+
+    async def _enforce_durations(self, conn: _Conn, ws: ServerConnection) -> None:
+        """Close the connection with 1001 at the idle timeout (no message from its client) or at
+        the maximum connection duration, whichever comes first, as API Gateway does."""
+        limits = self.limits
+        while True:
+            now = time.monotonic()
+            idle_at = conn.last_in + limits.idle_timeout
+            end_at = conn.opened + limits.max_connection_seconds
+            if now >= end_at or now >= idle_at:
+                why = "connection duration limit" if now >= end_at else "idle timeout"
+                logger.info("closing %s at its %s", conn.connection_id, why)
+                self.closed_by_limit[why] = self.closed_by_limit.get(why, 0) + 1
+                await ws.close(GOING_AWAY, "Going away")
+                return
+            await asyncio.sleep(min(idle_at, end_at) - now)
 
     async def _close(self, connection_id: str) -> bool:
         conn = self._conns.get(connection_id)
@@ -519,7 +616,7 @@ def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
             data = self.rfile.read(length)
             if cid is None:
                 return self._reply(404, {"message": "Not Found"}, "NotFoundException")
-            if length > MAX_MESSAGE:
+            if length > gateway.limits.max_message_bytes:
                 return self._reply(413, {"message": "Payload too large"}, "PayloadTooLargeException")
             if not gateway._call(gateway._post(cid, data)):
                 return self._gone()

@@ -125,8 +125,9 @@ class ConnectionStore:
             "expiresAt": self._expires(),
         }
 
-    def drop_route(self, session_id: str, runner_connection_id: str | None = None) -> None:
-        """Delete the session's route (only if it still points at ``runner_connection_id`` when given)."""
+    def drop_route(self, session_id: str, runner_connection_id: str | None = None) -> bool:
+        """Delete the session's route (only if it still points at ``runner_connection_id`` when given);
+        False when it pointed elsewhere."""
         kwargs: dict[str, Any] = {}
         if runner_connection_id:
             kwargs = {
@@ -140,6 +141,8 @@ class ConnectionStore:
         except ClientError as e:
             if not _conditional(e):
                 raise
+            return False
+        return True
 
     def runners(self) -> list[str]:
         """Every runner connection (a query on the session index, never a scan)."""

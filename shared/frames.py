@@ -29,6 +29,9 @@ MAX_TO = 32
 # no frame nests deeper than 2; past this a message is refused before it is parsed (a parser's
 # recursion, or a validator's, never meets a hostile depth)
 MAX_DEPTH = 16
+# the data of one input frame: its encoding (with the relay's stamp) stays under MAX_FRAME_BYTES
+# even when JSON escapes nothing; a client splits a paste into pieces of this many UTF-8 bytes
+INPUT_DATA_BYTES = 24 * 1024
 # what a refusal may quote of its input, and how long its reason may be
 QUOTE_CHARS = 16
 MAX_REASON_CHARS = 160
@@ -40,7 +43,11 @@ NO_SESSION_READ_ONLY = (
 
 BROWSER_ACTIONS = frozenset({"open", "resume", "input", "resize", "close", "push"})
 RUNNER_ACTIONS = frozenset({"hello", "opened", "output", "exit", "error", "pushed"})
-RELAY_ACTIONS = frozenset({"detach"})
+RELAY_ACTIONS = frozenset({"detach", "routed"})
+# the keepalive: browsers and runners send ``ping``; API Gateway's MOCK ``ping`` route answers ``pong``
+# itself (the relay answers one that reaches ``$default``, where that route is not deployed)
+KEEPALIVE_ACTIONS = frozenset({"ping"})
+GATEWAY_ACTIONS = frozenset({"pong"})
 
 
 class FrameError(ValueError):
@@ -118,6 +125,9 @@ class ResumeFrame(_BrowserFrame):
 
 
 class InputFrame(_BrowserFrame):
+    """Keystrokes or a piece of a paste: a client splits a long paste by UTF-8 bytes, so every
+    frame stays under API Gateway's 32 KB (``INPUT_DATA_BYTES`` of data, ``utf8_pieces``)."""
+
     action: Literal["input"] = "input"
     session_id: SessionId
     data: str = Field(max_length=MAX_FRAME_BYTES)
@@ -153,6 +163,23 @@ class DetachFrame(_Frame):
     action: Literal["detach"] = "detach"
     session_id: SessionId
     connection_id: str
+
+
+class RoutedFrame(_Frame):
+    """The relay's answer to a runner's ``hello``: its sessions are routed to this connection now
+    (a runner moving to a new connection closes the old one only after this)."""
+
+    action: Literal["routed"] = "routed"
+    sessions: int = Field(default=0, ge=0)
+
+
+# -- keepalive (browser or runner -> API Gateway, and back) ----------------------------------------
+class PingFrame(_Frame):
+    action: Literal["ping"] = "ping"
+
+
+class PongFrame(_Frame):
+    action: Literal["pong"] = "pong"
 
 
 # -- runner -> browsers --------------------------------------------------------------------------
@@ -208,14 +235,28 @@ class PushedFrame(_RunnerFrame):
 
 
 BrowserFrame = Annotated[
-    OpenFrame | ResumeFrame | InputFrame | ResizeFrame | CloseFrame | PushFrame, Field(discriminator="action")
+    OpenFrame | ResumeFrame | InputFrame | ResizeFrame | CloseFrame | PushFrame | PingFrame,
+    Field(discriminator="action"),
 ]
 RunnerFrame = Annotated[
-    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame,
+    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | PingFrame,
+    Field(discriminator="action"),
+]
+# what a browser connection receives: the runner's frames (less ``to``) and the gateway's pong
+ToBrowserFrame = Annotated[
+    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | PongFrame,
     Field(discriminator="action"),
 ]
 ToRunnerFrame = Annotated[
-    OpenFrame | ResumeFrame | InputFrame | ResizeFrame | CloseFrame | PushFrame | DetachFrame,
+    OpenFrame
+    | ResumeFrame
+    | InputFrame
+    | ResizeFrame
+    | CloseFrame
+    | PushFrame
+    | DetachFrame
+    | RoutedFrame
+    | PongFrame,
     Field(discriminator="action"),
 ]
 Frame = Annotated[
@@ -231,7 +272,10 @@ Frame = Annotated[
     | OutputFrame
     | ExitFrame
     | ErrorFrame
-    | PushedFrame,
+    | PushedFrame
+    | RoutedFrame
+    | PingFrame
+    | PongFrame,
     Field(discriminator="action"),
 ]
 
@@ -239,17 +283,22 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "browser": TypeAdapter(BrowserFrame),
     "runner": TypeAdapter(RunnerFrame),
     "to_runner": TypeAdapter(ToRunnerFrame),
+    "to_browser": TypeAdapter(ToBrowserFrame),
     "any": TypeAdapter(Frame),
 }
+ALL_ACTIONS = BROWSER_ACTIONS | RUNNER_ACTIONS | RELAY_ACTIONS | KEEPALIVE_ACTIONS | GATEWAY_ACTIONS
 _ALLOWED = {
-    "browser": BROWSER_ACTIONS,
-    "runner": RUNNER_ACTIONS,
-    "to_runner": BROWSER_ACTIONS | RELAY_ACTIONS,
-    "any": BROWSER_ACTIONS | RUNNER_ACTIONS | RELAY_ACTIONS,
+    "browser": BROWSER_ACTIONS | KEEPALIVE_ACTIONS,
+    "runner": RUNNER_ACTIONS | KEEPALIVE_ACTIONS,
+    "to_runner": BROWSER_ACTIONS | RELAY_ACTIONS | GATEWAY_ACTIONS,
+    "to_browser": RUNNER_ACTIONS | GATEWAY_ACTIONS,
+    "any": ALL_ACTIONS,
 }
 
 
-def decode(raw: str | bytes, role: Literal["browser", "runner", "to_runner", "any"] = "any") -> Any:
+def decode(
+    raw: str | bytes, role: Literal["browser", "runner", "to_runner", "to_browser", "any"] = "any"
+) -> Any:
     """Parse one message into its frame model; ``role`` restricts the actions accepted.
 
     Raises FrameTooLargeError (over 128 KB), ForbiddenActionError (a known action this role may not
@@ -274,8 +323,7 @@ def decode(raw: str | bytes, role: Literal["browser", "runner", "to_runner", "an
     action = obj.get("action")
     if not isinstance(action, str):
         raise MalformedFrameError("frame has no string 'action'")
-    all_actions = BROWSER_ACTIONS | RUNNER_ACTIONS | RELAY_ACTIONS
-    if action not in all_actions:
+    if action not in ALL_ACTIONS:
         raise MalformedFrameError(f"unknown action {_quote(action)}")
     if action not in _ALLOWED[role]:
         raise ForbiddenActionError(action, role)
@@ -363,6 +411,25 @@ def output_frames(
         pos += n
         seq += 1
     return frames
+
+
+def utf8_pieces(text: str, limit: int) -> list[str]:
+    """``text`` cut into pieces of at most ``limit`` UTF-8 bytes, never inside a character (a
+    paste split into input frames, a message into WebSocket frames)."""
+    if limit < 4:
+        raise ValueError("a piece must hold at least one character (4 bytes)")
+    data = text.encode(errors="surrogatepass")
+    if len(data) <= limit:
+        return [text]
+    pieces: list[str] = []
+    start = 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:  # inside a character: back off
+            end -= 1
+        pieces.append(data[start:end].decode(errors="surrogatepass"))
+        start = end
+    return pieces
 
 
 def session_id_for(task_id: str | None = None, branch: str | None = None) -> str:

@@ -153,7 +153,8 @@ class Relay:
     def _sessions_lost(self, endpoint: str, runner: str, sessions: Iterable[str]) -> None:
         """A runner connection is gone: unroute its sessions and tell their browsers to resume."""
         for sid in sessions:
-            self.store.drop_route(sid, runner)
+            if not self.store.drop_route(sid, runner):
+                continue  # routed elsewhere already: the runner moved to a new connection (its hello)
             for browser in self.store.browsers(sid):
                 self._send(
                     endpoint,
@@ -168,12 +169,15 @@ class Relay:
     # $default --------------------------------------------------------------------------------
     def message(self, ident: Identity, body: str | None, endpoint: str) -> None:
         """Relay one frame; PermissionError from a connection without an authorised role."""
-        if ident.role == "runner":
-            self._from_runner(ident, body or "", endpoint)
-        elif ident.role == "browser":
-            self._from_browser(ident, body or "", endpoint)
-        else:
+        if ident.role not in ("runner", "browser"):
             raise PermissionError("connection has no authorised role")
+        if _is_ping(body):
+            # the keepalive where the MOCK ping route is not deployed: answered as that route would
+            self._send(endpoint, ident.connection_id, fr.PongFrame())
+        elif ident.role == "runner":
+            self._from_runner(ident, body or "", endpoint)
+        else:
+            self._from_browser(ident, body or "", endpoint)
 
     def _from_browser(self, ident: Identity, body: str, endpoint: str) -> None:
         if ident.expired(self._wall_clock()):
@@ -213,28 +217,20 @@ class Relay:
         assert session is not None
         if isinstance(frame, fr.OpenFrame):
             return self._open(ident, session, stamped, endpoint)
-        text = fr.encode(stamped)
+        # a post may be a whole message (128 KB): API Gateway sends it to the runner in 32 KB frames
+        text = fr.encode(stamped, limit=fr.MAX_MESSAGE_BYTES)
         for fresh in (False, True):
             runner = self._route(session, fresh)
             if runner is not None and self.poster.post(endpoint, runner, text):
                 return None
             if runner is not None:
                 self._runner_gone(endpoint, runner, session)
-        if isinstance(frame, fr.ResumeFrame):
-            # the runner may be on its way back (its hello routes its sessions again): resume again later
-            return self._refuse(
-                endpoint,
-                ident,
-                "no_runner",
-                "no runner holds this session right now; resume again shortly",
-                session,
-            )
-        self._send(
-            endpoint,
-            ident.connection_id,
-            fr.ExitFrame(session_id=session, code=-1, reason="no runner holds this session"),
+        # the runner may be on its way back (its hello routes its sessions again): the session is not
+        # over, so this is never ``exit``; the page keeps it and resumes with backoff
+        what = "resume again shortly" if isinstance(frame, fr.ResumeFrame) else "resume, then send it again"
+        return self._refuse(
+            endpoint, ident, "no_runner", f"no runner holds this session right now; {what}", session
         )
-        return None
 
     def _replay_budget_spent(self, ident: Identity) -> str | None:
         """Count an open or resume (each may make the runner replay its whole ring) against the
@@ -276,7 +272,7 @@ class Relay:
                         endpoint, ident, "no_runner", "no runner is connected; try again later", session
                     )
                 runner = self.store.claim_route(session, random.choice(runners))
-            if self.poster.post(endpoint, runner, fr.encode(frame)):
+            if self.poster.post(endpoint, runner, fr.encode(frame, limit=fr.MAX_MESSAGE_BYTES)):
                 self._routes[session] = (runner, self._clock())
                 return None
             self._runner_gone(endpoint, runner, session)
@@ -286,11 +282,11 @@ class Relay:
         logger.info("runner connection %s is gone; cleaning it", runner)
         old = self.store.remove(runner)
         self._routes = {k: v for k, v in self._routes.items() if v[0] != runner}
-        if session:
-            self.store.drop_route(session, runner)
         if old:
             # found out here before its $disconnect: the browsers of all its sessions hear it now
             self._sessions_lost(endpoint, runner, old.sessions)
+        if session:
+            self.store.drop_route(session, runner)
 
     def _from_runner(self, ident: Identity, body: str, endpoint: str) -> None:
         try:
@@ -303,9 +299,18 @@ class Relay:
                 self.store.set_route(sid, ident.connection_id)
                 self._routes[sid] = (ident.connection_id, self._clock())
             self.store.runner_holds(ident.connection_id, frame.sessions)
+            # the runner closes an older connection only once its sessions are routed here
+            self._send(endpoint, ident.connection_id, fr.RoutedFrame(sessions=len(frame.sessions)))
             return None
         if isinstance(frame, fr.OpenedFrame):
             self.store.runner_holds(ident.connection_id, [frame.session_id])
+            # a session opened through a connection the runner has since left (its route dropped
+            # with it) is routed to the one that says opened; a live route is left as it is
+            if self._route(frame.session_id, fresh=True) is None:
+                self._routes[frame.session_id] = (
+                    self.store.claim_route(frame.session_id, ident.connection_id),
+                    self._clock(),
+                )
         elif isinstance(frame, fr.ExitFrame):
             self.store.runner_holds(ident.connection_id, [frame.session_id], add=False)
             self.store.drop_route(frame.session_id, ident.connection_id)
@@ -335,6 +340,16 @@ class Relay:
     def _send(self, endpoint: str, connection_id: str, frame: Any) -> None:
         if not self.poster.post(endpoint, connection_id, fr.for_browser(frame)):
             self.store.remove(connection_id)
+
+
+def _is_ping(body: str | None) -> bool:
+    """A keepalive ``{"action": "ping"}``."""
+    if not body or '"ping"' not in body:
+        return False
+    try:
+        return fr.decode(body, role="any").action == "ping"
+    except fr.FrameError:
+        return False
 
 
 def relay_from_settings(settings: WsSettings) -> Relay:
