@@ -36,9 +36,7 @@ def _refuse(message: str, status: int = 400) -> TokenAnswer:
     return TokenAnswer(status, {"error": message})
 
 
-def demo_token(
-    query: str, secret: str | None, protected: Sequence[str] = DEFAULT_PROTECTED
-) -> TokenAnswer:
+def demo_token(query: str, secret: str | None, protected: Sequence[str] = DEFAULT_PROTECTED) -> TokenAnswer:
     """Mint the token ``query`` asks for, or say why not."""
     if not secret:
         return _refuse("this gateway has no browser-token secret", 503)

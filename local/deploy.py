@@ -644,7 +644,8 @@ def _websocket(
     integrations = {
         k: function_of(p.get("IntegrationUri")) for k, p in of_api("AWS::ApiGatewayV2::Integration").items()
     }
-    mocks = {k for k, p in of_api("AWS::ApiGatewayV2::Integration").items() if p.get("IntegrationType") == "MOCK"}
+    declared = of_api("AWS::ApiGatewayV2::Integration")
+    mocks = {k for k, p in declared.items() if p.get("IntegrationType") == "MOCK"}
     mock_replies: dict[str, str | None] = {}
     for props in of_api("AWS::ApiGatewayV2::IntegrationResponse").values():
         integration = next((r for r in references(props.get("IntegrationId")) if r in mocks), None)
