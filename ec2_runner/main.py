@@ -15,7 +15,7 @@ from ec2_runner.pipeline import PipelineOptions, TaskPipeline
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
 from ec2_runner.terminal import SessionManager, TerminalSettings
 from ec2_runner.terminal_worktrees import GitCallables
-from ec2_runner.ws_client import TerminalService
+from ec2_runner.ws_client import RelayLinkSettings, TerminalService
 from shared import aws
 from shared.config import load_settings, local_stack_in_use
 from shared.dispatch import Dispatcher
@@ -133,7 +133,8 @@ def start_terminals(
         )
 
     logger.info("terminal service connecting to %s", settings.ws_url)
-    return TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions).start()
+    link = load_settings(RelayLinkSettings)
+    return TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions, link).start()
 
 
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:

@@ -177,6 +177,7 @@ class LocalGateway:
         self._http_thread: threading.Thread | None = None
         self.ws_port = 0
         self.max_message_by_role: dict[str, int] = {}
+        self.connections_by_role: dict[str, int] = {}  # connections accepted, by the authorizer's role
         self.mock_replies = 0  # messages a MOCK route answered (no handler called)
         self.closed_by_limit: dict[str, int] = {}  # "idle timeout" / "connection duration limit" -> count
 
@@ -421,6 +422,7 @@ class LocalGateway:
         conn.ws = ws
         self._conns[conn.connection_id] = conn
         role = str(conn.authorizer.get("role", "unknown"))
+        self.connections_by_role[role] = self.connections_by_role.get(role, 0) + 1
         code, reason = 1000, ""
         in_flight = asyncio.Semaphore(RUNNER_CONCURRENCY)
         pending: set[asyncio.Task] = set()

@@ -24,7 +24,7 @@ from ec2_runner.gitops import GitWorkspace
 from ec2_runner.sandbox import Sandbox
 from ec2_runner.terminal import SessionManager, TerminalSettings
 from ec2_runner.terminal_worktrees import GitCallables
-from ec2_runner.ws_client import TerminalService
+from ec2_runner.ws_client import RelayLinkSettings, TerminalService
 from local.deploy import deploy
 from local.gateway import LocalGateway
 from local.gitremote import ensure_bare_remote
@@ -66,8 +66,11 @@ def gateway_env(moto_endpoint: str, table: str, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_gateway(moto_endpoint: str, table: str, **extra: str) -> Iterator[LocalGateway]:
-    gw = LocalGateway(gateway_env(moto_endpoint, table, **extra), port=0).start()
+def running_gateway(
+    moto_endpoint: str, table: str, limits: dict[str, Any] | None = None, **extra: str
+) -> Iterator[LocalGateway]:
+    """A started gateway; ``limits`` shortens API Gateway's (``idle_timeout=``, ...)."""
+    gw = LocalGateway(gateway_env(moto_endpoint, table, **extra), port=0, **(limits or {})).start()
     try:
         yield gw
     finally:
@@ -164,8 +167,9 @@ def running_runner(
     runner_id: str = "runner-1",
     ws_url: str | None = None,
     secret: str | Callable[[], str | None] = RUNNER_SECRET,
+    link: RelayLinkSettings | None = None,
 ):
-    svc = TerminalService(ws_url or gw.ws_url, secret, runner_id, make).start()
+    svc = TerminalService(ws_url or gw.ws_url, secret, runner_id, make, link).start()
     # wait until the relay knows the runner (its hello has been handled)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not gw.max_message_by_role.get("runner"):
@@ -225,7 +229,7 @@ class Browser:
 
     async def recv_one(self, timeout: float) -> Any:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        frame = fr.decode(raw, role="runner")
+        frame = fr.decode(raw, role="to_browser")
         self._apply(frame)
         return frame
 

@@ -90,7 +90,8 @@ def test_gone_on_the_runner_removes_that_runner_not_the_browser_that_sent(
     moto_endpoint: str, table: str
 ) -> None:
     """A browser's keystroke goes to a runner connection that is gone: that runner's item and route are
-    cleaned, the browser stays and is told no runner holds its session."""
+    cleaned, the browser stays and is told no runner holds its session right now (``no_runner``, which
+    it resumes from; never ``exit``, which would end a session the runner may still hold)."""
     relay = make_relay(moto_endpoint, table)
     with running_gateway(moto_endpoint, table) as gw:
 
@@ -106,8 +107,8 @@ def test_gone_on_the_runner_removes_that_runner_not_the_browser_that_sent(
             typed = fr.encode(fr.InputFrame(session_id=sid, data="x"))
             await asyncio.to_thread(relay.message, ident, typed, gw.management_url)
             # then
-            exit_frame = await b.wait_frame(fr.ExitFrame, 5)
-            assert exit_frame.session_id == sid
+            refusal = await b.wait_frame(fr.ErrorFrame, 5, code="no_runner")
+            assert refusal.session_id == sid and b.exited is None
             assert item(relay, dead) is None and relay.store.route(sid) is None
             assert item(relay, b_id) is not None
             await b.close()

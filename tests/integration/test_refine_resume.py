@@ -71,11 +71,11 @@ def test_disconnect_and_resume_lose_nothing_in_a_5mb_burst(
         assert 0 < gw.max_message_by_role["runner"] <= fr.MAX_FRAME_BYTES
 
 
-def test_killed_runner_gives_the_browser_an_error_then_exit(
+def test_killed_runner_gives_the_browser_runner_gone_then_no_runner_never_exit(
     moto_endpoint: str, table: str, tmp_path: Path
 ) -> None:
     """``kill -9`` of the runner mid-session: the browser hears ``runner_gone`` at once, and its next
-    keystroke gets an ``exit``: never a silent hang."""
+    keystroke gets ``no_runner`` (resume later), never a silent hang and never an ``exit``."""
     with running_gateway(moto_endpoint, table) as gw:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(
@@ -96,8 +96,8 @@ def test_killed_runner_gives_the_browser_an_error_then_exit(
                 os.kill(proc.pid, signal.SIGKILL)
                 await b.wait_for(lambda br: "runner_gone" in error_codes(br), 10)
                 await b.type("echo anyone\r")
-                exit_frame = await b.wait_frame(fr.ExitFrame, 5)
-                assert exit_frame.code == -1 and exit_frame.session_id == b.session_id
+                refusal = await b.wait_frame(fr.ErrorFrame, 5, code="no_runner")
+                assert refusal.session_id == b.session_id and b.exited is None
                 await b.close()
 
             asyncio.run(scenario())
