@@ -394,6 +394,45 @@ class GitWorkspace:
         except git.GitCommandError:
             return False
 
+    def attach_branch(self, path: Path, branch: str) -> str | None:
+        """Put a worktree (checked out detached at the branch's head) on a local ``branch``, as a
+        person working there expects; None when it is on it, else why it stays detached. Git lets
+        one worktree hold a branch: a second session of the branch (another read-write session
+        already holds it) stays detached, and so does one whose local branch has commits the
+        worktree's head lacks (they are never reset away). Pushes go to ``branch`` either way."""
+        with self._exclusive():
+            try:
+                on = self._git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], worktree=path)
+            except git.GitCommandError:
+                on = ""
+            if on == branch:
+                return None
+            local = f"refs/heads/{branch}"
+            # ``checkout -B`` does not itself refuse a branch another worktree holds: ask first
+            listing = self._git.run(["worktree", "list", "--porcelain"])
+            holders = [
+                block.splitlines()[0].removeprefix("worktree ")
+                for block in listing.split("\n\n")
+                if f"branch {local}" in block.splitlines()
+            ]
+            if any(Path(h).resolve() != Path(path).resolve() for h in holders):
+                return f"{branch} is open in another session, so this one works detached from it"
+            try:
+                self._git.run(["rev-parse", "--verify", "--quiet", local], worktree=path)
+                exists = True
+            except git.GitCommandError:
+                exists = False
+            if exists:
+                try:
+                    self._git.run(["merge-base", "--is-ancestor", local, "HEAD"], worktree=path)
+                except git.GitCommandError:
+                    return f"the local branch {branch} has commits of its own, so this folder stays detached"
+            try:
+                self._git.run(["checkout", "--quiet", "-B", branch], worktree=path)
+            except git.GitCommandError as e:
+                return f"could not check out {branch}: {_why(e)}"
+            return None
+
     # -- commit and push -------------------------------------------------------------------
     def squash_onto_upstream(self, path: Path, branch: str) -> None:
         """Fold the commits made on top of the branch (an earlier attempt's WIP) back into the

@@ -40,6 +40,8 @@ class GitCallables:
     status_report: Callable[[Path], str]  # git status and diff --stat, in colour
     # the folder the pipeline runs a task's agent in (its conversation is keyed by that path)
     task_path: Callable[[str], Path] | None = None
+    # put a worktree on its local branch: None, or why it stays detached (path, branch) -> reason
+    attach_branch: Callable[[Path, str], str | None] | None = None
 
     @classmethod
     def from_workspace(cls, workspace: GitWorkspace) -> GitCallables:
@@ -61,6 +63,7 @@ class GitCallables:
             uncommitted=workspace.uncommitted,
             status_report=workspace.status_report,
             task_path=lambda task_id: workspace.worktrees_dir / safe_dir_name(task_worktree_name(task_id)),
+            attach_branch=workspace.attach_branch,
         )
 
 
@@ -73,6 +76,7 @@ class SessionWorktrees:
         # worktrees of ended sessions that held uncommitted work, by session: the next open of the same
         # session reopens that folder (still held in the workspace, so no checkout can replace it)
         self._kept: dict[str, tuple[str, Path]] = {}  # session id -> (branch, path)
+        self._detached: dict[Path, str] = {}  # folders left detached from their branch, and why
 
     def open(self, session_id: str, branch: str, task_id: str | None) -> tuple[Path, bool]:
         """The session's folder: ``(path, reopened)``, reopened when it is its own kept worktree."""
@@ -80,7 +84,23 @@ class SessionWorktrees:
         if path is not None:
             return path, True
         name = task_worktree_name(task_id) if task_id else f"term-{session_id}"
-        return self._git.open_worktree(branch, name), False
+        path = self._git.open_worktree(branch, name)
+        self._attach(path, branch)
+        return path, False
+
+    def _attach(self, path: Path, branch: str) -> None:
+        """A session works on its branch, not detached (the one read-write session holding it)."""
+        if self._git.attach_branch is None:
+            return
+        try:
+            why = self._git.attach_branch(path, branch)
+        except (GitOpError, OSError) as e:
+            why = f"could not check out {branch}: {e}"
+        if why:
+            logger.info("worktree %s stays detached: %s", path, why)
+            self._detached[path] = why
+        else:
+            self._detached.pop(path, None)
 
     def _reopen_kept(self, session_id: str, branch: str) -> Path | None:
         kept = self._kept.get(session_id)
@@ -113,7 +133,10 @@ class SessionWorktrees:
 
     def summary(self, path: Path, branch: str) -> str:
         """``git status`` and ``git diff --stat`` as the seed printed them when a terminal opened."""
-        text = f"\x1b[1m# {branch} — git status\x1b[0m\n" + self._git.status_report(path)
+        text = f"\x1b[1m# {branch} — git status\x1b[0m\n"
+        if path in self._detached:
+            text += f"# {self._detached[path]}; push still goes to {branch}\n"
+        text += self._git.status_report(path)
         return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
     def commit_and_push(self, path: Path, branch: str, message: str) -> str | None:
@@ -137,6 +160,7 @@ class SessionWorktrees:
         return False
 
     def _release(self, path: Path) -> None:
+        self._detached.pop(path, None)
         try:
             self._git.remove_worktree(path)
         except Exception:
