@@ -4,7 +4,8 @@
 changes (SIGWINCH) as ``resize`` frames, writes output in ``seq`` order, and on a dropped connection
 reconnects and resumes from the last ``seq``; when the session's runner goes away (``runner_gone``) it
 keeps resuming until the runner is back. ``Ctrl-]`` detaches (the session keeps running for its
-grace period).
+grace period) and ``Ctrl-\\`` pushes (commits the session's work and pushes it to its branch, as the
+page's push button does); the keys are shown when it attaches.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from shared import frames as fr
 from shared import tokens
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
+PUSH_KEY = b"\x1c"  # Ctrl-\ (raw mode: no SIGQUIT)
+KEYS_HELP = "keys: Ctrl-\\ push (commit the session's work and push it to its branch), Ctrl-] detach"
 
 
 def mint_token(
@@ -221,6 +224,18 @@ async def _pump(
             if DETACH_KEY in data:
                 say("detached; the session keeps running for its grace period")
                 return 0
+            if PUSH_KEY in data:
+                before, _, after = data.partition(PUSH_KEY)
+                if before and state.session_id and not state.reattaching:
+                    await send_input(before.decode("utf-8", "replace"))
+                if state.session_id and not state.reattaching:
+                    say("pushing...")
+                    await ws.send(fr.encode(fr.PushFrame(session_id=state.session_id)))
+                else:
+                    say("not attached to a session right now; push again once it is back")
+                if not after:
+                    continue
+                data = after
             text = data.decode("utf-8", "replace")
             if state.reattaching:
                 if sum(map(len, state.held)) < fr.MAX_FRAME_BYTES:
@@ -242,6 +257,8 @@ async def _pump(
             except fr.FrameError:
                 continue
             if isinstance(frame, fr.OpenedFrame):
+                if state.session_id is None:
+                    say(KEYS_HELP)
                 state.session_id = frame.session_id
                 chunks = state.reasm.start(frame.next_seq)
                 if state.reattaching:

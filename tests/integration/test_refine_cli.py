@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,36 @@ def test_attach_reattaches_when_the_runner_comes_back(moto_endpoint: str, tmp_pa
             child.close(force=True)
         assert child.exitstatus == 0
         assert seen.getvalue().count(b"during-15\r\n") == 1  # once: a replay never shows a line twice
+
+
+def test_attach_shows_its_keys_and_ctrl_backslash_pushes_the_sessions_work(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    """Attaching prints the keys; ``Ctrl-\\`` commits what the session changed and pushes it to the
+    session's branch on the remote (the commit is there), and the session goes on."""
+    table = connections_table(moto_endpoint)
+    with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
+        token = mint_token(branch="feature/cli-push", secret=TOKEN_SECRET, user="dev")
+        child = spawn_attach(gw.ws_url, token, (24, 100), timeout=15)
+        try:
+            child.expect(r"Ctrl-\\ push")
+            child.expect(r"\$ ")
+            child.send("echo pushed-by-key > cli-note.txt; echo written-$((3*3))\r")
+            child.expect("written-9")
+            child.send("\x1c")
+            child.expect(r"pushed ([0-9a-f]{40})")
+            sha = child.match.group(1).decode()
+            child.send("echo still-$((4+4))\r")
+            child.expect("still-8")
+            child.send("\x1d")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+        remote = tmp_path / "remote.git"
+        shown = subprocess.run(
+            ["git", "-C", str(remote), "show", "--stat", "--format=%H", "refs/heads/feature/cli-push"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert shown.startswith(sha) and "cli-note.txt" in shown
