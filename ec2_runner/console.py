@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments or input: nothing was written
     NOT_FOUND = 3  # no such task, message or runner
     UNREACHABLE = 4  # AWS (or the local stack) could not be reached
+    INTERRUPTED = 130  # Ctrl-C (as a shell reports SIGINT)
 
 
 class CliError(Exception):
