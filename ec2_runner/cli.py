@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             raise CliError("interrupted", ExitCode.INTERRUPTED) from None
     except CliError as e:
-        print(f"aipm {args.cmd}: {e.message}", file=sys.stderr)
+        # a group's sub-command names itself (``set_defaults(command="task show")``)
+        print(f"aipm {getattr(args, 'command', None) or args.cmd}: {e.message}", file=sys.stderr)
         return int(e.code)
 
 

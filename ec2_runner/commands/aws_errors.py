@@ -52,12 +52,12 @@ def as_cli_error(exc: BotoCoreError | ClientError) -> CliError:
             todo = "is the local stack running? Start it with `aipm local up` (or `make demo`) in its folder"
         else:
             todo = f"check the network and the region; {LOCAL_HINT}"
-        return CliError(f"cannot reach {t.endpoint} ({t.sentence()}): {todo}", ExitCode.UNREACHABLE)
+        return CliError(f"cannot reach {t.sentence()}: {todo}", ExitCode.UNREACHABLE)
     if isinstance(exc, ReadTimeoutError):
-        return CliError(f"{t.endpoint} did not answer in time ({t.sentence()})", ExitCode.UNREACHABLE)
+        return CliError(f"no answer in time from {t.sentence()}", ExitCode.UNREACHABLE)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return CliError(
-            f"no AWS credentials for {t.sentence()}. For AWS, give credentials (AWS_PROFILE, "
+            f"no AWS credentials to call {t.sentence()}. For AWS, give credentials (AWS_PROFILE, "
             f"`aws configure`, an instance role); {LOCAL_HINT}",
             ExitCode.UNREACHABLE,
         )
@@ -72,9 +72,12 @@ def as_cli_error(exc: BotoCoreError | ClientError) -> CliError:
                 ExitCode.UNREACHABLE,
             )
         if code == "ResourceNotFoundException" or code.endswith("NonExistentQueue"):
+            from ec2_runner.commands.context import settings
+
+            named = f"table {settings().table_name}" if code == "ResourceNotFoundException" else "queue"
             return CliError(
-                f"{message or code} at {t.sentence()}: is the stack deployed there, and are TABLE_NAME "
-                f"and the region right? {LOCAL_HINT}",
+                f"{message or code} ({named}) at {t.sentence()}: is the stack deployed there, and are "
+                f"TABLE_NAME and the region right? {LOCAL_HINT}",
                 ExitCode.UNREACHABLE,
             )
         return CliError(f"AWS answered {code}: {message} ({t.sentence()})", ExitCode.FAILED)

@@ -61,7 +61,8 @@ class Target:
     local: bool  # a local stack (an endpoint on this machine)
 
     def sentence(self) -> str:
-        return f"endpoint {self.endpoint}, region {self.region}, profile {self.profile} ({self.source})"
+        """``endpoint E (region R, profile P; <where the endpoint comes from>)``."""
+        return f"endpoint {self.endpoint} (region {self.region}, profile {self.profile}; {self.source})"
 
 
 def target(service: str = "dynamodb") -> Target:
@@ -71,15 +72,17 @@ def target(service: str = "dynamodb") -> Target:
     s = settings()
     endpoint = str(client(service).meta.endpoint_url)
     if os.environ.get("AWS_ENDPOINT_URL"):
-        source = "AWS_ENDPOINT_URL"
+        source = "set by AWS_ENDPOINT_URL"
     elif environment_names_endpoints():
-        source = "AWS itself: the environment names TASK_QUEUE_URL but not AWS_ENDPOINT_URL"
+        source = "AWS itself: the environment sets TASK_QUEUE_URL, so .aipm/local.json is not read"
     elif local_stack_in_use():
-        source = f"the local stack's {LOCAL_STACK_FILE} in {os.getcwd()}"
+        source = f"from the local stack's {LOCAL_STACK_FILE} in {os.getcwd()}"
     elif s.aws_endpoint_url:
-        source = "configuration"
+        source = "from configuration"
     else:
-        source = f"AWS itself: no {LOCAL_STACK_FILE} in {os.getcwd()} and AWS_ENDPOINT_URL is unset"
+        source = (
+            f"AWS itself, as there is no {LOCAL_STACK_FILE} in {os.getcwd()} and AWS_ENDPOINT_URL is unset"
+        )
     profile = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or "default"
     if s.aws_keys is not None:
         profile = f"none (keys from {'the local stack' if local_stack_in_use() else 'the environment'})"

@@ -97,7 +97,7 @@ def _print_table(found: list[dict[str, Any]], args: argparse.Namespace) -> None:
             ("title", "title"),
             ("created", "created"),
             ("attempts", "attempts"),
-            ("outcome", "commit / error / waiting for"),
+            ("outcome", "outcome"),
         ],
         title=title,
     )
@@ -162,11 +162,13 @@ def _tasks_arguments(p: argparse.ArgumentParser, default_format: str) -> None:
     p.set_defaults(func=cmd_tasks, format=default_format)
 
 
-def _task_id_command(group: Any, name: str, func: Callable[[argparse.Namespace], int], help: str) -> Any:
+def _task_id_command(
+    group: Any, group_name: str, name: str, func: Callable[[argparse.Namespace], int], help: str
+) -> Any:
     p = group.add_parser(name, help=help, description=help)
     p.add_argument("task_id", metavar="ID", help="the task's id")
     p.add_argument("--json", action="store_true", help="JSON, for scripts")
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, command=f"{group_name} {name}" if group_name else name)
     return p
 
 
@@ -182,9 +184,13 @@ def register(sub: Any, *task_commands: TaskCommands) -> Any:
 
     task = sub.add_parser("task", help="one task: show, retry, ...", description="one task")
     group = task.add_subparsers(dest="task_cmd", required=True, metavar="COMMAND")
-    _task_id_command(group, "show", cmd_show, "every field of one task: times, attempts, commit, error, log")
-    _task_id_command(group, "retry", cmd_retry, "put a complete or failed task back to pending")
-    _task_id_command(sub, "retry", cmd_retry, "put a complete or failed task back to pending (`task retry`)")
+    _task_id_command(
+        group, "task", "show", cmd_show, "every field of one task: times, attempts, commit, error, log"
+    )
+    _task_id_command(group, "task", "retry", cmd_retry, "put a complete or failed task back to pending")
+    _task_id_command(
+        sub, "", "retry", cmd_retry, "put a complete or failed task back to pending (`task retry`)"
+    )
     for add in task_commands:
         add(group)
     return group
