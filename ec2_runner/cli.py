@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 from typing import Any
@@ -52,59 +51,6 @@ def run_local_stack(local_args: list[str]) -> int:
     sys.stderr.flush()
     os.execv(sys.executable, argv)
     return 0  # not reached: execv replaced this process
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    from shared.store import TransitionError
-
-    try:
-        _store().reset(args.task_id)
-    except TransitionError as e:
-        print(f"aipm retry: {e}", file=sys.stderr)
-        return 1
-    print(f"{args.task_id}: pending again")
-    return 0
-
-
-_LISTED = ("id", "status", "branch", "title", "commitSha", "error")
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from shared.models import InvalidRow, TaskStatus
-
-    store = _store()
-    for status in [TaskStatus(args.status)] if args.status else list(TaskStatus):
-        for row in store.list_tasks(status, limit=args.limit):
-            if isinstance(row, InvalidRow):
-                print(json.dumps({"id": row.id, "status": row.status, "invalid": row.reason}))
-                continue
-            fields = row.model_dump(mode="json")
-            print(json.dumps({k: fields.get(k) for k in _LISTED}))
-    return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    import uuid
-
-    row: dict[str, Any] = {
-        "id": args.id or f"task-{uuid.uuid4().hex[:12]}",
-        "title": args.title,
-        "details": args.details,
-        "branch": args.branch,
-    }
-    if args.pr is not None:
-        row["prNumber"] = args.pr
-    if args.pr_url:
-        row["prUrl"] = args.pr_url
-    from shared.store import TransitionError
-
-    try:
-        _store().put_new(row)  # conditional on attribute_not_exists(id): never overwrites a task
-    except TransitionError as e:
-        print(f"aipm submit: {e}; nothing was written (give a new --id, or `aipm retry` it)", file=sys.stderr)
-        return 1
-    print(row["id"])
-    return 0
 
 
 def _token_secret() -> str:
@@ -219,23 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("local_args", nargs=argparse.REMAINDER)
     loc.set_defaults(func=cmd_local)
 
-    rt = sub.add_parser("retry", help="put a complete or failed task back to pending")
-    rt.add_argument("task_id")
-    rt.set_defaults(func=cmd_retry)
+    from ec2_runner.commands import submit, tasks
 
-    ls = sub.add_parser("list", help="list tasks by status (status index, no scan)")
-    ls.add_argument("--status", choices=["pending", "processing", "complete", "failed"])
-    ls.add_argument("--limit", type=int, default=50)
-    ls.set_defaults(func=cmd_list)
-
-    sb = sub.add_parser("submit", help="insert a pending task as the backend does")
-    sb.add_argument("--title", required=True)
-    sb.add_argument("--details", default="")
-    sb.add_argument("--branch", required=True)
-    sb.add_argument("--pr", type=int)
-    sb.add_argument("--pr-url")
-    sb.add_argument("--id")
-    sb.set_defaults(func=cmd_submit)
+    submit.register(sub)
+    tasks.register(sub)
 
     tk = sub.add_parser("token", help="mint a browser token for the Refine terminal, as the backend does")
     target = tk.add_mutually_exclusive_group(required=True)
@@ -261,12 +194,26 @@ def main(argv: list[str] | None = None) -> int:
         # all that follows is the local stack's own, options included (`aipm local --help`)
         return run_local_stack(argv[1:])
     args = build_parser().parse_args(argv)
-    from ec2_runner.console import CliError
+    from botocore.exceptions import BotoCoreError, ClientError
+    from pydantic import ValidationError
+
+    from ec2_runner.commands import aws_errors
+    from ec2_runner.console import CliError, ExitCode
 
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except (BotoCoreError, ClientError) as e:
+            raise aws_errors.as_cli_error(e) from e
+        except ValidationError as e:
+            if not e.title.endswith("Settings"):  # a model at a border, not the configuration
+                raise
+            raise aws_errors.settings_error(e) from e
+        except KeyboardInterrupt:
+            raise CliError("interrupted", ExitCode.INTERRUPTED) from None
     except CliError as e:
-        print(f"aipm {args.cmd}: {e.message}", file=sys.stderr)
+        # a group's sub-command names itself (``set_defaults(command="task show")``)
+        print(f"aipm {getattr(args, 'command', None) or args.cmd}: {e.message}", file=sys.stderr)
         return int(e.code)
 
 

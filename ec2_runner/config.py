@@ -15,6 +15,13 @@ from shared.branches import DEFAULT_PROTECTED
 from shared.config import DEFAULT_LOCKS_TABLE, DEFAULT_TABLE, AwsKeySettings, AwsSettings
 
 
+def _comma_list(v: object) -> object:
+    """``a, b,c`` (as PROTECTED_BRANCHES is written) as ``["a", "b", "c"]``."""
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return v
+
+
 def _default_runner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -73,9 +80,7 @@ class RunnerSettings(AwsKeySettings):
     @field_validator("protected_branches", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
-        if isinstance(v, str):
-            return [p.strip() for p in v.split(",") if p.strip()]
-        return v
+        return _comma_list(v)
 
     @property
     def worktrees(self) -> Path:
@@ -87,6 +92,17 @@ class CliSettings(AwsKeySettings, AwsSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
+    # ``aipm submit`` refuses what the runner would, by the same variables (a runner host's own
+    # values may differ: the runner checks again)
+    protected_branches: Annotated[list[str], NoDecode] = Field(
+        default=list(DEFAULT_PROTECTED), validation_alias="PROTECTED_BRANCHES"
+    )
+    max_details_bytes: int = Field(default=64 * 1024, gt=0, validation_alias="MAX_DETAILS_BYTES")
     token_secret: SecretStr | None = Field(default=None, validation_alias="TOKEN_SECRET")
     token_secret_arn: str | None = Field(default=None, validation_alias="TOKEN_SECRET_ARN")
     ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))
+
+    @field_validator("protected_branches", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        return _comma_list(v)

@@ -4,6 +4,7 @@ errors as sentences, and the exit codes the README lists."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
@@ -21,6 +22,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments or input: nothing was written
     NOT_FOUND = 3  # no such task, message or runner
     UNREACHABLE = 4  # AWS (or the local stack) could not be reached
+    INTERRUPTED = 130  # Ctrl-C (as a shell reports SIGINT)
 
 
 class CliError(Exception):
@@ -33,9 +35,16 @@ class CliError(Exception):
         self.code = code
 
 
+# a table piped to a file, grep or less is not folded to 80 columns (COLUMNS still sets a width)
+PIPED_WIDTH = 240
+
+
 def out() -> Console:
     """The console for results (stdout); soft-wrapped so piping keeps whole lines."""
-    return Console(soft_wrap=True, highlight=False)
+    console = Console(soft_wrap=True, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(soft_wrap=True, highlight=False, width=PIPED_WIDTH)
+    return console
 
 
 def err() -> Console:

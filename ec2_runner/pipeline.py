@@ -35,6 +35,7 @@ from shared.store import (
     TaskNotFoundError,
     TaskRepository,
 )
+from shared.task_checks import refusal
 from shared.text import clean_text
 
 logger = logging.getLogger(__name__)
@@ -373,16 +374,10 @@ class Attempt:
                 self.workspace.remove(checkout.path)
 
     def _refusal(self) -> tuple[str, ErrorKind] | None:
-        """Why the task cannot run at all (too large, an unsafe branch) and its kind, or None."""
-        size = len(self.task.details.encode())
-        if size > self.options.max_details_bytes:
-            limit = self.options.max_details_bytes
-            return f"details is {size} bytes, over the {limit}-byte limit", ErrorKind.INVALID_TASK
-        try:
-            check_branch(self.task.branch, self.options.protected_branches)
-        except UnsafeBranchError as e:
-            return str(e), ErrorKind.UNSAFE_BRANCH
-        return None
+        """Why the task cannot run at all (too large, an unsafe branch) and its kind, or None: the
+        rules ``aipm submit`` checks too (``shared.task_checks``)."""
+        found = refusal(self.task, self.options.protected_branches, self.options.max_details_bytes)
+        return None if found is None else (found.message, found.kind)
 
     def _in_worktree(self, checkout: Checkout, earlier_base: str | None, started: float) -> Outcome:
         task = self.task

@@ -102,6 +102,7 @@ class InvalidRow(BaseModel):
     id: str | None = None
     status: str | None = None
     reason: str
+    created_at: str | None = None  # the row's createdAt when it is a string (listings sort by it)
 
 
 def describe_validation(err: ValidationError) -> str:
@@ -127,12 +128,14 @@ def read_row(item: dict[str, Any]) -> Task | InvalidRow:
             unreadable.append(f"{key}: {_unreadable(raw)}")
     ident = item.get("id", {}).get("S") if isinstance(item.get("id"), dict) else None
     status = item.get("status", {}).get("S") if isinstance(item.get("status"), dict) else None
+    created = item.get("createdAt", {}).get("S") if isinstance(item.get("createdAt"), dict) else None
     if unreadable:
-        return InvalidRow(id=ident, status=status, reason="invalid task row: " + "; ".join(unreadable))
+        reason = "invalid task row: " + "; ".join(unreadable)
+        return InvalidRow(id=ident, status=status, reason=reason, created_at=created)
     try:
         return Task.model_validate(values)
     except ValidationError as e:
-        return InvalidRow(id=ident, status=status, reason=describe_validation(e))
+        return InvalidRow(id=ident, status=status, reason=describe_validation(e), created_at=created)
 
 
 def _unreadable(raw: Any) -> str:

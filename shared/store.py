@@ -184,7 +184,13 @@ class TaskRepository(ClaimWrites, Protocol):
         branch: str | None = None,
     ) -> list[Task]: ...
     def list_tasks(
-        self, status: TaskStatus, created_before: str | None = None, limit: int = 100
+        self,
+        status: TaskStatus,
+        created_before: str | None = None,
+        limit: int = 100,
+        *,
+        branch: str | None = None,
+        newest_first: bool = False,
     ) -> list[Task | InvalidRow]: ...
     def put_new(self, row: dict[str, Any]) -> None: ...
     def stamp_created(self, task_id: str, created_at: str) -> bool: ...
@@ -322,14 +328,28 @@ class TaskStore:
         return tasks
 
     def list_tasks(
-        self, status: TaskStatus, created_before: str | None = None, limit: int = 100
+        self,
+        status: TaskStatus,
+        created_before: str | None = None,
+        limit: int = 100,
+        *,
+        branch: str | None = None,
+        newest_first: bool = False,
     ) -> list[Task | InvalidRow]:
-        """Rows of one status as ``Task`` models, oldest first; a row that cannot be one is an
-        ``InvalidRow`` in its place, saying why."""
-        return [read_row(item) for item in self._query_status(status, created_before, limit, None)]
+        """Rows of one status as ``Task`` models, oldest first (``newest_first``: the reverse), of
+        ``branch`` only when given; a row that cannot be one is an ``InvalidRow`` in its place,
+        saying why."""
+        items = self._query_status(status, created_before, limit, branch, newest_first=newest_first)
+        return [read_row(item) for item in items]
 
     def _query_status(
-        self, status: TaskStatus, created_before: str | None, limit: int, branch: str | None
+        self,
+        status: TaskStatus,
+        created_before: str | None,
+        limit: int,
+        branch: str | None,
+        *,
+        newest_first: bool = False,
     ) -> list[dict[str, Any]]:
         """Raw items from the status GSI. DynamoDB applies ``Limit`` to the rows it reads, before
         the filter: with a filter, pages of ``FILTERED_PAGE`` rows are read until ``limit`` rows
@@ -347,6 +367,7 @@ class TaskStore:
             "ExpressionAttributeNames": {"#s": "status"},
             "ExpressionAttributeValues": values,
             "Limit": limit,
+            "ScanIndexForward": not newest_first,
         }
         if branch is not None:
             kwargs["FilterExpression"] = "branch = :branch"
@@ -641,7 +662,9 @@ class TaskStore:
             self._unlock(branch, task_id, None)
 
     def reset(self, task_id: str) -> None:
-        """failed|complete -> pending (``aipm retry``); the stream sees the MODIFY and signals again."""
+        """failed|complete -> pending (``aipm task retry``); the stream sees the MODIFY and signals
+        again. Raises TaskNotFoundError when there is no such row, TransitionError (saying its
+        status) when it has not ended."""
         try:
             self._ddb.update_item(
                 TableName=self.table_name,
@@ -655,11 +678,16 @@ class TaskStore:
                     ":failed": {"S": TaskStatus.FAILED.value},
                     ":stamp": {"S": utc_now_iso()},
                 },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as e:
-            if _is_conditional_failure(e):
-                raise TransitionError(f"task {task_id!r} is not complete or failed") from e
-            raise
+            if not _is_conditional_failure(e):
+                raise
+            old: Any = dict(e.response).get("Item")  # the row as it was (ALL_OLD); absent: no row
+            if not old:
+                raise TaskNotFoundError(task_id) from e
+            status = from_dynamodb(old).get("status")
+            raise TransitionError(f"task {task_id!r} is {status}, not complete or failed") from e
 
     def _owned_params(
         self,

@@ -104,12 +104,25 @@ class MemoryTaskStore:
         return tasks
 
     def list_tasks(
-        self, status: TaskStatus, created_before: str | None = None, limit: int = 100
+        self,
+        status: TaskStatus,
+        created_before: str | None = None,
+        limit: int = 100,
+        *,
+        branch: str | None = None,
+        newest_first: bool = False,
     ) -> list[Task | InvalidRow]:
-        return [self._read(row) for row in self._query_status(status, created_before, limit, None)]
+        rows = self._query_status(status, created_before, limit, branch, newest_first=newest_first)
+        return [self._read(row) for row in rows]
 
     def _query_status(
-        self, status: TaskStatus, created_before: str | None, limit: int, branch: str | None
+        self,
+        status: TaskStatus,
+        created_before: str | None,
+        limit: int,
+        branch: str | None,
+        *,
+        newest_first: bool = False,
     ) -> list[dict[str, Any]]:
         """The status index: only rows with a string status and a string createdAt are in it,
         ordered by createdAt."""
@@ -119,7 +132,7 @@ class MemoryTaskStore:
                 for row in self.rows.values()
                 if row.get("status") == status.value and isinstance(row.get("createdAt"), str)
             ]
-        indexed.sort(key=lambda row: row["createdAt"])
+        indexed.sort(key=lambda row: row["createdAt"], reverse=newest_first)
         return [
             row
             for row in indexed
@@ -297,8 +310,10 @@ class MemoryTaskStore:
     def reset(self, task_id: str) -> None:
         with self._mutex:
             row = self.rows.get(task_id)
-            if row is None or row.get("status") not in (COMPLETE, FAILED):
-                raise TransitionError(f"task {task_id!r} is not complete or failed")
+            if row is None:
+                raise TaskNotFoundError(task_id)
+            if row.get("status") not in (COMPLETE, FAILED):
+                raise TransitionError(f"task {task_id!r} is {row.get('status')}, not complete or failed")
             row.update({"status": PENDING, "updatedAt": utc_now_iso()})
             row.pop("leaseExpiresAt", None)
             row.pop("runnerId", None)

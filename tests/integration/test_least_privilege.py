@@ -430,6 +430,8 @@ class Flows:
         self.submit(self.done, f"feature/{self.done}")
         assert self.ended(self.done) == "complete"
         assert self.done in self.cli("list", "--status", "complete")
+        assert self.done in self.cli("tasks", "--status", "complete", "--json")
+        assert json.loads(self.cli("task", "show", self.done, "--json"))["status"] == "complete"
         self.cli("retry", self.done)
         assert self.ended(self.done, attempts=2) == "complete"
         # a task whose agent fails
