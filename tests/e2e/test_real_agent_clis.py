@@ -21,7 +21,11 @@ from tests.fixtures import AwsCli, unique, wait_until
 from tests.model_server import CLEAN_FILE, EDITED_CONTENT, ModelServer
 
 WHY_NOT = agent_clis.missing()
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240), pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or ""),
+]
 
 # each script, and how the adapter promises the task ends: (status, errorKind)
 PROMISES = {
@@ -47,10 +51,19 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
 def cli_env(cli: str, base_url: str, home: Path) -> dict[str, str]:
     """What a runner of ``cli`` needs to reach the scripted model (keys are dummies)."""
     if cli == "claude":
-        return {"AGENT": "claude", "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": "sk-scripted-claude",
-                "CLAUDE_CONFIG_DIR": str(home)}
-    return {"AGENT": "codex", "OPENAI_BASE_URL": f"{base_url}/v1", "OPENAI_API_KEY": "sk-scripted-codex",
-            "CODEX_HOME": str(home), "CODEX_MODEL": "gpt-5.5"}
+        return {
+            "AGENT": "claude",
+            "ANTHROPIC_BASE_URL": base_url,
+            "ANTHROPIC_API_KEY": "sk-scripted-claude",
+            "CLAUDE_CONFIG_DIR": str(home),
+        }
+    return {
+        "AGENT": "codex",
+        "OPENAI_BASE_URL": f"{base_url}/v1",
+        "OPENAI_API_KEY": "sk-scripted-codex",
+        "CODEX_HOME": str(home),
+        "CODEX_MODEL": "gpt-5.5",
+    }
 
 
 def start_stack(work: Path, moto_endpoint: str, env: dict[str, str], name: str) -> Any:
@@ -81,15 +94,22 @@ def start_stack(work: Path, moto_endpoint: str, env: dict[str, str], name: str) 
 
 
 @pytest.fixture(scope="module", params=["claude", "codex"])
-def stack(request: pytest.FixtureRequest, model: ModelServer, moto_endpoint: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def stack(
+    request: pytest.FixtureRequest,
+    model: ModelServer,
+    moto_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
     """One stack per CLI, its runner driving that CLI offline (``unshare --net``)."""
     cli = request.param
     work = tmp_path_factory.mktemp(f"real-{cli}")
     exe = agent_clis.CLAUDE if cli == "claude" else agent_clis.CODEX
     assert model.unix_socket is not None
-    env = {**cli_env(cli, f"http://127.0.0.1:{agent_clis.INNER_PORT}", work / "cli-home"),
-           "AGENT_COMMAND": agent_clis.offline(exe, model.unix_socket), "AGENT_SANDBOX": "off"}
+    env = {
+        **cli_env(cli, f"http://127.0.0.1:{agent_clis.INNER_PORT}", work / "cli-home"),
+        "AGENT_COMMAND": agent_clis.offline(exe, model.unix_socket),
+        "AGENT_SANDBOX": "off",
+    }
     (work / "cli-home").mkdir()
     stack = start_stack(work, moto_endpoint, env, f"real-{cli}")
     stack.cli_name = cli
@@ -132,8 +152,15 @@ def test_each_script_ends_as_the_adapter_promises(stack: Any, model: ModelServer
     cli = awscli(stack)
     ids = {script: unique(f"{stack.cli_name}-{script.replace('_', '-')}") for script in PROMISES}
     cli.put_tasks(
-        [{"task_id": ids[s], "branch": f"feature/{ids[s]}", "title": f"Scripted {s}",
-          "details": f"Follow the script. [script:{s}]"} for s in PROMISES]
+        [
+            {
+                "task_id": ids[s],
+                "branch": f"feature/{ids[s]}",
+                "title": f"Scripted {s}",
+                "details": f"Follow the script. [script:{s}]",
+            }
+            for s in PROMISES
+        ]
     )
     rows = {script: final(cli, task_id) for script, task_id in ids.items()}
     for script, (status, kind) in PROMISES.items():
@@ -156,7 +183,9 @@ def test_each_script_ends_as_the_adapter_promises(stack: Any, model: ModelServer
 
 
 @pytest.fixture(scope="module")
-def sandboxed(model: ModelServer, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def sandboxed(
+    model: ModelServer, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """A runner with the agent sandbox on (bwrap, AGENT_NETWORK=proxy) driving Claude Code: the
     model server's loopback address is the one host the egress proxy allows."""
     if shutil.which("bwrap") is None:
