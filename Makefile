@@ -35,7 +35,15 @@ $(NODE_STAMP): tests/node/package-lock.json
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-node-deps: $(NODE_STAMP)
+# The real agent CLIs the tests drive (Claude Code, Codex: ~660 MB, native binaries inside the npm
+# packages), pinned by tests/agent_clis's lock file, in its ignored node_modules; the product never
+# depends on them. ~10 s from an empty npm cache here.
+AGENT_CLIS_STAMP := tests/agent_clis/node_modules/.installed
+$(AGENT_CLIS_STAMP): tests/agent_clis/package-lock.json
+	npm ci --prefix tests/agent_clis --no-audit --no-fund --loglevel=error
+	touch $(AGENT_CLIS_STAMP)
+
+node-deps: $(NODE_STAMP) $(AGENT_CLIS_STAMP)
 
 demo: venv
 	$(BIN)/aipm local demo

@@ -15,7 +15,9 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    agent: Literal["kiro", "command", "demo", "auto"] = Field(default="kiro", validation_alias="AGENT")
+    agent: Literal["kiro", "claude", "codex", "command", "demo", "auto"] = Field(
+        default="kiro", validation_alias="AGENT"
+    )
     command: str | None = Field(default=None, validation_alias="AGENT_COMMAND")
     interactive_command: str | None = Field(default=None, validation_alias="AGENT_INTERACTIVE_COMMAND")
     resume_args: str = Field(default="--resume", validation_alias="AGENT_RESUME_ARGS")
@@ -23,6 +25,21 @@ class AgentSettings(BaseSettings):
     login_timeout: float = Field(default=0.0, ge=0, validation_alias="AGENT_LOGIN_TIMEOUT")
     kill_grace: float = Field(default=5.0, ge=0, validation_alias="AGENT_KILL_GRACE")
     kiro_api_key: SecretStr | None = Field(default=None, validation_alias="KIRO_API_KEY")
+    # Claude Code and Codex (AGENT=claude, AGENT=codex); each key goes only to its own CLI
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    codex_model: str | None = Field(default=None, validation_alias="CODEX_MODEL")
+    max_turns: int = Field(default=50, ge=1, validation_alias="AGENT_MAX_TURNS")
+    # how often the CLI itself retries a failed model request (Claude Code's default, 10, retries a
+    # 401 for about 3 minutes)
+    api_retries: int = Field(default=2, ge=0, validation_alias="AGENT_API_RETRIES")
+    # how long a CLI may wait for an unreachable model API (Codex never gives up by itself)
+    api_unreachable_seconds: float = Field(
+        default=60.0, gt=0, validation_alias="AGENT_API_UNREACHABLE_SECONDS"
+    )
+    claude_permission_mode: str = Field(default="acceptEdits", validation_alias="CLAUDE_PERMISSION_MODE")
+    claude_allowed_tools: str | None = Field(default=None, validation_alias="CLAUDE_ALLOWED_TOOLS")
     env_passthrough: Annotated[list[str] | None, NoDecode] = Field(
         default=None, validation_alias="AGENT_ENV_PASSTHROUGH"
     )

@@ -1,7 +1,9 @@
 """Agent adapters: what the runner needs from an agent, the generic command adapter, and the factory.
 
-Three adapters implement :class:`Agent`: :class:`~ec2_runner.kiro.KiroAgent` (the default, with
-Kiro's own failure rules), :class:`CommandAgent` (any CLI that takes the prompt as its last
+Five adapters implement :class:`Agent`: :class:`~ec2_runner.kiro.KiroAgent` (the default, with
+Kiro's own failure rules), :class:`~ec2_runner.claude_code.ClaudeCodeAgent` and
+:class:`~ec2_runner.codex.CodexAgent` (judged from the CLI's JSON events), :class:`CommandAgent`
+(any CLI that takes the prompt as its last
 argument, judged by its exit code alone) and :class:`DemoAgent`. ``AGENT=demo`` (or ``auto``
 without ``kiro-cli`` on PATH) selects the demo, a clearly labelled stand-in that edits a file from
 the task, so ``make demo`` shows a real diff.
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.claude_code import ClaudeCodeAgent
+from ec2_runner.codex import CodexAgent
 from ec2_runner.headless import AgentResult, PtyAgent
 from ec2_runner.kiro import KiroAgent
 from ec2_runner.sandbox import Sandbox
@@ -86,6 +90,10 @@ def make_agent(settings: AgentSettings, sandbox: Sandbox | None = None) -> Agent
         )
     if kind == "kiro":
         return KiroAgent(settings, sandbox)
+    if kind == "claude":
+        return ClaudeCodeAgent(settings, sandbox)
+    if kind == "codex":
+        return CodexAgent(settings, sandbox)
     if kind == "command":
         return CommandAgent(settings, sandbox)
     logger.warning("using the DEMO agent: a stand-in that writes the task into TASKS.md, not a coding agent")

@@ -71,6 +71,8 @@ class RunnerSettings(AwsKeySettings):
     fail_on_no_changes: bool = Field(default=True, validation_alias="FAIL_ON_NO_CHANGES")
     no_changes_error: str = Field(default="agent made no changes", validation_alias="NO_CHANGES_ERROR")
     keep_failed_worktrees: bool = Field(default=False, validation_alias="KEEP_FAILED_WORKTREES")
+    # a run the model API rate-limited goes back to pending, claimed again after this long
+    rate_limit_backoff: float = Field(default=60.0, ge=0, validation_alias="RATE_LIMIT_BACKOFF_SECONDS")
 
     # Refine terminals: the runner's one outbound WebSocket connection (unset: no terminals)
     ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))

@@ -286,8 +286,8 @@ class Runner:
                 self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
             if outcome is Outcome.RELEASED:
                 self._make_visible(receipt)
-            elif outcome is not Outcome.LEASE_LOST:
-                self._delete(receipt)
+            elif outcome not in (Outcome.LEASE_LOST, Outcome.DEFERRED):
+                self._delete(receipt)  # (a deferred message stays hidden for the task's backoff)
 
     def _make_visible(self, receipt: str) -> None:
         self._set_visibility(receipt, 0, "reset")

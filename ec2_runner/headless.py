@@ -17,7 +17,9 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -50,8 +52,25 @@ _BASE_ENV = (
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(^|_)API_?KEY$|ACCESS_KEY", re.I)
 _PROMPT_ONLY = re.compile(r"^[>!\s]*$")
 
-# one spawn of the command, with or without a watcher (the adapter's rules about its output)
-DriveOnce = Callable[[Watch | None], PtyRun]
+# one spawn of the command, with or without a watcher (the adapter's rules about its output) and a
+# listener of its own (hears the plain text as it streams, beside the caller's ``on_output``)
+class DriveOnce(Protocol):
+    def __call__(self, watch: Watch | None, listen: Callable[[str], None] | None = None) -> PtyRun: ...
+
+
+@dataclass
+class Verdict:
+    """An adapter's judgement of its run: ``ok`` or ``error`` of ``kind``; ``session_id`` is the CLI's
+    own conversation id; ``keep_work`` says the work so far is worth keeping on the WIP ref (a turn
+    limit); ``attempts`` counts the spawns the adapter made."""
+
+    run: PtyRun
+    ok: bool
+    error: str | None
+    kind: ErrorKind | None
+    attempts: int = 1
+    session_id: str | None = None
+    keep_work: bool = False
 
 
 class AgentResult(BaseModel):
@@ -66,6 +85,8 @@ class AgentResult(BaseModel):
     output: str = ""
     duration: float = 0.0
     attempts: int = 1
+    session_id: str | None = None  # the CLI's own conversation id (Claude Code's, Codex's thread)
+    keep_work: bool = False  # a failure whose work so far is kept on the WIP ref (a turn limit)
 
 
 def last_meaningful_line(output: str, noise: re.Pattern[str] | None = None) -> str:
@@ -176,6 +197,8 @@ class PtyAgent:
             kind: ErrorKind | None,
             run: PtyRun | None = None,
             attempts: int = 1,
+            session_id: str | None = None,
+            keep_work: bool = False,
         ) -> AgentResult:
             duration = time.monotonic() - started
             error = redact(error) if error else None
@@ -196,6 +219,8 @@ class PtyAgent:
                 output=run.output if run else "",
                 duration=duration,
                 attempts=attempts,
+                session_id=session_id,
+                keep_work=keep_work and not ok,
             )
 
         argv = self._argv_for(prompt)
@@ -211,13 +236,16 @@ class PtyAgent:
                 False, f"agent command not found: {exe} (set AGENT_COMMAND)", ErrorKind.AGENT_UNAVAILABLE
             )
 
-        def once(watch: Watch | None) -> PtyRun:
+        def once(watch: Watch | None, listen: Callable[[str], None] | None = None) -> PtyRun:
+            hear = on_output if listen is None else _both(listen, on_output)
             if self.sandbox is None:
-                return drive_in(argv, env, watch)
+                return drive_in(argv, env, watch, hear)
             with self.sandbox.run(argv, cwd, env) as boxed:
-                return drive_in(boxed.argv, boxed.env, watch)
+                return drive_in(boxed.argv, boxed.env, watch, hear)
 
-        def drive_in(argv: list[str], env: dict[str, str], watch: Watch | None) -> PtyRun:
+        def drive_in(
+            argv: list[str], env: dict[str, str], watch: Watch | None, hear: Callable[[str], None] | None
+        ) -> PtyRun:
             return drive(
                 argv,
                 cwd,
@@ -226,14 +254,14 @@ class PtyAgent:
                 deadline=deadline,
                 limit=limit,
                 kill_grace=self.settings.kill_grace,
-                on_output=on_output,
+                on_output=hear,
                 should_stop=should_stop,
                 watch=watch,
             )
 
         logger.info("%s starting: %s in %s (timeout %.0f s)", self.name, exe, cwd, limit)
-        run, ok, error, kind, attempts = self._attempts(once, on_output)
-        return result(ok, error, kind, run, attempts)
+        v = self._attempts(once, on_output)
+        return result(v.ok, v.error, v.kind, v.run, v.attempts, v.session_id, v.keep_work)
 
     # -- internals
 
@@ -241,10 +269,17 @@ class PtyAgent:
         # a prompt that starts with '-' would be read as an option
         return [*self.argv, (" " + prompt) if prompt.startswith("-") else prompt]
 
-    def _attempts(
-        self, once: DriveOnce, on_output: Callable[[str], None] | None
-    ) -> tuple[PtyRun, bool, str | None, ErrorKind | None, int]:
-        """Run the command and judge it: ``(run, ok, error, kind, attempts)``. Here: once, by its exit."""
+    def _attempts(self, once: DriveOnce, on_output: Callable[[str], None] | None) -> Verdict:
+        """Run the command and judge it. Here: once, by its exit."""
         run = once(None)
         ok, error = judge_exit(run)
-        return run, ok, error, exit_kind(run), 1
+        return Verdict(run, ok, error, exit_kind(run))
+
+
+def _both(first: Callable[[str], None], then: Callable[[str], None] | None) -> Callable[[str], None]:
+    def hear(text: str) -> None:
+        first(text)
+        if then is not None:
+            then(text)
+
+    return hear

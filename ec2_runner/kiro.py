@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Callable
 
 from ec2_runner.agent_settings import AgentSettings
-from ec2_runner.headless import DriveOnce, PtyAgent, exit_kind, judge_exit
+from ec2_runner.headless import DriveOnce, PtyAgent, Verdict, exit_kind, judge_exit
 from ec2_runner.ptydriver import PtyRun, Stop
 from ec2_runner.sandbox import Sandbox
 from shared.models import ErrorKind
@@ -133,9 +133,7 @@ class KiroAgent(PtyAgent):
             interactive = shlex.split(KIRO_INTERACTIVE_COMMAND)
         super().__init__(settings, argv, interactive, sandbox)
 
-    def _attempts(
-        self, once: DriveOnce, on_output: Callable[[str], None] | None
-    ) -> tuple[PtyRun, bool, str | None, ErrorKind | None, int]:
+    def _attempts(self, once: DriveOnce, on_output: Callable[[str], None] | None) -> Verdict:
         """Run under Kiro's rules; once more when it was having trouble responding."""
         attempts = 0
         earlier = ""
@@ -155,4 +153,4 @@ class KiroAgent(PtyAgent):
                 run.keep_before(earlier)
                 if error and rules.trouble:
                     error += " (retried once)"
-            return run, ok, error, kind, attempts
+            return Verdict(run, ok, error, kind, attempts)

@@ -71,6 +71,7 @@ def build_runner(
         fail_on_no_changes=settings.fail_on_no_changes,
         no_changes_error=settings.no_changes_error,
         keep_failed_worktrees=settings.keep_failed_worktrees,
+        rate_limit_backoff=settings.rate_limit_backoff,
     )
     pipeline = TaskPipeline(
         store,

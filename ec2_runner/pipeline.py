@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import re
 import threading
 import time
@@ -55,6 +56,7 @@ class Outcome(Enum):
     WAITING = "waiting"  # another task holds the branch; its end wakes this one
     RELEASED = "released"  # given back as pending (shutdown); the message should be visible again
     LEASE_LOST = "lease-lost"  # another runner took the row over; it owns the outcome now
+    DEFERRED = "deferred"  # a rate-limited task's backoff has not passed: the message stays hidden till then
 
 
 @dataclass
@@ -65,6 +67,7 @@ class PipelineOptions:
     fail_on_no_changes: bool = True
     no_changes_error: str = "agent made no changes"
     keep_failed_worktrees: bool = False
+    rate_limit_backoff: float = 60.0  # a rate-limited task goes back to pending for this long
 
 
 def wip_ref(task_id: str) -> str:
@@ -246,6 +249,13 @@ class TaskPipeline:
             return Outcome.NOT_CLAIMABLE
         except InvalidRowError as e:
             return self._fail_unclaimed(task_id, e.reason)
+        # a rate-limited task waits out its backoff: its message comes back when the backoff ends
+        wait = (task.retry_after or 0.0) - time.time()
+        if task.status is TaskStatus.PENDING and wait > 0:
+            logger.info("rate-limited task waits %.1f s more before its next attempt", wait)
+            if extend_visibility:
+                extend_visibility(math.ceil(wait))
+            return Outcome.DEFERRED
         # a reclaim of a row whose owner died: it may have pushed before it could write the status
         earlier_base = task.base_sha if task.status is TaskStatus.PROCESSING else None
         # 2. claim it, with its branch's lock (one task per branch)
@@ -392,6 +402,8 @@ class Attempt:
         prep = time.monotonic() - started
         result = self._run_agent(checkout)
         tail = result.output[-2000:] if result.output else ""
+        if result.session_id:
+            self.claim.record(agent_session_id=result.session_id)
         if self.beat.is_lost():
             self.keep = self._lease_lost(checkout).unsaved
             return Outcome.LEASE_LOST
@@ -431,11 +443,23 @@ class Attempt:
             self.keep = self.keep or saved.unsaved
             return self._release(saved, checkout)
         error = result.error or "agent failed"
-        if result.exit_code is None:  # killed (timeout): keep what the agent had done
+        if result.kind is ErrorKind.AGENT_RATE_LIMITED:
+            return self._back_off(checkout, result)
+        if result.exit_code is None or result.keep_work:  # killed (timeout), a turn limit: keep the work
             saved = self._keep_work(checkout)
             self.keep = self.keep or saved.unsaved
             error = _with_note(error, saved.note(checkout.path))
         return self._fail(error, result.kind or ErrorKind.AGENT_EXIT, tail)
+
+    def _back_off(self, checkout: Checkout, result: AgentResult) -> Outcome:
+        """A rate-limited run: the task goes back to pending, not claimed again before the backoff."""
+        saved = self._keep_work(checkout)
+        self.keep = self.keep or saved.unsaved
+        backoff = self.options.rate_limit_backoff
+        note = _with_note(f"{result.error}; retrying after {backoff:g} s", saved.note(checkout.path))
+        self.claim.release(note, retry_after=time.time() + backoff)
+        logger.warning("task given back as pending (rate limited): %s", note)
+        return Outcome.RELEASED
 
     def _deliver(self, checkout: Checkout, tail: str) -> str | Outcome:
         """Commit the agent's work and push it to the task's branch: the commit's sha, or the

@@ -82,6 +82,9 @@ class ErrorKind(StrEnum):
     PUSH_REFUSED = "push_refused"  # the remote declined the push (a hook, a protected ref)
     GAVE_UP = "gave_up"  # the dead-letter path ended a task its attempts could not finish
     CANCELLED = "cancelled"  # someone asked for the task (or the run) to stop
+    AGENT_RATE_LIMITED = "agent_rate_limited"  # the model API said 429 (a released task's note)
+    AGENT_TURN_LIMIT = "agent_turn_limit"  # the agent used up its turns; its work is kept on the WIP ref
+    AGENT_API_ERROR = "agent_api_error"  # the model API failed: unreachable, a broken stream, a 5xx
 
 
 def utc_now_iso() -> str:
@@ -217,6 +220,8 @@ class Task(WireModel):
     wip_ref: str | None = None  # the kiro-wip/... ref that holds wip_sha
     base_sha: str | None = None
     waiting_for: str | None = None  # what a task held up (by its branch) waits for
+    agent_session_id: str | None = None  # the agent CLI's own conversation id (Refine resumes it)
+    retry_after: float | None = None  # epoch seconds: a rate-limited task is not claimed before
 
     @field_validator("pr_number", mode="before")
     @classmethod

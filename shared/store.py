@@ -19,6 +19,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -157,9 +158,10 @@ class Claim:
         """processing -> failed with a readable error and its ``errorKind``, in one write."""
         self._store._end(self, _fail_update(error, log_tail, kind))
 
-    def release(self, note: str) -> None:
-        """processing -> pending: the task is given back (shutdown), with a note in ``error``."""
-        self._store._end(self, _release_update(note))
+    def release(self, note: str, retry_after: float | None = None) -> None:
+        """processing -> pending: the task is given back (shutdown, a rate limit), with a note in
+        ``error``; with ``retry_after`` (epoch seconds) no runner claims it before then."""
+        self._store._end(self, _release_update(note, retry_after))
 
 
 class ClaimWrites(Protocol):
@@ -219,7 +221,7 @@ def _complete_update(commit_sha: str, log_tail: str) -> Update:
             "finishedAt": stamp,
             "updatedAt": stamp,
         },
-        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef"),
+        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef", "retryAfter"),
     )
 
 
@@ -238,12 +240,14 @@ def _fail_update(error: str, log_tail: str, kind: ErrorKind) -> Update:
     )
 
 
-def _release_update(note: str) -> Update:
-    return Update(
-        TaskStatus.PENDING,
-        {"error": note[:ERROR_CHARS], "updatedAt": utc_now_iso()},
-        ("leaseExpiresAt", "runnerId", "errorKind"),  # a note, not a failure
-    )
+def _release_update(note: str, retry_after: float | None = None) -> Update:
+    sets: dict[str, Any] = {"error": note[:ERROR_CHARS], "updatedAt": utc_now_iso()}
+    removes: tuple[str, ...] = ("leaseExpiresAt", "runnerId", "errorKind")  # a note, not a failure
+    if retry_after is not None:
+        sets["retryAfter"] = Decimal(str(round(retry_after, 3)))
+    else:
+        removes += ("retryAfter",)
+    return Update(TaskStatus.PENDING, sets, removes)
 
 
 def refuse_claim_at_limit(task: Task) -> None:
