@@ -33,7 +33,8 @@ from tests.integration.refine_support import Browser
 pytestmark = pytest.mark.timeout(240)
 
 REGION, ACCOUNT = "us-east-1", "123456789012"  # moto's default account
-API_ID = "wsapi00001"  # the WebSocket API moto cannot create: its id in the ARNs on both sides
+API_ID = "wsapi00001"
+GROUP_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"  # the runners' Auto Scaling group's id in its ARN  # the WebSocket API moto cannot create: its id in the ARNs on both sides
 # what the runner, the CLI and each function run under; functions by their folder name
 RUNNER_ROLE, CLI_POLICY = "RunnerRole", "OperatorPolicy"
 GIT_TOKEN_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:git-token-AbCdEf"
@@ -99,7 +100,13 @@ _CONNECTION_METHOD = {"PostToConnection": "POST", "GetConnection": "GET", "Delet
 class Resolver:
     """The template's intrinsic functions, resolved against the stack deployed into moto."""
 
-    def __init__(self, cfn: dict[str, Any], physical: dict[str, str], parameters: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cfn: dict[str, Any],
+        physical: dict[str, str],
+        parameters: dict[str, Any],
+        stack_name: str = "aipm-stack",
+    ) -> None:
         self.types = {k: v["Type"] for k, v in cfn["Resources"].items()}
         self.physical = physical
         defaults = {k: v.get("Default") for k, v in cfn.get("Parameters", {}).items()}
@@ -109,6 +116,7 @@ class Resolver:
             "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT,
             "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": stack_name,
         }
 
     def value(self, node: Any, local: dict[str, Any] | None = None) -> Any:
@@ -242,6 +250,9 @@ def iam_requests(call: dict[str, Any], stage: str) -> list[tuple[str, str]]:
         return [(f"sqs:{op}", queue_arn(name))]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", res["SecretId"])]
+    if service == "autoscaling":  # a group's ARN carries an id the caller never names
+        group = f"autoScalingGroup:{GROUP_UUID}:autoScalingGroupName/{res['AutoScalingGroupName']}"
+        return [(f"autoscaling:{op}", f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:{group}")]
     if service == "apigatewaymanagementapi":
         method = _CONNECTION_METHOD[op]
         connection = f"{stage}/{method}/@connections/{res['ConnectionId']}"
