@@ -44,9 +44,9 @@ def check(doc: dict[str, Any]) -> None:
             assert m.get("Unit", "None") in UNITS, f"{name}: unit {m.get('Unit')!r}"
             value = doc.get(name)
             values = value if isinstance(value, list) else [value]
-            assert values and all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in values
-            ), f"{name} must be a top-level number: {value!r}"
+            assert values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values), (
+                f"{name} must be a top-level number: {value!r}"
+            )
 
 
 def documents(lines: Iterable[str]) -> list[dict[str, Any]]:
@@ -69,3 +69,9 @@ def metric_names(doc: dict[str, Any]) -> set[str]:
 
 def dimensions(doc: dict[str, Any]) -> list[list[str]]:
     return [dims for d in doc["_aws"]["CloudWatchMetrics"] for dims in d["Dimensions"]]
+
+
+def values(doc: dict[str, Any], name: str) -> list[float]:
+    """A metric's values in a document (EMF takes a number or a list of them)."""
+    value = doc[name]
+    return [float(v) for v in (value if isinstance(value, list) else [value])]

@@ -17,6 +17,7 @@ import json
 import secrets
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -42,6 +43,7 @@ class InstanceTwin:
         self.spot_action: dict[str, str] | None = None
         self.requests: list[Seen] = []
         self.completed: list[dict[str, str]] = []
+        self.on_complete: Callable[[], Any] | None = None  # called as a CompleteLifecycleAction arrives
         self._tokens: set[str] = set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -91,6 +93,8 @@ class InstanceTwin:
             }.get(path)
 
     def _complete(self, params: dict[str, str]) -> tuple[int, str]:
+        if self.on_complete is not None:
+            self.on_complete()
         with self._lock:
             waiting = (
                 self.lifecycle_state == "Terminating:Wait"
@@ -102,7 +106,8 @@ class InstanceTwin:
                 return 400, _error("ValidationError", "LifecycleActionResult must be CONTINUE or ABANDON")
             if not waiting:
                 found = params.get("InstanceId", "")
-                return 400, _error("ValidationError", f"No active Lifecycle Action found with instance ID {found}")
+                message = f"No active Lifecycle Action found with instance ID {found}"
+                return 400, _error("ValidationError", message)
             self.lifecycle_state = "Terminating:Proceed"
             self.completed.append(params)
         body = (
@@ -159,7 +164,8 @@ class InstanceTwin:
                 if not signed:
                     return self._send(403, _error("MissingAuthenticationToken", "Request is not signed"))
                 if params.get("Action") != "CompleteLifecycleAction":
-                    return self._send(400, _error("InvalidAction", f"{params.get('Action')} is not served here"))
+                    action = params.get("Action")
+                    return self._send(400, _error("InvalidAction", f"{action} is not served here"))
                 status, body = twin._complete(params)
                 self._send(status, body, "text/xml")
 

@@ -33,8 +33,8 @@ from tests.integration.refine_support import Browser
 pytestmark = pytest.mark.timeout(240)
 
 REGION, ACCOUNT = "us-east-1", "123456789012"  # moto's default account
-API_ID = "wsapi00001"
-GROUP_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"  # the runners' Auto Scaling group's id in its ARN  # the WebSocket API moto cannot create: its id in the ARNs on both sides
+API_ID = "wsapi00001"  # the WebSocket API moto cannot create: its id in the ARNs on both sides
+GROUP_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"  # the runners' Auto Scaling group's id in its ARN
 # what the runner, the CLI and each function run under; functions by their folder name
 RUNNER_ROLE, CLI_POLICY = "RunnerRole", "OperatorPolicy"
 GIT_TOKEN_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:git-token-AbCdEf"
@@ -50,6 +50,8 @@ FLEET = {
 }
 
 # granted, not exercised by these flows: (role or policy, IAM action, resource) -> why it is needed
+STACK = "aipm-stack"  # the stack name the grants are resolved with (Resolver's AWS::StackName)
+_GROUP = "autoScalingGroup:*:autoScalingGroupName"
 _BOOT = "the runner's user data reads it with the AWS CLI at boot (tests/integration/test_bootstrap.py)"
 NEEDED: dict[tuple[str, str, str], str] = {
     (RUNNER_ROLE, "secretsmanager:GetSecretValue", "GitTokenSecretArn"): (
@@ -57,6 +59,22 @@ NEEDED: dict[tuple[str, str, str], str] = {
     ),
     (RUNNER_ROLE, "secretsmanager:GetSecretValue", "AgentCredentialSecretArn"): f"{_BOOT} into agent.env",
     (RUNNER_ROLE, "s3:GetObject", f"{PACKAGE_FOLDER}*"): f"{_BOOT}: the pinned runner package",
+    (RUNNER_ROLE, "autoscaling:CompleteLifecycleAction", f"{_GROUP}/{STACK}-runners"): (
+        "a runner held by the warm-stop lifecycle hook lets its instance go once stopped: the local stack"
+        " has no Auto Scaling group, so tests/chaos/test_instance_notices.py makes and checks that call"
+    ),
+    **{
+        (RUNNER_ROLE, f"logs:{action}", f"log-group:/aipm/{STACK}/runner:*"): (
+            "the CloudWatch agent (installed by the user data, its config checked by test_bootstrap.py)"
+            " ships the runner's log file and the boot's output: "
+            + {
+                "CreateLogStream": "one stream per instance and file",
+                "PutLogEvents": "the lines themselves",
+                "DescribeLogStreams": "the agent looks up its streams before its first put",
+            }[action]
+        )
+        for action in ("CreateLogStream", "PutLogEvents", "DescribeLogStreams")
+    },
 }
 
 # AWS managed policies each role carries, and why (SAM adds the Lambda ones for the service itself:
@@ -105,7 +123,7 @@ class Resolver:
         cfn: dict[str, Any],
         physical: dict[str, str],
         parameters: dict[str, Any],
-        stack_name: str = "aipm-stack",
+        stack_name: str = STACK,
     ) -> None:
         self.types = {k: v["Type"] for k, v in cfn["Resources"].items()}
         self.physical = physical
