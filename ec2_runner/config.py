@@ -79,6 +79,23 @@ class RunnerSettings(AwsKeySettings):
     runner_secret: SecretStr | None = Field(default=None, validation_alias="RUNNER_SECRET")
     runner_secret_arn: str | None = Field(default=None, validation_alias="RUNNER_SECRET_ARN")
 
+    # the instance's stop notices (ec2_runner/instance_notices.py): a scale-in held by the group's
+    # lifecycle hook, a Spot interruption; unset (off EC2) nothing is watched
+    instance_metadata_url: str | None = Field(default=None, validation_alias="INSTANCE_METADATA_URL")
+    instance_notice_poll_seconds: float = Field(
+        default=5.0, gt=0, le=60, validation_alias="INSTANCE_NOTICE_POLL_SECONDS"
+    )
+    autoscaling_group_name: str | None = Field(default=None, validation_alias="AUTOSCALING_GROUP_NAME")
+    lifecycle_hook_name: str | None = Field(default=None, validation_alias="LIFECYCLE_HOOK_NAME")
+    # botocore's own name for the Auto Scaling endpoint (the tests' stand-in; unset: AWS_ENDPOINT_URL)
+    autoscaling_endpoint_url: str | None = Field(
+        default=None, validation_alias="AWS_ENDPOINT_URL_AUTO_SCALING"
+    )
+
+    # the JSON log lines (and EMF metrics) also appended to this file, which the CloudWatch agent
+    # ships (the user data sets /var/log/aipm/runner.log); stderr (journald) gets them either way
+    log_file: Path | None = Field(default=None, validation_alias="LOG_FILE")
+
     @field_validator("protected_branches", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:

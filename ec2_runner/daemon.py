@@ -1,8 +1,9 @@
 """The runner daemon: long-polls SQS, runs up to ``slots`` tasks at once, stops warm or cold.
 
-Warm stop (SIGTERM or SIGINT): take no new messages, let running tasks finish for up to the grace
-period; then a cold stop: stop their agents, keep their work on ``kiro-wip/<taskId>``, give the
-rows back as ``pending`` and make their messages visible again. A second signal goes cold at once.
+Warm stop (SIGTERM or SIGINT, or the instance's stop notice: ``instance_notices``): take no new
+messages, let running tasks finish for up to the grace period; then a cold stop: stop their agents,
+keep their work on ``kiro-wip/<taskId>``, give the rows back as ``pending`` and make their messages
+visible again. A second signal goes cold at once.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class Runner:
         self.visibility_seconds = int(lease_seconds) + visibility_margin_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self._stopping = threading.Event()  # warm stop: take no new messages
+        self._grace: float | None = None  # a stop that allows less than shutdown_grace_seconds
         self._cold = threading.Event()  # cold stop: stop running agents too
         self._free = threading.Semaphore(slots)
         self._running: set[Future] = set()
@@ -93,7 +95,12 @@ class Runner:
             log_transient_faults(ddb)
 
     # -- control ----------------------------------------------------------------------------
-    def request_stop(self, cold: bool = False) -> None:
+    def request_stop(self, cold: bool = False, grace_seconds: float | None = None) -> None:
+        """Take no new messages; running tasks get ``grace_seconds`` (default: the configured grace,
+        and never more than it) to finish before they are parked; ``cold`` parks them at once."""
+        if grace_seconds is not None:
+            shortest = min(grace_seconds, self._grace if self._grace is not None else grace_seconds)
+            self._grace = max(0.0, shortest)
         if cold:
             self._cold.set()
         self._stopping.set()
@@ -229,11 +236,12 @@ class Runner:
             running = set(self._running)
         if not running:
             return
+        grace = self.shutdown_grace_seconds
+        if self._grace is not None:
+            grace = min(grace, self._grace)
         if not self._cold.is_set():
-            logger.info(
-                "waiting up to %.0f s for %d running task(s)", self.shutdown_grace_seconds, len(running)
-            )
-            _, running = wait(running, timeout=self.shutdown_grace_seconds)
+            logger.info("waiting up to %.0f s for %d running task(s)", grace, len(running))
+            _, running = wait(running, timeout=grace)
         if running:
             logger.warning("stopping %d running task(s) and giving them back", len(running))
             self._cold.set()

@@ -11,6 +11,15 @@ from ec2_runner.agents import make_agent
 from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
+from ec2_runner.instance_notices import (
+    INSTANCE_ID_PATH,
+    InstanceMetadata,
+    LifecycleTarget,
+    MetadataError,
+    NoticeWatcher,
+    StopNotice,
+    complete_lifecycle_action,
+)
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
 from ec2_runner.terminal import SessionManager, TerminalSettings
@@ -138,12 +147,61 @@ def start_terminals(
     return TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions, link).start()
 
 
+def watch_notices(settings: RunnerSettings, runner: Runner) -> NoticeWatcher | None:
+    """On EC2 (INSTANCE_METADATA_URL set): a watcher of the instance's stop notices that asks
+    ``runner`` for a warm stop, looked at once now (an instance already going away takes no task)."""
+    if not settings.instance_metadata_url:
+        return None
+
+    def stop(notice: StopNotice) -> None:
+        runner.request_stop(grace_seconds=notice.grace(settings.shutdown_grace_seconds))
+
+    metadata = InstanceMetadata(settings.instance_metadata_url)
+    watcher = NoticeWatcher(metadata, stop, interval=settings.instance_notice_poll_seconds)
+    watcher.check()
+    return watcher.start()
+
+
+def finish_lifecycle(settings: RunnerSettings, watcher: NoticeWatcher) -> None:
+    """The runner has stopped: if the group's lifecycle hook holds the instance (seen now or
+    earlier), tell the group to go on, so the instance terminates with nothing left running."""
+    watcher.stop()
+    watcher.check()  # a Spot stop may be followed by the group's own termination
+    if not watcher.lifecycle_seen.is_set():
+        return
+    if not (settings.autoscaling_group_name and settings.lifecycle_hook_name):
+        logger.warning(
+            "the lifecycle hook holds this instance, but AUTOSCALING_GROUP_NAME or LIFECYCLE_HOOK_NAME"
+            " is not set: the group goes on at the hook's timeout"
+        )
+        return
+    try:
+        instance_id = (watcher.metadata.get(INSTANCE_ID_PATH) or "").strip()
+    except MetadataError as e:
+        logger.warning("cannot complete the lifecycle action: %s", e)
+        return
+    if not instance_id:
+        logger.warning("cannot complete the lifecycle action: the metadata service has no instance-id")
+        return
+    autoscaling = aws.client(
+        "autoscaling",
+        region=settings.aws_region,
+        endpoint_url=settings.autoscaling_endpoint_url or settings.aws_endpoint_url,
+        keys=settings.aws_keys,
+    )
+    target = LifecycleTarget(settings.autoscaling_group_name, settings.lifecycle_hook_name, instance_id)
+    complete_lifecycle_action(autoscaling, target)
+
+
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
-    """``aipm runner`` / ``python -m ec2_runner``: run until SIGTERM or SIGINT."""
+    """``aipm runner`` / ``python -m ec2_runner``: run until SIGTERM or SIGINT, or until the
+    instance is told it goes away (scale-in, Spot interruption)."""
     logs.configure()
     if local_stack_in_use():
         logger.info("using the local stack from .aipm/local.json")
     settings = load_settings(RunnerSettings)
+    if settings.log_file:
+        logs.configure(also_to=settings.log_file)
     try:
         sandbox = runner_sandbox(settings, load_settings(SandboxSettings))
     except SandboxUnavailable as e:
@@ -153,12 +211,15 @@ def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
         runner = build_runner(settings, load_settings(AgentSettings), sandbox)
         runner.install_signal_handlers()
         knobs = load_settings(TerminalSettings) if settings.ws_url else None
+        watcher = watch_notices(settings, runner)
         terminals = start_terminals(settings, runner, knobs, sandbox)
         try:
             runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
         finally:
             if terminals:
                 terminals.stop()
+        if watcher:
+            finish_lifecycle(settings, watcher)
     finally:
         sandbox.close()
     return 0

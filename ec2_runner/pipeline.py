@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ec2_runner import metrics
 from ec2_runner.agents import Agent, AgentResult
 from ec2_runner.gitops import (
     Checkout,
@@ -274,6 +275,9 @@ class TaskPipeline:
             # the row itself cannot take the claim: retrying the signal would fail the same way
             return self._fail_unclaimed(task_id, e.reason)
         logger.info("claimed (attempt %d)", claim.attempt)
+        measures = metrics.TaskMeasures(task_id, claim.attempt, claimed=claim_sent)
+        if claim.attempt == 1:  # a reclaim's age since createdAt says nothing about the pick-up
+            measures.pickup_ms = metrics.pickup_ms(task.created_at)
         # 3. run it under a heartbeat that keeps the lease (and the message) alive
         lease = self.options.lease_seconds
 
@@ -286,11 +290,12 @@ class TaskPipeline:
             lambda: claim.renew(lease), max(lease / 3, 0.5), lease, extend=extend, since=claim_sent
         )
         with heartbeat as beat:
-            attempt = Attempt(self, claim, beat, should_stop or (lambda: False))
+            attempt = Attempt(self, claim, beat, should_stop or (lambda: False), measures)
             try:
                 outcome = attempt.run(earlier_base)
             except LeaseLostError:
                 logger.warning("lease lost before the status write; the new owner decides the outcome")
+        metrics.emit_attempt(measures, outcome.value)
         # 4. the branch is free (or changed hands): the task waiting longest for it gets a signal
         if outcome in (Outcome.COMPLETE, Outcome.FAILED, Outcome.RELEASED, Outcome.LEASE_LOST):
             self._wake_next(task.branch, task_id)
@@ -315,6 +320,7 @@ class TaskPipeline:
             logger.warning("unreadable row left alone (someone else's, or ended): %s", reason)
             return Outcome.NOT_CLAIMABLE
         logger.error("task failed: %s", reason)
+        metrics.emit_failure(task_id, ErrorKind.INVALID_TASK.value)
         return Outcome.FAILED
 
     def _wake_next(self, branch: str, task_id: str) -> None:
@@ -348,7 +354,12 @@ class Attempt:
     saved anywhere else, or a failed task's folder kept for inspection)."""
 
     def __init__(
-        self, pipeline: TaskPipeline, claim: Claim, beat: Heartbeat, should_stop: Callable[[], bool]
+        self,
+        pipeline: TaskPipeline,
+        claim: Claim,
+        beat: Heartbeat,
+        should_stop: Callable[[], bool],
+        measures: metrics.TaskMeasures | None = None,
     ) -> None:
         self.workspace = pipeline.workspace
         self.agent = pipeline.agent
@@ -358,6 +369,7 @@ class Attempt:
         self.task = claim.task
         self.beat = beat
         self.should_stop = should_stop
+        self.measures = measures or metrics.TaskMeasures(claim.task.id, claim.attempt)
         self.keep = False
 
     def run(self, earlier_base: str | None) -> Outcome:
@@ -434,6 +446,7 @@ class Attempt:
             self.task.prompt(), checkout.path, on_output=_progress_logger(), should_stop=stop_reason
         )
         logger.info("agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok)
+        self.measures.agent_ms = result.duration * 1000
         return result
 
     def _agent_failed(self, checkout: Checkout, result: AgentResult, tail: str) -> Outcome:
@@ -478,6 +491,7 @@ class Attempt:
         if proof is None:
             self.keep = self._lease_lost(checkout).unsaved
             return Outcome.LEASE_LOST
+        pushing = time.monotonic()
         try:
             pushed = self.workspace.push(checkout.path, task.branch, timeout=proof.push_timeout())
         except DeadlineError as e:
@@ -490,12 +504,14 @@ class Attempt:
             saved = self._keep_work(checkout)
             self.keep = self.options.keep_failed_worktrees or saved.unsaved
             return self._fail(_with_note(str(e), saved.note(checkout.path)), push_kind(e), tail)
+        self.measures.push_ms = (time.monotonic() - pushing) * 1000
         logger.info("pushed %s to %s (attempt %d)", pushed[:12], task.branch, self.claim.attempt)
         return pushed
 
     def _fail(self, error: str, kind: ErrorKind, log_tail: str = "") -> Outcome:
         logger.error("task failed (%s): %s", kind.value, error, extra={"error_kind": kind.value})
         self.claim.fail(error, log_tail, kind=kind)
+        self.measures.error_kind = kind.value
         return Outcome.FAILED
 
     def _save_wip(self, checkout: Checkout) -> SavedWork:

@@ -65,7 +65,15 @@ def client(
 
 _ROOT = Path(__file__).resolve().parent.parent
 _CLI_FILES = {"cli.py", "terminal_cli.py"}
-_RESOURCE_PARAMS = ("TableName", "IndexName", "QueueUrl", "QueueName", "SecretId", "ConnectionId")
+_RESOURCE_PARAMS = (
+    "TableName",
+    "IndexName",
+    "QueueUrl",
+    "QueueName",
+    "SecretId",
+    "ConnectionId",
+    "AutoScalingGroupName",
+)
 _write_lock = threading.Lock()
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from local.deploy import load_template
 
 # the directories the user data writes to; each is an overlay of the real one onto the scratch root
-OVERLAID = ("/etc", "/opt", "/var/lib")
+OVERLAID = ("/etc", "/opt", "/var/lib", "/var/log")
 _SUB = re.compile(r"\$\{(!?)([A-Za-z0-9:]+(?:\.[A-Za-z0-9]+)?)\}")
 
 
@@ -106,6 +106,7 @@ def can_make_scratch_roots(tmp: Path) -> str | None:
 
 
 # -- recording fakes ------------------------------------------------------------------------------
+CLOUDWATCH_AGENT = "/opt/aws/amazon-cloudwatch-agent"  # where its package installs it
 _RECORDER = "import json, sys; print(json.dumps(sys.argv[1:]), flush=True)"
 _RECORD = """#!/bin/bash
 # recording fake of `{name}` for the bootstrap test: its arguments go to {log} first
@@ -116,7 +117,9 @@ _RECORD = """#!/bin/bash
 def write_fakes(fakebin: Path, log: Path, *, moto_endpoint: str, dev_python: str) -> None:
     """Small honest fakes of the system commands the user data calls, each recording its arguments.
 
-    dnf and systemctl only record (the packages are this machine's; the test starts the unit itself);
+    dnf and systemctl only record (the packages are this machine's; the test starts the unit itself),
+    but dnf installs amazon-cloudwatch-agent's control command as a fake that checks the config it is
+    given is JSON (as the real one's fetch-config does) and records it;
     useradd and runuser record and then run the real command, which in the scratch root writes only
     the scratch /etc and /var/lib; aws records and runs the real AWS CLI against moto (an instance
     role's credentials, played by dummies); python3.12 makes the venv with this interpreter, and its
@@ -126,8 +129,24 @@ def write_fakes(fakebin: Path, log: Path, *, moto_endpoint: str, dev_python: str
     q = shlex.quote
     head = {"log": q(str(log)), "python": q(sys.executable), "recorder": _RECORDER}
     aws_cli = Path(sys.executable).with_name("aws")
+    ctl = f"{CLOUDWATCH_AGENT}/bin/amazon-cloudwatch-agent-ctl"
+    checks_config = (
+        "import json, sys; a = sys.argv[1:]; "
+        "path = a[a.index('-c') + 1].removeprefix('file:') if '-c' in a else None; "
+        "path and json.load(open(path))"
+    )
     bodies = {
-        "dnf": "exit 0\n",
+        "dnf": (
+            'case " $* " in *" amazon-cloudwatch-agent "*)\n'
+            f"  install -d {q(str(Path(ctl).parent))}\n"
+            f"  cat > {q(ctl)} <<'EOF'\n"
+            + _RECORD.format(name="amazon-cloudwatch-agent-ctl", **head)
+            + f'exec {q(sys.executable)} -c {q(checks_config)} "$@"\n'
+            "EOF\n"
+            f"  chmod 0755 {q(ctl)} ;;\n"
+            "esac\n"
+            "exit 0\n"
+        ),
         "systemctl": "exit 0\n",
         "useradd": 'exec /usr/sbin/useradd "$@"\n',
         "runuser": 'exec /usr/sbin/runuser "$@"\n',

@@ -1,14 +1,16 @@
 """The EC2 bootstrap, proven without AWS: the launch template's user data rendered from template.yaml
 with sample values, checked by ``bash -n`` and shellcheck, run in a scratch root (overlays of /etc,
-/opt and /var/lib in a private mount namespace) with recording fakes of dnf, useradd, runuser,
+/opt, /var/lib and /var/log in a private mount namespace) with recording fakes of dnf, useradd, runuser,
 systemctl, python3.12/pip and the AWS CLI (on moto), and then the runner started the way its
 installed systemd unit says, until it completes a task and pushes over HTTPS to a loopback git
 server that wants the token kept in moto's Secrets Manager.
 
 What the test adds to the unit's environment, and why: its fakes first on PATH (the helper's `aws`
 is the instance's CLI), AWS_ENDPOINT_URL and dummy keys (the local stack and the instance role),
-GIT_SSL_CAINFO (the loopback server's self-signed certificate) and an empty WEBSOCKET_URL (the
-rendered URL names AWS, which no test may reach; terminals are not this test's). The runner runs
+GIT_SSL_CAINFO (the loopback server's self-signed certificate), an empty WEBSOCKET_URL (the
+rendered URL names AWS, which no test may reach; terminals are not this test's) and an empty
+INSTANCE_METADATA_URL (169.254.169.254 is no loopback address; tests/chaos/test_instance_notices.py
+plays the metadata service). The runner runs
 as root, not User=aipm: this interpreter lives under /root, which the aipm user cannot read.
 """
 
@@ -30,9 +32,11 @@ from typing import Any
 import pytest
 
 from shared import aws
+from tests import emf_spec
 from tests.conftest import ROOT
 from tests.fixtures import FAKE_KIRO, unique, wait_until
 from tests.integration.bootstrap_support import (
+    CLOUDWATCH_AGENT,
     ScratchRoot,
     TokenGitServer,
     base64_round_trip,
@@ -51,6 +55,7 @@ REGION = "us-east-1"
 GIT_TOKEN = "ghp_" + "t0ken" * 8  # what only the git server and moto's Secrets Manager know
 AGENT_KEY = "kiro-key-" + "k3y" * 6
 UNIT = ROOT / "ec2_runner" / "aipm-runner.service"
+STACK_NAME = "aipm-boot"
 
 
 def _shellcheck() -> str | None:
@@ -150,6 +155,8 @@ def values(
     return {
         "AWS::Region": REGION,
         "AWS::URLSuffix": "amazonaws.com",
+        "AWS::StackName": STACK_NAME,
+        "RunnerLogGroup": f"/aipm/{STACK_NAME}/runner",
         "TableName": cfg.table_name,
         "TaskQueue": cfg.task_queue_url,
         "BranchLocksTable": cfg.branch_locks_table,
@@ -336,6 +343,7 @@ def test_the_booted_runner_started_as_its_unit_says_completes_a_task_and_pushes_
         AWS_SECRET_ACCESS_KEY="testing",
         GIT_SSL_CAINFO=str(git_server.cert),
         WEBSOCKET_URL="",
+        INSTANCE_METADATA_URL="",
         SQS_WAIT_SECONDS="2",
     )
     assert env["GIT_REMOTE"].startswith("https://127.0.0.1:") and env["KIRO_API_KEY"] == AGENT_KEY
@@ -387,8 +395,52 @@ def test_the_booted_runner_started_as_its_unit_says_completes_a_task_and_pushes_
     assert not [p for p in root.files() if GIT_TOKEN.encode() in p.read_bytes()]
     assert GIT_TOKEN not in text and AGENT_KEY not in text
     assert GIT_TOKEN not in json.dumps(row)
+    # the runner's log file, which the CloudWatch agent ships: its JSON lines, EMF metrics among them
+    shipped = root.upper(env["LOG_FILE"]).read_text().splitlines()
+    assert any(json.loads(line).get("task_id") == task_id for line in shipped)
+    (metrics_doc,) = [d for d in emf_spec.documents(shipped) if d.get("task_id") == task_id]
+    assert metrics_doc["outcome"] == "complete"
+    assert GIT_TOKEN not in "\n".join(shipped) and AGENT_KEY not in "\n".join(shipped)
     # and the code that ran was the wheel's, installed into /opt/aipm/venv
     (site,) = (root.base / "upper").glob("opt/aipm/venv/lib/python*/site-packages")
     assert (site / "ec2_runner" / "aipm-runner.service").exists() and (
         site / "ec2_runner" / "main.py"
     ).exists()
+
+
+def test_the_user_data_starts_the_cloudwatch_agent_shipping_the_runner_s_log_file_and_the_boot(
+    booted: tuple[ScratchRoot, subprocess.CompletedProcess[str], Path, Path],
+    values: dict[str, str],
+) -> None:
+    """The agent's config is valid JSON that sends the file the runner writes (LOG_FILE, in a folder
+    only the aipm user writes to) and cloud-init's output to the runner log group, one stream per
+    instance and file; the agent is started with it."""
+    root, proc, _, log = booted
+    assert proc.returncode == 0, proc.stderr
+    calls = recorded(log)
+    assert ["dnf", "install", "-y", "amazon-cloudwatch-agent"] in calls
+    config_path = f"{CLOUDWATCH_AGENT}/etc/aipm.json"
+    config = json.loads(root.upper(config_path).read_text())
+    collected = config["logs"]["logs_collected"]["files"]["collect_list"]
+    runner_env = dict(
+        line.split("=", 1) for line in root.upper("/etc/aipm/runner.env").read_text().splitlines()
+    )
+    assert {(c["file_path"], c["log_group_name"], c["log_stream_name"]) for c in collected} == {
+        (runner_env["LOG_FILE"], values["RunnerLogGroup"], "{instance_id}/runner"),
+        ("/var/log/cloud-init-output.log", values["RunnerLogGroup"], "{instance_id}/boot"),
+    }
+    folder = root.upper(str(Path(runner_env["LOG_FILE"]).parent))
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    assert folder.stat().st_uid == int(
+        next(
+            line for line in root.upper("/etc/passwd").read_text().splitlines() if line.startswith("aipm:")
+        ).split(":")[2]
+    )
+    ctl = [c for c in calls if c[0] == "amazon-cloudwatch-agent-ctl"]
+    assert ctl == [
+        ["amazon-cloudwatch-agent-ctl", "-a", "fetch-config", "-m", "ec2", "-s", "-c", f"file:{config_path}"]
+    ]
+    # the runner is told its group, its hook and where the metadata service is
+    assert runner_env["AUTOSCALING_GROUP_NAME"] == f"{STACK_NAME}-runners"
+    assert runner_env["LIFECYCLE_HOOK_NAME"] == "aipm-warm-stop"
+    assert runner_env["INSTANCE_METADATA_URL"] == "http://169.254.169.254"

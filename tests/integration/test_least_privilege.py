@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(240)
 
 REGION, ACCOUNT = "us-east-1", "123456789012"  # moto's default account
 API_ID = "wsapi00001"  # the WebSocket API moto cannot create: its id in the ARNs on both sides
+GROUP_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"  # the runners' Auto Scaling group's id in its ARN
 # what the runner, the CLI and each function run under; functions by their folder name
 RUNNER_ROLE, CLI_POLICY = "RunnerRole", "OperatorPolicy"
 GIT_TOKEN_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:git-token-AbCdEf"
@@ -49,6 +50,8 @@ FLEET = {
 }
 
 # granted, not exercised by these flows: (role or policy, IAM action, resource) -> why it is needed
+STACK = "aipm-stack"  # the stack name the grants are resolved with (Resolver's AWS::StackName)
+_GROUP = "autoScalingGroup:*:autoScalingGroupName"
 _BOOT = "the runner's user data reads it with the AWS CLI at boot (tests/integration/test_bootstrap.py)"
 NEEDED: dict[tuple[str, str, str], str] = {
     (RUNNER_ROLE, "secretsmanager:GetSecretValue", "GitTokenSecretArn"): (
@@ -56,6 +59,22 @@ NEEDED: dict[tuple[str, str, str], str] = {
     ),
     (RUNNER_ROLE, "secretsmanager:GetSecretValue", "AgentCredentialSecretArn"): f"{_BOOT} into agent.env",
     (RUNNER_ROLE, "s3:GetObject", f"{PACKAGE_FOLDER}*"): f"{_BOOT}: the pinned runner package",
+    (RUNNER_ROLE, "autoscaling:CompleteLifecycleAction", f"{_GROUP}/{STACK}-runners"): (
+        "a runner held by the warm-stop lifecycle hook lets its instance go once stopped: the local stack"
+        " has no Auto Scaling group, so tests/chaos/test_instance_notices.py makes and checks that call"
+    ),
+    **{
+        (RUNNER_ROLE, f"logs:{action}", f"log-group:/aipm/{STACK}/runner:*"): (
+            "the CloudWatch agent (installed by the user data, its config checked by test_bootstrap.py)"
+            " ships the runner's log file and the boot's output: "
+            + {
+                "CreateLogStream": "one stream per instance and file",
+                "PutLogEvents": "the lines themselves",
+                "DescribeLogStreams": "the agent looks up its streams before its first put",
+            }[action]
+        )
+        for action in ("CreateLogStream", "PutLogEvents", "DescribeLogStreams")
+    },
 }
 
 # AWS managed policies each role carries, and why (SAM adds the Lambda ones for the service itself:
@@ -99,7 +118,13 @@ _CONNECTION_METHOD = {"PostToConnection": "POST", "GetConnection": "GET", "Delet
 class Resolver:
     """The template's intrinsic functions, resolved against the stack deployed into moto."""
 
-    def __init__(self, cfn: dict[str, Any], physical: dict[str, str], parameters: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cfn: dict[str, Any],
+        physical: dict[str, str],
+        parameters: dict[str, Any],
+        stack_name: str = STACK,
+    ) -> None:
         self.types = {k: v["Type"] for k, v in cfn["Resources"].items()}
         self.physical = physical
         defaults = {k: v.get("Default") for k, v in cfn.get("Parameters", {}).items()}
@@ -109,6 +134,7 @@ class Resolver:
             "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT,
             "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": stack_name,
         }
 
     def value(self, node: Any, local: dict[str, Any] | None = None) -> Any:
@@ -242,6 +268,9 @@ def iam_requests(call: dict[str, Any], stage: str) -> list[tuple[str, str]]:
         return [(f"sqs:{op}", queue_arn(name))]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", res["SecretId"])]
+    if service == "autoscaling":  # a group's ARN carries an id the caller never names
+        group = f"autoScalingGroup:{GROUP_UUID}:autoScalingGroupName/{res['AutoScalingGroupName']}"
+        return [(f"autoscaling:{op}", f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:{group}")]
     if service == "apigatewaymanagementapi":
         method = _CONNECTION_METHOD[op]
         connection = f"{stage}/{method}/@connections/{res['ConnectionId']}"
