@@ -214,6 +214,9 @@ class Task(WireModel):
     wip_ref: str | None = None  # the kiro-wip/... ref that holds wip_sha
     base_sha: str | None = None
     waiting_for: str | None = None  # what a task held up (by its branch) waits for
+    # when an operator asked the running attempt to stop (``aipm task cancel``): its runner sees it
+    # at its next lease renewal, stops the agent, keeps the work on its WIP ref and fails the row
+    cancel_requested_at: str | None = None
 
     @field_validator("pr_number", mode="before")
     @classmethod
