@@ -11,6 +11,7 @@ from ec2_runner.agents import make_agent
 from ec2_runner.config import RunnerSettings
 from ec2_runner.daemon import Runner
 from ec2_runner.gitops import GitWorkspace
+from ec2_runner.live import RelayWatchers
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
 from ec2_runner.terminal import SessionManager, TerminalSettings
@@ -71,6 +72,7 @@ def build_runner(
         fail_on_no_changes=settings.fail_on_no_changes,
         no_changes_error=settings.no_changes_error,
         keep_failed_worktrees=settings.keep_failed_worktrees,
+        log_tail_seconds=settings.log_tail_seconds,
     )
     pipeline = TaskPipeline(
         store,
@@ -130,10 +132,13 @@ def start_terminals(
             protected=tuple(settings.protected_branches),
             env=agent.child_env() if hasattr(agent, "child_env") else None,
             sandbox=sandbox,
+            runner_id=settings.runner_id,
         )
 
     logger.info("terminal service connecting to %s", settings.ws_url)
-    return TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions).start()
+    service = TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions).start()
+    pipeline.watchers = RelayWatchers(service)  # running tasks stream to read-only watchers
+    return service
 
 
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:

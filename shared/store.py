@@ -127,6 +127,13 @@ def _cancelled_item(err: ClientError, index: int) -> dict[str, Any]:
     return from_dynamodb(reasons[index].get("Item") or {}) if index < len(reasons) else {}
 
 
+def _refused_item(err: ClientError) -> dict[str, Any]:
+    """The item a refused conditional write returned (ReturnValuesOnConditionCheckFailure=ALL_OLD),
+    as plain values ({} when there was none)."""
+    item: Any = err.response.get("Item") or {}
+    return from_dynamodb(item)
+
+
 def _item_id(item: dict[str, Any]) -> str:
     raw = item.get("id")
     return str(raw.get("S")) if isinstance(raw, dict) else "(no id)"
@@ -237,7 +244,7 @@ def _complete_update(commit_sha: str, log_tail: str) -> Update:
             "finishedAt": stamp,
             "updatedAt": stamp,
         },
-        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef"),
+        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef", "cancelRequestedAt"),
     )
 
 
@@ -523,14 +530,16 @@ class TaskStore:
             {":lease": {"N": f"{lease:.3f}"}, ":now": {"N": f"{now:.3f}"}},
         )
         # a cancel request refuses the renewal: the runner sees it within one heartbeat
-        update["ConditionExpression"] += " AND leaseExpiresAt > :now AND attribute_not_exists(cancelRequestedAt)"
+        update["ConditionExpression"] += (
+            " AND leaseExpiresAt > :now AND attribute_not_exists(cancelRequestedAt)"
+        )
         update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         if claim.branch is None:
             try:
                 self._ddb.update_item(**update)
             except ClientError as e:
                 if _is_conditional_failure(e):
-                    self._renewal_refused(claim, from_dynamodb(e.response.get("Item") or {}), e)
+                    self._renewal_refused(claim, _refused_item(e), e)
                 raise
             return lease
         lock = {
@@ -780,7 +789,7 @@ class TaskStore:
             )
         except ClientError as e:
             if _is_conditional_failure(e):
-                return from_dynamodb(e.response.get("Item") or {})
+                return _refused_item(e)
             raise
         return None
 

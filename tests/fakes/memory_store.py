@@ -22,10 +22,10 @@ from shared.models import (
     utc_now_iso,
 )
 from shared.store import (
+    CANCELLED_ERROR,
     ERROR_CHARS,
     LEASE_HORIZON_SECONDS,
     LOCK_TTL_SECONDS,
-    CANCELLED_ERROR,
     BranchBusyError,
     CancelOutcome,
     CancelRequestedError,
