@@ -252,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--ttl", type=int, default=3600)
     tm.add_argument("--user", default="cli")
     tm.set_defaults(func=cmd_terminal)
+
+    from ec2_runner.commands import cancel, logs
+
+    cancel.register(sub)
+    logs.register(sub)
     return p
 
 
