@@ -40,13 +40,16 @@ def register(sub: Any) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     row = read_row(args.task_id)
-    if not args.follow:
+    final = row.get("status") in ("complete", "failed")
+    if not args.follow or final:  # an ended task has nothing live to follow: the row has it all
         if args.json:
             print_json({k: row.get(k) for k in ("id", "status", "logTail", "error", "errorKind")})
         else:
             sys.stdout.write(_ends_with_newline(str(row.get("logTail") or "")))
             sys.stderr.write(status_line(row) + "\n")
-        return 0
+        if not args.follow:
+            return 0
+        return int(ExitCode.OK if row.get("status") == "complete" else ExitCode.FAILED)
     ws_url = context.settings().ws_url
     if not ws_url:
         raise CliError(
