@@ -54,22 +54,9 @@ def run_local_stack(local_args: list[str]) -> int:
 
 
 def _token_secret() -> str:
-    from shared import aws
-    from shared.tokens import SecretSource
+    from ec2_runner.commands.context import token_secret
 
-    s = _settings()
-    secret = SecretSource(
-        s.token_secret.get_secret_value() if s.token_secret else None,
-        s.token_secret_arn,
-        region=s.aws_region,
-        endpoint_url=s.aws_endpoint_url,
-        client_factory=lambda: aws.client(
-            "secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys
-        ),
-    ).get()
-    if not secret:
-        raise SystemExit("aipm: no TOKEN_SECRET or TOKEN_SECRET_ARN (start `aipm local up`, or set one)")
-    return secret
+    return token_secret()
 
 
 def _protected_branches() -> list[str]:
@@ -165,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("local_args", nargs=argparse.REMAINDER)
     loc.set_defaults(func=cmd_local)
 
-    from ec2_runner.commands import submit, tasks
+    from ec2_runner.commands import cancel, logs, submit, tasks
 
     submit.register(sub)
-    tasks.register(sub)
+    tasks.register(sub, cancel.add_task_cancel)
+    logs.register(sub)
 
     tk = sub.add_parser("token", help="mint a browser token for the Refine terminal, as the backend does")
     target = tk.add_mutually_exclusive_group(required=True)

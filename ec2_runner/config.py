@@ -44,6 +44,8 @@ class RunnerSettings(AwsKeySettings):
     wait_time_seconds: int = Field(default=20, ge=0, le=20, validation_alias="SQS_WAIT_SECONDS")
     lease_seconds: float = Field(default=120.0, gt=1, validation_alias="LEASE_SECONDS")
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
+    # a running task's output goes to its row's logTail this often at most
+    log_tail_seconds: float = Field(default=5.0, ge=0.2, le=300, validation_alias="LOG_TAIL_SECONDS")
     # a task's message stays hidden this much longer than its lease (see daemon.VISIBILITY_MARGIN)
     visibility_margin_seconds: int = Field(
         default=5, ge=0, le=300, validation_alias="VISIBILITY_MARGIN_SECONDS"

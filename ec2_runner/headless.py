@@ -52,6 +52,7 @@ _BASE_ENV = (
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(^|_)API_?KEY$|ACCESS_KEY", re.I)
 _PROMPT_ONLY = re.compile(r"^[>!\s]*$")
 
+
 # one spawn of the command, with or without a watcher (the adapter's rules about its output) and a
 # listener of its own (hears the plain text as it streams, beside the caller's ``on_output``)
 class DriveOnce(Protocol):

@@ -20,6 +20,7 @@ from ec2_runner.instance_notices import (
     StopNotice,
     complete_lifecycle_action,
 )
+from ec2_runner.live import RelayWatchers
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
 from ec2_runner.terminal import SessionManager, TerminalSettings
@@ -81,6 +82,7 @@ def build_runner(
         no_changes_error=settings.no_changes_error,
         keep_failed_worktrees=settings.keep_failed_worktrees,
         rate_limit_backoff=settings.rate_limit_backoff,
+        log_tail_seconds=settings.log_tail_seconds,
     )
     pipeline = TaskPipeline(
         store,
@@ -140,11 +142,14 @@ def start_terminals(
             protected=tuple(settings.protected_branches),
             env=agent.child_env() if hasattr(agent, "child_env") else None,
             sandbox=sandbox,
+            runner_id=settings.runner_id,
         )
 
     logger.info("terminal service connecting to %s", settings.ws_url)
     link = load_settings(RelayLinkSettings)
-    return TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions, link).start()
+    service = TerminalService(settings.ws_url, secret.get, settings.runner_id, make_sessions, link).start()
+    pipeline.watchers = RelayWatchers(service)  # running tasks stream to read-only watchers
+    return service
 
 
 def watch_notices(settings: RunnerSettings, runner: Runner) -> NoticeWatcher | None:

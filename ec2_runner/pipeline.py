@@ -25,11 +25,14 @@ from ec2_runner.gitops import (
     RefRejectedError,
     safe_dir_name,
 )
+from ec2_runner.live import LOG_TAIL_SECONDS, LiveRun, RunEnd, TaskWatchers
 from shared.branches import WIP_PREFIX, UnsafeBranchError, check_branch
 from shared.dispatch import Dispatcher
 from shared.models import ErrorKind, Task, TaskSignal, TaskStatus
 from shared.store import (
+    CANCELLED_ERROR,
     BranchBusyError,
+    CancelRequestedError,
     Claim,
     ClaimLostError,
     InvalidRowError,
@@ -44,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 SHUTDOWN = "runner shutting down"
 LEASE_LOST = "lease lost to another runner"
+CANCELLED = "cancelled by an operator"
 LEASE_GONE = "the row is no longer this runner's (another runner took it over, or its lease ran out first)"
 # the time a git push killed at its timeout takes to stop (SafeGit SIGKILLs git's whole process group
 # and reaps it): a push is given what remains of its lease less this
@@ -69,6 +73,7 @@ class PipelineOptions:
     no_changes_error: str = "agent made no changes"
     keep_failed_worktrees: bool = False
     rate_limit_backoff: float = 60.0  # a rate-limited task goes back to pending for this long
+    log_tail_seconds: float = LOG_TAIL_SECONDS  # the row's logTail is written this often at most
 
 
 def wip_ref(task_id: str) -> str:
@@ -129,6 +134,7 @@ class Heartbeat:
         self._last_ok = clock() if since is None else since
         self._stop = threading.Event()
         self.lost = threading.Event()
+        self.cancelled = threading.Event()  # an operator's cancel refused a renewal: stop, keep, fail
         self.reason = ""
         ctx = contextvars.copy_context()  # keep the task id on the heartbeat's log lines
         self._thread = threading.Thread(target=ctx.run, args=(self._loop,), name="heartbeat", daemon=True)
@@ -163,6 +169,9 @@ class Heartbeat:
         sent = self._clock()
         try:
             self._renew()
+        except CancelRequestedError:
+            self.cancel()
+            return None
         except LeaseLostError:
             self.lose(LEASE_GONE)
             return None
@@ -189,6 +198,12 @@ class Heartbeat:
             logger.warning("lease lost: %s; stopping", reason)
             self.lost.set()
 
+    def cancel(self) -> None:
+        """An operator asked the task to stop: the agent stops, its work is kept, the row fails."""
+        if not self.cancelled.is_set():
+            logger.warning("cancel requested by an operator; stopping the agent")
+            self.cancelled.set()
+
     def _loop(self) -> None:
         wait = self._interval
         while not self._stop.wait(wait):
@@ -197,6 +212,9 @@ class Heartbeat:
             sent = self._clock()
             try:
                 self._renew()
+            except CancelRequestedError:
+                self.cancel()
+                return
             except LeaseLostError:
                 self.lose(LEASE_GONE)
                 return
@@ -233,6 +251,7 @@ class TaskPipeline:
         self.runner_id = runner_id
         self.options = options
         self.dispatcher = dispatcher
+        self.watchers: TaskWatchers | None = None  # the terminal relay's, once it runs (main.py)
 
     def process(
         self,
@@ -278,6 +297,12 @@ class TaskPipeline:
         measures = metrics.TaskMeasures(task_id, claim.attempt, claimed=claim_sent)
         if claim.attempt == 1:  # a reclaim's age since createdAt says nothing about the pick-up
             measures.pickup_ms = metrics.pickup_ms(task.created_at)
+        if task.status is TaskStatus.PROCESSING and task.cancel_requested_at:
+            # cancelled while its last runner ran it, and that runner died before it saw the cancel
+            claim.fail(CANCELLED_ERROR, kind=ErrorKind.CANCELLED)
+            logger.warning("task failed (cancelled): its earlier attempt was cancelled")
+            self._wake_next(task.branch, task_id)
+            return Outcome.FAILED
         # 3. run it under a heartbeat that keeps the lease (and the message) alive
         lease = self.options.lease_seconds
 
@@ -289,12 +314,15 @@ class TaskPipeline:
         heartbeat = Heartbeat(
             lambda: claim.renew(lease), max(lease / 3, 0.5), lease, extend=extend, since=claim_sent
         )
-        with heartbeat as beat:
-            attempt = Attempt(self, claim, beat, should_stop or (lambda: False), measures)
+        live = LiveRun(claim, self.watchers, interval=self.options.log_tail_seconds, lost=heartbeat.is_lost)
+        with heartbeat as beat, live:
+            attempt = Attempt(self, claim, beat, should_stop or (lambda: False), measures, live)
             try:
                 outcome = attempt.run(earlier_base)
             except LeaseLostError:
                 logger.warning("lease lost before the status write; the new owner decides the outcome")
+            if attempt.ended is not None:
+                live.end(attempt.ended)
         metrics.emit_attempt(measures, outcome.value)
         # 4. the branch is free (or changed hands): the task waiting longest for it gets a signal
         if outcome in (Outcome.COMPLETE, Outcome.FAILED, Outcome.RELEASED, Outcome.LEASE_LOST):
@@ -360,6 +388,7 @@ class Attempt:
         beat: Heartbeat,
         should_stop: Callable[[], bool],
         measures: metrics.TaskMeasures | None = None,
+        live: LiveRun | None = None,
     ) -> None:
         self.workspace = pipeline.workspace
         self.agent = pipeline.agent
@@ -370,7 +399,9 @@ class Attempt:
         self.beat = beat
         self.should_stop = should_stop
         self.measures = measures or metrics.TaskMeasures(claim.task.id, claim.attempt)
+        self.live = live
         self.keep = False
+        self.ended: RunEnd | None = None  # the row's final word, as this attempt wrote it
 
     def run(self, earlier_base: str | None) -> Outcome:
         refusal = self._refusal()
@@ -407,7 +438,7 @@ class Attempt:
             pushed = self.workspace.find_task_commit(task.branch, earlier_base, clean_text(task.id))
             if pushed:
                 # the dead owner's push landed; running the agent again would push the work twice
-                self.claim.complete(pushed)
+                self._complete(pushed)
                 logger.info("complete: the earlier attempt had pushed %s to %s", pushed[:12], task.branch)
                 return Outcome.COMPLETE
         self.claim.record(base_sha=checkout.base_sha)
@@ -416,6 +447,8 @@ class Attempt:
         tail = result.output[-2000:] if result.output else ""
         if result.session_id:
             self.claim.record(agent_session_id=result.session_id)
+        if self.beat.cancelled.is_set():
+            return self._cancelled(checkout, tail)
         if self.beat.is_lost():
             self.keep = self._lease_lost(checkout).unsaved
             return Outcome.LEASE_LOST
@@ -425,7 +458,7 @@ class Attempt:
         delivered = self._deliver(checkout, tail)
         if isinstance(delivered, Outcome):
             return delivered
-        self.claim.complete(delivered, tail)
+        self._complete(delivered, tail)
         logger.info(
             "complete: pushed %s to %s (runner overhead %.3f s, agent %.1f s)",
             delivered[:12],
@@ -437,13 +470,23 @@ class Attempt:
 
     def _run_agent(self, checkout: Checkout) -> AgentResult:
         def stop_reason() -> str | bool:
+            if self.beat.cancelled.is_set():
+                return CANCELLED
             if self.beat.is_lost():
                 return LEASE_LOST
             return SHUTDOWN if self.should_stop() else False
 
+        log_progress = _progress_logger()
+        live = self.live
+
+        def on_output(chunk: str) -> None:
+            log_progress(chunk)
+            if live is not None:
+                live.output(chunk)
+
         logger.info("agent starting in %s", checkout.path)
         result = self.agent.run(
-            self.task.prompt(), checkout.path, on_output=_progress_logger(), should_stop=stop_reason
+            self.task.prompt(), checkout.path, on_output=on_output, should_stop=stop_reason
         )
         logger.info("agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok)
         self.measures.agent_ms = result.duration * 1000
@@ -488,6 +531,8 @@ class Attempt:
         # proof of ownership right before the push: a runner whose row was reclaimed (or that
         # cannot tell) must not push to the task's branch, and the push must end inside the lease
         proof = self.beat.renew_now()
+        if proof is None and self.beat.cancelled.is_set():
+            return self._cancelled(checkout, tail)
         if proof is None:
             self.keep = self._lease_lost(checkout).unsaved
             return Outcome.LEASE_LOST
@@ -512,7 +557,18 @@ class Attempt:
         logger.error("task failed (%s): %s", kind.value, error, extra={"error_kind": kind.value})
         self.claim.fail(error, log_tail, kind=kind)
         self.measures.error_kind = kind.value
+        self.ended = RunEnd(TaskStatus.FAILED.value, error=error, error_kind=kind.value)
         return Outcome.FAILED
+
+    def _complete(self, sha: str, log_tail: str = "") -> None:
+        self.claim.complete(sha, log_tail)
+        self.ended = RunEnd(TaskStatus.COMPLETE.value, commit_sha=sha)
+
+    def _cancelled(self, checkout: Checkout, tail: str) -> Outcome:
+        """An operator cancelled the run: its work goes to the WIP ref, the row ends cancelled."""
+        saved = self._keep_work(checkout)
+        self.keep = self.keep or saved.unsaved
+        return self._fail(_with_note(CANCELLED_ERROR, saved.note(checkout.path)), ErrorKind.CANCELLED, tail)
 
     def _save_wip(self, checkout: Checkout) -> SavedWork:
         """Commit whatever the agent changed and push it, never forced, to ``kiro-wip/<taskId>`` (or,
@@ -555,6 +611,7 @@ class Attempt:
     def _release(self, saved: SavedWork, checkout: Checkout) -> Outcome:
         note = _with_note(f"released by runner {self.runner_id}: {SHUTDOWN}", saved.note(checkout.path))
         self.claim.release(note)
+        self.ended = RunEnd(TaskStatus.PENDING.value, error=note)
         logger.warning("task given back as pending: %s", note)
         return Outcome.RELEASED
 

@@ -42,6 +42,10 @@ READ_CHUNK = 64 * 1024
 INPUT_GAP_SECONDS = 0.2  # how long an out-of-order keystroke waits for the one before it
 OUTBOX_HIGH = 64  # frames waiting for the socket before the pty is paused (backpressure)
 OUTBOX_LOW = 16
+HEADLESS_RUN = (
+    "this task is running headless: its output can be watched, not typed into; open its terminal "
+    "once the task has ended"
+)
 
 
 class TerminalSettings(BaseSettings):
@@ -109,8 +113,10 @@ class SessionManager:
         env: dict[str, str] | None = None,
         sandbox: Sandbox | None = None,
         clock: Callable[[], float] = time.monotonic,
+        runner_id: str = "runner",
     ) -> None:
         self.settings = settings
+        self.runner_id = runner_id
         self._sandbox = sandbox
         self._argv_for = argv_for
         self._worktrees = SessionWorktrees(git, has_conversation)
@@ -119,6 +125,8 @@ class SessionManager:
         self._env = env
         self._clock = clock
         self.sessions: dict[str, Session] = {}
+        # tasks running headless on this runner, watched read-only: session id -> its output stream
+        self.runs: dict[str, Session] = {}
         self.outbox: asyncio.Queue[fr._Frame] = asyncio.Queue()
         self._reaper: asyncio.Task[None] | None = None
         self._paused: set[str] = set()
@@ -145,9 +153,68 @@ class SessionManager:
             await asyncio.wait([asyncio.shield(f) for f in self._opening.values()], timeout=30)
         for session in list(self.sessions.values()):
             await self._end(session, reason)
+        for run in list(self.runs.values()):
+            self._end_run(run, fr.ExitFrame(session_id=run.id, code=-1, reason=reason))
 
     def held(self) -> list[str]:
-        return [s.id for s in self.sessions.values() if not s.ended]
+        return [s.id for s in self.sessions.values() if not s.ended] + list(self.runs)
+
+    # -- tasks running headless, watched ---------------------------------------------------------
+    def start_run(self, task_id: str, branch: str) -> None:
+        """A task's headless run starts here: hold its session so watchers reach it (``hello``
+        routes it to this runner) and keep its output from the start, for whoever attaches."""
+        sid = fr.session_id_for(task_id=task_id)
+        if sid in self.sessions or sid in self.runs:
+            # a Refine terminal of the task is open here (or a run already is): its viewers stay there
+            logger.info("task %s: session %s is already held here; its run is not streamed", task_id, sid)
+            return
+        state = SessionState(sid, branch, task_id, ring_bytes=self.settings.ring_bytes, now=self._clock())
+        run = Session(state)
+        run.ready.set()
+        self.runs[sid] = run
+        self._send(fr.HelloFrame(runner_id=self.runner_id, sessions=[sid]))
+
+    def run_output(self, task_id: str, text: str) -> None:
+        """Output of a task's run (plain text, ``\\n`` line ends): framed for its watchers."""
+        run = self.runs.get(fr.session_id_for(task_id=task_id))
+        if run is not None and text:
+            self._feed(run, text.replace("\r\n", "\n").replace("\n", "\r\n"))
+
+    def end_run(
+        self,
+        task_id: str,
+        status: str,
+        commit_sha: str | None = None,
+        error: str | None = None,
+        error_kind: str | None = None,
+    ) -> None:
+        """The run is over and its row says ``status``: watchers get ``task`` then ``exit``."""
+        run = self.runs.get(fr.session_id_for(task_id=task_id))
+        if run is None:
+            return
+        self._flush(run)
+        ended = fr.TaskFrame(
+            session_id=run.id,
+            task_id=task_id,
+            status=status,
+            commit_sha=commit_sha,
+            error=error[:2000] if error else None,
+            error_kind=error_kind,
+        )
+        for frame in run.state.to_viewers(ended):
+            self._send(frame)
+        code = {"complete": 0, "failed": 1}.get(status, -1)
+        reason = f"task {status}" + (f": {error}" if error else "")
+        self._end_run(run, fr.ExitFrame(session_id=run.id, code=code, reason=reason[:500]))
+
+    def _end_run(self, run: Session, exit_frame: fr.ExitFrame) -> None:
+        self._flush(run)
+        run.ended = True
+        self.runs.pop(run.id, None)
+        # to every viewer (or, with none attached here, to the session's browsers through the relay,
+        # which drops the route)
+        for frame in run.state.to_viewers(exit_frame):
+            self._send(frame)
 
     # -- frames from the relay ---------------------------------------------------------------
     async def handle(self, frame: Any) -> None:
@@ -205,6 +272,10 @@ class SessionManager:
     async def _open(self, frame: fr.OpenFrame) -> None:
         sid, conn = frame.session_id, frame.connection_id
         if sid is None or conn is None:
+            return
+        if sid in self.runs:
+            # the task runs headless here: whoever opens it watches (a writer too: nothing to type into)
+            self._attach_run(self.runs[sid], conn, frame.last_seq)
             return
         opening = self._opening.get(sid)
         if opening is not None:
@@ -307,8 +378,18 @@ class SessionManager:
         self._start_reading(session)
         session.ready.set()
 
+    def _attach_run(self, run: Session, conn: str, last_seq: int) -> None:
+        self._cancel_flush(run)
+        for frame in run.state.attach(conn, True, last_seq, self._clock()):
+            if isinstance(frame, fr.OpenedFrame):
+                frame = frame.model_copy(update={"headless": True, "task_id": run.state.task_id})
+            self._send(frame)
+
     async def _attach(self, sid: str, conn: str | None, read_only: bool, last_seq: int) -> None:
         if conn is None:
+            return
+        if sid in self.runs:
+            self._attach_run(self.runs[sid], conn, last_seq)
             return
         session = self.sessions.get(sid)
         if session is None or session.ended:
@@ -324,12 +405,15 @@ class SessionManager:
             self._send(frame)
 
     def _detach(self, sid: str, conn: str) -> None:
-        session = self.sessions.get(sid)
+        session = self.sessions.get(sid) or self.runs.get(sid)
         if session:
             session.state.detach(conn, self._clock())
 
     # -- input -------------------------------------------------------------------------------
     def _writable(self, sid: str, conn: str | None, read_only: bool) -> Session | None:
+        if sid in self.runs:
+            self._error(conn, HEADLESS_RUN, sid, "read_only")
+            return None
         session = self.sessions.get(sid)
         if session is None or session.ended:
             if conn:
@@ -362,6 +446,8 @@ class SessionManager:
             logger.info("session %s: input after the agent exited", session.id)
 
     def _resize(self, frame: fr.ResizeFrame) -> None:
+        if frame.session_id in self.runs:
+            return  # a watcher's window size means nothing to a headless run
         session = self._writable(frame.session_id, frame.connection_id, frame.read_only)
         if session and session.child is not None:
             try:

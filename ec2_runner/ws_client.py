@@ -381,6 +381,17 @@ class TerminalService:
             self.ws_url, self.runner_secret, self.sessions, self.runner_id, self._stop, link=self.link
         )
 
+    def call_soon(self, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn(*args)`` on the service's loop, from any thread; False when it is not running."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop closed meanwhile
+            return False
+        return True
+
     def stop(self, timeout: float = 10.0) -> None:
         """End the sessions (browsers get ``exit``), close the connection, join the thread."""
         if self._loop and self._stop and self._thread and self._thread.is_alive():

@@ -4,9 +4,14 @@ JSON text frames; ``action`` selects both the API Gateway route (``$request.body
 model. Browsers send ``open``, ``resume``, ``input``, ``resize``, ``close`` and ``push``; the relay
 forwards them to the runner holding the session, stamped with the sender's ``connectionId`` and
 ``readOnly`` (whatever a browser puts there itself is overwritten). Runners send ``hello``,
-``opened``, ``output``, ``exit``, ``error`` and ``pushed``; their ``to`` names the browser
+``opened``, ``output``, ``exit``, ``error``, ``pushed`` and ``task``; their ``to`` names the browser
 connections the relay posts to (stripped before posting). The relay itself sends ``detach`` to a
 runner when a browser goes away.
+
+Watching a task: while a task runs headless, its runner holds the task's session
+(``session_id_for(task_id=...)``) and says so with ``hello``; an ``open {taskId}`` (read-only or
+not) attaches to the run: ``opened`` with ``headless: true``, the run's output from its start as
+``output`` frames, then ``task`` (the row's final status) and ``exit``.
 
 Limits are API Gateway's: a frame is at most 32 KB, a message at most 128 KB.
 """
@@ -42,7 +47,7 @@ NO_SESSION_READ_ONLY = (
 )
 
 BROWSER_ACTIONS = frozenset({"open", "resume", "input", "resize", "close", "push"})
-RUNNER_ACTIONS = frozenset({"hello", "opened", "output", "exit", "error", "pushed"})
+RUNNER_ACTIONS = frozenset({"hello", "opened", "output", "exit", "error", "pushed", "task"})
 RELAY_ACTIONS = frozenset({"detach", "routed"})
 # the keepalive: browsers and runners send ``ping``; API Gateway's MOCK ``ping`` route answers ``pong``
 # itself (the relay answers one that reaches ``$default``, where that route is not deployed)
@@ -203,6 +208,9 @@ class OpenedFrame(_RunnerFrame):
     branch: str
     next_seq: int = Field(ge=1)
     resumed: bool = False
+    # a task's headless run (output only, input refused), not a Refine terminal; None: a terminal
+    headless: bool | None = None
+    task_id: str | None = Field(default=None, max_length=256)
 
 
 class OutputFrame(_RunnerFrame):
@@ -228,6 +236,20 @@ class ErrorFrame(_RunnerFrame):
     code: str | None = None  # machine-readable: forbidden, read_only, throttled, not_granted, ...
 
 
+class TaskFrame(_RunnerFrame):
+    """How a watched task's run ended, as its row now says (sent just before its ``exit``):
+    ``status`` is ``complete`` or ``failed`` (``errorKind`` beside ``error``), ``pending`` when the
+    task was given back (it runs again later), or ``lost`` when another runner took it over."""
+
+    action: Literal["task"] = "task"
+    session_id: SessionId
+    task_id: str = Field(min_length=1, max_length=256)
+    status: str = Field(min_length=1, max_length=32)
+    commit_sha: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=2000)
+    error_kind: str | None = Field(default=None, max_length=64)
+
+
 class PushedFrame(_RunnerFrame):
     action: Literal["pushed"] = "pushed"
     session_id: SessionId
@@ -239,12 +261,12 @@ BrowserFrame = Annotated[
     Field(discriminator="action"),
 ]
 RunnerFrame = Annotated[
-    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | PingFrame,
+    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | TaskFrame | PingFrame,
     Field(discriminator="action"),
 ]
 # what a browser connection receives: the runner's frames (less ``to``) and the gateway's pong
 ToBrowserFrame = Annotated[
-    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | PongFrame,
+    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | TaskFrame | PongFrame,
     Field(discriminator="action"),
 ]
 ToRunnerFrame = Annotated[
@@ -273,6 +295,7 @@ Frame = Annotated[
     | ExitFrame
     | ErrorFrame
     | PushedFrame
+    | TaskFrame
     | RoutedFrame
     | PingFrame
     | PongFrame,

@@ -222,6 +222,9 @@ class Task(WireModel):
     waiting_for: str | None = None  # what a task held up (by its branch) waits for
     agent_session_id: str | None = None  # the agent CLI's own conversation id (Refine resumes it)
     retry_after: float | None = None  # epoch seconds: a rate-limited task is not claimed before
+    # when an operator asked the running attempt to stop (``aipm task cancel``): its runner sees it
+    # at its next lease renewal, stops the agent, keeps the work on its WIP ref and fails the row
+    cancel_requested_at: str | None = None
 
     @field_validator("pr_number", mode="before")
     @classmethod

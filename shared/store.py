@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -63,6 +64,22 @@ class ClaimLostError(StoreError):
 
 class LeaseLostError(StoreError):
     """This runner no longer owns the row (its lease expired and someone else reclaimed it)."""
+
+
+class CancelRequestedError(LeaseLostError):
+    """An operator asked this claim's attempt to stop (``aipm task cancel``): the row is still this
+    claim's, but its lease is no longer renewed; the runner stops the agent, keeps the work and
+    fails the row ``cancelled``. A LeaseLostError to code that does not know it: stop, push nothing."""
+
+
+class CancelOutcome(StrEnum):
+    """What ``TaskStore.cancel`` did."""
+
+    CANCELLED = "cancelled"  # the row ended failed/cancelled in that write (it was not running)
+    REQUESTED = "requested"  # it runs under a live lease: its runner stops it at its next renewal
+
+
+CANCELLED_ERROR = "cancelled by an operator (aipm task cancel)"
 
 
 class TransitionError(StoreError):
@@ -111,6 +128,13 @@ def _cancelled_item(err: ClientError, index: int) -> dict[str, Any]:
     return from_dynamodb(reasons[index].get("Item") or {}) if index < len(reasons) else {}
 
 
+def _refused_item(err: ClientError) -> dict[str, Any]:
+    """The item a refused conditional write returned (ReturnValuesOnConditionCheckFailure=ALL_OLD),
+    as plain values ({} when there was none)."""
+    item: Any = err.response.get("Item") or {}
+    return from_dynamodb(item)
+
+
 def _item_id(item: dict[str, Any]) -> str:
     raw = item.get("id")
     return str(raw.get("S")) if isinstance(raw, dict) else "(no id)"
@@ -149,6 +173,12 @@ class Claim:
         """Set informational fields (``base_sha``, ``wip_sha``, ``wip_ref``, ``log_tail``)."""
         self._store._record(self, fields)
 
+    def progress(self, log_tail: str) -> None:
+        """The run's latest output on the row (``logTail``, its last ``LOG_TAIL_CHARS``): a write
+        that lands only while the row is this claim's under a lease that has not run out, so a
+        runner that lost the task never writes over its new owner's. Raises LeaseLostError."""
+        self._store._record(self, {"log_tail": log_tail[-LOG_TAIL_CHARS:]}, live=True)
+
     def complete(self, commit_sha: str, log_tail: str = "") -> None:
         """processing -> complete with the pushed commit; the saved work in progress is folded into
         that commit, so ``wipSha``/``wipRef`` are cleared (a retry must not resume from them)."""
@@ -168,7 +198,7 @@ class ClaimWrites(Protocol):
     """What a ``Claim`` asks of the repository that made it."""
 
     def _renew(self, claim: Claim, lease_seconds: float) -> float: ...
-    def _record(self, claim: Claim, fields: dict[str, Any]) -> None: ...
+    def _record(self, claim: Claim, fields: dict[str, Any], live: bool = False) -> None: ...
     def _end(self, claim: Claim, update: Update) -> None: ...
 
 
@@ -200,6 +230,7 @@ class TaskRepository(ClaimWrites, Protocol):
     def claim(self, task: Task | str, runner_id: str, lease_seconds: float) -> Claim: ...
     def fail_unowned(self, task_id: str, error: str, kind: ErrorKind = ErrorKind.GAVE_UP) -> bool: ...
     def reset(self, task_id: str) -> None: ...
+    def cancel(self, task_id: str) -> CancelOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -221,7 +252,7 @@ def _complete_update(commit_sha: str, log_tail: str) -> Update:
             "finishedAt": stamp,
             "updatedAt": stamp,
         },
-        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef", "retryAfter"),
+        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef", "retryAfter", "cancelRequestedAt"),
     )
 
 
@@ -494,7 +525,7 @@ class TaskStore:
                 "leaseExpiresAt = :lease, startedAt = :stamp, updatedAt = :stamp, "
                 # a row written without createdAt is invisible to the status index until it has one
                 "createdAt = if_not_exists(createdAt, :stamp) "
-                "REMOVE #e, errorKind, commitSha, finishedAt, waitingFor"
+                "REMOVE #e, errorKind, commitSha, finishedAt, waitingFor, cancelRequestedAt"
             ),
             "ConditionExpression": (
                 "attribute_exists(id) AND (#s = :pending OR (#s = :processing AND "
@@ -523,9 +554,18 @@ class TaskStore:
             "SET leaseExpiresAt = :lease",
             {":lease": {"N": f"{lease:.3f}"}, ":now": {"N": f"{now:.3f}"}},
         )
-        update["ConditionExpression"] += " AND leaseExpiresAt > :now"
+        # a cancel request refuses the renewal: the runner sees it within one heartbeat
+        update["ConditionExpression"] += (
+            " AND leaseExpiresAt > :now AND attribute_not_exists(cancelRequestedAt)"
+        )
+        update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         if claim.branch is None:
-            self._owned_write(claim, update)
+            try:
+                self._ddb.update_item(**update)
+            except ClientError as e:
+                if _is_conditional_failure(e):
+                    self._renewal_refused(claim, _refused_item(e), e)
+                raise
             return lease
         lock = {
             "TableName": self.branch_locks_table,
@@ -542,22 +582,43 @@ class TaskStore:
         try:
             self._transact([{"Update": update}, {"Update": lock}])
         except ClientError as e:
-            if "ConditionalCheckFailed" in _cancellation_codes(e):
+            codes = _cancellation_codes(e)
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                self._renewal_refused(claim, _cancelled_item(e, 0), e)
+            if "ConditionalCheckFailed" in codes:
                 raise LeaseLostError(claim.task_id) from e
             raise
         return lease
 
-    def _record(self, claim: Claim, fields: dict[str, Any]) -> None:
+    @staticmethod
+    def _renewal_refused(claim: Claim, row: dict[str, Any], err: Exception) -> None:
+        """Why the row refused a renewal: a cancel of this very attempt (CancelRequestedError), or
+        the row is no longer this claim's (LeaseLostError)."""
+        own = (
+            row.get("status") == TaskStatus.PROCESSING.value
+            and row.get("runnerId") == claim.runner_id
+            and row.get("attempts") == claim.attempt
+        )
+        if own and row.get("cancelRequestedAt"):
+            raise CancelRequestedError(claim.task_id) from err
+        raise LeaseLostError(claim.task_id) from err
+
+    def _record(self, claim: Claim, fields: dict[str, Any], live: bool = False) -> None:
         wire = wire_fields(fields)
         names = {f"#f{i}": k for i, k in enumerate(wire)}
         values = {f":v{i}": v for i, v in enumerate(wire.values())}
         sets = ", ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True))
+        extra = {":stamp": {"S": utc_now_iso()}}
+        if live:
+            extra[":now"] = {"N": f"{self._clock():.3f}"}
         params = self._owned_params(
             claim,
             f"SET {sets}, updatedAt = :stamp",
-            {**{k: to_dynamodb({"x": v})["x"] for k, v in values.items()}, ":stamp": {"S": utc_now_iso()}},
+            {**{k: to_dynamodb({"x": v})["x"] for k, v in values.items()}, **extra},
             extra_names=names,
         )
+        if live:  # only under a lease that still holds (nobody may have reclaimed the row yet)
+            params["ConditionExpression"] += " AND leaseExpiresAt > :now"
         self._owned_write(claim, params)
 
     def _end(self, claim: Claim, update: Update) -> None:
@@ -673,7 +734,8 @@ class TaskStore:
             self._ddb.update_item(
                 TableName=self.table_name,
                 Key={"id": {"S": task_id}},
-                UpdateExpression="SET #s = :pending, updatedAt = :stamp REMOVE leaseExpiresAt, runnerId",
+                UpdateExpression="SET #s = :pending, updatedAt = :stamp "
+                "REMOVE leaseExpiresAt, runnerId, cancelRequestedAt",
                 ConditionExpression="#s = :complete OR #s = :failed",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
@@ -692,6 +754,99 @@ class TaskStore:
                 raise TaskNotFoundError(task_id) from e
             status = from_dynamodb(old).get("status")
             raise TransitionError(f"task {task_id!r} is {status}, not complete or failed") from e
+
+    def cancel(self, task_id: str) -> CancelOutcome:
+        """Stop a task (``aipm task cancel``). A row no live runner holds (pending, or processing
+        under a lease that ran out) ends ``failed`` with ``errorKind`` ``cancelled`` in one conditional
+        write; a running one gets ``cancelRequestedAt``, which refuses its runner's next renewal, so
+        the runner stops the agent, keeps its work on the WIP ref and fails the row ``cancelled``.
+
+        Raises TaskNotFoundError, and TransitionError (its message a sentence) for a row that has
+        already ended."""
+        for _ in range(3):  # the row may change between the two writes (a lease running out)
+            now = self._clock()
+            stamp = utc_now_iso()
+            old = self._cancel_write(
+                task_id,
+                "SET #s = :failed, #e = :err, errorKind = :kind, finishedAt = :stamp, updatedAt = :stamp "
+                "REMOVE leaseExpiresAt, waitingFor, cancelRequestedAt",
+                "#s = :pending OR (#s = :processing AND (attribute_not_exists(leaseExpiresAt) "
+                "OR leaseExpiresAt < :now OR leaseExpiresAt > :horizon))",
+                {
+                    ":failed": {"S": TaskStatus.FAILED.value},
+                    ":pending": {"S": TaskStatus.PENDING.value},
+                    ":err": {"S": CANCELLED_ERROR},
+                    ":kind": {"S": ErrorKind.CANCELLED.value},
+                    ":stamp": {"S": stamp},
+                    ":horizon": {"N": f"{now + LEASE_HORIZON_SECONDS:.3f}"},
+                },
+                now,
+            )
+            if old is None:
+                return CancelOutcome.CANCELLED
+            self._refuse_cancel(task_id, old)
+            old = self._cancel_write(
+                task_id,
+                "SET cancelRequestedAt = if_not_exists(cancelRequestedAt, :stamp), updatedAt = :stamp",
+                "#s = :processing AND leaseExpiresAt >= :now AND leaseExpiresAt <= :horizon",
+                {":stamp": {"S": stamp}, ":horizon": {"N": f"{now + LEASE_HORIZON_SECONDS:.3f}"}},
+                now,
+            )
+            if old is None:
+                return CancelOutcome.REQUESTED
+            self._refuse_cancel(task_id, old)
+        raise TransitionError(f"task {task_id!r} keeps changing; try the cancel again")
+
+    def _cancel_write(
+        self, task_id: str, update: str, condition: str, values: dict[str, Any], now: float
+    ) -> dict[str, Any] | None:
+        """One conditional write of a cancel: None when it landed, else the row as it was ({} for
+        none), returned by the refusal itself (no read)."""
+        names = {"#s": "status"}
+        if "#e" in update:
+            names["#e"] = "error"
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key={"id": {"S": task_id}},
+                UpdateExpression=update,
+                ConditionExpression=f"attribute_exists(id) AND ({condition})",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={
+                    **values,
+                    ":processing": {"S": TaskStatus.PROCESSING.value},
+                    ":now": {"N": f"{now:.3f}"},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return _refused_item(e)
+            raise
+        return None
+
+    @staticmethod
+    def _refuse_cancel(task_id: str, old: dict[str, Any]) -> None:
+        """Say why a row cannot be cancelled: no such task, or one that has ended."""
+        if not old:
+            raise TaskNotFoundError(task_id)
+        status = old.get("status")
+        if status == TaskStatus.COMPLETE.value:
+            sha = old.get("commitSha")
+            pushed = f" (pushed {str(sha)[:12]})" if isinstance(sha, str) and sha else ""
+            raise TransitionError(
+                f"task {task_id!r} is already complete{pushed}: there is nothing to cancel; "
+                "revert its commit on the branch to undo it"
+            )
+        if status == TaskStatus.FAILED.value:
+            kind = old.get("errorKind")
+            raise TransitionError(
+                f"task {task_id!r} has already ended failed"
+                + (f" ({kind})" if isinstance(kind, str) and kind else "")
+                + ": there is nothing to cancel"
+            )
+        if status not in (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value):
+            raise TransitionError(f"task {task_id!r} has status {status!r}, which cannot be cancelled")
 
     def _owned_params(
         self,

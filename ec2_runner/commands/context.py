@@ -89,3 +89,27 @@ def target(service: str = "dynamodb") -> Target:
     host = endpoint.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
     local = host in ("localhost", "::1") or host.startswith("127.")
     return Target(endpoint, s.aws_region, profile, source, local)
+
+
+def token_secret() -> str:
+    """The browser token secret (TOKEN_SECRET, or read from TOKEN_SECRET_ARN)."""
+    from ec2_runner.console import CliError, ExitCode
+    from shared import aws
+    from shared.tokens import SecretSource
+
+    s = settings()
+    secret = SecretSource(
+        s.token_secret.get_secret_value() if s.token_secret else None,
+        s.token_secret_arn,
+        region=s.aws_region,
+        endpoint_url=s.aws_endpoint_url,
+        client_factory=lambda: aws.client(
+            "secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys
+        ),
+    ).get()
+    if not secret:
+        raise CliError(
+            "no TOKEN_SECRET or TOKEN_SECRET_ARN to mint a token with (start `aipm local up`, or set one)",
+            ExitCode.USAGE,
+        )
+    return secret

@@ -22,15 +22,19 @@ from shared.models import (
     utc_now_iso,
 )
 from shared.store import (
+    CANCELLED_ERROR,
     ERROR_CHARS,
     LEASE_HORIZON_SECONDS,
     LOCK_TTL_SECONDS,
     BranchBusyError,
+    CancelOutcome,
+    CancelRequestedError,
     Claim,
     ClaimLostError,
     InvalidRowError,
     LeaseLostError,
     TaskNotFoundError,
+    TaskStore,
     TransitionError,
     Update,
     refuse_claim_at_limit,
@@ -191,7 +195,7 @@ class MemoryTaskStore:
                     }
                 )
             )
-            for name in ("error", "errorKind", "commitSha", "finishedAt"):
+            for name in ("error", "errorKind", "commitSha", "finishedAt", "waitingFor", "cancelRequestedAt"):
                 row.pop(name, None)
             if branch is not None:
                 self.locks[branch] = _stored(
@@ -250,6 +254,8 @@ class MemoryTaskStore:
             now = self._clock()
             lease = _lease(now + lease_seconds)
             row = self._owned(claim)
+            if row.get("cancelRequestedAt"):
+                raise CancelRequestedError(claim.task_id)  # the operator's cancel refuses the renewal
             current = _number(row.get("leaseExpiresAt"))
             if current is None or not current > now:
                 raise LeaseLostError(claim.task_id)  # only a claim gives an expired row a new lease
@@ -263,10 +269,14 @@ class MemoryTaskStore:
                 lock.update(_stored({"leaseExpiresAt": lease, "expiresAt": int(lease) + LOCK_TTL_SECONDS}))
             return lease
 
-    def _record(self, claim: Claim, fields: dict[str, Any]) -> None:
+    def _record(self, claim: Claim, fields: dict[str, Any], live: bool = False) -> None:
         wire = wire_fields(fields)
         with self._mutex:
-            self._owned(claim).update(_stored({**wire, "updatedAt": utc_now_iso()}))
+            row = self._owned(claim)
+            lease = _number(row.get("leaseExpiresAt"))
+            if live and (lease is None or not lease > self._clock()):
+                raise LeaseLostError(claim.task_id)
+            row.update(_stored({**wire, "updatedAt": utc_now_iso()}))
 
     def _end(self, claim: Claim, update: Update) -> None:
         with self._mutex:
@@ -315,8 +325,40 @@ class MemoryTaskStore:
             if row.get("status") not in (COMPLETE, FAILED):
                 raise TransitionError(f"task {task_id!r} is {row.get('status')}, not complete or failed")
             row.update({"status": PENDING, "updatedAt": utc_now_iso()})
-            row.pop("leaseExpiresAt", None)
-            row.pop("runnerId", None)
+            for name in ("leaseExpiresAt", "runnerId", "cancelRequestedAt"):
+                row.pop(name, None)
+
+    def cancel(self, task_id: str) -> CancelOutcome:
+        with self._mutex:
+            row = self.rows.get(task_id)
+            now = self._clock()
+            if row is None:
+                raise TaskNotFoundError(task_id)
+            status = row.get("status")
+            lease = _number(row.get("leaseExpiresAt"))
+            dead = "leaseExpiresAt" not in row or (
+                lease is not None and (lease < now or lease > now + LEASE_HORIZON_SECONDS)
+            )
+            stamp = utc_now_iso()
+            if status == PENDING or (status == PROCESSING and dead):
+                row.update(
+                    {
+                        "status": FAILED,
+                        "error": CANCELLED_ERROR,
+                        "errorKind": ErrorKind.CANCELLED.value,
+                        "finishedAt": stamp,
+                        "updatedAt": stamp,
+                    }
+                )
+                for name in ("leaseExpiresAt", "waitingFor", "cancelRequestedAt"):
+                    row.pop(name, None)
+                return CancelOutcome.CANCELLED
+            if status == PROCESSING:
+                row.setdefault("cancelRequestedAt", stamp)
+                row["updatedAt"] = stamp
+                return CancelOutcome.REQUESTED
+        TaskStore._refuse_cancel(task_id, dict(row))
+        raise AssertionError("not reached")
 
     def _unlock(self, branch: str, task_id: str, runner_id: str | None) -> None:
         """Delete the branch's lock if it is ``task_id``'s (and ``runner_id``'s when given)."""

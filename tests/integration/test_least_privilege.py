@@ -474,7 +474,14 @@ class Flows:
         # written at once (a CLI process takes a while to start): pending while the first holds
         # the branch, so the first's end finds it waiting however its own signal is timed
         self.put_row(second, branch=branch, status="pending", createdAt=utc_now_iso())
+        # a third of the branch, cancelled while it waits (one conditional write by the CLI)
+        third = unique("lp-third")
+        self.put_row(third, branch=branch, status="pending", createdAt=utc_now_iso())
+        self.cli("task", "cancel", third)
         assert (self.ended(first), self.ended(second)) == ("complete", "complete")
+        assert self.row(third)["errorKind"] == "cancelled"
+        # an operator reads what the agent printed (the row; a task that ended needs no socket)
+        assert self.cli("logs", first) == self.cli("logs", first, "--follow")
         # a row the backend wrote without createdAt: dispatch gives it one (the status index needs it)
         bare = unique("lp-bare")
         self.put_row(bare, status="pending")

@@ -303,3 +303,59 @@ def test_a_push_that_outlasts_its_lease_is_stopped_and_the_work_kept(
     assert float(pushes[1][0]) - float(pushes[0][0]) < lease, pushes
     row = store.get_row(task_id)
     assert row["status"] == "processing" and row["wipSha"] == wip and "commitSha" not in row
+
+
+class RecordingWatchers:
+    """A run's watchers that keep what they were told (the runner's terminal service stands here)."""
+
+    def __init__(self) -> None:
+        self.output: list[str] = []
+        self.events: list[tuple[str, Any]] = []
+
+    def start_run(self, task_id: str, branch: str) -> None:
+        self.events.append(("start", task_id))
+
+    def run_output(self, task_id: str, text: str) -> None:
+        self.output.append(text)
+
+    def end_run(self, task_id: str, end: Any) -> None:
+        self.events.append(("end", end))
+
+
+def test_the_log_tail_is_refreshed_while_the_task_runs_and_never_written_once_the_row_is_taken_over(
+    ddb: Any, deployed: Any, remote: Path, tmp_path: Path, agent_log: Path
+) -> None:
+    """A 60 s lease: the heartbeat beats every 20 s, so the log tail writes alone meet the takeover;
+    each is a conditional write through the claim, refused once the row is someone else's."""
+    # given: an agent that prints a step every 0.25 s for 5 s, its tail written every 0.2 s at most
+    lock_table = deployed.branch_locks_table
+    store = TaskStore(ddb, deployed.table_name, branch_locks_table=lock_table)
+    pipeline = make_pipeline(store, tmp_path, remote, "first", lease_seconds=60)
+    pipeline.options.log_tail_seconds = 0.2
+    watchers = RecordingWatchers()
+    pipeline.watchers = watchers
+    task_id = new_task(store, "[fake:sleep=5]")
+    outcome: list[Outcome] = []
+    worker = threading.Thread(target=lambda: outcome.append(pipeline.process(task_id)))
+    worker.start()
+    refreshed = wait_until(
+        lambda: "working... step" in ((row := store.get_row(task_id)).get("logTail") or "") and row,
+        30,
+        what="the log tail to show the run's progress",
+    )
+    assert refreshed["status"] == "processing" and refreshed["runnerId"] == "first"
+    # when: another runner takes the row over and writes its own tail
+    intruder = TaskStore(
+        ddb, deployed.table_name, clock=lambda: time.time() + 600, branch_locks_table=lock_table
+    )
+    claim = intruder.claim(task_id, "intruder", 600)
+    claim.progress("the intruder's own output")
+    seen_at_takeover = len(watchers.output)
+    worker.join(timeout=60)
+    # then: the first runner's agent went on printing, and none of it reached the row
+    assert outcome == [Outcome.LEASE_LOST]
+    assert len(watchers.output) > seen_at_takeover + 2, "the agent printed nothing after the takeover"
+    row = store.get_row(task_id)
+    assert row["logTail"] == "the intruder's own output" and row["runnerId"] == "intruder"
+    # and the watchers heard the run start, then end as lost (the row is not this runner's to report)
+    assert watchers.events[0] == ("start", task_id) and watchers.events[-1][1].status == "lost"

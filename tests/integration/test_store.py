@@ -19,9 +19,13 @@ import pytest
 from shared import aws
 from shared.models import MAX_ATTEMPTS, ErrorKind, InvalidRow, Task, TaskStatus, from_dynamodb, to_dynamodb
 from shared.store import (
+    CANCELLED_ERROR,
     LOCK_TTL_SECONDS,
+    LOG_TAIL_CHARS,
     STATUS_INDEX,
     BranchBusyError,
+    CancelOutcome,
+    CancelRequestedError,
     Claim,
     ClaimLostError,
     InvalidRowError,
@@ -934,3 +938,103 @@ def test_a_processing_row_under_a_lease_no_runner_wrote_can_be_reclaimed(
     backend.set_raw(task_id, status="processing", runnerId="nobody", leaseExpiresAt=1e30)
     claim = store.claim(task_id, "r1", 60)
     assert claim.attempt == 1 and store.get(task_id).runner_id == "r1"
+
+
+# -- cancel (aipm task cancel) and live progress ---------------------------------------------------
+def test_a_cancel_of_a_pending_task_ends_it_failed_cancelled_at_once(store: TaskRepository) -> None:
+    task_id = new_task(store)
+    assert store.cancel(task_id) is CancelOutcome.CANCELLED
+    row = store.get_row(task_id)
+    assert (row["status"], row["errorKind"]) == ("failed", "cancelled")
+    assert row["error"] == CANCELLED_ERROR and row["finishedAt"]
+    with pytest.raises(ClaimLostError):  # a signal still on its way finds nothing to run
+        store.claim(task_id, "r1", 60)
+
+
+def test_a_cancel_of_a_running_task_refuses_its_next_renewal_and_leaves_the_row_to_its_runner(
+    store: TaskRepository,
+) -> None:
+    # given: a running task
+    task_id = new_task(store)
+    claim = store.claim(task_id, "r1", 60)
+    # when
+    assert store.cancel(task_id) is CancelOutcome.REQUESTED
+    # then: the row still runs, its runner hears of it at its renewal and can still save and end it
+    row = store.get_row(task_id)
+    assert row["status"] == "processing" and row["cancelRequestedAt"]
+    with pytest.raises(CancelRequestedError):
+        claim.renew(60)
+    assert issubclass(CancelRequestedError, LeaseLostError)  # code that does not know it stops too
+    claim.record(wip_sha="e" * 40, wip_ref=f"kiro-wip/{task_id}")
+    claim.fail("cancelled", kind=ErrorKind.CANCELLED)
+    row = store.get_row(task_id)
+    assert (row["status"], row["errorKind"], row["wipSha"]) == ("failed", "cancelled", "e" * 40)
+
+
+def test_a_renewal_refused_for_another_reason_is_a_lost_lease_not_a_cancel(store: TaskRepository) -> None:
+    task_id = new_task(store)
+    claim = store.claim(task_id, "r1", 60)
+    store.cancel(task_id)
+    with pytest.raises(LeaseLostError) as lost:
+        not_mine(store, claim).renew(60)
+    assert not isinstance(lost.value, CancelRequestedError)
+
+
+def test_a_cancel_of_an_ended_task_is_refused_with_a_sentence(store: TaskRepository) -> None:
+    done, failed = new_task(store), new_task(store)
+    store.claim(done, "r1", 60).complete("a" * 40)
+    store.claim(failed, "r1", 60).fail("boom", kind=ErrorKind.AGENT_EXIT)
+    with pytest.raises(TransitionError, match=r"already complete \(pushed aaaaaaaaaaaa\): there is nothing"):
+        store.cancel(done)
+    with pytest.raises(TransitionError, match=r"already ended failed \(agent_exit\)"):
+        store.cancel(failed)
+    with pytest.raises(TaskNotFoundError):
+        store.cancel(unique("nope"))
+    assert store.get_row(done)["status"] == "complete" and "cancelRequestedAt" not in store.get_row(done)
+
+
+def test_a_cancel_of_a_task_whose_runner_died_ends_it_at_once(backend: Backend) -> None:
+    now = [1000.0]
+    store = backend.store(now)
+    task_id = new_task(store)
+    store.claim(task_id, "r1", 30)
+    now[0] += 31  # r1 never renewed: nobody would see a request
+    assert store.cancel(task_id) is CancelOutcome.CANCELLED
+    assert store.get_row(task_id)["errorKind"] == "cancelled"
+
+
+def test_a_retry_and_a_claim_clear_an_old_cancel_request(backend: Backend) -> None:
+    store = backend.store()
+    task_id = new_task(store)
+    claim = store.claim(task_id, "r1", 60)
+    store.cancel(task_id)
+    claim.fail("cancelled", kind=ErrorKind.CANCELLED)
+    store.reset(task_id)
+    assert "cancelRequestedAt" not in store.get_row(task_id)
+    # the seed's own fix (status back to pending) leaves the field: the next claim clears it
+    other = new_task(store)
+    backend.set_raw(other, cancelRequestedAt="2026-01-01T00:00:00.000Z")
+    fresh = store.claim(other, "r1", 60)
+    assert "cancelRequestedAt" not in store.get_row(other)
+    fresh.renew(60)
+
+
+def test_progress_lands_only_while_the_claim_holds_a_live_lease(backend: Backend) -> None:
+    now = [1000.0]
+    store = backend.store(now)
+    task_id = new_task(store)
+    claim = store.claim(task_id, "r1", 30)
+    claim.progress("step 1\n" + "x" * 5000)
+    tail = store.get_row(task_id)["logTail"]
+    assert tail.endswith("x" * 100) and len(tail) == LOG_TAIL_CHARS  # bounded
+    # the lease runs out: nobody has reclaimed the row yet, but the runner no longer owns its progress
+    now[0] += 31
+    with pytest.raises(LeaseLostError):
+        claim.progress("step 2")
+    # another runner reclaims it and writes its own tail; the old claim never writes over it
+    new = store.claim(task_id, "r2", 30)
+    new.progress("r2 step 1")
+    now[0] -= 20  # even with a clock that says the old lease holds
+    with pytest.raises(LeaseLostError):
+        claim.progress("r1 step 3")
+    assert store.get_row(task_id)["logTail"] == "r2 step 1"

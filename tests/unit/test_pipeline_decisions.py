@@ -534,3 +534,43 @@ def test_a_task_given_back_or_completed_carries_no_error_kind(make: Any) -> None
     assert "errorKind" not in runner.store.get_row(stopped)
     assert runner.process(stopped) is Outcome.COMPLETE
     assert "errorKind" not in runner.store.get_row(stopped)
+
+
+# -- cancel (aipm task cancel) --------------------------------------------------------------------
+def test_a_cancel_while_the_agent_works_keeps_the_work_on_the_wip_ref_and_fails_the_task_cancelled(
+    make: Any,
+) -> None:
+    """The renewal right before the push is refused by the cancel: nothing reaches the task's
+    branch, the work goes to kiro-wip/<taskId>, the row ends failed/cancelled with its WIP."""
+    holder: list[Runner] = []
+    agent = ScriptedAgent(writes=CHANGE, during=lambda: holder[0].store.cancel("t1"))
+    runner = make(agent)
+    holder.append(runner)
+    runner.put("t1")
+    # when
+    outcome = runner.process("t1")
+    # then
+    assert outcome is Outcome.FAILED
+    row = runner.store.get_row("t1")
+    assert (row["status"], row["errorKind"]) == ("failed", "cancelled")
+    assert "cancelled by an operator" in row["error"] and "kiro-wip/t1" in row["error"]
+    assert runner.workspace.pushes == [] and runner.workspace.wip_pushes
+    assert row["wipRef"] == "kiro-wip/t1" and row["wipSha"]
+
+
+def test_a_reclaimed_task_whose_cancel_its_dead_runner_never_saw_ends_cancelled_without_running(
+    make: Any,
+) -> None:
+    # given: r0 claimed it, was asked to stop, and died before its next renewal
+    runner = make()
+    runner.put("t2")
+    runner.store.claim("t2", "r0", 30)
+    runner.store.cancel("t2")
+    runner.clock.offset = 31  # r0's lease has run out
+    # when: a runner reclaims it (the reconciler's signal)
+    outcome = runner.process("t2")
+    # then
+    assert outcome is Outcome.FAILED
+    row = runner.store.get_row("t2")
+    assert (row["status"], row["errorKind"], row["attempts"]) == ("failed", "cancelled", 2)
+    assert runner.agent.runs == [] and runner.workspace.pushes == []
