@@ -118,9 +118,17 @@ class ResumingBrowser:
         self.refusals: list[str | None] = []
 
     async def start(self) -> None:
-        self.browser = await Browser.connect(self.url, browser_token(branch=self.branch))
-        opened = await self.browser.open(branch=self.branch)
-        self._take(opened)
+        # on a loaded machine the first open (worktree, shell) may outlast the browser's own short
+        # maximum duration: open again on a new connection, as the page does
+        for _ in range(5):
+            self.browser = await Browser.connect(self.url, browser_token(branch=self.branch))
+            try:
+                opened = await self.browser.open(branch=self.branch)
+            except ConnectionClosed:
+                continue
+            self._take(opened)
+            return
+        raise AssertionError("the session never opened within the browser's maximum duration")
 
     def _take(self, frame: Any) -> None:
         if isinstance(frame, fr.OpenedFrame):
