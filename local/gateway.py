@@ -8,7 +8,9 @@
 - A small HTTP server with ``POST/GET/DELETE [/{stage}]/@connections/{id}``, so boto3's
   ``apigatewaymanagementapi`` client works unchanged with ``endpoint_url`` (410 GoneException for
   unknown ids, 413 over 128 KiB).
-- The terminal page (``web/index.html``) on ``GET /`` of the WebSocket port.
+- The terminal page (``web/index.html``) on ``GET /`` of the WebSocket port, with its module and the
+  vendored xterm.js (``web/node_modules``, from ``web/package-lock.json``) beside it on the same origin,
+  and, for the demo only (``demo_tokens``), ``GET /token?task=ID|branch=B[&ro=1]``: a fresh browser token.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "web" / "index.html"
 PAGE_STAGE_META = '<meta name="aipm-ws-stage" content="{}">'
+WEB = ROOT / "web"
+XTERM = WEB / "node_modules" / "@xterm"
+# what the page loads from its own origin: path -> (file, content type); nothing else is served
+STATIC = {
+    "aipm-terminal.js": (WEB / "aipm-terminal.js", "text/javascript; charset=utf-8"),
+    "vendor/xterm.mjs": (XTERM / "xterm" / "lib" / "xterm.mjs", "text/javascript; charset=utf-8"),
+    "vendor/xterm.css": (XTERM / "xterm" / "css" / "xterm.css", "text/css; charset=utf-8"),
+    "vendor/addon-fit.mjs": (XTERM / "addon-fit" / "lib" / "addon-fit.mjs", "text/javascript; charset=utf-8"),
+}
+DEMO_TOKEN_TTL = 900
 MAX_MESSAGE = 128 * 1024
 RUNNER_CONCURRENCY = 8  # concurrent invocations for one runner connection's frames
 API_ID = "localws"
@@ -97,13 +109,16 @@ class LocalGateway:
         authorizer: str | None = DEFAULT_AUTHORIZER,
         identity_sources: list[str] | tuple[str, ...] = DEFAULT_IDENTITY_SOURCES,
         workers: int = 16,
+        demo_tokens: bool = False,
     ) -> None:
         """``routes`` maps route keys (``$connect``, ``$disconnect``, ``$default``, or an action) to
         function folders under ``functions/``; ``authorizer`` is the ``$connect`` REQUEST authorizer's
         function (None: connections are not authorised); ``identity_sources`` are what API Gateway
         requires before it calls the authorizer. The defaults are what template.yaml declares;
-        ``from_spec`` takes them from the template as local.deploy parses it."""
+        ``from_spec`` takes them from the template as local.deploy parses it. ``demo_tokens``: serve
+        ``GET /token`` (any task or branch, to anyone who can reach the port: the demo's only)."""
         self.env = dict(env)
+        self.demo_tokens = demo_tokens
         if not self.env.get("TOKEN_SECRET") and not self.env.get("TOKEN_SECRET_ARN"):
             self.env["TOKEN_SECRET"] = secrets.token_urlsafe(32)
         if not self.env.get("RUNNER_SECRET") and not self.env.get("RUNNER_SECRET_ARN"):
@@ -343,16 +358,65 @@ class LocalGateway:
         return None
 
     def _page(self, connection: ServerConnection, request: Request) -> Response:
-        path = urlsplit(request.path).path
+        split = urlsplit(request.path)
+        path = split.path
+        # the page may be opened at / or at /{stage}/: what it loads sits beside it either way
+        rel = path.removeprefix(f"/{self.stage}").lstrip("/")
+        if rel in STATIC:
+            file, content_type = STATIC[rel]
+            if not file.is_file():
+                return connection.respond(http.HTTPStatus.NOT_FOUND, f"{rel} is missing: run `make web-deps`\n")
+            return self._respond(connection, http.HTTPStatus.OK, file.read_bytes(), content_type)
+        if rel == "token" and self.demo_tokens:
+            status, body = self._demo_token(parse_qs(split.query))
+            return self._respond(connection, status, json.dumps(body).encode(), "application/json")
         if path not in ("/", "/index.html", f"/{self.stage}", f"/{self.stage}/") or not PAGE.is_file():
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found\n")
         # the page connects to this gateway's stage unless its URL says otherwise (?ws=...)
         page = PAGE.read_text().replace(PAGE_STAGE_META.format("local"), PAGE_STAGE_META.format(self.stage))
-        response = connection.respond(http.HTTPStatus.OK, page)
+        return self._respond(connection, http.HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
+
+    @staticmethod
+    def _respond(connection: ServerConnection, status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+        response = connection.respond(status, "")
+        response.body = body
         del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "text/html; charset=utf-8"
+        del response.headers["Content-Length"]
+        response.headers["Content-Type"] = content_type
+        response.headers["Content-Length"] = str(len(body))
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def _demo_token(self, query: dict[str, list[str]]) -> tuple[http.HTTPStatus, dict[str, Any]]:
+        """A browser token for ``task`` or ``branch`` (``ro=1``: read-only; ``ttl`` seconds, at most
+        the default), as a frontend's backend would mint one; a protected branch only read-only."""
+        from shared import tokens
+        from shared.branches import UnsafeBranchError, check_branch
+
+        one = {k: v[-1] for k, v in query.items()}
+        task, branch = one.get("task") or None, one.get("branch") or None
+        read_only = one.get("ro", "") in ("1", "true")
+        if (task is None) == (branch is None):
+            return http.HTTPStatus.BAD_REQUEST, {"error": "give exactly one of task=ID or branch=B"}
+        try:
+            ttl = min(int(one.get("ttl", DEMO_TOKEN_TTL)), DEMO_TOKEN_TTL)
+            if ttl < 1:
+                raise ValueError
+        except ValueError:
+            return http.HTTPStatus.BAD_REQUEST, {"error": f"ttl must be a whole number of seconds, 1 to {DEMO_TOKEN_TTL}"}
+        if branch is not None and not read_only:
+            try:
+                check_branch(branch)
+            except UnsafeBranchError as e:
+                return http.HTTPStatus.FORBIDDEN, {"error": f"{e}; ask for a read-only token (ro=1)"}
+        secret = self.token_secret
+        if not secret:
+            return http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this gateway has no token secret"}
+        try:
+            token = tokens.mint(secret, sub="local-demo", task=task, branch=branch, read_only=read_only, ttl=ttl)
+        except ValueError as e:
+            return http.HTTPStatus.BAD_REQUEST, {"error": str(e)[:200]}
+        return http.HTTPStatus.OK, {"token": token}
 
     # -- messages ------------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
@@ -548,5 +612,5 @@ def start_local_gateway(
     routes, authorizer and stage template.yaml declares (``websocket``: the ``WebSocketSpec`` that
     local.deploy parsed; without one, the defaults, which match today's template)."""
     if websocket is None:
-        return LocalGateway(function_env, port=port).start()
-    return LocalGateway.from_spec(function_env, websocket, port=port).start()
+        return LocalGateway(function_env, port=port, demo_tokens=True).start()
+    return LocalGateway.from_spec(function_env, websocket, port=port, demo_tokens=True).start()
