@@ -546,6 +546,10 @@ class LocalGateway:
     def connection_ids(self) -> list[str]:
         return list(self._conns)
 
+    def connection_ids_of(self, role: str) -> list[str]:
+        """The open connections whose authorizer gave them ``role`` (``browser`` or ``runner``)."""
+        return [cid for cid, conn in list(self._conns.items()) if conn.authorizer.get("role") == role]
+
 
 _CONN_PATH = re.compile(r"^(?:/[^/@]+)?/@connections/([^/?]+)$")
 

@@ -1,4 +1,4 @@
-"""The terminal page (web/index.html): its own script, run under Node against the real local gateway."""
+"""The terminal page's module (web/aipm-terminal.js), run under Node against the real local gateway."""
 
 from __future__ import annotations
 
