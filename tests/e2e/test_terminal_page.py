@@ -112,7 +112,11 @@ class PageUnderTest:
             if time.monotonic() > deadline:
                 self.page.screenshot(path=self.shot)
                 raise AssertionError(f"{what} not seen; status {self.status!r}; text {self.text[-400:]!r}")
-            time.sleep(0.05)
+            self.idle(0.05)
+
+    def idle(self, seconds: float) -> None:
+        """Wait while Playwright delivers the page's events (a plain sleep would hold them back)."""
+        self.page.wait_for_timeout(seconds * 1000)
 
     def wait_text(self, needle: str, timeout: float = 20.0) -> None:
         self.page.wait_for_function("() => window.aipmTerminal && window.aipmTerminal.session.sessionId")
@@ -285,7 +289,7 @@ def test_a_forged_token_says_so_once_and_does_not_retry(tab: PageUnderTest) -> N
     # the old page reconnected after 0.5 s, 1 s, 2 s...: watch for longer than that
     while time.monotonic() - shown_at < 2.5:
         assert len(tab.sockets) == 1 and "refused" in tab.status
-        time.sleep(0.1)
+        tab.idle(0.1)
     assert "fresh token" in tab.text
 
 
