@@ -365,7 +365,9 @@ class LocalGateway:
         if rel in STATIC:
             file, content_type = STATIC[rel]
             if not file.is_file():
-                return connection.respond(http.HTTPStatus.NOT_FOUND, f"{rel} is missing: run `make web-deps`\n")
+                return connection.respond(
+                    http.HTTPStatus.NOT_FOUND, f"{rel} is missing: run `make web-deps`\n"
+                )
             return self._respond(connection, http.HTTPStatus.OK, file.read_bytes(), content_type)
         if rel == "token" and self.demo_tokens:
             status, body = self._demo_token(parse_qs(split.query))
@@ -377,7 +379,9 @@ class LocalGateway:
         return self._respond(connection, http.HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
 
     @staticmethod
-    def _respond(connection: ServerConnection, status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    def _respond(
+        connection: ServerConnection, status: http.HTTPStatus, body: bytes, content_type: str
+    ) -> Response:
         response = connection.respond(status, "")
         response.body = body
         del response.headers["Content-Type"]
@@ -403,7 +407,9 @@ class LocalGateway:
             if ttl < 1:
                 raise ValueError
         except ValueError:
-            return http.HTTPStatus.BAD_REQUEST, {"error": f"ttl must be a whole number of seconds, 1 to {DEMO_TOKEN_TTL}"}
+            return http.HTTPStatus.BAD_REQUEST, {
+                "error": f"ttl must be a whole number of seconds, 1 to {DEMO_TOKEN_TTL}"
+            }
         if branch is not None and not read_only:
             try:
                 check_branch(branch)
@@ -413,7 +419,9 @@ class LocalGateway:
         if not secret:
             return http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this gateway has no token secret"}
         try:
-            token = tokens.mint(secret, sub="local-demo", task=task, branch=branch, read_only=read_only, ttl=ttl)
+            token = tokens.mint(
+                secret, sub="local-demo", task=task, branch=branch, read_only=read_only, ttl=ttl
+            )
         except ValueError as e:
             return http.HTTPStatus.BAD_REQUEST, {"error": str(e)[:200]}
         return http.HTTPStatus.OK, {"token": token}

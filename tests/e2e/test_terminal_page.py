@@ -84,7 +84,9 @@ class PageUnderTest:
         self.sockets: list[Any] = []
         self.page.on("websocket", lambda ws: self.sockets.append(ws))
 
-    def token(self, branch: str, *, read_only: bool = False, ttl: int = 300, secret: str | None = None) -> str:
+    def token(
+        self, branch: str, *, read_only: bool = False, ttl: int = 300, secret: str | None = None
+    ) -> str:
         key = secret or self.stack.config.env["TOKEN_SECRET"]
         return tokens.mint(key, sub="page-tester", branch=branch, read_only=read_only, ttl=ttl)
 
@@ -184,7 +186,9 @@ def test_resizing_the_window_resizes_the_pty(tab: PageUnderTest) -> None:
     before = tab.js("[aipmTerminal.terminal.rows, aipmTerminal.terminal.cols]")
     # when
     tab.page.set_viewport_size({"width": 640, "height": 420})
-    tab.wait(lambda: tab.js("[aipmTerminal.terminal.rows, aipmTerminal.terminal.cols]") != before, "the refit")
+    tab.wait(
+        lambda: tab.js("[aipmTerminal.terminal.rows, aipmTerminal.terminal.cols]") != before, "the refit"
+    )
     rows, cols = tab.js("[aipmTerminal.terminal.rows, aipmTerminal.terminal.cols]")
     tab.type("stty size")
     tab.page.keyboard.press("Enter")
@@ -239,7 +243,8 @@ def test_a_100_kb_paste_arrives_intact_and_in_order(tab: PageUnderTest, kiro_hom
           const dt = new DataTransfer();
           dt.setData("text/plain", text);
           const area = document.querySelector(".xterm-helper-textarea");
-          area.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
+          const paste = { clipboardData: dt, bubbles: true, cancelable: true };
+          area.dispatchEvent(new ClipboardEvent("paste", paste));
         }""",
         text,
     )
@@ -296,7 +301,9 @@ def test_a_forged_token_says_so_once_and_does_not_retry(tab: PageUnderTest) -> N
 def test_a_page_whose_script_cannot_start_says_why(tab: PageUnderTest) -> None:
     tab.page.route("**/vendor/xterm.mjs", lambda route: route.abort())
     tab.goto(f"token={tab.token(branch())}")
-    tab.page.wait_for_function("() => document.getElementById('status').textContent.includes('could not start')")
+    tab.page.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('could not start')"
+    )
     assert "loading" not in tab.status
     assert tab.sockets == []
 

@@ -40,7 +40,9 @@ def test_the_page_its_module_and_xterm_come_from_the_gateways_origin(moto_endpoi
         assert b"export{Dl as Terminal}" in get(gw.page_url + "vendor/xterm.mjs")[2]
 
 
-@pytest.mark.parametrize("path", ["vendor/../package.json", "web/package.json", "node_modules/@xterm/xterm/package.json"])
+@pytest.mark.parametrize(
+    "path", ["vendor/../package.json", "web/package.json", "node_modules/@xterm/xterm/package.json"]
+)
 def test_nothing_else_is_served(moto_endpoint: str, table: str, path: str) -> None:
     with running_gateway(moto_endpoint, table) as gw:
         assert get(gw.page_url + path)[0] == 404
@@ -72,7 +74,9 @@ def test_the_demo_token_grants_what_was_asked(moto_endpoint: str, table: str) ->
         ("branch=-x", 403, "must not start with '-'"),
     ],
 )
-def test_a_bad_token_request_gets_a_sentence(moto_endpoint: str, table: str, query: str, status: int, says: str) -> None:
+def test_a_bad_token_request_gets_a_sentence(
+    moto_endpoint: str, table: str, query: str, status: int, says: str
+) -> None:
     with running_gateway(moto_endpoint, table) as gw:
         gw.demo_tokens = True
         got, kind, body = get(gw.page_url + "token?" + query)

@@ -108,7 +108,9 @@ def test_a_large_paste_goes_in_frames_under_32_kb_and_arrives_whole(
             page.type(f"printf '%s' '{body}' | wc -c; echo done-$((2*21))\r")
             page.wait(lambda p: "done-42" in p.text, 30, what="the command's answer")
             # as JSON.stringify wrote them: UTF-8, no spaces
-            sent = [json.dumps(f, ensure_ascii=False, separators=(",", ":")).encode() for f in page.sent("input")]
+            sent = [
+                json.dumps(f, ensure_ascii=False, separators=(",", ":")).encode() for f in page.sent("input")
+            ]
             assert len(sent) >= 2 and max(len(s) for s in sent) < 32 * 1024
             assert "".join(f["data"] for f in page.sent("input")).count(body) == 1
             assert f"{len(body.encode())}\r\n" in page.text
