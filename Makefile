@@ -15,7 +15,7 @@ PY312_ENV := $(shell if python3.12 -V >/dev/null 2>&1; then :; \
 	elif command -v pyenv >/dev/null 2>&1; then v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$$)' | tail -1); \
 	[ -n "$$v" ] && echo "PYENV_VERSION=$$(pyenv version-name 2>/dev/null | cut -d: -f1):$$v"; fi)
 
-.PHONY: venv node-deps demo test unit lint scan build runner-package publish-runner bench clean
+.PHONY: venv node-deps web-deps browser demo test unit lint scan build runner-package publish-runner bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,22 @@ $(AGENT_CLIS_STAMP): tests/agent_clis/package-lock.json
 
 node-deps: $(NODE_STAMP) $(AGENT_CLIS_STAMP)
 
-demo: venv
+# the terminal page's xterm.js (web/package-lock.json), served by the local stack from the page's origin
+WEB_STAMP := web/node_modules/.installed
+$(WEB_STAMP): web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	touch $(WEB_STAMP)
+
+web-deps: $(WEB_STAMP)
+
+# the browser tests and the page's bench drive Debian's chromium (Playwright's own download cannot
+# work offline): install it where it is missing, as bubblewrap
+browser:
+	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
+		|| echo "chromium is not installed and could not be: the browser tests will be skipped (README)"
+
+demo: venv web-deps
 	$(BIN)/aipm local demo
 
 # the checks are independent: `make lint` (and `make test`, with the build) runs them side by side,
@@ -111,13 +126,13 @@ build: venv
 	env $(PY312_ENV) $(BIN)/sam build --template template.yaml --cached --parallel >/dev/null
 
 test: venv
-	@$(MAKE) --no-print-directory -j3 --output-sync=target $(LINT_CHECKS) build node-deps
+	@$(MAKE) --no-print-directory -j3 --output-sync=target $(LINT_CHECKS) build node-deps web-deps browser
 	@rc=0; $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 unit: venv
 	$(BIN)/pytest tests/unit
 
-bench: venv
+bench: venv web-deps browser
 	$(BIN)/python -m bench
 
 clean:

@@ -24,6 +24,7 @@ OVERHEAD_P50 = 0.15  # s per task beside the agent's own time
 SLOTS_RATIO = 3.8  # 4 slots vs 1 slot, IO-bound agent
 ECHO_P50_MS = 10.0  # terminal keystroke echo through the local gateway
 OUTPUT_MBPS = 5.0  # terminal output through the relay
+PAGE_BURST_SECONDS = 2.0  # a 5 MB burst rendered by the page in Chromium
 
 
 @dataclass
@@ -547,7 +548,27 @@ def terminal(h: Harness, plan: Plan) -> list[Row]:
             f"{got['burst_bytes']:,} bytes",
             "one burst from the pty, coalesced into <= 32 KB frames with seq, through the relay",
         ),
+        _page_row(got["page"], got["burst_bytes"]),
     ]
+
+
+def _page_row(page: dict, burst_bytes: int) -> Row:
+    name = "terminal page renders a 5 MB burst"
+    note = "web/index.html (xterm.js 6) in headless Chromium: Enter to the frame showing the end marker"
+    if "seconds" not in page:
+        target = f"<= {PAGE_BURST_SECONDS:.0f} s"
+        return Row(name, f"not run: {page['error']}", "n/a", "-", target, None, "0", note)
+    seconds = page["seconds"]
+    return Row(
+        name,
+        f"{seconds:.2f} s",
+        "n/a",
+        "-",
+        f"<= {PAGE_BURST_SECONDS:.0f} s",
+        seconds <= PAGE_BURST_SECONDS,
+        f"{burst_bytes:,} bytes",
+        note,
+    )
 
 
 def egress(h: Harness, plan: Plan) -> list[Row]:

@@ -92,11 +92,57 @@ def measure(
                 raise RuntimeError("the runner never connected to the gateway")
             time.sleep(0.02)
         token = tokens.mint(env["TOKEN_SECRET"], sub="bench", branch="bench/terminal", ttl=300)
-        return asyncio.run(_scenario(gw.ws_url, token, echo_samples, burst_bytes))
+        got = asyncio.run(_scenario(gw.ws_url, token, echo_samples, burst_bytes))
+        page_token = tokens.mint(env["TOKEN_SECRET"], sub="bench", branch="bench/page", ttl=300)
+        got["page"] = _page_burst(gw.page_url, page_token, burst_bytes)
+        return got
     finally:
         runner.terminate()
         runner.wait(timeout=30)
         gw.stop()
+
+
+def _page_burst(page_url: str, token: str, burst: int) -> dict:
+    """The same burst rendered by the terminal page (xterm.js) in headless Chromium: from the Enter
+    key to the first animation frame whose xterm buffer holds the end marker. ``{"error": why}``
+    when there is no browser to run it in."""
+    from local.browser import chromium_path, launch
+
+    if chromium_path() is None:
+        return {"error": "no chromium (make browser)"}
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return {"error": "no playwright (make venv)"}
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.goto(f"{page_url}?token={token}")
+            page.wait_for_function(_BUFFER_ENDS_WITH, arg="$ ", timeout=30000)
+            page.locator(".xterm-helper-textarea").focus()
+            page.keyboard.type(f"head -c {burst} /dev/zero | tr '\\0' y; echo; echo END-OF-BURST")
+            t0 = time.perf_counter()
+            page.keyboard.press("Enter")
+            page.wait_for_function(_BUFFER_HAS, arg="\nEND-OF-BURST", polling="raf", timeout=120000)
+            return {"seconds": time.perf_counter() - t0}
+        finally:
+            browser.close()
+
+
+# the last rows of the page's xterm buffer (wrapped rows joined), checked on each animation frame
+_LAST_ROWS = """(() => {
+  const buf = window.aipmTerminal && window.aipmTerminal.terminal.buffer.active;
+  if (!buf) return "";
+  let text = "";
+  for (let i = Math.max(0, buf.length - 60); i < buf.length; i++) {
+    const line = buf.getLine(i);
+    text += (line.isWrapped ? "" : "\\n") + line.translateToString(true);
+  }
+  return text;
+})()"""
+_BUFFER_HAS = f"(needle) => {_LAST_ROWS}.includes(needle)"
+_BUFFER_ENDS_WITH = f"(end) => {_LAST_ROWS}.trimEnd().endsWith(end.trim())"
 
 
 async def _scenario(ws_url: str, token: str, samples: int, burst: int) -> dict:

@@ -88,6 +88,8 @@ class Session:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
     reading: bool = False
+    # input the pty has not taken yet (a large paste into an agent that reads line by line)
+    unwritten: bytearray = field(default_factory=bytearray)
 
     @property
     def id(self) -> str:
@@ -440,10 +442,36 @@ class SessionManager:
     def _write(self, session: Session, chunks: list[str]) -> None:
         if not chunks or session.child is None:
             return
+        pending = bool(session.unwritten)
+        session.unwritten += "".join(chunks).encode()
+        if not pending:
+            self._write_some(session)
+
+    def _write_some(self, session: Session) -> None:
+        """Write what the pty takes now, the rest when it is writable again. A blocking write of a
+        large paste would stall the loop while the agent waits for its echo to be read: a deadlock."""
+        child = session.child
+        if child is None or session.ended:
+            session.unwritten.clear()
+            return
+        fd = child.child_fd
+        loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)  # only this loop reads and writes the pty
         try:
-            os.write(session.child.child_fd, "".join(chunks).encode())
+            while session.unwritten:
+                n = os.write(fd, session.unwritten)
+                del session.unwritten[:n]
+        except BlockingIOError:
+            pass
         except OSError:
             logger.info("session %s: input after the agent exited", session.id)
+            session.unwritten.clear()
+        finally:
+            os.set_blocking(fd, True)
+        if session.unwritten:
+            loop.add_writer(fd, self._write_some, session)
+        else:
+            loop.remove_writer(fd)
 
     def _resize(self, frame: fr.ResizeFrame) -> None:
         if frame.session_id in self.runs:
@@ -491,6 +519,9 @@ class SessionManager:
         if session.reading and session.child is not None:
             asyncio.get_running_loop().remove_reader(session.child.child_fd)
         session.reading = False
+        if session.unwritten and session.child is not None:
+            asyncio.get_running_loop().remove_writer(session.child.child_fd)
+            session.unwritten.clear()
 
     def _feed(self, session: Session, text: str) -> None:
         if session.state.buffer(text):

@@ -13,7 +13,9 @@
 - A small HTTP server with ``POST/GET/DELETE [/{stage}]/@connections/{id}``, so boto3's
   ``apigatewaymanagementapi`` client works unchanged with ``endpoint_url`` (410 GoneException for
   unknown ids, 413 over 128 KiB).
-- The terminal page (``web/index.html``) on ``GET /`` of the WebSocket port.
+- The terminal page (``web/index.html``) on ``GET /`` of the WebSocket port, with its module and the
+  vendored xterm.js (``web/node_modules``, from ``web/package-lock.json``) beside it on the same origin,
+  and, for the demo only (``demo_tokens``), ``GET /token?task=ID|branch=B[&ro=1]``: a fresh browser token.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "web" / "index.html"
 PAGE_STAGE_META = '<meta name="aipm-ws-stage" content="{}">'
+WEB = ROOT / "web"
+XTERM = WEB / "node_modules" / "@xterm"
+# what the page loads from its own origin: path -> (file, content type); nothing else is served
+STATIC = {
+    "aipm-terminal.js": (WEB / "aipm-terminal.js", "text/javascript; charset=utf-8"),
+    "vendor/xterm.mjs": (XTERM / "xterm" / "lib" / "xterm.mjs", "text/javascript; charset=utf-8"),
+    "vendor/xterm.css": (XTERM / "xterm" / "css" / "xterm.css", "text/css; charset=utf-8"),
+    "vendor/addon-fit.mjs": (XTERM / "addon-fit" / "lib" / "addon-fit.mjs", "text/javascript; charset=utf-8"),
+}
+DEMO_TOKEN_TTL = 900
 MAX_MESSAGE = 128 * 1024
 MAX_FRAME = 32 * 1024
 IDLE_TIMEOUT_SECONDS = 600.0
@@ -135,6 +147,7 @@ class LocalGateway:
         max_frame_bytes: int = MAX_FRAME,
         max_message_bytes: int = MAX_MESSAGE,
         protected_branches: tuple[str, ...] | list[str] = DEFAULT_PROTECTED,
+        demo_tokens: bool = False,
     ) -> None:
         """``routes`` maps route keys (``$connect``, ``$disconnect``, ``$default``, or an action) to
         function folders under ``functions/``; ``authorizer`` is the ``$connect`` REQUEST authorizer's
@@ -142,10 +155,13 @@ class LocalGateway:
         requires before it calls the authorizer. The defaults are what template.yaml declares;
         ``from_spec`` takes them from the template as local.deploy parses it. ``mock_routes`` maps
         the route keys of MOCK integrations to the reply their route response sends (None: none).
+        ``demo_tokens``: serve ``GET /token`` (any task or branch, to anyone who can reach the port:
+        the demo's only).
 
         The limits are API Gateway's unless shortened: ``idle_timeout`` (seconds without a message
         from the client), ``max_connection_seconds``, ``max_frame_bytes`` and ``max_message_bytes``."""
         self.env = dict(env)
+        self.demo_tokens = demo_tokens
         if not self.env.get("TOKEN_SECRET") and not self.env.get("TOKEN_SECRET_ARN"):
             self.env["TOKEN_SECRET"] = secrets.token_urlsafe(32)
         if not self.env.get("RUNNER_SECRET") and not self.env.get("RUNNER_SECRET_ARN"):
@@ -395,15 +411,33 @@ class LocalGateway:
     def _page(self, connection: ServerConnection, request: Request) -> Response:
         split = urlsplit(request.path)
         path = split.path
-        if path in ("/token", f"/{self.stage}/token"):
+        # the page may be opened at / or at /{stage}/: what it loads sits beside it either way
+        rel = path.removeprefix(f"/{self.stage}").lstrip("/")
+        if rel in STATIC:
+            file, content_type = STATIC[rel]
+            if not file.is_file():
+                return connection.respond(
+                    http.HTTPStatus.NOT_FOUND, f"{rel} is missing: run `make web-deps`\n"
+                )
+            return self._respond(connection, http.HTTPStatus.OK, file.read_bytes(), content_type)
+        if rel == "token" and self.demo_tokens:
             return self._token(connection, split.query)
         if path not in ("/", "/index.html", f"/{self.stage}", f"/{self.stage}/") or not PAGE.is_file():
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found\n")
         # the page connects to this gateway's stage unless its URL says otherwise (?ws=...)
         page = PAGE.read_text().replace(PAGE_STAGE_META.format("local"), PAGE_STAGE_META.format(self.stage))
-        response = connection.respond(http.HTTPStatus.OK, page)
+        return self._respond(connection, http.HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
+
+    @staticmethod
+    def _respond(
+        connection: ServerConnection, status: http.HTTPStatus, body: bytes, content_type: str
+    ) -> Response:
+        response = connection.respond(status, "")
+        response.body = body
         del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "text/html; charset=utf-8"
+        del response.headers["Content-Length"]
+        response.headers["Content-Type"] = content_type
+        response.headers["Content-Length"] = str(len(body))
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -581,6 +615,10 @@ class LocalGateway:
     def connection_ids(self) -> list[str]:
         return list(self._conns)
 
+    def connection_ids_of(self, role: str) -> list[str]:
+        """The open connections whose authorizer gave them ``role`` (``browser`` or ``runner``)."""
+        return [cid for cid, conn in list(self._conns.items()) if conn.authorizer.get("role") == role]
+
 
 _CONN_PATH = re.compile(r"^(?:/[^/@]+)?/@connections/([^/?]+)$")
 
@@ -647,5 +685,5 @@ def start_local_gateway(
     routes, authorizer and stage template.yaml declares (``websocket``: the ``WebSocketSpec`` that
     local.deploy parsed; without one, the defaults, which match today's template)."""
     if websocket is None:
-        return LocalGateway(function_env, port=port).start()
-    return LocalGateway.from_spec(function_env, websocket, port=port).start()
+        return LocalGateway(function_env, port=port, demo_tokens=True).start()
+    return LocalGateway.from_spec(function_env, websocket, port=port, demo_tokens=True).start()

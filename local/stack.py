@@ -78,6 +78,7 @@ class LocalStack:
         # how often the table's stream is read when it brought nothing (each read is an HTTP call)
         self.stream_poll_seconds = stream_poll_seconds
         self.gateway_port = gateway_port
+        self.gateway: Any = None  # the LocalGateway, once started with a gateway_port
         self._external_endpoint = endpoint_url
         self.parameters = parameters or {}  # template parameters (MaxReceiveCount, ...)
         self.moto: MotoServer | None = None
@@ -208,6 +209,7 @@ class LocalStack:
             )
             gw = start_local_gateway(self, function_env, 0, websocket)
         self._parts.append(gw)
+        self.gateway = gw
         urls = {"ws_url": gw.ws_url, "management_url": gw.management_url, "page_url": gw.page_url}
         env = {"WS_URL": gw.ws_url, "RUNNER_SECRET": gw.runner_secret, "TOKEN_SECRET": gw.token_secret}
         return urls, {k: v for k, v in env.items() if v}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -32,7 +32,7 @@ from shared import frames as fr
 from shared import tokens
 from tests.conftest import FAKE_AGENT, ROOT
 
-PAGE_FILE = ROOT / "web" / "index.html"
+PAGE_MODULE = ROOT / "web" / "aipm-terminal.js"
 TOKEN_SECRET = "browser-token-secret-for-tests-0123456789"
 RUNNER_SECRET = "runner-secret-for-tests-0123456789abcdef"
 SHELL = ["/bin/bash", "--norc", "--noprofile"]
@@ -352,75 +352,52 @@ class Partition:
         self._writers -= {writer, up_writer}
 
 
-# web/index.html's own script under Node, with xterm.js and the DOM played by small stand-ins and
-# Node's WebSocket client: events (status, terminal writes, connects, frames sent) go out as JSON lines,
-# keystrokes come in on stdin
+# web/aipm-terminal.js (the page's module) under Node, with a small terminal stand-in of xterm's shape
+# and Node's WebSocket client: events (status, terminal writes, connects, frames sent) go out as JSON
+# lines, keystrokes come in on stdin
 PAGE_HARNESS = r"""
-const fs = require("fs");
-const readline = require("readline");
-const [htmlPath, search] = process.argv.slice(1);
-const html = fs.readFileSync(htmlPath, "utf8");
-const scripts = [...html.matchAll(/<script>([\s\S]*?)<\/script>/g)].map((m) => m[1]);
+import readline from "node:readline";
+import { pathToFileURL } from "node:url";
+const [modulePath, optionsJson] = process.argv.slice(1);
+const { connect } = await import(pathToFileURL(modulePath).href);
 const emit = (o) => process.stdout.write(JSON.stringify(o) + "\n");
-const elements = {};
-function element(id) {
-  if (!elements[id]) {
-    let text = "";
-    elements[id] = {
-      disabled: false, onclick: null,
-      get textContent() { return text; },
-      set textContent(t) { text = t; emit({ event: "status", id, text: t }); },
-    };
-  }
-  return elements[id];
-}
-globalThis.document = {
-  getElementById: element,
-  querySelector(sel) {
-    const name = sel.match(/meta\[name="([^"]+)"\]/)[1];
-    const found = html.match(new RegExp(`<meta name="${name}" content="([^"]*)">`));
-    return found ? { getAttribute: () => found[1] } : null;
-  },
-};
-globalThis.location = { search, host: "page.invalid" };
-globalThis.window = { addEventListener() {} };
-globalThis.prompt = () => null;
 let onData = null;
-globalThis.Terminal = class {
-  constructor() { this.cols = 100; this.rows = 30; }
-  loadAddon() {}
-  open() {}
-  write(data) { emit({ event: "write", data }); }
-  onData(cb) { onData = cb; }
-  onResize() {}
+const terminal = {
+  cols: 100, rows: 30,
+  write(data) { emit({ event: "write", data }); },
+  onData(cb) { onData = cb; },
+  onResize() {},
 };
-globalThis.FitAddon = { FitAddon: class { fit() {} } };
-const NodeWebSocket = globalThis.WebSocket;
-globalThis.WebSocket = class extends NodeWebSocket {
+class CountingWebSocket extends WebSocket {
   constructor(url) { super(url); emit({ event: "connect" }); }
   send(data) { emit({ event: "send", frame: JSON.parse(data) }); super.send(data); }
-};
+}
+const options = JSON.parse(optionsJson);
+connect({
+  ...options, terminal, WebSocket: CountingWebSocket,
+  onState: (state, detail) => emit({ event: "status", id: "status", state, text: detail || state }),
+});
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
   const cmd = JSON.parse(line);
   if (cmd.type === "data" && onData) onData(cmd.data);
 });
-(0, eval)(scripts[scripts.length - 1]);
 """
 
 
 class Page:
-    """The terminal page (web/index.html) running its real script under Node against a gateway."""
+    """The terminal page's module (web/aipm-terminal.js) running under Node against a gateway;
+    ``options`` go to its ``connect`` (``keepaliveSeconds``, ``readOnly``...)."""
 
-    def __init__(self, ws_url: str, token: str) -> None:
-        search = "?" + urlencode({"token": token, "ws": ws_url})
+    def __init__(self, ws_url: str, token: str, **options: Any) -> None:
         argv = [
             "node",
             "--experimental-websocket",
             "--no-warnings",
+            "--input-type=module",
             "-e",
             PAGE_HARNESS,
-            str(PAGE_FILE),
-            search,
+            str(PAGE_MODULE),
+            json.dumps({"url": ws_url, "token": token, **options}),
         ]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1

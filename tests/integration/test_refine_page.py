@@ -1,7 +1,8 @@
-"""The terminal page (web/index.html): its own script, run under Node against the real local gateway."""
+"""The terminal page's module (web/aipm-terminal.js), run under Node against the real local gateway."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -86,5 +87,74 @@ def test_page_resumes_when_the_runner_comes_back(moto_endpoint: str, table: str,
             assert page.sent("resume"), "the page never sent resume"
             assert page.text.count("during-15\r\n") == 1
             assert "session ended" not in page.text
+        finally:
+            page.close()
+
+
+def test_a_large_paste_goes_in_frames_under_32_kb_and_arrives_whole(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """Input is split by UTF-8 bytes (multi-byte characters and JSON escapes counted), so a paste
+    over API Gateway's frame limit reaches the pty whole and in order."""
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path)),
+    ):
+        page = Page(gw.ws_url, browser_token(branch="feature/paste"))
+        try:
+            page.wait(lambda p: "$ " in p.text, what="the shell prompt")
+            # 42 KB of multi-byte characters and JSON escapes in one keystroke event
+            body = 'é€"\\' * 6000
+            page.type(f"printf '%s' '{body}' | wc -c; echo done-$((2*21))\r")
+            page.wait(lambda p: "done-42" in p.text, 30, what="the command's answer")
+            # as JSON.stringify wrote them: UTF-8, no spaces
+            sent = [
+                json.dumps(f, ensure_ascii=False, separators=(",", ":")).encode() for f in page.sent("input")
+            ]
+            assert len(sent) >= 2 and max(len(s) for s in sent) < 32 * 1024
+            assert "".join(f["data"] for f in page.sent("input")).count(body) == 1
+            assert f"{len(body.encode())}\r\n" in page.text
+        finally:
+            page.close()
+
+
+def test_the_page_pings_on_its_keepalive_interval(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    """A ``ping`` every ``keepaliveSeconds`` (300 s by default, inside API Gateway's 10-minute idle
+    timeout); the session goes on meanwhile."""
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path)),
+    ):
+        page = Page(gw.ws_url, browser_token(branch="feature/keepalive"), keepaliveSeconds=0.3)
+        try:
+            page.wait(lambda p: len(p.sent("ping")) >= 3, what="three pings")
+            assert page.sent("ping")[0] == {"action": "ping"}
+            page.type("echo alive-$((6*7))\r")
+            page.wait(lambda p: "alive-42" in p.text, what="the command's answer")
+            assert "ping" not in page.text  # answered with a pong, which the page ignores
+        finally:
+            page.close()
+
+
+def test_the_page_renews_its_token_before_it_expires(moto_endpoint: str, table: str, tmp_path: Path) -> None:
+    """With a token URL, the page fetches a fresh token ahead of ``exp`` and moves the session to a
+    new connection (opened, resumed, then the old one closed): same session, no output twice."""
+    with (
+        running_gateway(moto_endpoint, table) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path)),
+    ):
+        gw.demo_tokens = True
+        # a 4-second token: renewed half-way (60 s ahead, or half its life when shorter)
+        page = Page(gw.ws_url, "", tokenUrl=f"{gw.page_url}token?branch=feature/renew&ttl=4")
+        try:
+            page.wait(lambda p: "$ " in p.text, what="the shell prompt")
+            page.type("echo first-$((3*5))\r")
+            page.wait(lambda p: "first-15" in p.text, what="the first answer")
+            page.wait(lambda p: p.connects >= 3, 20, what="two renewals")
+            page.type("echo second-$((4*5))\r")
+            page.wait(lambda p: "second-20" in p.text, what="the answer on the renewed connection")
+            assert page.text.count("first-15\r\n") == 1
+            assert len(page.sent("open")) == 1 and page.sent("resume")
+            assert "session ended" not in page.text and "refused" not in page.status
         finally:
             page.close()

@@ -1,0 +1,316 @@
+"""The terminal page (web/index.html and its module, xterm.js vendored) in headless Chromium against
+the local stack, with the fake Kiro as the session's agent. One browser for the module; each test has
+a page (a fresh context) of its own and a branch of its own, and leaves a screenshot in its tmp dir."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.browser import BUFFER_TEXT_JS, chromium_path, launch
+from shared import tokens
+from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, unique
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+if chromium_path() is None:
+    pytest.skip("needs Debian's chromium (`make browser`)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+KIRO_PROMPT = "> "
+
+
+@pytest.fixture(scope="module")
+def kiro_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kiro-home")
+
+
+@pytest.fixture(scope="module")
+def stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory, kiro_home: Path) -> Iterator[Any]:
+    from local.stack import LocalStack
+
+    s = LocalStack(
+        tmp_path_factory.mktemp("page"),
+        runners=1,
+        stack_name=unique("pg"),
+        endpoint_url=moto_endpoint,
+        reconcile_seconds=3600,
+        gateway_port=0,
+        runner_env={
+            "AGENT": "kiro",
+            "AGENT_COMMAND": FAKE_AGENT_COMMAND,
+            "AGENT_INTERACTIVE_COMMAND": f"{FAKE_KIRO} chat --wrap never",
+            "FAKE_KIRO_HOME": str(kiro_home),
+            "SQS_WAIT_SECONDS": "1",
+        },
+    )
+    s.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not s.gateway.connection_ids_of("runner"):
+            assert time.monotonic() < deadline, "the runner never connected to the gateway"
+            time.sleep(0.05)
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        b = launch(pw)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class PageUnderTest:
+    """One tab of the terminal page, with what the tests read: the status line, xterm's buffer, and
+    every WebSocket the page opened."""
+
+    def __init__(self, browser: Any, stack: Any, tmp_path: Path, name: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1000, "height": 600})
+        self.page = self.context.new_page()
+        self.stack = stack
+        self.shot = tmp_path / f"{name}.png"
+        self.sockets: list[Any] = []
+        self.page.on("websocket", lambda ws: self.sockets.append(ws))
+
+    def token(
+        self, branch: str, *, read_only: bool = False, ttl: int = 300, secret: str | None = None
+    ) -> str:
+        key = secret or self.stack.config.env["TOKEN_SECRET"]
+        return tokens.mint(key, sub="page-tester", branch=branch, read_only=read_only, ttl=ttl)
+
+    def goto(self, query: str) -> None:
+        self.page.goto(f"{self.stack.config.page_url}?{query}")
+
+    def open(self, branch: str, **kw: Any) -> None:
+        self.goto(f"token={self.token(branch, **kw)}")
+        self.wait_text(KIRO_PROMPT)
+
+    @property
+    def status(self) -> str:
+        return self.page.inner_text("#status")
+
+    @property
+    def text(self) -> str:
+        return self.page.evaluate(BUFFER_TEXT_JS)
+
+    def js(self, expr: str) -> Any:
+        return self.page.evaluate(expr)
+
+    def wait(self, predicate: Any, what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.page.screenshot(path=self.shot)
+                raise AssertionError(f"{what} not seen; status {self.status!r}; text {self.text[-400:]!r}")
+            self.idle(0.05)
+
+    def idle(self, seconds: float) -> None:
+        """Wait while Playwright delivers the page's events (a plain sleep would hold them back)."""
+        self.page.wait_for_timeout(seconds * 1000)
+
+    def wait_text(self, needle: str, timeout: float = 20.0) -> None:
+        self.page.wait_for_function("() => window.aipmTerminal && window.aipmTerminal.session.sessionId")
+        self.wait(lambda: needle in self.text, f"{needle!r} in the terminal", timeout)
+
+    def type(self, text: str) -> None:
+        self.page.locator(".xterm-helper-textarea").focus()
+        self.page.keyboard.type(text)
+
+    def say(self, line: str) -> None:
+        """Type ``line`` and Enter to the fake Kiro, and wait for its answer."""
+        self.type(line)
+        self.page.keyboard.press("Enter")
+        self.wait_text(f"you said: {line}")
+
+    def close(self) -> None:
+        self.page.screenshot(path=self.shot)
+        self.context.close()
+
+
+@pytest.fixture
+def tab(browser: Any, stack: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PageUnderTest]:
+    t = PageUnderTest(browser, stack, tmp_path, request.node.name)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def branch() -> str:
+    return f"feature/{unique('page')}"
+
+
+def user_lines(kiro_home: Path) -> list[str]:
+    """Every line a user sent to a fake Kiro session, from its conversations (on the runner's side)."""
+    lines = []
+    for path in sorted((kiro_home / "conversations").glob("*.jsonl")):
+        for raw in path.read_text().splitlines():
+            record = json.loads(raw)
+            if record["role"] == "user":
+                lines.append(record["text"])
+    return lines
+
+
+def test_the_page_loads_only_from_its_own_origin(tab: PageUnderTest) -> None:
+    """xterm.js, its CSS and the module come from the page's origin: nothing else is asked for."""
+    origin = tab.stack.config.page_url.rstrip("/")
+    asked: list[str] = []
+    tab.page.on("request", lambda r: asked.append(r.url))
+    tab.open(branch())
+    assert any(u.endswith("/vendor/xterm.mjs") for u in asked)
+    outside = [u for u in asked if not (u.startswith(origin) or u.startswith(origin.replace("http", "ws")))]
+    assert outside == []
+
+
+def test_a_typed_command_shows_its_output(tab: PageUnderTest) -> None:
+    tab.open(branch())
+    assert "interactive chat" in tab.text
+    tab.say(f"hello from chromium {secrets.token_hex(3)}")
+    assert "connected" in tab.status or "feature/" in tab.status
+
+
+def test_resizing_the_window_resizes_the_pty(tab: PageUnderTest) -> None:
+    tab.open(branch())
+    before = tab.js("[aipmTerminal.terminal.rows, aipmTerminal.terminal.cols]")
+    # when
+    tab.page.set_viewport_size({"width": 640, "height": 420})
+    tab.wait(
+        lambda: tab.js("[aipmTerminal.terminal.rows, aipmTerminal.terminal.cols]") != before, "the refit"
+    )
+    rows, cols = tab.js("[aipmTerminal.terminal.rows, aipmTerminal.terminal.cols]")
+    tab.type("stty size")
+    tab.page.keyboard.press("Enter")
+    # then: the agent's tty has the page's new size
+    tab.wait_text(f"\n{rows} {cols}\n")
+    assert (rows, cols) != tuple(before)
+
+
+def test_a_reload_resumes_the_session_with_its_output_once(tab: PageUnderTest) -> None:
+    b = branch()
+    mark = f"before-reload-{secrets.token_hex(3)}"
+    tab.open(b)
+    tab.say(mark)
+    seen = tab.text.count(mark)
+    # when
+    tab.page.reload()
+    tab.wait_text(f"you said: {mark}")
+    tab.say("after-reload")  # output comes in seq order: the replay is all in once this is
+    # then
+    assert tab.text.count(mark) == seen
+    assert tab.text.count("interactive chat") == 1
+    assert "session ended" not in tab.text
+
+
+def test_a_dropped_connection_comes_back_by_itself(tab: PageUnderTest) -> None:
+    tab.open(branch())
+    tab.say("before-the-drop")
+    gateway = tab.stack.gateway
+    mine = set(gateway.connection_ids_of("browser"))
+    # when: the gateway closes the browser's connection (as API Gateway does at its limits)
+    for cid in mine:
+        req = urllib.request.Request(f"{gateway.management_url}/@connections/{cid}", method="DELETE")
+        urllib.request.urlopen(req, timeout=10).close()
+    # then
+    tab.wait(lambda: len(tab.sockets) >= 2, "a second WebSocket")
+    tab.wait(lambda: set(gateway.connection_ids_of("browser")) - mine, "the page connected again")
+    tab.say("after-the-drop")
+    assert tab.text.count("you said: before-the-drop") == 1
+
+
+def test_a_100_kb_paste_arrives_intact_and_in_order(tab: PageUnderTest, kiro_home: Path) -> None:
+    tab.open(branch())
+    tag = secrets.token_hex(4)
+    lines = [f"paste-{tag}-{i:04d} " + secrets.token_hex(44) for i in range(1000)]  # ~100 KB
+    text = "\n".join(lines) + "\n"
+    assert len(text.encode()) >= 100_000
+    sent: list[int] = []
+    tab.sockets[-1].on("framesent", lambda payload: sent.append(len(str(payload).encode())))
+    # when: a real paste event on xterm's textarea
+    tab.page.evaluate(
+        """(text) => {
+          const dt = new DataTransfer();
+          dt.setData("text/plain", text);
+          const area = document.querySelector(".xterm-helper-textarea");
+          const paste = { clipboardData: dt, bubbles: true, cancelable: true };
+          area.dispatchEvent(new ClipboardEvent("paste", paste));
+        }""",
+        text,
+    )
+    # then: the agent got every line, in order, and every frame was under API Gateway's 32 KB
+    tab.wait(lambda: f"you said: {lines[-1]}" in tab.text, "the last pasted line answered", 60)
+    got = [line for line in user_lines(kiro_home) if line.startswith(f"paste-{tag}-")]
+    assert got == lines
+    assert sent and max(sent) < 32 * 1024
+
+
+def test_a_read_only_watcher_sees_output_and_its_keystrokes_are_refused(
+    tab: PageUnderTest, browser: Any, stack: Any, tmp_path: Path, kiro_home: Path
+) -> None:
+    b = branch()
+    tab.open(b)
+    watcher = PageUnderTest(browser, stack, tmp_path, "read-only-watcher")
+    try:
+        watcher.open(b, read_only=True)
+        assert "read-only" in watcher.status
+        # when
+        tab.say("seen-by-the-watcher")
+        watcher.wait_text("you said: seen-by-the-watcher")
+        watcher.type("typed-by-the-watcher")
+        watcher.page.keyboard.press("Enter")
+        watcher.wait_text("read-only")
+        tab.say("after-the-watcher-typed")  # the session has handled everything sent before this
+        # then
+        assert "typed-by-the-watcher" not in tab.text
+        assert not any("typed-by-the-watcher" in line for line in user_lines(kiro_home))
+    finally:
+        watcher.close()
+
+
+def test_an_expired_token_says_so_and_never_connects(tab: PageUnderTest) -> None:
+    key = tab.stack.config.env["TOKEN_SECRET"]
+    expired = tokens.mint(key, sub="u", branch=branch(), ttl=1, now=time.time() - 120)
+    tab.goto(f"token={expired}")
+    tab.wait(lambda: "expired" in tab.status, "the expiry message")
+    assert tab.sockets == []
+
+
+def test_a_forged_token_says_so_once_and_does_not_retry(tab: PageUnderTest) -> None:
+    forged = tab.token(branch(), secret="not-the-gateways-secret-0123456789abcdef")
+    tab.goto(f"token={forged}")
+    tab.wait(lambda: "refused" in tab.status, "the refusal")
+    shown_at = time.monotonic()
+    # the old page reconnected after 0.5 s, 1 s, 2 s...: watch for longer than that
+    while time.monotonic() - shown_at < 2.5:
+        assert len(tab.sockets) == 1 and "refused" in tab.status
+        tab.idle(0.1)
+    assert "fresh token" in tab.text
+
+
+def test_a_page_whose_script_cannot_start_says_why(tab: PageUnderTest) -> None:
+    tab.page.route("**/vendor/xterm.mjs", lambda route: route.abort())
+    tab.goto(f"token={tab.token(branch())}")
+    tab.page.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('could not start')"
+    )
+    assert "loading" not in tab.status
+    assert tab.sockets == []
+
+
+def test_the_demo_page_fetches_its_own_token(tab: PageUnderTest) -> None:
+    """``?branch=B``: the page asks the local stack's ``/token`` for its token, as a frontend's page
+    asks its backend."""
+    tab.goto(f"branch={branch()}")
+    tab.wait_text(KIRO_PROMPT)
+    tab.say("with-a-fetched-token")
