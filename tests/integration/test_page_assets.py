@@ -66,12 +66,12 @@ def test_the_demo_token_grants_what_was_asked(moto_endpoint: str, table: str) ->
 @pytest.mark.parametrize(
     ("query", "status", "says"),
     [
-        ("", 400, "exactly one of task=ID or branch=B"),
-        ("task=T-1&branch=b", 400, "exactly one of task=ID or branch=B"),
-        ("branch=feature/x&ttl=soon", 400, "ttl must be a whole number"),
-        ("branch=feature/x&ttl=0", 400, "ttl must be a whole number"),
+        ("", 400, "exactly one of task or branch"),
+        ("task=T-1&branch=b", 400, "exactly one of task or branch"),
+        ("branch=feature/x&ttl=soon", 400, "ttl is a whole number"),
+        ("branch=feature/x&ttl=0", 400, "ttl is between 1 and"),
         ("branch=main", 403, "is protected"),
-        ("branch=-x", 403, "must not start with '-'"),
+        ("branch=-x", 400, "must not start with '-'"),
     ],
 )
 def test_a_bad_token_request_gets_a_sentence(
