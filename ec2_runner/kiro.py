@@ -139,7 +139,10 @@ class KiroAgent(PtyAgent):
         return super().login_check_argv() or [self.argv[0], "whoami"]
 
     def login_hint(self) -> str:
-        return "put KIRO_API_KEY in /etc/aipm/agent.env (AgentCredentialSecretArn), or run `kiro-cli login` as the runner's user"
+        return (
+            "put KIRO_API_KEY in /etc/aipm/agent.env (AgentCredentialSecretArn), "
+            "or run `kiro-cli login` as the runner's user"
+        )
 
     def _attempts(
         self, once: DriveOnce, on_output: Callable[[str], None] | None

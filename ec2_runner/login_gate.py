@@ -20,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 
 class _Checks(Protocol):
-    name: str
-
     def login_status(self) -> LoginStatus: ...
 
 

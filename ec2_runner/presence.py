@@ -103,7 +103,9 @@ class Presence:
             self.registry.put(self.record(snap))
         except (ClientError, BotoCoreError) as e:
             if not self._failing:
-                logger.warning("heartbeat record not written (%s); trying again every %.0f s", e, self.interval)
+                logger.warning(
+                    "heartbeat record not written (%s); trying again every %.0f s", e, self.interval
+                )
             self._failing = True
             return False
         except Exception:  # the snapshot itself: never take the runner down for a record
