@@ -109,7 +109,7 @@ def test_runners_shows_two_live_runners_with_their_busy_slots_then_one_gone_afte
     runners = wait_until(all_running, 90, interval=0.3, what="both runners to hold the three tasks")
 
     # then: both live, each with its busy slots and the tasks it holds, its agent logged in
-    for runner_id, record in runners.items():
+    for record in runners.values():
         assert record["liveness"] == "live" and record["state"] == "running", record
         assert record["slotsTotal"] == 2 and record["slotsBusy"] == len(record["tasks"]), record
         assert record["agent"] == "kiro" and record["agentLoggedIn"] is True, record
