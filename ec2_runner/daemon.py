@@ -152,6 +152,8 @@ class Runner:
             if max_tasks is not None and self.received >= max_tasks:
                 break
             if not self._agent_ready():
+                if stop_when_idle and not self._running:
+                    break  # nothing it can take: idle
                 continue
             free = self._acquire_slots(max_tasks, self.received)
             if not free:
