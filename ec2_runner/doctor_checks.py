@@ -10,6 +10,7 @@ is half set up.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -334,7 +335,8 @@ class Doctor:
                     check=True,
                     capture_output=True,
                     timeout=30,
-                    env={"PATH": "/usr/local/bin:/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1", "HOME": tmp},
+                    # no system or user config: the probe is ours alone
+                    env={"PATH": os.environ.get("PATH", os.defpath), "GIT_CONFIG_NOSYSTEM": "1", "HOME": tmp},
                 )
             git = SafeGit(
                 probe / ".git",
