@@ -22,7 +22,7 @@ from typing import Protocol
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.claude_code import ClaudeCodeAgent
 from ec2_runner.codex import CodexAgent
-from ec2_runner.headless import AgentResult, PtyAgent
+from ec2_runner.headless import AgentResult, LoginStatus, PtyAgent
 from ec2_runner.kiro import KiroAgent
 from ec2_runner.sandbox import Sandbox
 
@@ -48,6 +48,14 @@ class Agent(Protocol):
 
     def interactive_argv(self, resume: bool) -> list[str]:
         """The command for a Refine terminal session, with the resume args when asked."""
+        ...
+
+    def installed(self) -> str | None:
+        """Where the agent's command is, or None when it cannot be run here."""
+        ...
+
+    def login_status(self) -> LoginStatus:
+        """Whether the agent is logged in (can run a task without a person)."""
         ...
 
 

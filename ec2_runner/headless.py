@@ -9,12 +9,15 @@ its rules in its own adapter (:mod:`ec2_runner.kiro`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
 import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +75,23 @@ class Verdict:
     attempts: int = 1
     session_id: str | None = None
     keep_work: bool = False
+
+
+LOGIN_CHECK_TIMEOUT = 20.0  # seconds a login check (``kiro-cli whoami``) may take
+
+
+class LoginStatus(BaseModel):
+    """Whether the agent can run a task unattended: ``logged_in`` None means not checked (an agent
+    with no login check); ``detail`` is a sentence for a log line, a heartbeat and ``aipm doctor``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    logged_in: bool | None
+    detail: str
+
+    @property
+    def ready(self) -> bool:
+        return self.logged_in is not False
 
 
 class AgentResult(BaseModel):
@@ -174,6 +194,55 @@ class PtyAgent:
         env.setdefault("TERM", "xterm-256color")
         env.setdefault("PATH", os.defpath)
         return env
+
+    def installed(self) -> str | None:
+        """Where the agent's command is, or None when it cannot be run from here."""
+        exe = self.argv[0]
+        path = self.child_env().get("PATH")
+        if os.sep in exe:
+            return exe if os.access(exe, os.X_OK) else None
+        return shutil.which(exe, path=path)
+
+    def login_check_argv(self) -> list[str] | None:
+        """The command whose exit 0 says the agent is logged in (``AGENT_LOGIN_CHECK``); None: this
+        agent has no login to check."""
+        check = self.settings.login_check
+        return shlex.split(check) if check else None
+
+    def login_status(self) -> LoginStatus:
+        """Whether the agent is logged in, asked the agent itself (in the sandbox, with the agent's
+        own environment, as a task's run would see it). What it prints is never logged: it may name
+        an account."""
+        argv = self.login_check_argv()
+        if argv is None:
+            return LoginStatus(logged_in=None, detail=f"{self.name} has no login check (AGENT_LOGIN_CHECK)")
+        if self.installed() is None:
+            return LoginStatus(logged_in=False, detail=f"agent command not found: {self.argv[0]}")
+        shown = shlex.join(argv)
+        env = self.child_env()
+        with tempfile.TemporaryDirectory(prefix="aipm-login-check-") as cwd:
+            try:
+                if self.sandbox is None:
+                    proc = _run_check(argv, Path(cwd), env)
+                else:
+                    with self.sandbox.run(argv, Path(cwd), env) as boxed:
+                        proc = _run_check(boxed.argv, Path(cwd), boxed.env)
+            except subprocess.TimeoutExpired:
+                return LoginStatus(
+                    logged_in=False, detail=f"`{shown}` did not answer within {LOGIN_CHECK_TIMEOUT:g} s"
+                )
+            except OSError as e:
+                return LoginStatus(logged_in=False, detail=f"`{shown}` could not run: {e.strerror or e}")
+        if proc.returncode == 0:
+            return LoginStatus(logged_in=True, detail=f"logged in (`{shown}` exit 0)")
+        return LoginStatus(
+            logged_in=False,
+            detail=f"not logged in (`{shown}` exit {proc.returncode}): {self.login_hint()}",
+        )
+
+    def login_hint(self) -> str:
+        """What a person does about an agent that is not logged in."""
+        return "log the agent in on this host as the runner's user, or give it its API key"
 
     def run(
         self,
@@ -284,3 +353,25 @@ def _both(first: Callable[[str], None], then: Callable[[str], None] | None) -> C
             then(text)
 
     return hear
+
+
+def _run_check(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """A login check run to its end: no input (a check that asks for a login gets none), output
+    captured and dropped, its whole process group killed at the timeout."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=LOGIN_CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
