@@ -9,7 +9,6 @@ its rules in its own adapter (:mod:`ec2_runner.kiro`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.ansi import Redactor
 from ec2_runner.ptydriver import PtyRun, Watch, drive
+from ec2_runner.reaping import run_to_end
 from ec2_runner.sandbox import Sandbox
 from shared.models import ErrorKind
 
@@ -358,20 +358,4 @@ def _both(first: Callable[[str], None], then: Callable[[str], None] | None) -> C
 def _run_check(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     """A login check run to its end: no input (a check that asks for a login gets none), output
     captured and dropped, its whole process group killed at the timeout."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=LOGIN_CHECK_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return run_to_end(argv, cwd=cwd, env=env, timeout=LOGIN_CHECK_TIMEOUT)
