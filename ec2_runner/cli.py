@@ -201,6 +201,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     import re
 
+    from ec2_runner.commands import dlq
+
     # the help is read by people: the docstring without its reStructuredText literals
     description = re.sub(r"``(.+?)``", r"\1", __doc__ or "")
     p = argparse.ArgumentParser(prog="aipm", description=description)
@@ -252,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--ttl", type=int, default=3600)
     tm.add_argument("--user", default="cli")
     tm.set_defaults(func=cmd_terminal)
+    dlq.register(sub)
     return p
 
 

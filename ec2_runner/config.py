@@ -90,3 +90,5 @@ class CliSettings(AwsKeySettings, AwsSettings):
     token_secret: SecretStr | None = Field(default=None, validation_alias="TOKEN_SECRET")
     token_secret_arn: str | None = Field(default=None, validation_alias="TOKEN_SECRET_ARN")
     ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))
+    # the dead letters `aipm dlq` reads (the stack's DeadLetterQueueUrl output)
+    dlq_url: str | None = Field(default=None, validation_alias="DLQ_URL")

@@ -195,12 +195,16 @@ class DeadLetterQueue:
                 if m["MessageId"] in held:  # seen again (its hold ran out): keep the newest receipt
                     held[m["MessageId"]].receipt = m["ReceiptHandle"]
                     continue
-                held[m["MessageId"]] = HeldLetter(letter=DeadLetter.from_message(m, now), receipt=m["ReceiptHandle"])
+                held[m["MessageId"]] = HeldLetter(
+                    letter=DeadLetter.from_message(m, now), receipt=m["ReceiptHandle"]
+                )
 
     def _put_back(self, receipts: list[str]) -> None:
         for start in range(0, len(receipts), 10):
             batch = receipts[start : start + 10]
-            entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(batch)]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(batch)
+            ]
             try:
                 resp = self._sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
                 failed = resp.get("Failed") or []
@@ -241,7 +245,9 @@ def redrive(
         )
 
     if letter.task_id is None:
-        return result(RedriveOutcome.KEPT, "not a task signal, so nothing to run; `aipm dlq purge` removes it")
+        return result(
+            RedriveOutcome.KEPT, "not a task signal, so nothing to run; `aipm dlq purge` removes it"
+        )
     task_id = letter.task_id
     try:
         status = store.get_row(task_id).get("status")
@@ -257,7 +263,10 @@ def redrive(
         dispatcher.send(TaskSignal(task_id=task_id, reason=REDRIVE_REASON))
         outcome, sentence = RedriveOutcome.REDRIVEN, f"task {task_id} is pending again and signalled"
     elif status == TaskStatus.COMPLETE.value:
-        outcome, sentence = RedriveOutcome.ALREADY_COMPLETE, f"task {task_id} was already complete: not run again"
+        outcome, sentence = (
+            RedriveOutcome.ALREADY_COMPLETE,
+            f"task {task_id} was already complete: not run again",
+        )
     elif status == TaskStatus.PROCESSING.value:
         outcome, sentence = (
             RedriveOutcome.ALREADY_PROCESSING,
