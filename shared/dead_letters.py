@@ -251,7 +251,7 @@ def redrive(
     task_id = letter.task_id
     try:
         status = store.get_row(task_id).get("status")
-        if status in (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value):
+        if status == TaskStatus.FAILED.value:  # complete: done, never run again
             try:
                 store.reset(task_id)
                 status = "reset"

@@ -149,12 +149,11 @@ def cmd_redrive(args: argparse.Namespace) -> int:
         results = [redrive(queue, h, store, dispatcher) for h in chosen]
     if args.json:
         print_json([r.model_dump(mode="json") for r in results])
+    elif not results:
+        print("no dead letters to redrive")
     else:
-        table(
-            [r.model_dump(mode="json") for r in results],
-            [("message_id", "message id"), ("task_id", "task"), ("outcome", "outcome"), ("sentence", "")],
-            title=f"{len(results)} dead letter(s) redriven" if results else "no dead letters to redrive",
-        )
+        for r in results:  # one sentence per letter: what became of its task
+            print(f"{r.message_id}: {r.sentence}")
     kept = [r for r in results if r.outcome is RedriveOutcome.KEPT]
     if kept:
         print(

@@ -48,7 +48,7 @@ class Supervised:
 
 @pytest.fixture(scope="module")
 def stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """maxReceiveCount 2 and a 2 s lease (7 s visibility): a poison task is given up in ~20 s."""
+    """maxReceiveCount 2 and a 3 s lease (8 s visibility): a poison task is given up in ~20 s."""
     from local.stack import LocalStack
 
     work = tmp_path_factory.mktemp("dlq")
@@ -67,7 +67,7 @@ def stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "AGENT_TIMEOUT": "10",
             "SQS_WAIT_SECONDS": "1",
             "RUNNER_SLOTS": "1",
-            "LEASE_SECONDS": "2",
+            "LEASE_SECONDS": "3",
         },
     )
     stack.start()
@@ -180,8 +180,8 @@ def test_a_poison_task_given_up_stays_in_the_dlq_until_redriven(stack: Any, cli:
     assert letter["task"]["errorKind"] == "gave_up" and letter["task"]["error"] == row["error"]
     assert letter["receive_count"] >= 2 and letter["first_sent"] and letter["age_seconds"] > 0
     assert letter["original_message_id"] and letter["original_message_id"] != letter["message_id"]
-    # the table view shows the same letter
-    table = ok(aipm(stack.workdir, "dlq", "list"))
+    # the table view shows the same letter (in a terminal wide enough for a message id)
+    table = ok(aipm(stack.workdir, "dlq", "list", env={"COLUMNS": "250"}))
     assert letter["message_id"] in table and poison in table and "failed" in table
 
     # when: the backend fixes the task, and the operator redrives its letter
@@ -200,8 +200,11 @@ def test_a_poison_task_given_up_stays_in_the_dlq_until_redriven(stack: Any, cli:
     out = json.loads(ok(aipm(stack.workdir, "dlq", "redrive", letter["message_id"], "--json")))
     # then
     assert [(r["task_id"], r["outcome"]) for r in out] == [(poison, "redriven")]
-    again = cli.wait_final(poison, 60, attempts=3)
-    assert again["status"] == "complete" and "errorKind" not in again, again
+    # (a short lease on a loaded machine may be lost once: the attempt is retried, so count from 3)
+    again = wait_until(
+        lambda: (r := cli.read(poison)).get("status") == "complete" and r, 60, what=f"{poison} to complete"
+    )
+    assert again["attempts"] >= 3 and "errorKind" not in again, again
     assert listed(stack) == [] and visible(stack, sqs) == 0
 
 
