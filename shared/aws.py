@@ -42,7 +42,7 @@ def client(
     """A boto3 client for ``service``; ``endpoint_url`` None means the real AWS endpoint
     (or ``AWS_ENDPOINT_URL`` from the environment, which boto3 honours itself); ``keys`` None means
     boto3's own credential chain (environment, profile, instance role)."""
-    cfg = Config(retries=_RETRY, read_timeout=read_timeout, connect_timeout=5, **config)
+    cfg = Config(**{"retries": _RETRY, "read_timeout": read_timeout, "connect_timeout": 5, **config})
     session: Any = boto3.session.Session()  # the service is a runtime string, not a stubbed literal
     creds = (
         {

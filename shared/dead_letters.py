@@ -155,7 +155,7 @@ class DeadLetterQueue:
     """The operators' dead-letter queue, read without losing anything."""
 
     def __init__(self, sqs: Any, url: str, *, visibility_seconds: int = 60, wait_seconds: int = 1) -> None:
-        self._sqs = sqs
+        self.sqs = sqs  # also the client a redrive's signals go through
         self.url = url
         self.visibility_seconds = visibility_seconds
         self.wait_seconds = wait_seconds
@@ -172,14 +172,14 @@ class DeadLetterQueue:
             self._put_back([h.receipt for h in held.values() if not h.deleted])
 
     def delete(self, held: HeldLetter) -> None:
-        self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=held.receipt)
+        self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=held.receipt)
         held.deleted = True
 
     def _receive_into(self, held: dict[str, HeldLetter], limit: int) -> None:
         # a long poll (even of a second) asks every SQS server, so an empty answer means none is left
         # visible; held letters stay hidden, so each receive brings new ones
         while len(held) < limit:
-            resp = self._sqs.receive_message(
+            resp = self.sqs.receive_message(
                 QueueUrl=self.url,
                 MaxNumberOfMessages=min(10, limit - len(held)),
                 WaitTimeSeconds=self.wait_seconds,
@@ -206,7 +206,7 @@ class DeadLetterQueue:
                 {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(batch)
             ]
             try:
-                resp = self._sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+                resp = self.sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
                 failed = resp.get("Failed") or []
             except (ClientError, BotoCoreError) as e:
                 failed = entries

@@ -24,6 +24,9 @@ from botocore.exceptions import (
 from ec2_runner.commands import context
 from ec2_runner.console import CliError, ExitCode, print_json, table, view
 
+# an operator waits at a prompt: an endpoint that does not answer is said within seconds, not after
+# botocore's eight attempts with backoff (over a minute)
+FAIL_FAST: Any = {"mode": "standard", "max_attempts": 2}
 LIST_LIMIT = 1000  # letters read by one command at most (each is hidden while it runs)
 COLUMNS = [
     ("message_id", "message id"),
@@ -145,7 +148,7 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             chosen, unknown = select(held, args.message_ids)
             if unknown:
                 raise _not_found(unknown, queue.url)  # nothing redriven: every letter goes back
-        store, dispatcher = context.store(), Dispatcher(context.client("sqs"), s.task_queue_url)
+        store, dispatcher = context.store(), Dispatcher(queue.sqs, s.task_queue_url)
         results = [redrive(queue, h, store, dispatcher) for h in chosen]
     if args.json:
         print_json([r.model_dump(mode="json") for r in results])
@@ -193,7 +196,21 @@ def _queue() -> Any:
             "no dead-letter queue configured: set DLQ_URL to the stack's DeadLetterQueueUrl output "
             "(or run this in the local stack's folder)"
         )
-    return DeadLetterQueue(context.client("sqs"), s.dlq_url)
+    return DeadLetterQueue(_sqs(), s.dlq_url)
+
+
+def _sqs() -> Any:
+    from shared import aws
+
+    s = context.settings()
+    return aws.client(
+        "sqs",
+        region=s.aws_region,
+        endpoint_url=s.aws_endpoint_url,
+        keys=s.aws_keys,
+        retries=FAIL_FAST,
+        connect_timeout=3,
+    )
 
 
 def _task_of(task_id: str | None) -> dict[str, Any] | None:
