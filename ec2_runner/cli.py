@@ -134,6 +134,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     import re
 
+    from ec2_runner.commands import dlq
+
     # the help is read by people: the docstring without its reStructuredText literals
     description = re.sub(r"``(.+?)``", r"\1", __doc__ or "")
     p = argparse.ArgumentParser(prog="aipm", description=description)
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runners.register(sub)
     doctor.register(sub)
+    dlq.register(sub)
     return p
 
 

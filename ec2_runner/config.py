@@ -139,6 +139,8 @@ class CliSettings(AwsKeySettings, AwsSettings):
     token_secret_arn: str | None = Field(default=None, validation_alias="TOKEN_SECRET_ARN")
     ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))
     runners_table: str = Field(default=DEFAULT_RUNNERS_TABLE, validation_alias="RUNNERS_TABLE")
+    # the dead letters `aipm dlq` reads (the stack's DeadLetterQueueUrl output)
+    dlq_url: str | None = Field(default=None, validation_alias="DLQ_URL")
 
     @field_validator("protected_branches", mode="before")
     @classmethod

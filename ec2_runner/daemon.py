@@ -61,6 +61,14 @@ def _receive_count(message: dict) -> int:
         return 1
 
 
+def _is_task_signal(message: dict) -> bool:
+    try:
+        TaskSignal.model_validate_json(message.get("Body") or "")
+    except ValidationError:
+        return False
+    return True
+
+
 class Runner:
     """Consumes task signals from one SQS queue and hands each to the pipeline."""
 
@@ -199,7 +207,7 @@ class Runner:
             for message in messages:
                 # received before: its runner may have died of it (a poison task), so it runs alone
                 # and cannot take a slot-mate down with it
-                suspect = _receive_count(message) > 1
+                suspect = _receive_count(message) > 1 and _is_task_signal(message)
                 if suspect:
                     self._wait_alone(message)
                     if self._stopping.is_set():
@@ -310,10 +318,16 @@ class Runner:
         try:
             sig = TaskSignal.model_validate_json(message.get("Body") or "")
         except ValidationError as e:
-            # a body that can never name a task: say so and drop it, the queue keeps flowing
+            # a body that can never name a task: visible again at once, so its receives run out
+            # quickly and SQS moves it to the dead-letter queue, where operators see it as such
             reason = e.errors()[0]["msg"] if e.errors() else str(e)
-            logger.error("dropping malformed SQS message %s: %s", message.get("MessageId"), reason)
-            self._delete(receipt)
+            logger.error(
+                "SQS message %s is not a task signal (%s); left for the dead-letter queue (receive %d)",
+                message.get("MessageId"),
+                reason,
+                _receive_count(message),
+            )
+            self._make_visible(receipt)
             return
         with logs.task_context(sig.task_id), self._holding(sig.task_id):
             self._hide(receipt)
@@ -325,7 +339,8 @@ class Runner:
                 )
             except Exception:
                 # the row is not final: leave the message; it comes back after its visibility
-                # timeout and, past maxReceiveCount, lands in the DLQ whose handler marks it failed
+                # timeout and, past maxReceiveCount, goes to the dead-letter function, which gives
+                # the task up and files the letter for operators
                 logger.exception("task errored before its row was final; the message will be retried")
                 return
             logger.info("signal handled: %s", outcome.value)

@@ -112,7 +112,8 @@ class LocalStackResources(BaseModel):
     table_name: str
     table_stream_arn: str
     task_queue_url: str
-    dlq_url: str
+    dlq_url: str  # the dead letters operators inspect (aipm dlq)
+    dlq_intake_url: str  # where the task queue redrives to; the dead-letter function reads it
     connections_table: str | None = None
     branch_locks_table: str | None = None
     runners_table: str | None = None  # the runners' heartbeat records
@@ -303,7 +304,7 @@ def deploy(
     resolver = _Resolver(cfn, _all_parameters(cfn, params), physical, secrets_made, client, region)
 
     functions = _functions(sam_template, cfn, resolver)
-    table_id, queue_id, dlq_id = _queue_resources(cfn)
+    table_id, queue_id, intake_id, dlq_id = _queue_resources(cfn)
     connections_id = _table_keyed_on(cfn, "connectionId")
     locks_id = _table_keyed_on(cfn, "branch")
     runners_id = _table_keyed_on(cfn, "fleet")
@@ -316,6 +317,7 @@ def deploy(
         table_stream_arn=client.ddb.describe_table(TableName=table_name)["Table"]["LatestStreamArn"],
         task_queue_url=resolver.value({"Ref": queue_id}),
         dlq_url=resolver.value({"Ref": dlq_id}),
+        dlq_intake_url=resolver.value({"Ref": intake_id}),
         connections_table=physical.get(connections_id) if connections_id else None,
         branch_locks_table=physical.get(locks_id) if locks_id else None,
         runners_table=physical.get(runners_id) if runners_id else None,
@@ -595,22 +597,26 @@ def _events(logical_id: str, resources: dict[str, Any], resolver: _Resolver) -> 
     return events
 
 
-def _queue_resources(cfn: dict[str, Any]) -> tuple[str, str, str]:
-    """The queue table, the task queue and its DLQ, found by their relations rather than names:
-    the table whose stream feeds a function, the queue with a RedrivePolicy and its target."""
+def _queue_resources(cfn: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The queue table, the task queue, its dead-letter intake and the DLQ, found by their relations
+    rather than names: the table whose stream feeds a function; the queue with a RedrivePolicy that
+    no queue redrives to; the queue it redrives to; the last queue of that chain."""
     resources = cfn["Resources"]
     table = next(
         k
         for k, v in resources.items()
         if v["Type"] == "AWS::DynamoDB::Table" and "StreamSpecification" in v.get("Properties", {})
     )
-    queue = next(
-        k
+    redrives = {
+        k: next(iter(references(v["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])))
         for k, v in resources.items()
         if v["Type"] == "AWS::SQS::Queue" and "RedrivePolicy" in v["Properties"]
-    )
-    dlq = next(iter(references(resources[queue]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])))
-    return table, queue, dlq
+    }
+    queue = next(k for k in redrives if k not in redrives.values())
+    intake = dlq = redrives[queue]
+    while dlq in redrives:
+        dlq = redrives[dlq]
+    return table, queue, intake, dlq
 
 
 def _table_keyed_on(cfn: dict[str, Any], attribute: str) -> str | None:

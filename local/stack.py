@@ -34,7 +34,8 @@ class LocalStackConfig(BaseModel):
     region: str
     table_name: str
     task_queue_url: str
-    dlq_url: str
+    dlq_url: str  # the dead letters operators inspect (aipm dlq)
+    dlq_intake_url: str | None = None  # what the task queue redrives to (the dead-letter function's)
     git_remote: str
     stack_name: str
     connections_table: str | None = None
@@ -156,7 +157,10 @@ class LocalStack:
             poll_interval=self.stream_poll_seconds,
         )
         self.stream.start(from_start=True)
-        dlq = SqsPoller(sqs, res.dlq_url, self.functions["dead_letter"].invoke, region=self.region)
+        # the dead-letter function's event source mapping, as the template gives it (the intake)
+        (intake,) = [e.queue_url for e in res.function("dead_letter").events if e.type == "SQS"]
+        assert intake, "the dead-letter function's SQS event names no queue"
+        dlq = SqsPoller(sqs, intake, self.functions["dead_letter"].invoke, region=self.region)
         dlq.start()
         reconciler = Schedule(self.functions["reconciler"].invoke, self.reconcile_seconds, self.region)
         reconciler.start()
@@ -180,6 +184,7 @@ class LocalStack:
             table_name=res.table_name,
             task_queue_url=res.task_queue_url,
             dlq_url=res.dlq_url,
+            dlq_intake_url=res.dlq_intake_url,
             git_remote=str(remote),
             stack_name=self.stack_name,
             connections_table=res.connections_table,

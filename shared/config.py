@@ -132,8 +132,11 @@ class DispatchSettings(AwsSettings):
 
 
 class DeadLetterSettings(AwsSettings):
-    """The dead-letter function: the queue table (it reads and fails rows) and, for tasks whose
-    receives mostly never reached a claim, the task queue (it signals them once more)."""
+    """The dead-letter function: the queue table (it reads and fails rows), the dead-letter queue
+    (it files each letter there for operators) and, for tasks whose receives mostly never reached a
+    claim, the task queue (it signals them once more)."""
+
+    dlq_url: str = Field(validation_alias="DLQ_URL")
 
     task_queue_url: str | None = Field(default=None, validation_alias="TASK_QUEUE_URL")
     max_receive_count: int = Field(default=5, ge=1, validation_alias="MAX_RECEIVE_COUNT")

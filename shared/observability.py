@@ -37,7 +37,7 @@ CONNECTION_ID_PATH = "requestContext.connectionId"
 TASKS_SIGNALLED = "TasksSignalled"  # dispatch: a signal sent for a row that became pending
 PICKUP_LATENCY = "PickupLatency"  # dispatch, Milliseconds: a new row's createdAt to its signal being sent
 MALFORMED_RECORDS = "MalformedRecords"  # dispatch, dead letter: a record that can never be a signal
-DEAD_LETTERS = "DeadLetters"  # dead letter: a task signal received from the dead-letter queue
+DEAD_LETTERS = "DeadLetters"  # dead letter: a signal received from the dead-letter intake (then filed)
 TASKS_GIVEN_UP = "TasksGivenUp"  # dead letter: a row marked failed (errorKind gave_up)
 TASKS_RESIGNALLED = "TasksResignalled"  # reconciler (lost signal, expired lease), dead letter (requeue)
 

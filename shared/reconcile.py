@@ -115,6 +115,7 @@ class DeadLetterOutcome(BaseModel):
     error: str | None = None  # the error written, when it was
     requeued: bool = False  # signalled afresh instead: most receives never reached a claim
     note: str = ""  # why not, when it was not
+    missing: bool = False  # the signal names no row
 
 
 def give_up(
@@ -143,7 +144,7 @@ def give_up(
     try:
         row = store.get_row(task_id)  # plain values: a row the code cannot read is given up too
     except TaskNotFoundError:
-        return DeadLetterOutcome(task_id=task_id, failed=False, note="no such row")
+        return DeadLetterOutcome(task_id=task_id, failed=False, note="no such row", missing=True)
     status = row.get("status")
     if status in (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value):
         return DeadLetterOutcome(task_id=task_id, failed=False, note=f"already {status}")

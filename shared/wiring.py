@@ -7,7 +7,8 @@ environment); the getters call these, so a client is configured in one place.
 from __future__ import annotations
 
 from shared import aws
-from shared.config import AwsSettings
+from shared.config import AwsSettings, DeadLetterSettings
+from shared.dead_letters import LetterFiler
 from shared.dispatch import Dispatcher
 from shared.store import TaskStore
 
@@ -37,3 +38,11 @@ def required_dispatcher(settings: AwsSettings) -> Dispatcher:
     if made is None:
         raise ValueError("TASK_QUEUE_URL is not set: this function signals the task queue and needs it")
     return made
+
+
+def letter_filer(settings: DeadLetterSettings) -> LetterFiler:
+    """Where the dead-letter function files the letters operators inspect (DLQ_URL)."""
+    return LetterFiler(
+        aws.client("sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
+        settings.dlq_url,
+    )

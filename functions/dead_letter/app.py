@@ -1,4 +1,5 @@
-"""SQS dead-letter queue -> the task is given up: ``failed`` with "gave up after N attempts: ..."."""
+"""SQS dead-letter intake -> the task is given up (``failed`` with "gave up after N attempts: ...")
+and the letter is filed in the dead-letter queue, where it stays for operators (``aipm dlq``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from shared import wiring
 from shared.config import DeadLetterSettings
+from shared.dead_letters import LetterFiler, Verdict
 from shared.dispatch import Dispatcher
 from shared.models import TaskSignal
 from shared.observability import (
@@ -46,9 +48,15 @@ def dispatcher() -> Dispatcher | None:
     return wiring.dispatcher(settings())
 
 
+@cache
+def filer() -> LetterFiler:
+    """Made on the first record, once per process."""
+    return wiring.letter_filer(settings())
+
+
 def reset() -> None:
     """Forget settings and clients: the next event reads the environment afresh (tests)."""
-    for getter in (settings, store, dispatcher):
+    for getter in (settings, store, dispatcher, filer):
         getter.cache_clear()
 
 
@@ -60,14 +68,16 @@ def record_handler(record: SQSRecord) -> None:
     try:
         signal = TaskSignal.model_validate_json(record.body)
     except ValidationError as e:
-        # not a task signal: there is no row to give up, and keeping it would only re-deliver it
+        # not a task signal: there is no row to give up; operators see it in the DLQ as such
+        reason = str(e.errors(include_url=False)[:1])
         logger.warning(
-            "dropping dead letter that is not a task signal",
+            "filing a dead letter that is not a task signal",
             message_id=record.message_id,
             body=record.body[:200],
-            reason=str(e.errors(include_url=False)[:1]),
+            reason=reason,
         )
         metrics.add_metric(name=MALFORMED_RECORDS, unit=MetricUnit.Count, value=1)
+        _file(record, Verdict.NOT_A_SIGNAL, f"not a task signal: {reason}")
         return
     with logger.append_context_keys(correlation_id=signal.task_id, task_id=signal.task_id):
         _give_up(record, signal)
@@ -88,11 +98,28 @@ def _give_up(record: SQSRecord, signal: TaskSignal) -> None:
     if outcome.failed:
         logger.warning("task given up", error=outcome.error)
         metrics.add_metric(name=TASKS_GIVEN_UP, unit=MetricUnit.Count, value=1)
+        _file(record, Verdict.GAVE_UP, outcome.error or "given up")
     elif outcome.requeued:
+        # signalled afresh: no letter (the new signal carries the task on)
         logger.warning("task signalled afresh", note=outcome.note)
         metrics.add_metric(name=TASKS_RESIGNALLED, unit=MetricUnit.Count, value=1)
     else:
-        logger.info("dead letter needs no change", note=outcome.note)
+        logger.info("dead letter needs no change to the row", note=outcome.note)
+        _file(record, Verdict.NO_SUCH_TASK if outcome.missing else Verdict.ENDED, outcome.note)
+
+
+def _file(record: SQSRecord, verdict: Verdict, note: str) -> None:
+    """The letter goes to the operators' DLQ; a failure raises, so the intake delivers it again."""
+    sent = record.attributes.sent_timestamp
+    letter_id = filer().file(
+        body=record.body,
+        original_message_id=record.message_id,
+        sent_timestamp=int(sent) if sent and str(sent).isdigit() else None,
+        receive_count=int(record.attributes.approximate_receive_count or 0),
+        verdict=verdict,
+        note=note,
+    )
+    logger.info("dead letter filed", letter_id=letter_id, verdict=verdict.value)
 
 
 @logger.inject_lambda_context

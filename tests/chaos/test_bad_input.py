@@ -132,7 +132,7 @@ def _malformed_corpus(chaos_factory: Any, capfd: pytest.CaptureFixture[str]) -> 
                 for ln in runner_lines
             )
         else:
-            ok = message_id in text and "dropping malformed SQS message" in text
+            ok = message_id in text and "is not a task signal" in text
         if not ok:
             body_unexplained.append(case["case"])
     row_problems = []

@@ -1,6 +1,6 @@
 """A fault the runners cannot fix by themselves: a poison task that kills every runner taking it
-(the DLQ gives it up). The AWS endpoint going away is in test_outage.py (its own file, so the two
-spread over the test workers)."""
+(the dead-letter function gives it up and files its letter in the DLQ). The AWS endpoint going away
+is in test_outage.py (its own file, so the two spread over the test workers)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from shared.dead_letters import DeadLetter, DeadLetterQueue
 from tests.chaos.conftest import Chaos, summary
-from tests.fixtures import unique
+from tests.fixtures import unique, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(150)]
 
@@ -89,6 +90,12 @@ def test_poison_task_lands_in_the_dlq_and_fails_while_the_others_complete(
     assert rows[poison].get("errorKind") == "gave_up", f"{line}; {rows[poison]}"
     assert [rows[t]["status"] for t in good] == ["complete"] * len(good), f"{line}; {rows}"
     assert not chaos.double_owned(ids), line
-    dlq = chaos.stack.config.dlq_url  # type: ignore[union-attr]
-    left = chaos.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
-    assert left["Attributes"]["ApproximateNumberOfMessages"] == "0", line  # handled and deleted
+    # the poison's letter stays in the DLQ for an operator (aipm dlq), saying it was given up
+    dlq = DeadLetterQueue(chaos.sqs, chaos.stack.config.dlq_url)  # type: ignore[union-attr]
+
+    def poison_letters() -> list[DeadLetter]:
+        with dlq.held() as held:
+            return [h.letter for h in held if h.letter.task_id == poison]
+
+    letters = wait_until(poison_letters, 10, what="the poison's letter in the DLQ")
+    assert [(x.verdict, x.note) for x in letters] == [("gave_up", rows[poison]["error"])], line

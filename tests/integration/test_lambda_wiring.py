@@ -15,7 +15,10 @@ pytestmark = pytest.mark.integration
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/aipm-tasks"
 FUNCTIONS = {
     "dispatch": ({"TASK_QUEUE_URL": QUEUE, "BRANCH_LOCKS_TABLE": "locks"}, ("dispatcher", "store")),
-    "dead_letter": ({"TASK_QUEUE_URL": QUEUE, "BRANCH_LOCKS_TABLE": "locks"}, ("store", "dispatcher")),
+    "dead_letter": (
+        {"TASK_QUEUE_URL": QUEUE, "DLQ_URL": QUEUE + "-dlq", "BRANCH_LOCKS_TABLE": "locks"},
+        ("store", "dispatcher", "filer"),
+    ),
     "reconciler": ({"TASK_QUEUE_URL": QUEUE, "BRANCH_LOCKS_TABLE": "locks"}, ("reconciler",)),
     "ws_authorizer": ({"CONNECTIONS_TABLE": "conns"}, ("authorizer",)),
     "ws_connect": ({"CONNECTIONS_TABLE": "conns"}, ("relay",)),

@@ -100,7 +100,7 @@ MANAGED: dict[str, dict[str, str]] = {
 MANAGED["DispatchFunctionRole"]["AWSLambdaDynamoDBExecutionRole"] = "the stream event source mapping"
 # API Gateway's own account-wide role (SetApiGatewayLogsRole): writes the WebSocket stage's access logs
 MANAGED["ApiGatewayLogsRole"] = {"AmazonAPIGatewayPushToCloudWatchLogs": "the WebSocket stage's access logs"}
-MANAGED["DeadLetterFunctionRole"]["AWSLambdaSQSQueueExecutionRole"] = "the DLQ event source mapping"
+MANAGED["DeadLetterFunctionRole"]["AWSLambdaSQSQueueExecutionRole"] = "the intake's event source mapping"
 
 # the local stack's own clients (deploy, pollers) and the test's: not a deployed component
 NOT_DEPLOYED = {"local", "other"}
@@ -265,7 +265,8 @@ def iam_requests(call: dict[str, Any], stage: str) -> list[tuple[str, str]]:
         return [(f"dynamodb:{op}", table_arn(res["TableName"]) + index)]
     if service == "sqs":
         name = res["QueueUrl"].rsplit("/", 1)[-1] if "QueueUrl" in res else res["QueueName"]
-        return [(f"sqs:{op}", queue_arn(name))]
+        # a batch call is authorized as its single action (SendMessageBatch as SendMessage, ...)
+        return [(f"sqs:{op.removesuffix('Batch')}", queue_arn(name))]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", res["SecretId"])]
     if service == "autoscaling":  # a group's ARN carries an id the caller never names
@@ -517,12 +518,24 @@ class Flows:
         self.stack.functions["reconciler"].invoke(json.loads((EVENTS / "schedule.json").read_text()))
         assert self.ended(lost, attempts=2) == "complete"
         # dead letters: one given up (its attempts used up), one signalled afresh (it never ran)
+        given_up = ""
         for prefix, attempts, outcome in (("lp-dead", 5, "failed"), ("lp-requeue", 0, "complete")):
             task_id = unique(prefix)
+            given_up = given_up or task_id
             self.put_row(task_id, attempts=attempts, **long_ago, **dead_runner)
             body = json.dumps({"taskId": task_id, "reason": "test"})
-            self.sqs.send_message(QueueUrl=self.stack.config.dlq_url, MessageBody=body)
+            self.sqs.send_message(QueueUrl=self.stack.config.dlq_intake_url, MessageBody=body)
             assert self.ended(task_id, attempts=attempts) == outcome
+        # an operator lists the letters, looks at the given-up task's, redrives it, purges the rest
+        (letter,) = wait_until(
+            lambda: [x for x in json.loads(self.cli("dlq", "list", "--json")) if x["task_id"] == given_up],
+            30,
+            what="the given-up task's letter",
+        )
+        assert given_up in self.cli("dlq", "show", letter["message_id"])
+        self.cli("dlq", "redrive", letter["message_id"])
+        assert self.ended(given_up, attempts=6) == "complete"
+        self.cli("dlq", "purge", "--yes")
 
     def refine(self, task_id: str) -> None:
         """Browsers on a finished task's branch (token from the CLI): one types and closes its

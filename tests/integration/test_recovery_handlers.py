@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 
 from local.deploy import LocalStackResources
 from shared import aws
+from shared.dead_letters import DeadLetter, DeadLetterQueue
 from shared.dispatch import Dispatcher
 from shared.reconcile import Reconciler, iso_at
 from shared.store import STATUS_INDEX, TaskStore
@@ -64,15 +65,27 @@ def queued(queue_url: str, endpoint: str) -> list[dict[str, Any]]:
     return bodies
 
 
+def letters(stack: LocalStackResources, endpoint: str) -> dict[str, DeadLetter]:
+    """The letters filed in the stack's DLQ by the signal's message id (read, and left there)."""
+    sqs = aws.client("sqs", region="us-east-1", endpoint_url=endpoint)
+    with DeadLetterQueue(sqs, stack.dlq_url).held() as held:
+        return {str(h.letter.original_message_id or h.letter.message_id): h.letter for h in held}
+
+
 # -- dead letters ---------------------------------------------------------------------------------
 STOPPED = "(it may have been killed, or the agent took it down)"
 
 
-def test_canonical_dlq_event_gives_the_task_up(
-    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+def test_canonical_dlq_event_gives_the_task_up_and_files_its_letter(
+    fresh_stack: LocalStackResources,
+    store: TaskStore,
+    load_handler: Any,
+    lambda_context: Any,
+    moto_endpoint: str,
 ) -> None:
     """events/sqs_dlq.json (received 5 times), claimed 5 times, each runner gone without a word ->
-    failed, saying that the runner stopped heartbeating each time."""
+    failed, saying that the runner stopped heartbeating each time; the letter stays in the DLQ with
+    the signal's id, first send, receives and the verdict."""
     task_id = add_row(
         store, id=json.loads(load_event("sqs_dlq.json")["Records"][0]["body"])["taskId"], attempts=4
     )
@@ -88,6 +101,11 @@ def test_canonical_dlq_event_gives_the_task_up(
         f"gave up after 5 attempts: the runner working on it stopped heartbeating 5 times {STOPPED}"
     )
     assert row["finishedAt"]
+    record = load_event("sqs_dlq.json")["Records"][0]
+    letter = letters(fresh_stack, moto_endpoint)[record["messageId"]]
+    assert (letter.task_id, letter.verdict, letter.receive_count) == (task_id, "gave_up", 5)
+    assert letter.first_sent == iso_at(int(record["attributes"]["SentTimestamp"]) / 1000)
+    assert letter.note == row["error"] and letter.body == record["body"]
 
 
 def test_the_count_given_up_after_is_the_rows_attempts_not_the_receive_count(
@@ -109,10 +127,16 @@ def test_the_count_given_up_after_is_the_rows_attempts_not_the_receive_count(
 
 
 def test_a_task_whose_receives_never_reached_a_claim_is_signalled_afresh(
-    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any, sqs: Any
+    fresh_stack: LocalStackResources,
+    store: TaskStore,
+    load_handler: Any,
+    lambda_context: Any,
+    sqs: Any,
+    moto_endpoint: str,
 ) -> None:
     """Received 5 times, claimed once (it sat in runners a poison task took down): not the poison.
-    It gets a fresh signal (bounded by MAX_REQUEUES), and a signal already requeued twice gives up."""
+    It gets a fresh signal (bounded by MAX_REQUEUES) and no letter; a signal already requeued twice
+    gives up, and its letter is filed."""
     victim = add_row(store)
     store.claim(victim, "runner-1", lease_seconds=-1)
     app = load_handler("dead_letter", fresh_stack)
@@ -128,11 +152,15 @@ def test_a_task_whose_receives_never_reached_a_claim_is_signalled_afresh(
     ]
     assert [(b["taskId"], b["requeues"]) for b in bodies] == [(victim, 1)]
     assert "5 receives but 1 attempt" in bodies[0]["reason"]
+    assert letters(fresh_stack, moto_endpoint) == {}
 
     app.lambda_handler(dlq_event(victim, receive_count=5, requeues=2), lambda_context)
     assert store.get_row(victim)["error"] == (
         f"gave up after 1 attempt: the runner working on it stopped heartbeating {STOPPED}"
     )
+    assert [(x.task_id, x.verdict) for x in letters(fresh_stack, moto_endpoint).values()] == [
+        (victim, "gave_up")
+    ]
 
 
 @pytest.mark.parametrize("attempts", [7, 3])
@@ -182,8 +210,13 @@ def test_a_task_given_up_is_failed_with_the_gave_up_kind(
 
 
 def test_rows_that_already_ended_are_left_alone(
-    fresh_stack: LocalStackResources, store: TaskStore, load_handler: Any, lambda_context: Any
+    fresh_stack: LocalStackResources,
+    store: TaskStore,
+    load_handler: Any,
+    lambda_context: Any,
+    moto_endpoint: str,
 ) -> None:
+    """Their letters are filed all the same (a signal ran out of receives), saying they had ended."""
     complete = add_row(store, status="complete", commitSha="abc123")
     failed = add_row(store, status="failed", error="agent made no changes")
     app = load_handler("dead_letter", fresh_stack)
@@ -193,6 +226,11 @@ def test_rows_that_already_ended_are_left_alone(
     assert result == {"batchItemFailures": []}
     assert store.get_row(complete)["status"] == "complete" and "error" not in store.get_row(complete)
     assert store.get_row(failed)["error"] == "agent made no changes"
+    filed = letters(fresh_stack, moto_endpoint)
+    assert {(x.task_id, x.verdict, x.note) for x in filed.values()} == {
+        (complete, "already_ended", "already complete"),
+        (failed, "already_ended", "already failed"),
+    }
 
 
 def test_a_row_under_a_live_lease_is_retried_not_failed(
@@ -211,14 +249,24 @@ def test_a_row_under_a_live_lease_is_retried_not_failed(
     assert store.get_row(lost)["status"] == "failed"
 
 
-def test_signals_for_missing_rows_and_garbage_bodies_are_dropped(
-    fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any
+def test_signals_for_missing_rows_and_garbage_bodies_are_filed_as_such(
+    fresh_stack: LocalStackResources, load_handler: Any, lambda_context: Any, moto_endpoint: str
 ) -> None:
+    """Nothing to give up, and nothing lost: operators see them in the DLQ for what they are."""
     event = dlq_event("no-such-task")
     event["Records"].append({**event["Records"][0], "messageId": "garbage", "body": "not json {"})
     app = load_handler("dead_letter", fresh_stack)
 
     assert app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+
+    filed = letters(fresh_stack, moto_endpoint)
+    assert (filed["msg-no-such-task"].task_id, filed["msg-no-such-task"].verdict) == (
+        "no-such-task",
+        "no_such_task",
+    )
+    garbage = filed["garbage"]
+    assert (garbage.task_id, garbage.verdict, garbage.body) == (None, "not_a_task_signal", "not json {")
+    assert garbage.signal_error and garbage.note.startswith("not a task signal")
 
 
 def test_store_errors_fail_the_batch_so_lambda_retries(

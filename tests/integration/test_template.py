@@ -50,14 +50,19 @@ def test_queue_table_has_the_stream_and_the_status_index(stack: LocalStackResour
 
 
 def test_task_queue_redrives_to_the_dlq_at_max_receive_count(stack: LocalStackResources, sqs: Any) -> None:
-    attrs = sqs.get_queue_attributes(QueueUrl=stack.task_queue_url, AttributeNames=["All"])["Attributes"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=stack.dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    redrive = json.loads(attrs["RedrivePolicy"])
-    assert redrive["deadLetterTargetArn"] == dlq_arn
+    """Task queue -> (maxReceiveCount) -> the dead-letter intake -> (its own limit) -> the DLQ, which
+    redrives nowhere (operators empty it)."""
+
+    def attrs(url: str) -> dict[str, str]:
+        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+    tasks, intake, dlq = attrs(stack.task_queue_url), attrs(stack.dlq_intake_url), attrs(stack.dlq_url)
+    redrive = json.loads(tasks["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == intake["QueueArn"]
     assert int(redrive["maxReceiveCount"]) == 5
-    assert attrs["VisibilityTimeout"] == "120"
+    assert tasks["VisibilityTimeout"] == "120"
+    assert json.loads(intake["RedrivePolicy"])["deadLetterTargetArn"] == dlq["QueueArn"]
+    assert "RedrivePolicy" not in dlq and dlq["MessageRetentionPeriod"] == "1209600"
 
 
 def test_max_receive_count_comes_from_the_parameter(moto_endpoint: str, sqs: Any) -> None:
@@ -71,7 +76,7 @@ def test_max_receive_count_comes_from_the_parameter(moto_endpoint: str, sqs: Any
 
 
 def test_a_message_received_max_receive_count_times_lands_in_the_dlq(moto_endpoint: str, sqs: Any) -> None:
-    """The redrive the dead-letter function relies on, as moto plays it."""
+    """The redrive the dead-letter function relies on, as moto plays it: to the intake it reads."""
     stack = deploy(
         moto_endpoint,
         "us-east-1",
@@ -86,7 +91,9 @@ def test_a_message_received_max_receive_count_times_lands_in_the_dlq(moto_endpoi
         )
     assert sqs.receive_message(QueueUrl=stack.task_queue_url, WaitTimeSeconds=0).get("Messages", []) == []
     (dead,) = sqs.receive_message(
-        QueueUrl=stack.dlq_url, WaitTimeSeconds=1, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+        QueueUrl=stack.dlq_intake_url,
+        WaitTimeSeconds=1,
+        MessageSystemAttributeNames=["ApproximateReceiveCount"],
     )["Messages"]
     assert json.loads(dead["Body"])["taskId"] == "t-1"
 
@@ -142,7 +149,8 @@ def test_function_env_is_resolved_against_the_local_stack(stack: LocalStackResou
     assert relay["CONNECTIONS_TABLE"] == stack.connections_table
     assert relay["TOKEN_SECRET_ARN"] == stack.token_secret_arn
     (dlq_source,) = stack.function("dead_letter").events
-    assert dlq_source.type == "SQS" and dlq_source.queue_url == stack.dlq_url
+    assert dlq_source.type == "SQS" and dlq_source.queue_url == stack.dlq_intake_url
+    assert stack.function_env("dead_letter")["DLQ_URL"] == stack.dlq_url
     assert dlq_source.function_response_types == ["ReportBatchItemFailures"]
 
 
@@ -179,6 +187,7 @@ def test_moto_template_keeps_tables_and_queues_and_drops_what_moto_cannot_create
     assert set(kept["Resources"]) == {
         "QueueTable",
         "TaskQueue",
+        "DeadLetterIntakeQueue",
         "TaskDeadLetterQueue",
         "ConnectionsTable",
         "BranchLocksTable",
