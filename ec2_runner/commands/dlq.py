@@ -24,8 +24,6 @@ from botocore.exceptions import (
 from ec2_runner.commands import context
 from ec2_runner.console import CliError, ExitCode, print_json, table, view
 
-# an operator waits at a prompt: an endpoint that does not answer is said within seconds, not after
-# botocore's eight attempts with backoff (over a minute)
 LIST_LIMIT = 1000  # letters read by one command at most (each is hidden while it runs)
 COLUMNS = [
     ("message_id", "message id"),
