@@ -227,23 +227,32 @@ class Doctor:
                 "be retried forever; deploy the stack's queues",
             )
         policy = json.loads(redrive)
+        base = url.rsplit("/", 1)[0]
+        # the stack makes its queues in one account and region: a queue's URL is the task queue's with
+        # its name (no GetQueueUrl to grant). The task queue redrives to the dead-letter intake, which
+        # the dead-letter function files from into the queue operators read (its own RedrivePolicy)
         dlq_name = str(policy.get("deadLetterTargetArn", "")).rsplit(":", 1)[-1]
-        # the stack makes both queues in one account and region: the DLQ's URL is the task queue's
-        # with the DLQ's name (no GetQueueUrl to grant)
-        dlq_url = url.rsplit("/", 1)[0] + "/" + dlq_name
-        try:
-            dlq = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"])
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if "NonExistentQueue" in code:
-                return Check(
-                    name="queues",
-                    ok=False,
-                    message=f"the dead-letter queue {dlq_name!r} named by the task queue does not exist",
+        for _ in range(2):
+            try:
+                dlq = sqs.get_queue_attributes(
+                    QueueUrl=f"{base}/{dlq_name}",
+                    AttributeNames=["ApproximateNumberOfMessages", "RedrivePolicy"],
                 )
-            return self._aws_failure("queues", e)
-        except BotoCoreError as e:
-            return self._aws_failure("queues", e)
+            except ClientError as e:
+                code = e.response.get("Error", {}).get("Code", "")
+                if "NonExistentQueue" in code:
+                    return Check(
+                        name="queues",
+                        ok=False,
+                        message=f"the dead-letter queue {dlq_name!r} named by the task queue does not exist",
+                    )
+                return self._aws_failure("queues", e)
+            except BotoCoreError as e:
+                return self._aws_failure("queues", e)
+            onward = dlq.get("Attributes", {}).get("RedrivePolicy")
+            if not onward:
+                break
+            dlq_name = str(json.loads(onward).get("deadLetterTargetArn", "")).rsplit(":", 1)[-1]
         held = int(dlq.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
         note = f"; it holds {held} message(s): see `aipm dlq list`" if held else ""
         return Check(
