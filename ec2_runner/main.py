@@ -37,6 +37,11 @@ from shared.tokens import SecretSource
 
 logger = logging.getLogger(__name__)
 
+# the runner stopped because its instance is going away (a scale-in held by the lifecycle hook, a
+# Spot notice): the unit's RestartPreventExitStatus, so systemd does not start it again to find the
+# same notice, take no task and complete the action a second time
+EXIT_INSTANCE_LEAVING = 75
+
 
 def runner_sandbox(settings: RunnerSettings, sandbox_settings: SandboxSettings) -> Sandbox:
     """The agents' sandbox, checked and started, with the runner's own clone, worktrees and state
@@ -270,6 +275,8 @@ def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
             presence.stop()
         if watcher:
             finish_lifecycle(settings, watcher)
+            if watcher.notice is not None:
+                return EXIT_INSTANCE_LEAVING
     finally:
         sandbox.close()
     return 0

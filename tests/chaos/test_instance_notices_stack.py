@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from ec2_runner import metrics
+from ec2_runner.main import EXIT_INSTANCE_LEAVING
 from local.deploy import load_template, translate
 from shared import aws
 from tests import emf_spec
@@ -92,11 +93,11 @@ def test_a_scale_in_parks_the_running_task_on_its_wip_then_completes_the_lifecyc
     twin.on_complete = lambda: rows_when_completed.append(chaos.store.get_row(task_id))
     # when: the group scales in and holds the instance in Terminating:Wait
     twin.scale_in()
-    code = chaos.wait_exit(0, timeout=90)
+    code = chaos.wait_exit(0, timeout=90)  # the instance is leaving: no restart
     # then: the task went back to pending with its work on its WIP ref before the group was told
     # to go on, once, for this instance, by the runner's role
     line = summary(capsys, "scale-in warm stop", exit_code=code, completed=len(twin.completed))
-    assert code == 0, line
+    assert code == EXIT_INSTANCE_LEAVING, line
     _parked(chaos, task_id, chaos.store.get_row(task_id))
     assert [r["status"] for r in rows_when_completed] == ["pending"], line
     (done,) = twin.completed
@@ -132,10 +133,10 @@ def test_a_spot_notice_parks_the_running_task_within_the_two_minutes(
     _working(chaos, task_id)
     # when: EC2 will reclaim the instance in 65 s
     twin.interrupt_spot(seconds=65)
-    code = chaos.wait_exit(0, timeout=90)
+    code = chaos.wait_exit(0, timeout=90)  # the instance is leaving: no restart
     # then: parked with its work; the running task got what the notice leaves, not the 30 s
     line = summary(capsys, "spot notice", exit_code=code)
-    assert code == 0, line
+    assert code == EXIT_INSTANCE_LEAVING, line
     _parked(chaos, task_id, chaos.store.get_row(task_id))
     text = runner_log.read_text()
     assert "instance is going away (spot interruption (terminate at" in text, text[-3000:]
@@ -154,7 +155,7 @@ def test_a_runner_started_on_an_instance_the_hook_holds_takes_no_task_and_lets_i
     task_id = unique("held")
     chaos.put(task_id, f"feature/{task_id}", details="[fake:sleep=0.1]")
     chaos.start_runner(0, **_notice_env(twin, tmp_path / "calls.jsonl", tmp_path / "runner.log"))
-    assert chaos.wait_exit(0, timeout=60) == 0
+    assert chaos.wait_exit(0, timeout=60) == EXIT_INSTANCE_LEAVING
     row = chaos.store.get_row(task_id)
     assert row["status"] == "pending" and not row.get("attempts"), row
     assert len(twin.completed) == 1

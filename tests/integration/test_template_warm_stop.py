@@ -12,6 +12,7 @@ import pytest
 
 from ec2_runner import metrics
 from ec2_runner.config import RunnerSettings
+from ec2_runner.main import EXIT_INSTANCE_LEAVING
 from tests.conftest import ROOT
 from tests.integration.bootstrap_support import parse_unit, user_data_template
 from tests.integration.test_template_ops import FLEET, Stack, _cfn, _dashboard
@@ -115,3 +116,11 @@ def test_the_runner_s_log_file_setting_is_one_the_runner_reads() -> None:
     }
     for name in ("LOG_FILE", "INSTANCE_METADATA_URL", "AUTOSCALING_GROUP_NAME", "LIFECYCLE_HOOK_NAME"):
         assert name in env and name in aliases, name
+
+
+def test_a_runner_stopped_for_its_leaving_instance_is_not_restarted() -> None:
+    """The runner's exit after a stop notice is the unit's RestartPreventExitStatus: systemd's
+    Restart=always would otherwise start it again, to find the same notice and take no task."""
+    unit = parse_unit((ROOT / "ec2_runner" / "aipm-runner.service").read_text())
+    assert unit.service["Restart"][-1] == "always"
+    assert unit.service["RestartPreventExitStatus"][-1].split() == [str(EXIT_INSTANCE_LEAVING)]
