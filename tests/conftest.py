@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -57,3 +60,83 @@ def _lambda_logs_follow_stdout() -> None:
     handler = logger.registered_handler
     if isinstance(handler, logging.StreamHandler):
         handler.setStream(_CurrentStdout())
+
+
+# -- time per tier ---------------------------------------------------------------------------------
+# The suite's budget is `make test` under 4 minutes on the 2-core machine; each tier reports its own
+# time beside it. A test's tier: a real agent CLI or a browser (by marker, or found from what its
+# module imports), else its folder's tier.
+TIERS = ("unit", "integration", "e2e", "chaos", "browser", "real agent CLIs")
+_BROWSER_MODULES = ("playwright", "local.browser")
+_REAL_CLI_MODULES = ("tests.agent_clis",)
+
+
+def _uses(module: ModuleType, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``module`` imported one of ``prefixes`` (a module, or a name taken from one)."""
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name.startswith(prefixes):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that drive a browser or a real agent CLI, so their time is told apart."""
+    seen: dict[str, tuple[bool, bool]] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        if module.__name__ not in seen:
+            seen[module.__name__] = (_uses(module, _REAL_CLI_MODULES), _uses(module, _BROWSER_MODULES))
+        real_cli, browser = seen[module.__name__]
+        if real_cli:
+            item.add_marker(pytest.mark.real_cli)
+        elif browser:
+            item.add_marker(pytest.mark.browser)
+
+
+def tier_of(nodeid: str, keywords: Any) -> str:
+    """The tier a test's time is counted in, from its id and its keywords (markers included)."""
+    if "real_cli" in keywords:
+        return "real agent CLIs"
+    if "browser" in keywords:
+        return "browser"
+    folder = nodeid.split("/")[1] if nodeid.startswith("tests/") and nodeid.count("/") >= 2 else ""
+    return folder if folder in TIERS else "other"
+
+
+class TierTimes:
+    """Counts tests and sums their durations (set-up, call, tear-down) per tier; prints a table at the
+    end of the run, after the run's own wall time. Works under xdist: the reports reach the controller."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.tests: dict[str, set[str]] = {}
+        self.seconds: dict[str, float] = {}
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        tier = tier_of(report.nodeid, report.keywords)
+        self.tests.setdefault(tier, set()).add(report.nodeid)
+        self.seconds[tier] = self.seconds.get(tier, 0.0) + report.duration
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.tests:
+            return
+        wall = time.monotonic() - self.started
+        write = terminalreporter.write_line
+        terminalreporter.section("time per tier")
+        write(f"{'tier':<18}{'tests':>7}{'summed s':>11}")
+        order = [t for t in (*TIERS, "other") if t in self.tests]
+        for tier in order:
+            write(f"{tier:<18}{len(self.tests[tier]):>7}{self.seconds[tier]:>11.1f}")
+        total = sum(len(v) for v in self.tests.values())
+        write(f"{'all':<18}{total:>7}{sum(self.seconds.values()):>11.1f}")
+        write(f"wall time of the run {wall:.1f} s (summed durations overlap across xdist workers)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) reports
+        config.pluginmanager.register(TierTimes(), "aipm-tier-times")
