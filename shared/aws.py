@@ -71,7 +71,7 @@ class _SharedLoader(botocore.loaders.Loader):
 
     @property
     def search_paths(self) -> list[str]:
-        return list(self._search_paths)
+        return list(self._search_paths)  # type: ignore[attr-defined]  # botocore keeps the list here
 
 
 @functools.cache
@@ -79,7 +79,8 @@ def _loader() -> _SharedLoader:
     data_path = botocore.session.Session().get_config_variable("data_path")  # AWS_DATA_PATH
     default = botocore.loaders.create_loader(data_path)
     boto3_data = str(Path(boto3.__file__).parent / "data")
-    return _SharedLoader(extra_search_paths=[*default.search_paths, boto3_data], include_default_search_paths=False)
+    paths = [*default.search_paths, boto3_data]  # boto3's own order: its data folder last
+    return _SharedLoader(extra_search_paths=paths, include_default_search_paths=False)
 
 
 def _session() -> boto3.session.Session:

@@ -80,8 +80,12 @@ def _uses(module: ModuleType, prefixes: tuple[str, ...]) -> bool:
     return False
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that drive a browser or a real agent CLI, so their time is told apart."""
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that drive a browser or a real agent CLI, so their time is told apart; then put
+    the longest files first (each file's own order kept), so that xdist's ``--dist loadfile`` with
+    ``--no-loadscope-reorder`` (the Makefile) starts the long chaos and e2e files at once instead of
+    leaving them for last: the run ends when its longest file does, not a long file after the rest."""
     seen: dict[str, tuple[bool, bool]] = {}
     for item in items:
         module = getattr(item, "module", None)
@@ -94,6 +98,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.real_cli)
         elif browser:
             item.add_marker(pytest.mark.browser)
+    measured = _file_seconds(config)
+    weight: dict[str, float] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if path not in weight:
+            tier = tier_of(item.nodeid, item.keywords)
+            weight[path] = measured.get(path, DEFAULT_FILE_SECONDS.get(tier, 0.0))
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable: a file keeps its order
+
+
+# what a file of a tier takes when no earlier run has said (the first run of a clean clone)
+DEFAULT_FILE_SECONDS = {
+    "chaos": 60.0,
+    "real agent CLIs": 60.0,
+    "browser": 40.0,
+    "e2e": 30.0,
+    "integration": 5.0,
+    "unit": 0.5,
+}
+_FILE_SECONDS_KEY = "aipm/file-seconds"
+
+
+def _file_seconds(config: pytest.Config) -> dict[str, float]:
+    """Each file's summed test time in earlier runs (pytest's cache), or {} without the cache."""
+    cache = getattr(config, "cache", None)
+    found = cache.get(_FILE_SECONDS_KEY, {}) if cache is not None else {}
+    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def tier_of(nodeid: str, keywords: Any) -> str:
@@ -110,16 +141,28 @@ class TierTimes:
     """Counts tests and sums their durations (set-up, call, tear-down) per tier; prints a table at the
     end of the run, after the run's own wall time. Works under xdist: the reports reach the controller."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.started = time.monotonic()
         self.tests: dict[str, set[str]] = {}
         self.seconds: dict[str, float] = {}
+        self.file_seconds: dict[str, float] = {}
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         tier = tier_of(report.nodeid, report.keywords)
         self.tests.setdefault(tier, set()).add(report.nodeid)
         self.seconds[tier] = self.seconds.get(tier, 0.0) + report.duration
+        path = report.nodeid.split("::")[0]
+        self.file_seconds[path] = self.file_seconds.get(path, 0.0) + report.duration
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self) -> None:
+        """Each file's time, kept for the next run's order (files this run did not run keep theirs)."""
+        cache = getattr(self.config, "cache", None)
+        if cache is not None and self.file_seconds:
+            rounded = {k: round(v, 1) for k, v in self.file_seconds.items()}
+            cache.set(_FILE_SECONDS_KEY, {**_file_seconds(self.config), **rounded})
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -139,4 +182,4 @@ class TierTimes:
 
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) reports
-        config.pluginmanager.register(TierTimes(), "aipm-tier-times")
+        config.pluginmanager.register(TierTimes(config), "aipm-tier-times")
