@@ -4,6 +4,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 # the suite is mostly waiting (agents, long polls, sockets): more workers than cores pays on 2 cores
 TEST_WORKERS ?= 4
+# How the suite is spread (README "Test times"): one file per worker at a time (its module fixtures
+# made once), the longest files first (tests/conftest.py orders them by the last run's times, kept in
+# pytest's cache, else by tier) and xdist's own reorder by test count off, which would leave the long
+# one-test chaos files for last. Bytecode is written even where PYTHONDONTWRITEBYTECODE is set: without
+# it every worker, runner and CLI process compiles the project again (~0.1 CPU-s a process) and pytest
+# rewrites every test module's asserts again (~3 CPU-s a worker).
+PYTEST_SPEED := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -127,7 +134,7 @@ build: venv
 
 test: venv
 	@$(MAKE) --no-print-directory -j3 --output-sync=target $(LINT_CHECKS) build node-deps web-deps browser
-	@rc=0; $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
+	@rc=0; env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest $(PYTEST_SPEED) --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ec2_runner import logs
 from ec2_runner.agent_settings import AgentSettings
@@ -25,15 +26,15 @@ from ec2_runner.login_gate import LoginGate
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
 from ec2_runner.presence import Presence, Snapshot, terminal_count
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
-from ec2_runner.terminal import SessionManager, TerminalSettings
-from ec2_runner.terminal_worktrees import GitCallables
-from ec2_runner.ws_client import RelayLinkSettings, TerminalService
 from shared import aws
 from shared.config import load_settings, local_stack_in_use
 from shared.dispatch import Dispatcher
 from shared.runners import RunnerRegistry, RunnerState
 from shared.store import TaskStore
-from shared.tokens import SecretSource
+
+if TYPE_CHECKING:
+    from ec2_runner.terminal import SessionManager, TerminalSettings
+    from ec2_runner.ws_client import TerminalService
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,13 @@ def start_terminals(
     a ``sandbox``, every terminal's agent runs inside it."""
     if not settings.ws_url:
         return None
+    # the terminal's modules (asyncio, websockets, pexpect, JWT: ~0.25 CPU-s) load only when a
+    # relay is configured, so a runner without one starts taking tasks that much sooner
+    from ec2_runner.terminal import SessionManager, TerminalSettings
+    from ec2_runner.terminal_worktrees import GitCallables
+    from ec2_runner.ws_client import RelayLinkSettings, TerminalService
+    from shared.tokens import SecretSource
+
     secret = SecretSource(
         settings.runner_secret.get_secret_value() if settings.runner_secret else None,
         settings.runner_secret_arn,
@@ -244,6 +252,10 @@ def start_presence(
     )
     runner.on_change = presence.poke
     return presence.start()
+def _terminal_settings() -> TerminalSettings:
+    from ec2_runner.terminal import TerminalSettings
+
+    return load_settings(TerminalSettings)
 
 
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
@@ -263,7 +275,7 @@ def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
     try:
         runner = build_runner(settings, load_settings(AgentSettings), sandbox)
         runner.install_signal_handlers()
-        knobs = load_settings(TerminalSettings) if settings.ws_url else None
+        knobs = _terminal_settings() if settings.ws_url else None
         watcher = watch_notices(settings, runner)
         terminals = start_terminals(settings, runner, knobs, sandbox)
         presence = start_presence(settings, runner, terminals)

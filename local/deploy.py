@@ -21,8 +21,11 @@ recovery) are applied afterwards through the DynamoDB API from the same definiti
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import string
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import samtranslator
 from pydantic import BaseModel, ConfigDict, Field
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
@@ -164,25 +168,68 @@ class _NoManagedPolicies:
 
 
 def load_template(path: Path | str = TEMPLATE) -> dict[str, Any]:
-    """The SAM template as a dict (short-form intrinsics such as ``!Ref`` expanded)."""
-    return yaml_parse(Path(path).read_text())
+    """The SAM template as a dict (short-form intrinsics such as ``!Ref`` expanded): a copy the caller
+    may change. Parsing the YAML costs ~0.2 CPU-s, so the parse is kept by the text's SHA-256, in this
+    process and in a file cache that every process of this user shares (test workers, ``aipm local``)."""
+    text = Path(path).read_bytes()
+    return copy.deepcopy(_parsed(hashlib.sha256(text).hexdigest(), text))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(digest: str, text: bytes) -> dict[str, Any]:
+    cached = _template_cache_dir() / f"{digest}-{samtranslator.__version__}.json"
+    try:
+        return dict(json.loads(cached.read_text()))
+    except (OSError, ValueError):
+        pass
+    parsed: dict[str, Any] = yaml_parse(text.decode())
+    try:
+        if json.loads(json.dumps(parsed)) != parsed:  # e.g. an unquoted date: JSON would change it
+            return parsed
+        cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(parsed))
+        os.replace(partial, cached)  # whole or absent: a reader never sees half a file
+    except (OSError, TypeError, ValueError) as e:  # a read-only home, a value JSON cannot hold
+        logger.debug("template cache not written (%s)", e)
+    return parsed
+
+
+def _template_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aipm" / "templates"
 
 
 def translate(
     sam_template: dict[str, Any], region: str, parameters: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The CloudFormation template SAM makes of ``sam_template``, offline."""
-    tpl = copy.deepcopy(sam_template)
+    """The CloudFormation template SAM makes of ``sam_template``, offline: a copy the caller may
+    change (the same template, region and parameters are translated once a process)."""
+    try:
+        key = json.dumps([sam_template, region, parameters or {}], sort_keys=True)
+    except (TypeError, ValueError):  # a value JSON cannot hold: translated as it is, uncached
+        return _translate_now(copy.deepcopy(sam_template), region, dict(parameters or {}))
+    return copy.deepcopy(_translated(key))
+
+
+@functools.lru_cache(maxsize=32)
+def _translated(key: str) -> dict[str, Any]:
+    tpl, region, parameters = json.loads(key)
+    return _translate_now(tpl, region, parameters)
+
+
+def _translate_now(tpl: dict[str, Any], region: str, parameters: dict[str, Any]) -> dict[str, Any]:
     for res in tpl.get("Resources", {}).values():
         props = res.get("Properties") or {}
-        for key in ("CodeUri", "ContentUri"):
-            if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
-                props[key] = _PLACEHOLDER_CODE
+        for key_name in ("CodeUri", "ContentUri"):
+            if isinstance(props.get(key_name), str) and not props[key_name].startswith("s3://"):
+                props[key_name] = _PLACEHOLDER_CODE
     # transform() takes the region from the default boto3 session; the translator itself takes a
     # session, so the region comes from the caller and nothing is read from the environment
     translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=region))
     loader = _NoManagedPolicies()
-    return translator.translate(tpl, dict(parameters or {}), get_managed_policy_map=loader.load)
+    result: dict[str, Any] = translator.translate(tpl, parameters, get_managed_policy_map=loader.load)
+    return result
 
 
 def references(node: Any) -> set[str]:

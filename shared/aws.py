@@ -12,6 +12,8 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 
 # botocore's standard mode retries throttling and 5xx with exponential backoff and jitter
@@ -44,7 +46,7 @@ def client(
     boto3's own credential chain (environment, profile, instance role)."""
     # ``config`` may override the retry policy and connect timeout (the CLI fails fast: a person waits)
     cfg = Config(**{"retries": _RETRY, "read_timeout": read_timeout, "connect_timeout": 5, **config})
-    session: Any = boto3.session.Session()  # the service is a runtime string, not a stubbed literal
+    session: Any = _session()  # the service is a runtime string, not a stubbed literal
     creds = (
         {
             "aws_access_key_id": keys.access_key_id,
@@ -59,6 +61,33 @@ def client(
     if record_to:
         _CallRecorder(record_to, _component(sys._getframe(1))).attach(made)
     return made
+
+
+class _SharedLoader(botocore.loaders.Loader):
+    """botocore's data loader, shared by every session made here: the endpoint rules and service
+    models (a megabyte of JSON) are read once a process instead of once a client (~0.1 CPU-s each).
+    boto3 appends its own data folder to a session's loader; here that append lands on a copy, as
+    the folder is on the path already, so the path stays the same however many sessions are made."""
+
+    @property
+    def search_paths(self) -> list[str]:
+        return list(self._search_paths)  # type: ignore[attr-defined]  # botocore keeps the list here
+
+
+@functools.cache
+def _loader() -> _SharedLoader:
+    data_path = botocore.session.Session().get_config_variable("data_path")  # AWS_DATA_PATH
+    default = botocore.loaders.create_loader(data_path)
+    boto3_data = str(Path(boto3.__file__).parent / "data")
+    paths = [*default.search_paths, boto3_data]  # boto3's own order: its data folder last
+    return _SharedLoader(extra_search_paths=paths, include_default_search_paths=False)
+
+
+def _session() -> boto3.session.Session:
+    """A new boto3 session (its own credentials and configuration, as before) on the shared loader."""
+    core = botocore.session.Session()
+    core.register_component("data_loader", _loader())
+    return boto3.session.Session(botocore_session=core)
 
 
 # -- call recording (tests only: tests/integration/test_least_privilege.py) ------------------------

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -57,3 +60,126 @@ def _lambda_logs_follow_stdout() -> None:
     handler = logger.registered_handler
     if isinstance(handler, logging.StreamHandler):
         handler.setStream(_CurrentStdout())
+
+
+# -- time per tier ---------------------------------------------------------------------------------
+# The suite's budget is `make test` under 4 minutes on the 2-core machine; each tier reports its own
+# time beside it. A test's tier: a real agent CLI or a browser (by marker, or found from what its
+# module imports), else its folder's tier.
+TIERS = ("unit", "integration", "e2e", "chaos", "browser", "real agent CLIs")
+_BROWSER_MODULES = ("playwright", "local.browser")
+_REAL_CLI_MODULES = ("tests.agent_clis",)
+
+
+def _uses(module: ModuleType, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``module`` imported one of ``prefixes`` (a module, or a name taken from one)."""
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name.startswith(prefixes):
+            return True
+    return False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that drive a browser or a real agent CLI, so their time is told apart; then put
+    the longest files first (each file's own order kept), so that xdist's ``--dist loadfile`` with
+    ``--no-loadscope-reorder`` (the Makefile) starts the long chaos and e2e files at once instead of
+    leaving them for last: the run ends when its longest file does, not a long file after the rest."""
+    seen: dict[str, tuple[bool, bool]] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        if module.__name__ not in seen:
+            seen[module.__name__] = (_uses(module, _REAL_CLI_MODULES), _uses(module, _BROWSER_MODULES))
+        real_cli, browser = seen[module.__name__]
+        if real_cli:
+            item.add_marker(pytest.mark.real_cli)
+        elif browser:
+            item.add_marker(pytest.mark.browser)
+    measured = _file_seconds(config)
+    weight: dict[str, float] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if path not in weight:
+            tier = tier_of(item.nodeid, item.keywords)
+            weight[path] = measured.get(path, DEFAULT_FILE_SECONDS.get(tier, 0.0))
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable: a file keeps its order
+
+
+# what a file of a tier takes when no earlier run has said (the first run of a clean clone)
+DEFAULT_FILE_SECONDS = {
+    "chaos": 60.0,
+    "real agent CLIs": 60.0,
+    "browser": 40.0,
+    "e2e": 30.0,
+    "integration": 5.0,
+    "unit": 0.5,
+}
+_FILE_SECONDS_KEY = "aipm/file-seconds"
+
+
+def _file_seconds(config: pytest.Config) -> dict[str, float]:
+    """Each file's summed test time in earlier runs (pytest's cache), or {} without the cache."""
+    cache = getattr(config, "cache", None)
+    found = cache.get(_FILE_SECONDS_KEY, {}) if cache is not None else {}
+    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def tier_of(nodeid: str, keywords: Any) -> str:
+    """The tier a test's time is counted in, from its id and its keywords (markers included)."""
+    if "real_cli" in keywords:
+        return "real agent CLIs"
+    if "browser" in keywords:
+        return "browser"
+    folder = nodeid.split("/")[1] if nodeid.startswith("tests/") and nodeid.count("/") >= 2 else ""
+    return folder if folder in TIERS else "other"
+
+
+class TierTimes:
+    """Counts tests and sums their durations (set-up, call, tear-down) per tier; prints a table at the
+    end of the run, after the run's own wall time. Works under xdist: the reports reach the controller."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        self.tests: dict[str, set[str]] = {}
+        self.seconds: dict[str, float] = {}
+        self.file_seconds: dict[str, float] = {}
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        tier = tier_of(report.nodeid, report.keywords)
+        self.tests.setdefault(tier, set()).add(report.nodeid)
+        self.seconds[tier] = self.seconds.get(tier, 0.0) + report.duration
+        path = report.nodeid.split("::")[0]
+        self.file_seconds[path] = self.file_seconds.get(path, 0.0) + report.duration
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self) -> None:
+        """Each file's time, kept for the next run's order (files this run did not run keep theirs)."""
+        cache = getattr(self.config, "cache", None)
+        if cache is not None and self.file_seconds:
+            rounded = {k: round(v, 1) for k, v in self.file_seconds.items()}
+            cache.set(_FILE_SECONDS_KEY, {**_file_seconds(self.config), **rounded})
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.tests:
+            return
+        wall = time.monotonic() - self.started
+        write = terminalreporter.write_line
+        terminalreporter.section("time per tier")
+        write(f"{'tier':<18}{'tests':>7}{'summed s':>11}")
+        order = [t for t in (*TIERS, "other") if t in self.tests]
+        for tier in order:
+            write(f"{tier:<18}{len(self.tests[tier]):>7}{self.seconds[tier]:>11.1f}")
+        total = sum(len(v) for v in self.tests.values())
+        write(f"{'all':<18}{total:>7}{sum(self.seconds.values()):>11.1f}")
+        write(f"wall time of the run {wall:.1f} s (summed durations overlap across xdist workers)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) reports
+        config.pluginmanager.register(TierTimes(config), "aipm-tier-times")

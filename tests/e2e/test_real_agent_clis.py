@@ -124,12 +124,15 @@ def awscli(stack: Any) -> AwsCli:
 
 
 def final(cli: AwsCli, task_id: str, timeout: float = 120) -> dict:
-    return wait_until(
-        lambda: (row := cli.get(task_id)).get("status") in ("complete", "failed") and row,
+    """The ended row as the aws CLI reads it; the wait itself reads in this process, as an aws CLI
+    process per poll (~1 CPU-s each, five a second) would take a core from the runners."""
+    wait_until(
+        lambda: cli.read(task_id).get("status") in ("complete", "failed"),
         timeout,
         interval=0.2,
         what=f"{task_id} to end",
     )
+    return cli.get(task_id)
 
 
 def remote_file(stack: Any, ref: str, path: str) -> str | None:

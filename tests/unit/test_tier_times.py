@@ -1,0 +1,48 @@
+"""The suite's time per tier: which tier a test's time is counted in, and the order files run in."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import DEFAULT_FILE_SECONDS, TIERS, tier_of
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "keywords", "tier"),
+    [
+        ("tests/unit/test_models.py::test_x", {"unit": 1}, "unit"),
+        ("tests/integration/test_store.py::test_x[dynamodb]", {"integration": 1}, "integration"),
+        ("tests/e2e/test_pipeline.py::test_x", {"e2e": 1}, "e2e"),
+        ("tests/chaos/test_outage.py::test_x", {"chaos": 1}, "chaos"),
+        ("tests/e2e/test_terminal_page.py::test_x", {"e2e": 1, "browser": 1}, "browser"),
+        ("tests/integration/test_real_agent_traps.py::test_x", {"real_cli": 1}, "real agent CLIs"),
+        ("tests/test_loose.py::test_x", {}, "other"),
+    ],
+)
+def test_a_tests_tier_is_its_marker_before_its_folder(nodeid: str, keywords: dict, tier: str) -> None:
+    assert tier_of(nodeid, keywords) == tier
+
+
+def test_every_tier_has_a_first_run_weight_and_the_long_tiers_run_first() -> None:
+    """Without an earlier run's times, chaos and real-CLI files are scheduled before e2e, e2e before
+    integration, integration before unit."""
+    assert set(DEFAULT_FILE_SECONDS) == set(TIERS)
+    w = DEFAULT_FILE_SECONDS
+    assert w["chaos"] >= w["real agent CLIs"] >= w["browser"] >= w["e2e"] > w["integration"] > w["unit"]
+
+
+def test_this_suite_marks_its_browser_and_real_cli_tests(request: pytest.FixtureRequest) -> None:
+    """The marks come from what a module imports: the terminal page's file drives Chromium, the
+    real-CLI files drive tests.agent_clis."""
+    items = request.session.items
+    marked = {i.nodeid.split("::")[0]: {m.name for m in i.iter_markers()} for i in items}
+    for path, expected in [
+        ("tests/e2e/test_terminal_page.py", "browser"),
+        ("tests/e2e/test_real_agent_clis.py", "real_cli"),
+        ("tests/integration/test_real_agent_traps.py", "real_cli"),
+    ]:
+        if path in marked:  # a run of some files only: what it collected
+            assert expected in marked[path], path
+    assert "browser" not in marked.get("tests/unit/test_tier_times.py", set())
