@@ -16,7 +16,7 @@ import shlex
 from typing import Any
 
 from ec2_runner.agent_settings import AgentSettings
-from ec2_runner.headless import Verdict
+from ec2_runner.headless import Verdict, safe_session_id
 from ec2_runner.ptydriver import PtyRun
 from ec2_runner.sandbox import Sandbox
 from ec2_runner.stream_agents import StreamAgent, StreamRules
@@ -130,14 +130,16 @@ class ClaudeCodeAgent(StreamAgent):
     def rules(self) -> StreamRules:
         return ClaudeRules(self.settings, self.name)
 
-    def resume_words(self) -> list[str]:
-        # --continue: the latest conversation in this folder, the task's own (its folder is the task's)
+    def resume_words(self, session_id: str | None = None) -> list[str]:
+        """``--resume <id>``: the task's own conversation, the one its run recorded on the row
+        (``agentSessionId``); without one, ``--continue``: the latest in this folder, the task's."""
         if "resume_args" in self.settings.model_fields_set:
             return shlex.split(self.settings.resume_args)
-        return ["--continue"]
+        session_id = safe_session_id(session_id)
+        return ["--resume", session_id] if session_id else ["--continue"]
 
-    def interactive_argv(self, resume: bool) -> list[str]:
-        return [*self.interactive, *(self.resume_words() if resume else [])]
+    def interactive_argv(self, resume: bool, session_id: str | None = None) -> list[str]:
+        return [*self.interactive, *(self.resume_words(session_id) if resume else [])]
 
     def child_env(self) -> dict[str, str]:
         env = super().child_env()

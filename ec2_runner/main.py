@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from ec2_runner import logs
 from ec2_runner.agent_settings import AgentSettings
@@ -23,7 +24,7 @@ from ec2_runner.instance_notices import (
 from ec2_runner.live import RelayWatchers
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
-from ec2_runner.terminal import SessionManager, TerminalSettings
+from ec2_runner.terminal import SessionManager, TaskTarget, TerminalSettings
 from ec2_runner.terminal_worktrees import GitCallables
 from ec2_runner.ws_client import RelayLinkSettings, TerminalService
 from shared import aws
@@ -104,6 +105,12 @@ def build_runner(
     )
 
 
+def task_target(row: dict[str, Any]) -> TaskTarget:
+    """A task's terminal target from its row: its branch and its agent's conversation id."""
+    conversation = row.get("agentSessionId")
+    return TaskTarget(row["branch"], conversation if isinstance(conversation, str) else None)
+
+
 def start_terminals(
     settings: RunnerSettings,
     runner: Runner,
@@ -138,7 +145,7 @@ def start_terminals(
             knobs,
             argv_for=agent.interactive_argv,
             git=GitCallables.from_workspace(pipeline.workspace),
-            resolve_task=lambda task_id: pipeline.store.get_row(task_id)["branch"],
+            resolve_task=lambda task_id: task_target(pipeline.store.get_row(task_id)),
             protected=tuple(settings.protected_branches),
             env=agent.child_env() if hasattr(agent, "child_env") else None,
             sandbox=sandbox,
