@@ -229,7 +229,12 @@ def test_watchers_see_the_question_only_a_writer_answers_it_and_all_hear_it_is_o
 
 def test_question_frames_encode_in_camel_case_and_only_a_runner_may_send_one() -> None:
     frame = fr.QuestionFrame(
-        session_id="s-1", task_id="T-1", pending=True, question="Allow?", choices=["y", "n"], timeout_seconds=5
+        session_id="s-1",
+        task_id="T-1",
+        pending=True,
+        question="Allow?",
+        choices=["y", "n"],
+        timeout_seconds=5,
     )
     text = fr.for_browser(frame)
     assert text == (
