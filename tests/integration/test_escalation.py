@@ -7,20 +7,27 @@ from a read-write one only. The whole path through a runner process and the gate
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ec2_runner.agent_settings import AgentSettings
+from ec2_runner.agents import make_agent
 from ec2_runner.escalation import NOT_ASKING, Escalation, Question
 from ec2_runner.kiro import KiroAgent
 from ec2_runner.terminal import QUESTION_READ_ONLY
 from shared import frames as fr
 from shared.models import ErrorKind
+from tests import agent_clis
 from tests.fixtures import FAKE_AGENT_COMMAND
 from tests.integration.refine_support import session_manager
+from tests.model_server import ModelServer
 
 pytestmark = pytest.mark.integration
 
@@ -244,3 +251,65 @@ def test_question_frames_encode_in_camel_case_and_only_a_runner_may_send_one() -
     assert fr.decode(text, role="to_browser") == frame
     with pytest.raises(fr.ForbiddenActionError):  # a browser cannot put a question to others
         fr.decode(text, role="browser")
+
+
+# -- the real Claude Code: its permission question, asked through its --permission-prompt-tool ----
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ModelServer]:
+    sock = Path(tempfile.mkdtemp(prefix="model-")) / "model.sock"
+    with ModelServer(unix_socket=sock) as server:
+        yield server
+    shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+def claude(model: ModelServer, home: Path, monkeypatch: pytest.MonkeyPatch, **extra: str) -> Any:
+    assert model.unix_socket is not None
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{agent_clis.INNER_PORT}")
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(home))
+    values = {
+        "AGENT": "claude",
+        "AGENT_COMMAND": agent_clis.offline(agent_clis.CLAUDE, model.unix_socket),
+        "ANTHROPIC_API_KEY": "sk-scripted",
+        "AGENT_ENV_PASSTHROUGH": "ANTHROPIC_BASE_URL,CLAUDE_CONFIG_DIR",
+        "AGENT_TIMEOUT": "60",
+        "AGENT_KILL_GRACE": "1",
+        "APPROVAL": "escalate",
+        **extra,
+    }
+    return make_agent(AgentSettings.model_validate(values))
+
+
+@pytest.mark.skipif(agent_clis.missing() is not None, reason=agent_clis.missing() or "")
+@pytest.mark.parametrize("answer", ["y", "n", None])
+def test_claude_code_asks_a_person_through_its_permission_prompt_tool(
+    answer: str | None, model: ModelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``claude -p`` with APPROVAL=escalate: the web fetch its permission mode would deny is asked
+    about on the run's pty (the runner's MCP approval tool); ``y`` lets it run and the run succeeds,
+    ``n`` fails it approval_required as a person's refusal, no answer within APPROVAL_TIMEOUT fails
+    it approval_required with the work kept."""
+    repo = tmp_path / "wt"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    person = Person(answer)
+    agent = claude(model, tmp_path / "home", monkeypatch, APPROVAL_TIMEOUT="3")
+
+    result = agent.run(f"fetch it ({answer}) [script:needs_approval]", repo, asker=person.escalation)
+
+    [question] = person.asked
+    assert question.text == "Using tool: WebFetch (http://127.0.0.1:9/approve-me)\nAllow this action? [y/n]:"
+    assert question.choices == ("y", "n") and person.settled == [answer]
+    assert (repo / "hello.txt").exists()  # the model's write, before the question
+    if answer == "y":
+        assert result.ok, result.error
+        return
+    assert (result.ok, result.kind) == (False, ErrorKind.APPROVAL_REQUIRED)
+    if answer == "n":
+        assert (
+            result.error
+            == "a person refused the agent 1 tool call(s): WebFetch (http://127.0.0.1:9/approve-me)"
+        )
+    else:
+        assert result.keep_work and "nobody answered within 3 s" in (result.error or "")
