@@ -3,20 +3,26 @@ real runner process on the fake ``kiro-cli``, the WebSocket gateway stand-in, br
 tokens from ``aipm token``. The run stops at Kiro's approval question with its pty alive, the row
 says what it waits for, a browser on the task sees the question; a read-write one answers it and
 the run goes on to its push; a read-only one is refused; nobody answering fails it
-``approval_required`` at ``APPROVAL_TIMEOUT`` with its work on the WIP ref."""
+``approval_required`` at ``APPROVAL_TIMEOUT`` with its work on the WIP ref. The same with the real
+Claude Code, whose question is its ``--permission-prompt-tool``'s."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import git
 import pytest
 
 from shared import frames as fr
+from tests import agent_clis
 from tests.fixtures import FAKE_AGENT_COMMAND, AwsCli, aipm_in, unique, wait_until
 from tests.integration.refine_support import Browser
+from tests.model_server import CLEAN_CONTENT, CLEAN_FILE, ModelServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -162,3 +168,78 @@ def test_a_read_only_answer_is_refused_and_an_unanswered_run_fails_with_its_work
     remote = git.Repo(cfg.git_remote)
     assert "checkpoint.txt" in remote.git.ls_tree("--name-only", row["wipSha"]).split()
     assert remote.git.ls_remote("--heads", cfg.git_remote, branch) == ""  # nothing on the task's branch
+
+
+@pytest.fixture(scope="module")
+def claude_stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A runner driving the real Claude Code offline (``unshare --net``, the scripted model), with
+    APPROVAL=escalate."""
+    if agent_clis.missing() is not None:
+        pytest.skip(agent_clis.missing() or "")
+    from local.stack import LocalStack
+    from tests.e2e.test_real_agent_clis import cli_env
+
+    work = tmp_path_factory.mktemp("escalate-claude")
+    (work / "cli-home").mkdir()
+    sock = Path(tempfile.mkdtemp(prefix="model-")) / "model.sock"
+    with ModelServer(unix_socket=sock):
+        stack = LocalStack(
+            work,
+            runners=1,
+            stack_name=unique("esc-claude"),
+            endpoint_url=moto_endpoint,
+            reconcile_seconds=3600,
+            stream_poll_seconds=0.2,
+            gateway_port=0,
+            log_dir=work / "logs",
+            runner_env={
+                **cli_env("claude", f"http://127.0.0.1:{agent_clis.INNER_PORT}", work / "cli-home"),
+                "AGENT_COMMAND": agent_clis.offline(agent_clis.CLAUDE, sock),
+                "AGENT_SANDBOX": "off",
+                "AGENT_TIMEOUT": "60",
+                "AGENT_KILL_GRACE": "1",
+                "AGENT_API_RETRIES": "0",
+                "SQS_WAIT_SECONDS": "1",
+                "APPROVAL": "escalate",
+                "APPROVAL_TIMEOUT": "60",
+            },
+        )
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
+    shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+def test_claude_code_asks_a_browser_on_the_task_and_the_answered_run_pushes(claude_stack: Any) -> None:
+    """The real Claude Code under a runner: the web fetch its permission mode would deny is asked
+    about (its --permission-prompt-tool, on the run's pty), a read-write browser on the task answers
+    ``y``, and the task completes with the model's file pushed."""
+    cfg = claude_stack.config
+    assert cfg.ws_url
+    cli = AwsCli(cfg.endpoint_url, cfg.table_name)
+    task_id = unique("claude-asks")
+    branch = f"feature/{task_id}"
+    cli.put_task(task_id, branch, details="fetch the page [script:needs_approval]")
+    token = aipm_in(claude_stack.workdir, "token", "--task", task_id, "--ttl", "300")
+
+    async def scenario() -> tuple[fr.QuestionFrame, dict, fr.TaskFrame]:
+        browser = await open_running(cfg.ws_url, token, task_id)
+        try:
+            asked = await browser.wait_frame(fr.QuestionFrame, timeout=90, pending=True)
+            row = await asyncio.to_thread(waiting_row, cli, task_id)
+            await browser.type("y\r")
+            ended = await browser.wait_frame(fr.TaskFrame, timeout=90)
+            return asked, row, ended
+        finally:
+            await browser.close()
+
+    asked, row_while_asking, ended = asyncio.run(scenario())
+    assert asked.question == "Using tool: WebFetch (http://127.0.0.1:9/approve-me)\nAllow this action? [y/n]:"
+    assert asked.choices == ["y", "n"] and "WebFetch" in row_while_asking["waitingFor"]
+    assert (ended.status, ended.error) == ("complete", None)
+    row = cli.read(task_id)
+    assert row["status"] == "complete" and "waitingFor" not in row and row.get("agentSessionId")
+    remote = git.Repo(cfg.git_remote)
+    assert remote.git.show(f"{branch}:{CLEAN_FILE}") + "\n" == CLEAN_CONTENT
