@@ -20,6 +20,7 @@ import pytest
 
 from shared import frames as fr
 from tests import agent_clis
+from tests.e2e.test_live_progress import Follow
 from tests.fixtures import FAKE_AGENT_COMMAND, AwsCli, aipm_in, unique, wait_until
 from tests.integration.refine_support import Browser
 from tests.model_server import CLEAN_CONTENT, CLEAN_FILE, ModelServer
@@ -141,6 +142,7 @@ def test_a_read_only_answer_is_refused_and_an_unanswered_run_fails_with_its_work
     branch = f"feature/{task_id}"
     cli.put_task(task_id, branch, details="[fake:checkpoint=0.1] [fake:approval tool=fs_write]")
     token = aipm_in(stack.workdir, "token", "--task", task_id, "--read-only", "--ttl", "300")
+    follow = Follow(stack, task_id)  # `aipm logs --follow`, as an operator watches
 
     async def scenario() -> tuple[fr.QuestionFrame, fr.ErrorFrame, dict, fr.TaskFrame]:
         browser = await open_running(cfg.ws_url, token, task_id)
@@ -168,6 +170,9 @@ def test_a_read_only_answer_is_refused_and_an_unanswered_run_fails_with_its_work
     remote = git.Repo(cfg.git_remote)
     assert "checkpoint.txt" in remote.git.ls_tree("--name-only", row["wipSha"]).split()
     assert remote.git.ls_remote("--heads", cfg.git_remote, branch) == ""  # nothing on the task's branch
+    # and `aipm logs --follow` said what the run waited for, then exited 1 for the failed task
+    code, err = follow.finish()
+    assert code == 1 and "the run waits for a person's answer (y/n/t" in err and "[y/n/t]:" in err, err
 
 
 @pytest.fixture(scope="module")
