@@ -134,6 +134,7 @@ class ClaudeRules(StreamRules):
                 run,
                 f"a person refused the agent {len(denials)} tool call(s): {tools}",
                 ErrorKind.APPROVAL_REQUIRED,
+                keep=True,  # as with an unanswered question: the work so far goes to the WIP ref
             )
         if denials:
             tools = ", ".join(_denied(d) for d in denials[:5])

@@ -2,7 +2,7 @@
 ``kiro-cli`` in a real pty, held at its approval question until an answer comes (or its timeout
 passes), and the session manager that shows the question to a task's watchers and takes the answer
 from a read-write one only. The whole path through a runner process and the gateway is
-``tests/e2e/test_escalation.py``."""
+``tests/e2e/test_escalation_stack.py``."""
 
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ def test_a_person_answering_no_fails_the_run_approval_required_naming_the_tool(t
     assert (result.ok, result.kind) == (False, ErrorKind.APPROVAL_REQUIRED)
     assert result.error == "a person refused the agent the tool 'fs_write'"
     assert not (tmp_path / "fake_agent_output.txt").exists()
+    assert result.keep_work  # the work before the question goes to the WIP ref
 
 
 def test_an_unanswered_question_fails_approval_required_at_its_timeout_keeping_the_work(
@@ -311,5 +312,6 @@ def test_claude_code_asks_a_person_through_its_permission_prompt_tool(
             result.error
             == "a person refused the agent 1 tool call(s): WebFetch (http://127.0.0.1:9/approve-me)"
         )
+        assert result.keep_work
     else:
         assert result.keep_work and "nobody answered within 3 s" in (result.error or "")
