@@ -24,6 +24,9 @@ class AgentSettings(BaseSettings):
     timeout: float = Field(default=1800.0, gt=0, validation_alias="AGENT_TIMEOUT")
     login_timeout: float = Field(default=0.0, ge=0, validation_alias="AGENT_LOGIN_TIMEOUT")
     kill_grace: float = Field(default=5.0, ge=0, validation_alias="AGENT_KILL_GRACE")
+    # a command whose exit 0 says the agent is logged in (Kiro: `kiro-cli whoami`); a runner whose
+    # agent is not takes no task until it is. Empty: the adapter's own (none for AGENT=command)
+    login_check: str | None = Field(default=None, validation_alias="AGENT_LOGIN_CHECK")
     kiro_api_key: SecretStr | None = Field(default=None, validation_alias="KIRO_API_KEY")
     # Claude Code and Codex (AGENT=claude, AGENT=codex); each key goes only to its own CLI
     anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
@@ -60,7 +63,7 @@ class AgentSettings(BaseSettings):
             return [n.strip() for n in re.split(r"[,\s]+", v) if n.strip()]
         return v
 
-    @field_validator("command", "interactive_command")
+    @field_validator("command", "interactive_command", "login_check")
     @classmethod
     def _shell_words(cls, v: str | None) -> str | None:
         if v is not None:

@@ -22,7 +22,7 @@ from typing import Protocol
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.claude_code import ClaudeCodeAgent
 from ec2_runner.codex import CodexAgent
-from ec2_runner.headless import AgentResult, PtyAgent
+from ec2_runner.headless import AgentResult, LoginStatus, PtyAgent
 from ec2_runner.kiro import KiroAgent
 from ec2_runner.ptydriver import Asker
 from ec2_runner.sandbox import Sandbox
@@ -52,6 +52,14 @@ class Agent(Protocol):
     def interactive_argv(self, resume: bool, session_id: str | None = None) -> list[str]:
         """The command for a Refine terminal session, with the resume args when asked (resuming
         the CLI's own conversation ``session_id`` where the CLI can name one)."""
+        ...
+
+    def installed(self) -> str | None:
+        """Where the agent's command is, or None when it cannot be run here."""
+        ...
+
+    def login_status(self) -> LoginStatus:
+        """Whether the agent is logged in (can run a task without a person)."""
         ...
 
 

@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--ttl", type=int, default=3600)
     tm.add_argument("--user", default="cli")
     tm.set_defaults(func=cmd_terminal)
+    from ec2_runner.commands import doctor, runners
+
+    runners.register(sub)
+    doctor.register(sub)
     return p
 
 

@@ -13,6 +13,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.branches import DEFAULT_PROTECTED
 from shared.config import DEFAULT_LOCKS_TABLE, DEFAULT_TABLE, AwsKeySettings, AwsSettings
+from shared.runners import DEFAULT_RUNNERS_TABLE
 
 
 def _comma_list(v: object) -> object:
@@ -76,6 +77,16 @@ class RunnerSettings(AwsKeySettings):
     # a run the model API rate-limited goes back to pending, claimed again after this long
     rate_limit_backoff: float = Field(default=60.0, ge=0, validation_alias="RATE_LIMIT_BACKOFF_SECONDS")
 
+    # its heartbeat record (`aipm runners`): written every HEARTBEAT_SECONDS (default a quarter of
+    # the lease), kept RUNNER_RECORD_TTL_SECONDS after the last one
+    runners_table: str = Field(default=DEFAULT_RUNNERS_TABLE, validation_alias="RUNNERS_TABLE")
+    heartbeat_seconds: float | None = Field(default=None, gt=0, validation_alias="HEARTBEAT_SECONDS")
+    runner_record_ttl_seconds: int = Field(default=3600, ge=60, validation_alias="RUNNER_RECORD_TTL_SECONDS")
+    # a runner whose agent is not logged in takes no task, and asks the agent again this often
+    agent_login_recheck_seconds: float = Field(
+        default=60.0, gt=0, validation_alias="AGENT_LOGIN_RECHECK_SECONDS"
+    )
+
     # Refine terminals: the runner's one outbound WebSocket connection (unset: no terminals)
     ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))
     runner_secret: SecretStr | None = Field(default=None, validation_alias="RUNNER_SECRET")
@@ -107,6 +118,11 @@ class RunnerSettings(AwsKeySettings):
     def worktrees(self) -> Path:
         return self.worktrees_dir or self.repo_path.parent / "worktrees"
 
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeat records: a few per lease."""
+        return self.heartbeat_seconds or max(1.0, self.lease_seconds / 4)
+
 
 class CliSettings(AwsKeySettings, AwsSettings):
     """What the operator commands (``aipm list``, ``token``, ``terminal``, ...) read."""
@@ -122,6 +138,7 @@ class CliSettings(AwsKeySettings, AwsSettings):
     token_secret: SecretStr | None = Field(default=None, validation_alias="TOKEN_SECRET")
     token_secret_arn: str | None = Field(default=None, validation_alias="TOKEN_SECRET_ARN")
     ws_url: str | None = Field(default=None, validation_alias=AliasChoices("WS_URL", "WEBSOCKET_URL"))
+    runners_table: str = Field(default=DEFAULT_RUNNERS_TABLE, validation_alias="RUNNERS_TABLE")
 
     @field_validator("protected_branches", mode="before")
     @classmethod

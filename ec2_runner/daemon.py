@@ -8,10 +8,12 @@ visible again. A second signal goes cold at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -19,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from ec2_runner import logs
+from ec2_runner.login_gate import LoginGate
 from ec2_runner.pipeline import Outcome, TaskPipeline
 from shared.models import TaskSignal
 
@@ -72,8 +75,14 @@ class Runner:
         lease_seconds: float = 120,
         shutdown_grace_seconds: float = 30,
         visibility_margin_seconds: int = VISIBILITY_MARGIN,
+        login_gate: LoginGate | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.sqs = sqs
+        # closed while the agent is not logged in: no receive, so tasks wait for a runner that can
+        self.login_gate = login_gate
+        self.on_change = on_change or (lambda: None)  # the heartbeat writes soon after a change
+        self.holding: dict[str, float] = {}  # task ids this runner works on, with when each began
         self.queue_url = queue_url
         self.pipeline = pipeline
         self.slots = slots
@@ -95,6 +104,20 @@ class Runner:
             log_transient_faults(ddb)
 
     # -- control ----------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    @property
+    def waiting_for_login(self) -> bool:
+        status = self.login_gate.status if self.login_gate else None
+        return status is not None and not status.ready
+
     def request_stop(self, cold: bool = False, grace_seconds: float | None = None) -> None:
         """Take no new messages; running tasks get ``grace_seconds`` (default: the configured grace,
         and never more than it) to finish before they are parked; ``cold`` parks them at once."""
@@ -135,6 +158,10 @@ class Runner:
         while not self._stopping.is_set():
             if max_tasks is not None and self.received >= max_tasks:
                 break
+            if not self._agent_ready():
+                if stop_when_idle and not self._running:
+                    break  # nothing it can take: idle
+                continue
             free = self._acquire_slots(max_tasks, self.received)
             if not free:
                 continue
@@ -188,6 +215,18 @@ class Runner:
                 if suspect:
                     while not fut.done() and not self._stopping.is_set():
                         wait([fut], timeout=0.2)
+
+    def _agent_ready(self) -> bool:
+        """Whether the agent can run a task; if not, wait a little (stop still ends the wait)."""
+        if self.login_gate is None:
+            return True
+        before = self.login_gate.status
+        ready = self.login_gate.ready()
+        if before is None or before.ready != ready:
+            self.on_change()
+        if not ready:
+            self._stopping.wait(min(1.0, self.login_gate.recheck_seconds))
+        return ready
 
     def _wait_alone(self, message: dict) -> None:
         """Wait until no other task runs here, keeping ``message`` hidden meanwhile."""
@@ -276,7 +315,7 @@ class Runner:
             logger.error("dropping malformed SQS message %s: %s", message.get("MessageId"), reason)
             self._delete(receipt)
             return
-        with logs.task_context(sig.task_id):
+        with logs.task_context(sig.task_id), self._holding(sig.task_id):
             self._hide(receipt)
             try:
                 outcome = self.pipeline.process(
@@ -296,6 +335,18 @@ class Runner:
                 self._make_visible(receipt)
             elif outcome not in (Outcome.LEASE_LOST, Outcome.DEFERRED):
                 self._delete(receipt)  # (a deferred message stays hidden for the task's backoff)
+
+    @contextlib.contextmanager
+    def _holding(self, task_id: str) -> Iterator[None]:
+        with self._lock:
+            self.holding[task_id] = time.time()
+        self.on_change()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.holding.pop(task_id, None)
+            self.on_change()
 
     def _make_visible(self, receipt: str) -> None:
         self._set_visibility(receipt, 0, "reset")

@@ -15,6 +15,8 @@ import re
 import shlex
 import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.ansi import Redactor
 from ec2_runner.ptydriver import Asker, PtyRun, Watch, drive
+from ec2_runner.reaping import run_to_end
 from ec2_runner.sandbox import Sandbox
 from shared.models import ErrorKind
 
@@ -85,6 +88,23 @@ class Verdict:
     attempts: int = 1
     session_id: str | None = None
     keep_work: bool = False
+
+
+LOGIN_CHECK_TIMEOUT = 20.0  # seconds a login check (``kiro-cli whoami``) may take
+
+
+class LoginStatus(BaseModel):
+    """Whether the agent can run a task unattended: ``logged_in`` None means not checked (an agent
+    with no login check); ``detail`` is a sentence for a log line, a heartbeat and ``aipm doctor``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    logged_in: bool | None
+    detail: str
+
+    @property
+    def ready(self) -> bool:
+        return self.logged_in is not False
 
 
 class AgentResult(BaseModel):
@@ -189,6 +209,55 @@ class PtyAgent:
         env.setdefault("TERM", "xterm-256color")
         env.setdefault("PATH", os.defpath)
         return env
+
+    def installed(self) -> str | None:
+        """Where the agent's command is, or None when it cannot be run from here."""
+        exe = self.argv[0]
+        path = self.child_env().get("PATH")
+        if os.sep in exe:
+            return exe if os.access(exe, os.X_OK) else None
+        return shutil.which(exe, path=path)
+
+    def login_check_argv(self) -> list[str] | None:
+        """The command whose exit 0 says the agent is logged in (``AGENT_LOGIN_CHECK``); None: this
+        agent has no login to check."""
+        check = self.settings.login_check
+        return shlex.split(check) if check else None
+
+    def login_status(self) -> LoginStatus:
+        """Whether the agent is logged in, asked the agent itself (in the sandbox, with the agent's
+        own environment, as a task's run would see it). What it prints is never logged: it may name
+        an account."""
+        argv = self.login_check_argv()
+        if argv is None:
+            return LoginStatus(logged_in=None, detail=f"{self.name} has no login check (AGENT_LOGIN_CHECK)")
+        if self.installed() is None:
+            return LoginStatus(logged_in=False, detail=f"agent command not found: {self.argv[0]}")
+        shown = shlex.join(argv)
+        env = self.child_env()
+        with tempfile.TemporaryDirectory(prefix="aipm-login-check-") as cwd:
+            try:
+                if self.sandbox is None:
+                    proc = _run_check(argv, Path(cwd), env)
+                else:
+                    with self.sandbox.run(argv, Path(cwd), env) as boxed:
+                        proc = _run_check(boxed.argv, Path(cwd), boxed.env)
+            except subprocess.TimeoutExpired:
+                return LoginStatus(
+                    logged_in=False, detail=f"`{shown}` did not answer within {LOGIN_CHECK_TIMEOUT:g} s"
+                )
+            except OSError as e:
+                return LoginStatus(logged_in=False, detail=f"`{shown}` could not run: {e.strerror or e}")
+        if proc.returncode == 0:
+            return LoginStatus(logged_in=True, detail=f"logged in (`{shown}` exit 0)")
+        return LoginStatus(
+            logged_in=False,
+            detail=f"not logged in (`{shown}` exit {proc.returncode}): {self.login_hint()}",
+        )
+
+    def login_hint(self) -> str:
+        """What a person does about an agent that is not logged in."""
+        return "log the agent in on this host as the runner's user, or give it its API key"
 
     def run(
         self,
@@ -302,3 +371,9 @@ def _both(first: Callable[[str], None], then: Callable[[str], None] | None) -> C
             then(text)
 
     return hear
+
+
+def _run_check(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """A login check run to its end: no input (a check that asks for a login gets none), output
+    captured and dropped, its whole process group killed at the timeout."""
+    return run_to_end(argv, cwd=cwd, env=env, timeout=LOGIN_CHECK_TIMEOUT)

@@ -173,6 +173,17 @@ class KiroAgent(PtyAgent):
             interactive = shlex.split(KIRO_INTERACTIVE_COMMAND)
         super().__init__(settings, argv, interactive, sandbox)
 
+    def login_check_argv(self) -> list[str] | None:
+        """``kiro-cli whoami`` (Kiro's CLI reference: the signed-in user; non-zero when signed out),
+        with the same binary the tasks run, unless ``AGENT_LOGIN_CHECK`` names another check."""
+        return super().login_check_argv() or [self.argv[0], "whoami"]
+
+    def login_hint(self) -> str:
+        return (
+            "put KIRO_API_KEY in /etc/aipm/agent.env (AgentCredentialSecretArn), "
+            "or run `kiro-cli login` as the runner's user"
+        )
+
     def _attempts(self, once: DriveOnce, on_output: Callable[[str], None] | None) -> Verdict:
         """Run under Kiro's rules; once more when it was having trouble responding."""
         attempts = 0

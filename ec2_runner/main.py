@@ -22,7 +22,9 @@ from ec2_runner.instance_notices import (
     complete_lifecycle_action,
 )
 from ec2_runner.live import RelayWatchers
+from ec2_runner.login_gate import LoginGate
 from ec2_runner.pipeline import PipelineOptions, TaskPipeline
+from ec2_runner.presence import Presence, Snapshot, terminal_count
 from ec2_runner.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, make_sandbox
 from ec2_runner.terminal import SessionManager, TaskTarget, TerminalSettings
 from ec2_runner.terminal_worktrees import GitCallables
@@ -30,6 +32,7 @@ from ec2_runner.ws_client import RelayLinkSettings, TerminalService
 from shared import aws
 from shared.config import load_settings, local_stack_in_use
 from shared.dispatch import Dispatcher
+from shared.runners import RunnerRegistry, RunnerState
 from shared.store import TaskStore
 from shared.tokens import SecretSource
 
@@ -102,6 +105,7 @@ def build_runner(
         lease_seconds=settings.lease_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         visibility_margin_seconds=settings.visibility_margin_seconds,
+        login_gate=LoginGate(agent, settings.agent_login_recheck_seconds),
     )
 
 
@@ -205,6 +209,45 @@ def finish_lifecycle(settings: RunnerSettings, watcher: NoticeWatcher) -> None:
     complete_lifecycle_action(autoscaling, target)
 
 
+def snapshot(runner: Runner, terminals: TerminalService | None = None) -> Snapshot:
+    """What ``runner`` is doing now, for its heartbeat record."""
+    status = runner.login_gate.status if runner.login_gate else None
+    if runner.stopping:
+        state = RunnerState.STOPPING
+    elif status is not None and not status.ready:
+        state = RunnerState.WAITING_FOR_LOGIN
+    else:
+        state = RunnerState.RUNNING
+    return Snapshot(
+        state=state,
+        slots_busy=runner.busy,
+        slots_total=runner.slots,
+        tasks=sorted(runner.holding),
+        terminal_sessions=terminal_count(terminals),
+        agent_logged_in=status.logged_in if status else None,
+        agent_login=status.detail if status else "not checked yet",
+    )
+
+
+def start_presence(
+    settings: RunnerSettings, runner: Runner, terminals: TerminalService | None = None
+) -> Presence:
+    """The runner's heartbeat record, written a few times a lease from here on."""
+    ddb = aws.client(
+        "dynamodb", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url, keys=settings.aws_keys
+    )
+    presence = Presence(
+        RunnerRegistry(ddb, settings.runners_table),
+        settings.runner_id,
+        getattr(runner.pipeline.agent, "name", "agent"),
+        lambda: snapshot(runner, terminals),
+        interval=settings.heartbeat_interval,
+        ttl_seconds=settings.runner_record_ttl_seconds,
+    )
+    runner.on_change = presence.poke
+    return presence.start()
+
+
 def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
     """``aipm runner`` / ``python -m ec2_runner``: run until SIGTERM or SIGINT, or until the
     instance is told it goes away (scale-in, Spot interruption)."""
@@ -225,11 +268,13 @@ def main(max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
         knobs = load_settings(TerminalSettings) if settings.ws_url else None
         watcher = watch_notices(settings, runner)
         terminals = start_terminals(settings, runner, knobs, sandbox)
+        presence = start_presence(settings, runner, terminals)
         try:
             runner.run(max_tasks=max_tasks, stop_when_idle=stop_when_idle)
         finally:
             if terminals:
                 terminals.stop()
+            presence.stop()
         if watcher:
             finish_lifecycle(settings, watcher)
     finally:

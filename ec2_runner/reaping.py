@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,30 @@ def group_alive(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+def run_to_end(
+    argv: list[str], *, cwd: str | Path, env: dict[str, str], timeout: float | None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` with no input and its output captured, in a session of its own: at ``timeout``
+    its whole process group (and whatever it started: ssh, credential helpers) is killed, then
+    ``subprocess.TimeoutExpired`` is raised."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        signal_group(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import git
 
+from ec2_runner.reaping import run_to_end
+
 logger = logging.getLogger(__name__)
 
 # what git (and the ssh it starts) may see of the runner's environment: nothing secret
@@ -437,23 +439,11 @@ class SafeGit:
             env.update(GIT_DIR=str(admin), GIT_COMMON_DIR=str(self.private_dir), GIT_WORK_TREE=str(worktree))
             cwd = str(worktree)
         argv = ["git", *self.overrides(), *args]
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a timeout kills git and everything it started (ssh, helpers)
-        )
-        try:
-            out, err = proc.communicate(timeout=timeout)
+        try:  # a timeout kills git and everything it started (ssh, helpers)
+            done = run_to_end(argv, cwd=cwd, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
             raise GitTimeoutError(["git", *args], -signal.SIGKILL, f"killed after {timeout:g} s") from None
-        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        return done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace")
 
 
 class NotAWorktreeError(Exception):

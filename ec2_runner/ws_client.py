@@ -35,6 +35,18 @@ from shared.tokens import mint_runner_token
 
 logger = logging.getLogger(__name__)
 
+# what opening a relay connection may raise: a refused handshake (expired token, 403), an
+# unreachable relay, a secret that could not be read
+_CONNECT_ERRORS = (
+    InvalidStatus,
+    InvalidHandshake,
+    OSError,
+    RuntimeError,
+    TimeoutError,
+    BotoCoreError,
+    ClientError,
+)
+
 RUNNER_TOKEN_TTL = 3600
 
 
@@ -219,15 +231,7 @@ class _RelayClient:
         while not stop.is_set():
             try:
                 return await self._connect()
-            except (
-                InvalidStatus,
-                InvalidHandshake,
-                OSError,
-                RuntimeError,
-                TimeoutError,
-                BotoCoreError,
-                ClientError,
-            ) as e:
+            except _CONNECT_ERRORS as e:
                 # a refused handshake (expired token, 403), an unreachable relay, a secret that
                 # could not be read: wait and try again with a fresh token
                 logger.warning("terminal relay refused the connection (%s); retrying in %.1fs", e, backoff)
@@ -247,15 +251,7 @@ class _RelayClient:
         it, say hello, wait until the relay routed the sessions there, drain to it, close the old."""
         try:
             new = await self._connect()
-        except (
-            InvalidStatus,
-            InvalidHandshake,
-            OSError,
-            RuntimeError,
-            TimeoutError,
-            BotoCoreError,
-            ClientError,
-        ) as e:
+        except _CONNECT_ERRORS as e:
             logger.warning("could not open the next relay connection (%s); staying on this one", e)
             old.opened_at = asyncio.get_running_loop().time() - self.settings.move_after + 1.0
             return old

@@ -115,6 +115,7 @@ class LocalStackResources(BaseModel):
     dlq_url: str
     connections_table: str | None = None
     branch_locks_table: str | None = None
+    runners_table: str | None = None  # the runners' heartbeat records
     token_secret_arn: str | None = None
     runner_secret_arn: str | None = None
     functions: dict[str, FunctionSpec]  # keyed by folder name: "dispatch", "dead_letter", ...
@@ -305,6 +306,7 @@ def deploy(
     table_id, queue_id, dlq_id = _queue_resources(cfn)
     connections_id = _table_keyed_on(cfn, "connectionId")
     locks_id = _table_keyed_on(cfn, "branch")
+    runners_id = _table_keyed_on(cfn, "fleet")
     table_name = physical[table_id]
     return LocalStackResources(
         stack_name=stack_name,
@@ -316,6 +318,7 @@ def deploy(
         dlq_url=resolver.value({"Ref": dlq_id}),
         connections_table=physical.get(connections_id) if connections_id else None,
         branch_locks_table=physical.get(locks_id) if locks_id else None,
+        runners_table=physical.get(runners_id) if runners_id else None,
         token_secret_arn=secrets_made.get("TokenSecret"),
         runner_secret_arn=secrets_made.get("RunnerSecret"),
         functions=functions,
@@ -612,7 +615,8 @@ def _queue_resources(cfn: dict[str, Any]) -> tuple[str, str, str]:
 
 def _table_keyed_on(cfn: dict[str, Any], attribute: str) -> str | None:
     """The table whose partition key is ``attribute`` (the connections table is keyed on
-    ``connectionId``, the branch locks on ``branch``): found by its schema, not by its name."""
+    ``connectionId``, the branch locks on ``branch``, the runners' heartbeats on ``fleet``): found
+    by its schema, not by its name."""
     for logical_id, res in cfn["Resources"].items():
         if res["Type"] != "AWS::DynamoDB::Table":
             continue

@@ -39,6 +39,7 @@ class LocalStackConfig(BaseModel):
     stack_name: str
     connections_table: str | None = None
     branch_locks_table: str | None = None
+    runners_table: str | None = None
     ws_url: str | None = None
     management_url: str | None = None
     page_url: str | None = None
@@ -125,6 +126,8 @@ class LocalStack:
             # one task per branch: the runners' strongly consistent branch locks
             **({"BRANCH_LOCKS_TABLE": res.branch_locks_table} if res.branch_locks_table else {}),
             **({"CONNECTIONS_TABLE": res.connections_table} if res.connections_table else {}),
+            # the runners' heartbeat records (`aipm runners`)
+            **({"RUNNERS_TABLE": res.runners_table} if res.runners_table else {}),
             "POWERTOOLS_METRICS_NAMESPACE": "aipm-local",
             "POWERTOOLS_TRACE_DISABLED": "true",
         }
@@ -181,6 +184,7 @@ class LocalStack:
             stack_name=self.stack_name,
             connections_table=res.connections_table,
             branch_locks_table=res.branch_locks_table,
+            runners_table=res.runners_table,
             env=runner_env,
             **gateway_urls,
         )

@@ -114,21 +114,34 @@ _RECORD = """#!/bin/bash
 """
 
 
-def write_fakes(fakebin: Path, log: Path, *, moto_endpoint: str, dev_python: str) -> None:
+def write_fakes(
+    fakebin: Path, log: Path, *, moto_endpoint: str, dev_python: str, python: str | None = None
+) -> None:
     """Small honest fakes of the system commands the user data calls, each recording its arguments.
 
-    dnf and systemctl only record (the packages are this machine's; the test starts the unit itself),
-    but dnf installs amazon-cloudwatch-agent's control command as a fake that checks the config it is
-    given is JSON (as the real one's fetch-config does) and records it;
+    dnf, systemctl and cfn-signal only record (the packages are this machine's; the test starts the
+    unit itself; the signal's arguments are what CloudFormation would get), but dnf installs
+    amazon-cloudwatch-agent's control command as a fake that checks the config it is given is JSON
+    (as the real one's fetch-config does) and records it;
     useradd and runuser record and then run the real command, which in the scratch root writes only
     the scratch /etc and /var/lib; aws records and runs the real AWS CLI against moto (an instance
     role's credentials, played by dummies); python3.12 makes the venv with this interpreter, and its
     pip records and installs the wheel offline (no index: its dependencies are this environment's,
-    reached through a .pth file)."""
+    reached through a .pth file).
+
+    ``python``: the interpreter the fakes record with and run the AWS CLI's module with (default this
+    one); an interpreter other users can run lets the fakes work for the aipm user too (the boot's
+    doctor runs as aipm, and git's credential helper calls ``aws``)."""
     fakebin.mkdir(parents=True, exist_ok=True)
     q = shlex.quote
-    head = {"log": q(str(log)), "python": q(sys.executable), "recorder": _RECORDER}
-    aws_cli = Path(sys.executable).with_name("aws")
+    interpreter = python or sys.executable
+    head = {"log": q(str(log)), "python": q(interpreter), "recorder": _RECORDER}
+    # the AWS CLI of this environment, as a module of it: its own script's interpreter may be
+    # one the aipm user cannot run
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    aws_main = (
+        f"import sys; sys.path.insert(0, {site!r}); from awscli.clidriver import main; sys.exit(main())"
+    )
     ctl = f"{CLOUDWATCH_AGENT}/bin/amazon-cloudwatch-agent-ctl"
     checks_config = (
         "import json, sys; a = sys.argv[1:]; "
@@ -148,11 +161,13 @@ def write_fakes(fakebin: Path, log: Path, *, moto_endpoint: str, dev_python: str
             "exit 0\n"
         ),
         "systemctl": "exit 0\n",
+        # the instance's signal to CloudFormation: recorded, nothing to send it to
+        "cfn-signal": "exit 0\n",
         "useradd": 'exec /usr/sbin/useradd "$@"\n',
         "runuser": 'exec /usr/sbin/runuser "$@"\n',
         "aws": (
             f"export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing\n"
-            f'exec {q(str(aws_cli))} --endpoint-url {q(moto_endpoint)} "$@"\n'
+            f'exec {q(interpreter)} -c {q(aws_main)} --endpoint-url {q(moto_endpoint)} "$@"\n'
         ),
         "python3.12": (
             '[ "$1 $2" = "-m venv" ] || { echo "fake python3.12: only -m venv" >&2; exit 2; }\n'
@@ -172,6 +187,19 @@ def write_fakes(fakebin: Path, log: Path, *, moto_endpoint: str, dev_python: str
         path = fakebin / name
         path.write_text(_RECORD.format(name=name, **head) + body)
         path.chmod(0o755)
+
+
+def python_others_can_run() -> str | None:
+    """An interpreter of this one's version that a system user can run (this one may live under
+    /root, which the aipm user cannot read), or None."""
+    import os
+
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    for candidate in (base, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"):
+        path = Path(candidate)
+        if path.exists() and all(os.stat(d).st_mode & 0o005 == 0o005 for d in path.parents):
+            return str(path)
+    return None
 
 
 def recorded(log: Path) -> list[list[str]]:

@@ -9,9 +9,14 @@ What the test adds to the unit's environment, and why: its fakes first on PATH (
 is the instance's CLI), AWS_ENDPOINT_URL and dummy keys (the local stack and the instance role),
 GIT_SSL_CAINFO (the loopback server's self-signed certificate), an empty WEBSOCKET_URL (the
 rendered URL names AWS, which no test may reach; terminals are not this test's) and an empty
-INSTANCE_METADATA_URL (169.254.169.254 is no loopback address; tests/chaos/test_instance_notices.py
-plays the metadata service). The runner runs
-as root, not User=aipm: this interpreter lives under /root, which the aipm user cannot read.
+INSTANCE_METADATA_URL (169.254.169.254 is no loopback address; tests/chaos/test_instance_notices_stack.py
+plays the metadata service). The runner runs as root, not User=aipm: this interpreter may live
+under /root, which the aipm user cannot read.
+
+The boot's last step runs ``aipm doctor`` as the unit would (User=aipm) and ``cfn-signal``s its exit
+code; for it the boot gets the same additions (as its environment, which runuser keeps), the
+stack's WebSocket stand-in as the API's endpoint, AGENT_SANDBOX=off (the suite's agents run
+unsandboxed), and a venv made from an interpreter the aipm user can run.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from tests.integration.bootstrap_support import (
     base64_round_trip,
     can_make_scratch_roots,
     parse_unit,
+    python_others_can_run,
     recorded,
     render,
     unit_environment,
@@ -117,6 +123,7 @@ def local(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stack_name=unique("boot"),
         endpoint_url=moto_endpoint,
         reconcile_seconds=3600,
+        gateway_port=0,  # the WebSocket API the boot's doctor opens with the runner secret
     )
     stack.start()
     try:
@@ -152,18 +159,23 @@ def values(
     shutil.copy(FAKE_KIRO, world_readable / "kiro-cli")
     (world_readable / "kiro-cli").chmod(0o755)
     cfg = local.config
+    # the key the stack's WebSocket stand-in checks runner tokens with, kept as RunnerSecret is on AWS
+    runner_secret = sm.create_secret(Name=unique("runner"), SecretString=cfg.env["RUNNER_SECRET"])["ARN"]
+    api, _, stage = cfg.ws_url.rpartition("/")
     return {
         "AWS::Region": REGION,
         "AWS::URLSuffix": "amazonaws.com",
         "AWS::StackName": STACK_NAME,
         "RunnerLogGroup": f"/aipm/{STACK_NAME}/runner",
+        "WebSocketApi.ApiEndpoint": api,
         "TableName": cfg.table_name,
         "TaskQueue": cfg.task_queue_url,
         "BranchLocksTable": cfg.branch_locks_table,
         "ConnectionsTable": cfg.connections_table,
-        "RunnerSecret": f"arn:aws:secretsmanager:{REGION}:123456789012:secret:runner-AbCdEf",
+        "RunnersTable": cfg.runners_table,
+        "RunnerSecret": runner_secret,
         "WebSocketApi": "abc123defg",
-        "StageName": "prod",
+        "StageName": stage,
         "RunnerPackageUri": bucket,
         "GitRemoteUrl": f"{git_server.url}/app.git",
         "GitTokenSecretArn": git_secret,
@@ -185,7 +197,11 @@ def script(values: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def booted(
-    script: Path, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    script: Path,
+    moto_endpoint: str,
+    git_server: TokenGitServer,
+    world_readable: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[ScratchRoot, subprocess.CompletedProcess[str], Path, Path]:
     """The user data run to its end in a fresh scratch root, with the recording fakes on PATH."""
     tmp = tmp_path_factory.mktemp("boot")
@@ -193,12 +209,23 @@ def booted(
     if reason:
         pytest.skip(reason)
     root = ScratchRoot(tmp / "root")
-    fakebin, log = tmp / "fakebin", tmp / "calls.jsonl"
-    base_python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    write_fakes(fakebin, log, moto_endpoint=moto_endpoint, dev_python=base_python)
+    # the fakes where the aipm user (the boot's doctor, git's credential helper) can run them too
+    fakebin, log = world_readable / "fakebin", world_readable / "calls.jsonl"
+    log.touch(mode=0o666)
+    log.chmod(0o666)
+    others = python_others_can_run()
+    base_python = others or os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    write_fakes(fakebin, log, moto_endpoint=moto_endpoint, dev_python=base_python, python=others)
+    fakebin.chmod(0o755)
     env = {
         "PATH": f"{fakebin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
+        # for the boot's doctor (module docstring): the local stack, the git server's certificate
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "GIT_SSL_CAINFO": str(shutil.copy(git_server.cert, world_readable / "git-server.pem")),
+        "AGENT_SANDBOX": "off",
     }
     proc = subprocess.run(
         root.argv("bash", str(script)), env=env, capture_output=True, text=True, timeout=240
@@ -230,7 +257,8 @@ def test_the_user_data_installs_the_pinned_package_the_agent_and_every_setting(
     assert proc.stdout.rstrip().endswith("aipm bootstrap: done")
     calls = recorded(log)
     commands = [c[0] for c in calls]
-    assert ["dnf", "install", "-y", "git", "python3.12", "python3.12-pip", "awscli-2"] in calls
+    packages = ["git", "python3.12", "python3.12-pip", "awscli-2", "aws-cfn-bootstrap"]
+    assert ["dnf", "install", "-y", *packages] in calls
     useradd = next(c for c in calls if c[0] == "useradd")
     assert useradd[-1] == "aipm" and "--system" in useradd and "/var/lib/aipm" in useradd
     assert "aipm:" in root.upper("/etc/passwd").read_text()
@@ -260,7 +288,11 @@ def test_the_user_data_installs_the_pinned_package_the_agent_and_every_setting(
     assert agent_env.read_text() == f"KIRO_API_KEY={AGENT_KEY}\n"
     assert stat.S_IMODE(agent_env.stat().st_mode) == 0o600 and agent_env.stat().st_uid == 0
     secret_reads = [c for c in calls if c[:3] == ["aws", "secretsmanager", "get-secret-value"]]
-    assert [c[c.index("--secret-id") + 1] for c in secret_reads] == [values["AgentCredentialSecretArn"]]
+    # the agent's key into agent.env; then the git token, by the credential helper, for the doctor's
+    # dry-run push (asked for by git, handed to git only)
+    read = [c[c.index("--secret-id") + 1] for c in secret_reads]
+    assert read[0] == values["AgentCredentialSecretArn"]
+    assert read[1:] and set(read[1:]) == {values["GitTokenSecretArn"]}
     # the unit, from the wheel, enabled and started
     assert root.upper("/etc/systemd/system/aipm-runner.service").read_text() == UNIT.read_text()
     assert [c for c in calls if c[0] == "systemctl"] == [
@@ -268,10 +300,37 @@ def test_the_user_data_installs_the_pinned_package_the_agent_and_every_setting(
         ["systemctl", "enable", "--now", "aipm-runner"],
     ]
     assert commands.index("pip") < commands.index("systemctl")
-    # the git token is read by nobody at boot, and written nowhere
+    # the git token is written nowhere, and never shown
     assert GIT_TOKEN not in proc.stdout + proc.stderr
     assert not [p for p in root.files() if GIT_TOKEN.encode() in p.read_bytes()]
     assert AGENT_KEY not in proc.stdout + proc.stderr
+
+
+def test_the_boot_runs_the_doctor_as_the_unit_would_and_signals_its_result_to_cloudformation(
+    booted: tuple[ScratchRoot, subprocess.CompletedProcess[str], Path, Path], git_server: TokenGitServer
+) -> None:
+    """The last step: ``aipm doctor`` as User=aipm with the unit's environment; every check passes
+    (AWS, table, queues, the WebSocket with the runner secret, git read and dry-run push with the
+    token, the agent logged in with its key), and cfn-signal gets exit code 0 for RunnerGroup."""
+    _, proc, _, log = booted
+    if python_others_can_run() is None:
+        pytest.skip("no interpreter here that the aipm user can run (the doctor runs as aipm)")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = recorded(log)
+    doctor = [c for c in calls if c[0] == "runuser" and c[-2:] == ["/opt/aipm/venv/bin/aipm", "doctor"]]
+    assert doctor and doctor[0][:4] == ["runuser", "-u", "aipm", "--"]
+    assert "all checks pass" in proc.stdout, proc.stdout + proc.stderr
+    (signal_call,) = [c for c in calls if c[0] == "cfn-signal"]
+    assert signal_call[1:3] == ["--exit-code", "0"]
+    assert signal_call[signal_call.index("--resource") + 1] == "RunnerGroup"
+    assert signal_call[signal_call.index("--stack") + 1] == STACK_NAME
+    assert calls.index(signal_call) > calls.index(["systemctl", "enable", "--now", "aipm-runner"])
+    # the doctor's push was a dry run: it wrote nothing
+    refs = subprocess.run(
+        ["git", "--git-dir", str(git_server.root / "app.git"), "for-each-ref", "--format=%(refname)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "refs/heads/kiro-wip/aipm-doctor" not in refs
 
 
 def test_a_package_whose_files_do_not_match_its_folder_fails_the_boot_saying_where(
@@ -298,6 +357,9 @@ def test_a_package_whose_files_do_not_match_its_folder_fails_the_boot_saying_whe
     assert proc.returncode != 0
     assert "aipm bootstrap FAILED" in proc.stderr and "sha256sum" in proc.stderr
     assert "pip" not in [c[0] for c in recorded(log)]
+    # and CloudFormation is told at once, not after the CreationPolicy's timeout
+    (signal_call,) = [c for c in recorded(log) if c[0] == "cfn-signal"]
+    assert signal_call[1:3] == ["--exit-code", "1"]
     assert not root.upper("/etc/systemd/system/aipm-runner.service").exists()
 
 

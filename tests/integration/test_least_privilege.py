@@ -61,7 +61,7 @@ NEEDED: dict[tuple[str, str, str], str] = {
     (RUNNER_ROLE, "s3:GetObject", f"{PACKAGE_FOLDER}*"): f"{_BOOT}: the pinned runner package",
     (RUNNER_ROLE, "autoscaling:CompleteLifecycleAction", f"{_GROUP}/{STACK}-runners"): (
         "a runner held by the warm-stop lifecycle hook lets its instance go once stopped: the local stack"
-        " has no Auto Scaling group, so tests/chaos/test_instance_notices.py makes and checks that call"
+        " has no Auto Scaling group, so tests/chaos/test_instance_notices_stack.py makes and checks that call"
     ),
     **{
         (RUNNER_ROLE, f"logs:{action}", f"log-group:/aipm/{STACK}/runner:*"): (
@@ -271,6 +271,8 @@ def iam_requests(call: dict[str, Any], stage: str) -> list[tuple[str, str]]:
     if service == "autoscaling":  # a group's ARN carries an id the caller never names
         group = f"autoScalingGroup:{GROUP_UUID}:autoScalingGroupName/{res['AutoScalingGroupName']}"
         return [(f"autoscaling:{op}", f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:{group}")]
+    if service == "sts" and op == "GetCallerIdentity":
+        return []  # needs no permission: AWS answers it for any valid credentials
     if service == "apigatewaymanagementapi":
         method = _CONNECTION_METHOD[op]
         connection = f"{stage}/{method}/@connections/{res['ConnectionId']}"
@@ -402,7 +404,7 @@ def recording(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
             **{k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET")},
             "TOKEN_SECRET_ARN": physical["TokenSecret"],
         }
-        Flows(stack, gateway, cli_env, moto_endpoint).run_all()
+        Flows(stack, gateway, cli_env, moto_endpoint, physical["RunnerSecret"]).run_all()
     finally:
         stack.stop()
         if gateway:
@@ -418,10 +420,14 @@ class Flows:
     """The flows, each waiting for its own outcome, so the recording holds what each really did:
     tasks submitted, listed and retried by the CLI and run by a real runner (one completes, one
     fails, two share a branch, one lacks createdAt), a lost lease the reconciler re-signals, dead
-    letters given up and requeued, and Refine sessions (CLI token, browsers, a runner that dies)."""
+    letters given up and requeued, the fleet listed and the runner host's doctor, and Refine
+    sessions (CLI token, browsers, a runner that dies)."""
 
-    def __init__(self, stack: Any, gateway: Any, cli_env: dict[str, str], endpoint: str) -> None:
+    def __init__(
+        self, stack: Any, gateway: Any, cli_env: dict[str, str], endpoint: str, runner_secret_arn: str
+    ) -> None:
         self.stack, self.gateway, self.cli_env = stack, gateway, cli_env
+        self.runner_secret_arn = runner_secret_arn
         self.table = stack.config.table_name
         self.ddb = aws.client("dynamodb", region=REGION, endpoint_url=endpoint)
         self.sqs = aws.client("sqs", region=REGION, endpoint_url=endpoint)
@@ -451,7 +457,22 @@ class Flows:
     def run_all(self) -> None:
         self.tasks()
         self.recovery()
+        self.fleet()
         self.refine(self.done)
+
+    def fleet(self) -> None:
+        """The operator lists the fleet (the runner's heartbeat records); the runner host's doctor
+        checks AWS, the table, the queues, the WebSocket (the runner secret from its ARN), git and
+        the agent, as the unit and the boot run it."""
+        runners = json.loads(self.cli("runners", "--json"))
+        assert [r["liveness"] for r in runners] == ["live"], runners
+        env = {
+            **{k: v for k, v in self.stack.runner_env(0).items() if k != "RUNNER_SECRET"},
+            "WS_URL": self.gateway.ws_url,
+            "RUNNER_SECRET_ARN": self.runner_secret_arn,
+        }
+        report = json.loads(_cli(self.stack.workdir, env, "doctor", "--json"))
+        assert report["ok"], report
 
     def tasks(self) -> None:
         # a task end to end, submitted as the backend does, listed, then retried by an operator

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared import frames as fr
 from shared import tokens
-from shared.relay import CONTROL_RATE, SESSION_REPLAY_RATE, USER_REPLAY_RATE
+from shared.relay import CONTROL_RATE, CONTROL_WINDOW_SECONDS, SESSION_REPLAY_RATE, USER_REPLAY_RATE
 from tests.integration.refine_support import (
     TOKEN_SECRET,
     Browser,
@@ -349,6 +349,7 @@ def test_replays_are_bounded_per_session_whatever_the_number_of_connections(
         asyncio.run(scenario())
 
 
+@pytest.mark.timeout(90)
 def test_replays_are_bounded_per_user_across_sessions(moto_endpoint: str, table: str) -> None:
     """One user on several sessions, each connection and session within its own budget: past
     USER_REPLAY_RATE opens and resumes a window from that user, the rest are ``throttled``, before
@@ -362,15 +363,19 @@ def test_replays_are_bounded_per_user_across_sessions(moto_endpoint: str, table:
             branches = [f"feature/u{i}" for i in range(sessions)]
             mine = [await Browser.connect(gw.ws_url, user_token("greedy", branch=br)) for br in branches]
             # when
+            sent_from = time.monotonic()
             for b, branch in zip(mine, branches, strict=True):
                 for _ in range(per_session):
                     await b.send(fr.ResumeFrame(session_id=fr.session_id_for(branch=branch), last_seq=0))
-            # then: every resume answered, and the burst (well under a window) spans at most two
+            # then: every resume answered; the user's budget held in each window the relay's handling
+            # of the burst touched (well under one when the machine is idle, more on a loaded one)
             for b in mine:
-                await b.wait_for(lambda br: len(error_codes(br)) == per_session, 15)
+                await b.wait_for(lambda br: len(error_codes(br)) == per_session, 40)
+            windows = int((time.monotonic() - sent_from) / CONTROL_WINDOW_SECONDS) + 2
             let_by = sum(error_codes(b).count("no_runner") for b in mine)
             throttled = [f for b in mine for f in b.frames if getattr(f, "code", "") == "throttled"]
-            assert sessions * per_session > 2 * USER_REPLAY_RATE >= let_by
+            assert sessions * per_session > 2 * USER_REPLAY_RATE
+            assert 0 < len(throttled) and let_by <= windows * USER_REPLAY_RATE
             assert len(throttled) == sessions * per_session - let_by
             assert all("from this user" in f.message for f in throttled)
             calm = await Browser.connect(gw.ws_url, user_token("calm", branch="feature/u0"))

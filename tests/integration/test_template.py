@@ -182,6 +182,7 @@ def test_moto_template_keeps_tables_and_queues_and_drops_what_moto_cannot_create
         "TaskDeadLetterQueue",
         "ConnectionsTable",
         "BranchLocksTable",
+        "RunnersTable",
     }
     assert (
         dropped["WebSocketApi"] == "AWS::ApiGatewayV2::Api"
