@@ -43,11 +43,15 @@ class AgentSettings(BaseSettings):
     )
     claude_permission_mode: str = Field(default="acceptEdits", validation_alias="CLAUDE_PERMISSION_MODE")
     claude_allowed_tools: str | None = Field(default=None, validation_alias="CLAUDE_ALLOWED_TOOLS")
+    # a headless run that stops at an approval question: ``deny`` answers no and fails it
+    # approval_required; ``escalate`` holds it (its pty alive) for a person on the task's terminal
+    approval: Literal["deny", "escalate"] = Field(default="deny", validation_alias="APPROVAL")
+    approval_timeout: float = Field(default=900.0, gt=0, validation_alias="APPROVAL_TIMEOUT")
     env_passthrough: Annotated[list[str] | None, NoDecode] = Field(
         default=None, validation_alias="AGENT_ENV_PASSTHROUGH"
     )
 
-    @field_validator("agent", mode="before")
+    @field_validator("agent", "approval", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v

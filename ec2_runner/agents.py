@@ -24,6 +24,7 @@ from ec2_runner.claude_code import ClaudeCodeAgent
 from ec2_runner.codex import CodexAgent
 from ec2_runner.headless import AgentResult, LoginStatus, PtyAgent
 from ec2_runner.kiro import KiroAgent
+from ec2_runner.ptydriver import Asker
 from ec2_runner.sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,15 @@ class Agent(Protocol):
         timeout: float | None = None,
         on_output: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool | str] | None = None,
+        asker: Asker | None = None,
     ) -> AgentResult:
-        """Run one task headless in ``cwd`` until the agent exits (or is stopped, or times out)."""
+        """Run one task headless in ``cwd`` until the agent exits (or is stopped, or times out); a
+        question for a person (``APPROVAL=escalate``) goes to ``asker``."""
         ...
 
-    def interactive_argv(self, resume: bool) -> list[str]:
-        """The command for a Refine terminal session, with the resume args when asked."""
+    def interactive_argv(self, resume: bool, session_id: str | None = None) -> list[str]:
+        """The command for a Refine terminal session, with the resume args when asked (resuming
+        the CLI's own conversation ``session_id`` where the CLI can name one)."""
         ...
 
     def installed(self) -> str | None:

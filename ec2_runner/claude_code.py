@@ -8,16 +8,25 @@ about 3 minutes), so the adapter sets ``CLAUDE_CODE_MAX_RETRIES`` (``AGENT_API_R
 key ends ``Not logged in``; a turn limit ends ``error_max_turns``. Telemetry, error reporting and the
 auto-updater are off. ``ANTHROPIC_API_KEY`` goes to this CLI only; ``ANTHROPIC_BASE_URL`` is passed
 through as any variable.
+
+With ``APPROVAL=escalate`` a tool its permission mode does not allow is not denied but asked about:
+``--permission-prompt-tool`` names the runner's MCP tool (:mod:`ec2_runner.approval_prompt`), which
+asks ``Allow this action? [y/n]:`` on the run's pty; the rules hand that question to a person.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
+from ec2_runner import approval_prompt
 from ec2_runner.agent_settings import AgentSettings
-from ec2_runner.headless import Verdict
-from ec2_runner.ptydriver import PtyRun
+from ec2_runner.headless import Verdict, safe_session_id
+from ec2_runner.ptydriver import Ask, PtyRun, Stop
 from ec2_runner.sandbox import Sandbox
 from ec2_runner.stream_agents import StreamAgent, StreamRules
 from shared.models import ErrorKind
@@ -29,6 +38,17 @@ QUIET_ENV = {
     "DISABLE_TELEMETRY": "1",
     "DISABLE_ERROR_REPORTING": "1",
 }
+APPROVAL_SCRIPT = Path(approval_prompt.__file__).resolve()
+PROMPT_TOOL = f"mcp__{approval_prompt.SERVER}__{approval_prompt.TOOL}"
+QUESTION = re.compile(r"Using tool: (?P<tool>\S+)[^\n]*\n" + re.escape(approval_prompt.QUESTION))
+QUESTION_CHARS = 600
+
+
+def approval_args() -> list[str]:
+    """``--mcp-config`` with the runner's approval tool and ``--permission-prompt-tool`` naming it."""
+    server = {"type": "stdio", "command": sys.executable, "args": ["-I", str(APPROVAL_SCRIPT)]}
+    config = json.dumps({"mcpServers": {approval_prompt.SERVER: server}})
+    return ["--mcp-config", config, "--permission-prompt-tool", PROMPT_TOOL]
 
 
 class ClaudeRules(StreamRules):
@@ -38,6 +58,26 @@ class ClaudeRules(StreamRules):
         super().__init__(settings, name)
         self.result: dict[str, Any] | None = None
         self.retries = 0
+        self.asked = 0  # questions handed to a person
+
+    def __call__(self, text: str, now: float) -> Stop | Ask | None:
+        """Beside the stream's stops: the approval tool's question, for a person (escalate only)."""
+        stop = super().__call__(text, now)
+        if stop is not None or self.settings.approval != "escalate":
+            return stop
+        found = QUESTION.search(text)
+        if found is None:
+            return None
+        self.asked += 1
+        tool = found.group("tool")
+        return Ask(
+            question=found.group(0).strip()[-QUESTION_CHARS:],
+            choices=("y", "n"),
+            refuse=Stop(f"agent asked for approval to use tool '{tool}'", "n", ErrorKind.APPROVAL_REQUIRED),
+            unanswered=f"agent asked for approval to use tool '{tool}' and nobody answered within "
+            f"{self.settings.approval_timeout:g} s (APPROVAL_TIMEOUT)",
+            timeout=self.settings.approval_timeout,
+        )
 
     def event(self, event: dict[str, Any]) -> None:
         if isinstance(event.get("session_id"), str):
@@ -50,6 +90,8 @@ class ClaudeRules(StreamRules):
 
     def judge(self, run: PtyRun) -> Verdict:
         result = self.result
+        if run.error and run.kind is ErrorKind.APPROVAL_REQUIRED:  # nobody answered: keep the work
+            return self._fail(run, run.error, ErrorKind.APPROVAL_REQUIRED, keep=True)
         if run.error or result is None:
             verdict = super().judge(run)
             if verdict.ok:  # exit 0 without a result is no success
@@ -86,6 +128,14 @@ class ClaudeRules(StreamRules):
                 return self._fail(run, f"model API failed{retried}: {text}", ErrorKind.AGENT_API_ERROR)
             return self._fail(run, f"agent failed: {text or result.get('subtype')}", ErrorKind.AGENT_EXIT)
         denials = result.get("permission_denials") or []
+        if denials and self.asked:
+            tools = ", ".join(_denied(d) for d in denials[:5])
+            return self._fail(
+                run,
+                f"a person refused the agent {len(denials)} tool call(s): {tools}",
+                ErrorKind.APPROVAL_REQUIRED,
+                keep=True,  # as with an unanswered question: the work so far goes to the WIP ref
+            )
         if denials:
             tools = ", ".join(_denied(d) for d in denials[:5])
             return self._fail(
@@ -124,20 +174,24 @@ class ClaudeCodeAgent(StreamAgent):
         argv += ["--max-turns", str(settings.max_turns)]
         if settings.claude_allowed_tools:
             argv += ["--allowedTools", settings.claude_allowed_tools]
+        if settings.approval == "escalate":
+            argv += approval_args()
         interactive = shlex.split(settings.interactive_command) if settings.interactive_command else exe
         super().__init__(settings, argv, interactive, sandbox)
 
     def rules(self) -> StreamRules:
         return ClaudeRules(self.settings, self.name)
 
-    def resume_words(self) -> list[str]:
-        # --continue: the latest conversation in this folder, the task's own (its folder is the task's)
+    def resume_words(self, session_id: str | None = None) -> list[str]:
+        """``--resume <id>``: the task's own conversation, the one its run recorded on the row
+        (``agentSessionId``); without one, ``--continue``: the latest in this folder, the task's."""
         if "resume_args" in self.settings.model_fields_set:
             return shlex.split(self.settings.resume_args)
-        return ["--continue"]
+        session_id = safe_session_id(session_id)
+        return ["--resume", session_id] if session_id else ["--continue"]
 
-    def interactive_argv(self, resume: bool) -> list[str]:
-        return [*self.interactive, *(self.resume_words() if resume else [])]
+    def interactive_argv(self, resume: bool, session_id: str | None = None) -> list[str]:
+        return [*self.interactive, *(self.resume_words(session_id) if resume else [])]
 
     def child_env(self) -> dict[str, str]:
         env = super().child_env()

@@ -21,7 +21,7 @@ import shlex
 from typing import Any
 
 from ec2_runner.agent_settings import AgentSettings
-from ec2_runner.headless import Verdict
+from ec2_runner.headless import Verdict, safe_session_id
 from ec2_runner.ptydriver import PtyRun, Stop
 from ec2_runner.sandbox import Sandbox
 from ec2_runner.stream_agents import StreamAgent, StreamRules, quoted_toml
@@ -191,8 +191,11 @@ class CodexAgent(StreamAgent):
     def rules(self) -> StreamRules:
         return CodexRules(self.settings, self.name)
 
-    def interactive_argv(self, resume: bool) -> list[str]:
-        words = ["resume", "--last"]
+    def interactive_argv(self, resume: bool, session_id: str | None = None) -> list[str]:
+        """``codex resume <id>``: the task's own thread (``agentSessionId``); without one, the
+        latest session in this folder, headless ones included (``--last`` alone skips them)."""
+        session_id = safe_session_id(session_id)
+        words = ["resume", session_id] if session_id else ["resume", "--last", "--include-non-interactive"]
         if "resume_args" in self.settings.model_fields_set:
             words = shlex.split(self.settings.resume_args)
         return [*self.interactive, *self.provider, *(words if resume else [])]

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.ansi import Redactor
-from ec2_runner.ptydriver import PtyRun, Watch, drive
+from ec2_runner.ptydriver import Asker, PtyRun, Watch, drive
 from ec2_runner.reaping import run_to_end
 from ec2_runner.sandbox import Sandbox
 from shared.models import ErrorKind
@@ -54,6 +54,19 @@ _BASE_ENV = (
 # names of the runner's own credentials: never inherited by an agent that runs arbitrary tools
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(^|_)API_?KEY$|ACCESS_KEY", re.I)
 _PROMPT_ONLY = re.compile(r"^[>!\s]*$")
+# a CLI's own conversation id as a row may carry it (``agentSessionId``): a UUID, a thread id; never
+# an option (anyone who can write the table can write the row)
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def safe_session_id(value: object) -> str | None:
+    """``value`` when it can name a CLI's conversation on a command line, else None (logged)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and _SESSION_ID.match(value):
+        return value
+    logger.warning("ignoring an agentSessionId that cannot be a conversation id: %r", str(value)[:40])
+    return None
 
 
 # one spawn of the command, with or without a watcher (the adapter's rules about its output) and a
@@ -174,8 +187,10 @@ class PtyAgent:
 
     # -- public
 
-    def interactive_argv(self, resume: bool) -> list[str]:
-        """The command for a Refine terminal session, with the resume args when asked."""
+    def interactive_argv(self, resume: bool, session_id: str | None = None) -> list[str]:
+        """The command for a Refine terminal session, with the resume args when asked. Here the
+        resume args alone (Kiro's ``--resume``: the last conversation in the task's folder);
+        an adapter whose CLI resumes a named conversation uses ``session_id``."""
         argv = list(self.interactive)
         if resume:
             argv += shlex.split(self.settings.resume_args)
@@ -252,9 +267,11 @@ class PtyAgent:
         timeout: float | None = None,
         on_output: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool | str] | None = None,
+        asker: Asker | None = None,
     ) -> AgentResult:
         """Run one task headless in ``cwd`` until the agent exits (or is stopped, or times out);
-        the timeout covers every attempt the adapter makes."""
+        the timeout covers every attempt the adapter makes. A question the adapter's rules hand to a
+        person (``APPROVAL=escalate``) goes to ``asker``; without one it is refused."""
         started = time.monotonic()
         limit = self.settings.timeout if timeout is None else timeout
         deadline = started + limit
@@ -327,6 +344,7 @@ class PtyAgent:
                 on_output=hear,
                 should_stop=should_stop,
                 watch=watch,
+                asker=asker,
             )
 
         logger.info("%s starting: %s in %s (timeout %.0f s)", self.name, exe, cwd, limit)

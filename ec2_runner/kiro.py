@@ -7,6 +7,11 @@ say it "is having trouble responding" (worth one retry). Its exit codes 3 and 4 
 their own. :class:`KiroRules` watches one run's output for all of these and judges the run, so each
 ends as a failed result with a readable error, never as a hang and never as a false success.
 Another CLI (``AGENT=command``) printing the same words is judged by its exit code alone.
+
+The approval question is answered ``n`` and fails the run ``approval_required`` by default; with
+``APPROVAL=escalate`` it is handed to a person instead (:class:`~ec2_runner.ptydriver.Ask`): the run
+is held until someone with write access to the task answers ``y``, ``n`` or ``t`` in its terminal,
+or ``APPROVAL_TIMEOUT`` passes (then it fails ``approval_required``, its work kept).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable
 
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.headless import DriveOnce, PtyAgent, Verdict, exit_kind, judge_exit
-from ec2_runner.ptydriver import PtyRun, Stop
+from ec2_runner.ptydriver import Ask, PtyRun, Stop
 from ec2_runner.sandbox import Sandbox
 from shared.models import ErrorKind
 
@@ -46,15 +51,30 @@ APPROVAL = re.compile(r"Allow this action\?.*?\[y/n/t\]:", re.DOTALL)
 TOOL_NAME = re.compile(r"Using tool:\s*([A-Za-z0-9_.:@/-]+)")
 TROUBLE = re.compile(r"(?i)is having trouble responding")
 CREDITS = re.compile(r"\u25b8\s*Credits:")  # the line that ends a finished turn
+APPROVAL_CHOICES = ("y", "n", "t")
+QUESTION_CHARS = 600  # what of the tool's description and the question the row and watchers get
+DENIED = re.compile(r"Tool use denied")
 
 
 class KiroRules:
     """What one Kiro run showed, watched as its output streams (pass it as the driver's ``watch``),
     and the verdict on the run once it ended."""
 
-    def __init__(self, login_timeout: float = 0.0, name: str = "kiro") -> None:
+    def __init__(
+        self,
+        login_timeout: float = 0.0,
+        name: str = "kiro",
+        *,
+        escalate: bool = False,
+        approval_timeout: float = 900.0,
+    ) -> None:
         self.login_timeout = login_timeout
         self.name = name
+        self.escalate = escalate
+        self.approval_timeout = approval_timeout
+        self.asked = 0  # questions handed to a person
+        self.refused_tool: str | None = None  # a tool a person answered no to
+        self._last_tool: str | None = None
         self.login_seen: float | None = None
         self.logged_in = False
         self.auth_failed = False
@@ -66,7 +86,7 @@ class KiroRules:
         """It said it had trouble responding and never finished a turn."""
         return self.trouble and not self.credits
 
-    def __call__(self, text: str, now: float) -> Stop | None:
+    def __call__(self, text: str, now: float) -> Stop | Ask | None:
         """Look at the recent output; a Stop when the run must end now."""
         if self.login_seen is not None and now - self.login_seen >= self.login_timeout:
             return Stop("agent is not logged in", kind=ErrorKind.AGENT_NOT_LOGGED_IN)
@@ -84,15 +104,31 @@ class KiroRules:
         elif self.login_seen is not None and LOGGED_IN.search(text):
             self.login_seen = None
             self.logged_in = True
+        if self.asked and DENIED.search(text) and self.refused_tool is None:
+            self.refused_tool = self._last_tool or "?"
         question = APPROVAL.search(text)
         if question:
             tools = TOOL_NAME.findall(text[: question.start()])
+            self._last_tool = tools[-1] if tools else None
             tool = f" '{tools[-1]}'" if tools else ""
-            logger.warning("%s asked for approval to use a tool%s; answered no", self.name, tool)
-            return Stop(
+            refuse = Stop(
                 f"agent asked for approval to use tool{tool}; run with --trust-all-tools or trust the tool",
                 answer="n",
                 kind=ErrorKind.APPROVAL_REQUIRED,
+            )
+            if not self.escalate:
+                logger.warning("%s asked for approval to use a tool%s; answered no", self.name, tool)
+                return refuse
+            self.asked += 1
+            since = text.rfind("Using tool:", 0, question.start())
+            asked = text[since if since >= 0 else question.start() : question.end()].strip()
+            return Ask(
+                question=asked[-QUESTION_CHARS:],
+                choices=APPROVAL_CHOICES,
+                refuse=refuse,
+                unanswered=f"agent asked for approval to use tool{tool} and nobody answered within "
+                f"{self.approval_timeout:g} s (APPROVAL_TIMEOUT)",
+                timeout=self.approval_timeout,
             )
         return None
 
@@ -101,6 +137,8 @@ class KiroRules:
         if run.error is None:
             if self.auth_failed and not self.credits:
                 return False, "agent authentication failed (check KIRO_API_KEY)"
+            if self.refused_tool is not None:
+                return False, f"a person refused the agent the tool '{self.refused_tool}'"
             code = run.exit_code
             if code in EXIT_MESSAGES:
                 return False, EXIT_MESSAGES[code]
@@ -114,6 +152,8 @@ class KiroRules:
             return None
         if run.error is None and self.auth_failed and not self.credits:
             return ErrorKind.AGENT_AUTH_FAILED
+        if run.error is None and self.refused_tool is not None:
+            return ErrorKind.APPROVAL_REQUIRED
         return exit_kind(run) or ErrorKind.AGENT_EXIT  # Kiro's exit codes 3 and 4, a stall
 
 
@@ -150,7 +190,12 @@ class KiroAgent(PtyAgent):
         earlier = ""
         while True:
             attempts += 1
-            rules = KiroRules(self.settings.login_timeout, self.name)
+            rules = KiroRules(
+                self.settings.login_timeout,
+                self.name,
+                escalate=self.settings.approval == "escalate",
+                approval_timeout=self.settings.approval_timeout,
+            )
             run = once(rules)
             ok, error = rules.judge(run)
             kind = rules.kind(run)
@@ -164,4 +209,6 @@ class KiroAgent(PtyAgent):
                 run.keep_before(earlier)
                 if error and rules.trouble:
                     error += " (retried once)"
-            return Verdict(run, ok, error, kind, attempts)
+            # a question nobody answered: the work so far is kept on the WIP ref
+            keep = kind is ErrorKind.APPROVAL_REQUIRED and rules.asked > 0
+            return Verdict(run, ok, error, kind, attempts, keep_work=keep)

@@ -6,7 +6,8 @@ never holds the agent's output up), through the claim's ``progress``: a conditio
 lands while the row is this claim's under a live lease, so a runner that lost the task stops writing
 for good. The same output goes to the task's watchers (:class:`TaskWatchers`): on a runner with a
 terminal relay, the session manager, which numbers it, keeps it in a ring from the start of the run
-and sends it to read-only browsers (``open {taskId}``) and ``aipm logs --follow``.
+and sends it to read-only browsers (``open {taskId}``) and ``aipm logs --follow``. A run held for a
+person's answer (:mod:`ec2_runner.escalation`) shows its question to the same watchers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ec2_runner.escalation import Question
 from shared.store import LOG_TAIL_CHARS, Claim, LeaseLostError
 from shared.text import strip_ansi
 
@@ -42,11 +44,15 @@ LOST = RunEnd("lost", error="this runner lost the task (its lease); another atte
 
 
 class TaskWatchers(Protocol):
-    """Where a run's output meets its watchers. Called from the task's own thread; never blocks."""
+    """Where a run's output meets its watchers. Called from the task's own thread; never blocks.
+    ``ask_run``: the run waits for a person's answer to ``question``, which ``give`` takes (it
+    returns None, or why the answer was refused); ``settle_run``: it no longer does."""
 
     def start_run(self, task_id: str, branch: str) -> None: ...
     def run_output(self, task_id: str, text: str) -> None: ...
     def end_run(self, task_id: str, end: RunEnd) -> None: ...
+    def ask_run(self, task_id: str, question: Question, give: Callable[[str], str | None]) -> None: ...
+    def settle_run(self, task_id: str, answer: str | None) -> None: ...
 
 
 class NoWatchers:
@@ -59,6 +65,12 @@ class NoWatchers:
         return None
 
     def end_run(self, task_id: str, end: RunEnd) -> None:
+        return None
+
+    def ask_run(self, task_id: str, question: Question, give: Callable[[str], str | None]) -> None:
+        return None
+
+    def settle_run(self, task_id: str, answer: str | None) -> None:
         return None
 
 
@@ -77,6 +89,12 @@ class RelayWatchers:
 
     def end_run(self, task_id: str, end: RunEnd) -> None:
         self._call("end_run", task_id, end.status, end.commit_sha, end.error, end.error_kind)
+
+    def ask_run(self, task_id: str, question: Question, give: Callable[[str], str | None]) -> None:
+        self._call("ask_run", task_id, question.text, question.choices, question.timeout, give)
+
+    def settle_run(self, task_id: str, answer: str | None) -> None:
+        self._call("settle_run", task_id, answer)
 
     def _call(self, name: str, *args: Any) -> None:
         sessions = self.service.sessions
@@ -150,6 +168,13 @@ class LiveRun:
         """The agent printed ``text`` (plain): keep it for the row, pass it to the watchers."""
         self.tail.feed(text)
         self._quietly(self.watchers.run_output, self.claim.task_id, text)
+
+    def ask(self, question: Question, give: Callable[[str], str | None]) -> None:
+        """The run waits for a person: the watchers see the question, a read-write one may answer."""
+        self._quietly(self.watchers.ask_run, self.claim.task_id, question, give)
+
+    def settled(self, answer: str | None) -> None:
+        self._quietly(self.watchers.settle_run, self.claim.task_id, answer)
 
     def end(self, end: RunEnd) -> None:
         """The row's final word, for the watchers (sent when the attempt is over)."""

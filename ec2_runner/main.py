@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ec2_runner import logs
 from ec2_runner.agent_settings import AgentSettings
@@ -33,7 +33,7 @@ from shared.runners import RunnerRegistry, RunnerState
 from shared.store import TaskStore
 
 if TYPE_CHECKING:
-    from ec2_runner.terminal import SessionManager, TerminalSettings
+    from ec2_runner.terminal import SessionManager, TaskTarget, TerminalSettings
     from ec2_runner.ws_client import TerminalService
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,14 @@ def build_runner(
     )
 
 
+def task_target(row: dict[str, Any]) -> TaskTarget:
+    """A task's terminal target from its row: its branch and its agent's conversation id."""
+    from ec2_runner.terminal import TaskTarget
+
+    conversation = row.get("agentSessionId")
+    return TaskTarget(row["branch"], conversation if isinstance(conversation, str) else None)
+
+
 def start_terminals(
     settings: RunnerSettings,
     runner: Runner,
@@ -155,7 +163,7 @@ def start_terminals(
             knobs,
             argv_for=agent.interactive_argv,
             git=GitCallables.from_workspace(pipeline.workspace),
-            resolve_task=lambda task_id: pipeline.store.get_row(task_id)["branch"],
+            resolve_task=lambda task_id: task_target(pipeline.store.get_row(task_id)),
             protected=tuple(settings.protected_branches),
             env=agent.child_env() if hasattr(agent, "child_env") else None,
             sandbox=sandbox,

@@ -16,6 +16,7 @@ from typing import Any
 
 from ec2_runner import metrics
 from ec2_runner.agents import Agent, AgentResult
+from ec2_runner.escalation import Escalation, Question
 from ec2_runner.gitops import (
     Checkout,
     DeadlineError,
@@ -485,12 +486,31 @@ class Attempt:
                 live.output(chunk)
 
         logger.info("agent starting in %s", checkout.path)
+        escalation = Escalation(self._asked, self._settled)
         result = self.agent.run(
-            self.task.prompt(), checkout.path, on_output=on_output, should_stop=stop_reason
+            self.task.prompt(), checkout.path, on_output=on_output, should_stop=stop_reason, asker=escalation
         )
         logger.info("agent finished in %.1f s (exit %s, ok %s)", result.duration, result.exit_code, result.ok)
         self.measures.agent_ms = result.duration * 1000
         return result
+
+    def _asked(self, question: Question, give: Callable[[str], str | None]) -> None:
+        """The agent waits for a person (``APPROVAL=escalate``): the row says so (``waitingFor``),
+        the task's watchers see the question and a read-write one may answer it."""
+        try:
+            self.claim.record(waiting_for=question.waiting_for())
+        except Exception as e:  # the question stands; the row is only its notice
+            logger.warning("could not note the question on the row (%s)", e)
+        if self.live is not None:
+            self.live.ask(question, give)
+
+    def _settled(self, question: Question, answer: str | None) -> None:
+        try:
+            self.claim.record(waiting_for=None)
+        except Exception as e:
+            logger.warning("could not clear the question from the row (%s)", e)
+        if self.live is not None:
+            self.live.settled(answer)
 
     def _agent_failed(self, checkout: Checkout, result: AgentResult, tail: str) -> Outcome:
         self.keep = self.options.keep_failed_worktrees

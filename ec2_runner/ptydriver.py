@@ -4,6 +4,11 @@ It streams the output as plain, redacted text while the command works, stops it 
 deadline, or when a watcher (an adapter's rules about the output) says so, and knows the command is
 done when its process ends, even if something it started still holds the pty. Nothing of the
 command is left running afterwards. What the output *means* is the adapter's business, not this one.
+
+A watcher may also say the command asks a person something (:class:`Ask`): with an :class:`Asker`
+(``APPROVAL=escalate``) the run is held, its pty alive, until the answer comes (then it is typed in
+and the run goes on) or the question's timeout passes (the run ends as the ask's ``refuse``); the
+time held does not count against the run's own timeout. Without one, the ask is refused at once.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pexpect
 
@@ -39,9 +45,40 @@ class Stop:
     kind: ErrorKind = field(default=ErrorKind.AGENT_EXIT, compare=False)
 
 
-# (recent plain text, time.monotonic()) -> Stop to end the run, or None. Called on every pass of the
-# loop, at least every POLL_SECONDS, so a watcher may also act on time (a login left waiting).
-Watch = Callable[[str, float], Stop | None]
+@dataclass(frozen=True)
+class Ask:
+    """A watcher's verdict: the command asks a person ``question`` and waits; one of ``choices``
+    answers it. Ended as ``refuse`` (its answer sent) when nobody can be asked, and as ``refuse``
+    with ``unanswered`` as its error when nobody answers within ``timeout`` seconds."""
+
+    question: str
+    choices: tuple[str, ...]
+    refuse: Stop
+    unanswered: str
+    timeout: float
+
+
+class Asker(Protocol):
+    """Where a run's question goes to a person and its answer comes from (the pipeline gives one:
+    the row says what the run waits for, the task's watchers may answer). Thread-safe."""
+
+    def ask(self, question: str, choices: tuple[str, ...], timeout: float) -> None:
+        """The question is out: tell whoever may answer it."""
+        ...
+
+    def answer(self) -> str | None:
+        """The answer given so far (one of the choices), or None; never blocks."""
+        ...
+
+    def settled(self, answer: str | None) -> None:
+        """The question is over: answered with ``answer``, or None (nobody answered, or the run ended)."""
+        ...
+
+
+# (recent plain text, time.monotonic()) -> Stop to end the run, Ask to hold it for a person, or None.
+# Called on every pass of the loop, at least every POLL_SECONDS, so a watcher may also act on time
+# (a login left waiting). It is not called while a question waits for its answer.
+Watch = Callable[[str, float], Stop | Ask | None]
 
 
 @dataclass
@@ -89,9 +126,11 @@ def drive(
     on_output: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool | str] | None = None,
     watch: Watch | None = None,
+    asker: Asker | None = None,
 ) -> PtyRun:
     """Run ``argv`` in ``cwd`` in a pty until it exits, is stopped, or reaches ``deadline`` (``limit``
-    is the timeout as the error names it). ``on_output`` hears the plain text as it streams."""
+    is the timeout as the error names it). ``on_output`` hears the plain text as it streams; a
+    watcher's :class:`Ask` goes to ``asker`` (None: refused at once)."""
     run = PtyRun()
     try:
         child = pexpect.spawn(
@@ -134,6 +173,13 @@ def drive(
         run.kind = kind
         kill_process_group(child, kill_grace)
 
+    def refuse(ask: Stop, error: str) -> None:
+        if ask.answer is not None:
+            child.sendline(ask.answer)
+        stop(error, ask.kind)
+
+    asking: Ask | None = None  # a question held for a person
+    asked_at = 0.0
     try:
         while True:
             now = time.monotonic()
@@ -142,22 +188,46 @@ def drive(
                 detail = reason if isinstance(reason, str) else "stop requested"
                 stop(f"agent stopped: {detail}", ErrorKind.CANCELLED)
                 break
-            if now >= deadline:
+            if asking is not None and asker is not None:
+                answer = asker.answer()
+                if answer is not None:
+                    child.sendline(answer)
+                    asker.settled(answer)
+                    deadline += now - asked_at  # a person's time is not the agent's
+                    emit(cleaner.flush())  # the question is over: no watcher sees it again
+                    window = ""
+                    emit(f"\n[runner] a person answered {answer!r}\n")
+                    logger.info("the question was answered %r; the run goes on", answer)
+                    asking = None
+                elif now - asked_at >= asking.timeout:
+                    logger.warning("nobody answered the agent's question within %g s", asking.timeout)
+                    refuse(asking.refuse, asking.unanswered)
+                    break
+            elif now >= deadline:
                 stop(f"agent timed out after {limit:g} s", ErrorKind.AGENT_TIMEOUT)
                 break
-            wait = max(0.0, min(POLL_SECONDS, deadline - now))
+            wait = POLL_SECONDS if asking is not None else max(0.0, min(POLL_SECONDS, deadline - now))
             index = child.expect([pexpect.EOF, pexpect.TIMEOUT, anything], timeout=wait)
             if index == 2:
                 emit(cleaner.feed(child.after))
             elif index == 0:
                 emit(cleaner.feed(child.before or ""))
                 break
-            if watch is not None:
+            if watch is not None and asking is None:
                 verdict = watch(window + cleaner.peek(), time.monotonic())
-                if verdict is not None:
-                    if verdict.answer is not None:
-                        child.sendline(verdict.answer)
-                    stop(verdict.error, verdict.kind)
+                if isinstance(verdict, Ask) and asker is not None:
+                    asking, asked_at = verdict, time.monotonic()
+                    logger.warning(
+                        "the agent asks a person (waiting up to %g s): %s",
+                        verdict.timeout,
+                        verdict.question[-200:],
+                    )
+                    asker.ask(verdict.question, verdict.choices, verdict.timeout)
+                elif isinstance(verdict, Ask):
+                    refuse(verdict.refuse, verdict.refuse.error)
+                    break
+                elif verdict is not None:
+                    refuse(verdict, verdict.error)
                     break
             if not child.isalive():
                 # done = the command's exit; something it started may still hold the pty open, so
@@ -166,6 +236,8 @@ def drive(
                 break
         emit(cleaner.flush())
     finally:
+        if asking is not None and asker is not None:
+            asker.settled(None)  # unanswered: timed out, stopped, or the command gave up by itself
         _finish(child, run, kill_grace)
     return run
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.headless import DriveOnce, PtyAgent, Verdict, judge_exit, killed_by
-from ec2_runner.ptydriver import PtyRun, Stop
+from ec2_runner.ptydriver import Ask, PtyRun, Stop
 from shared.models import ErrorKind
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,9 @@ class StreamRules:
             logger.warning("%s: stopping the run: %s", self.name, verdict.error)
             self._stop = verdict
 
-    def __call__(self, text: str, now: float) -> Stop | None:
-        """The driver's watcher: a Stop once the events said the run must end."""
+    def __call__(self, text: str, now: float) -> Stop | Ask | None:
+        """The driver's watcher: a Stop once the events said the run must end (an adapter may
+        also hand a question to a person: an Ask)."""
         self.tick(now)
         return self._stop
 

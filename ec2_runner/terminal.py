@@ -46,6 +46,11 @@ HEADLESS_RUN = (
     "this task is running headless: its output can be watched, not typed into; open its terminal "
     "once the task has ended"
 )
+QUESTION_READ_ONLY = (
+    "this connection is read-only: it sees the agent's question, but only a token with write "
+    "access to the task may answer it"
+)
+ANSWER_CHARS = 64  # a typed answer longer than this is refused (answers are a word)
 
 
 class TerminalSettings(BaseSettings):
@@ -75,6 +80,25 @@ class _OpenFailure:
     exit: bool = True
 
 
+@dataclass(frozen=True)
+class TaskTarget:
+    """What a task's terminal needs from its row: the branch, and the conversation id the task's
+    agent CLI recorded (``agentSessionId``), which a resumed session continues."""
+
+    branch: str
+    agent_session_id: str | None = None
+
+
+@dataclass
+class _Asking:
+    """A question a task's headless run holds for a person: its frame, who takes the answer, and
+    each writer's line typed so far."""
+
+    frame: fr.QuestionFrame
+    give: Callable[[str], str | None]
+    lines: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Session:
     """A live session: its state (:class:`SessionState`) and the I/O that feeds it."""
@@ -83,6 +107,7 @@ class Session:
     path: Path | None = None
     child: pexpect.spawn | None = None
     boxed: Sandboxed | None = None  # the agent's sandbox (its private directory goes at the end)
+    agent_session_id: str | None = None  # the task's agent conversation (from its row), to resume
     flush_handle: asyncio.TimerHandle | None = None
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,9 +132,9 @@ class SessionManager:
         self,
         settings: TerminalSettings,
         *,
-        argv_for: Callable[[bool], list[str]],
+        argv_for: Callable[..., list[str]],
         git: GitCallables,
-        resolve_task: Callable[[str], str] | None = None,
+        resolve_task: Callable[[str], str | TaskTarget] | None = None,
         has_conversation: Callable[[Path], bool] | None = None,
         protected: tuple[str, ...] | list[str] = DEFAULT_PROTECTED,
         env: dict[str, str] | None = None,
@@ -127,8 +152,10 @@ class SessionManager:
         self._env = env
         self._clock = clock
         self.sessions: dict[str, Session] = {}
-        # tasks running headless on this runner, watched read-only: session id -> its output stream
+        # tasks running headless on this runner, watched: session id -> its output stream
         self.runs: dict[str, Session] = {}
+        # runs waiting for a person's answer (APPROVAL=escalate): session id -> the question
+        self._asking: dict[str, _Asking] = {}
         self.outbox: asyncio.Queue[fr._Frame] = asyncio.Queue()
         self._reaper: asyncio.Task[None] | None = None
         self._paused: set[str] = set()
@@ -182,6 +209,44 @@ class SessionManager:
         if run is not None and text:
             self._feed(run, text.replace("\r\n", "\n").replace("\n", "\r\n"))
 
+    def ask_run(
+        self,
+        task_id: str,
+        question: str,
+        choices: tuple[str, ...],
+        timeout: float,
+        give: Callable[[str], str | None],
+    ) -> None:
+        """The task's run waits for a person: its watchers get ``question`` (and whoever attaches
+        later); a read-write one answers by typing one of ``choices`` and Enter, taken by ``give``."""
+        run = self.runs.get(fr.session_id_for(task_id=task_id))
+        if run is None:
+            return
+        self._flush(run)  # the output that shows the question goes first
+        frame = fr.QuestionFrame(
+            session_id=run.id,
+            task_id=task_id,
+            pending=True,
+            question=question[:2000],
+            choices=list(choices),
+            timeout_seconds=timeout,
+        )
+        self._asking[run.id] = _Asking(frame, give)
+        for out in run.state.to_viewers(frame):
+            self._send(out)
+
+    def settle_run(self, task_id: str, answer: str | None) -> None:
+        """The run's question is over (``answer`` given, None: unanswered)."""
+        sid = fr.session_id_for(task_id=task_id)
+        asking = self._asking.pop(sid, None)
+        run = self.runs.get(sid)
+        if asking is None or run is None:
+            return
+        self._flush(run)
+        done = asking.frame.model_copy(update={"pending": False, "answer": answer})
+        for out in run.state.to_viewers(done):
+            self._send(out)
+
     def end_run(
         self,
         task_id: str,
@@ -213,6 +278,7 @@ class SessionManager:
         self._flush(run)
         run.ended = True
         self.runs.pop(run.id, None)
+        self._asking.pop(run.id, None)
         # to every viewer (or, with none attached here, to the session's browsers through the relay,
         # which drops the route)
         for frame in run.state.to_viewers(exit_frame):
@@ -276,8 +342,8 @@ class SessionManager:
         if sid is None or conn is None:
             return
         if sid in self.runs:
-            # the task runs headless here: whoever opens it watches (a writer too: nothing to type into)
-            self._attach_run(self.runs[sid], conn, frame.last_seq)
+            # the task runs headless here: whoever opens it watches (a writer may answer its questions)
+            self._attach_run(self.runs[sid], conn, frame.read_only, frame.last_seq)
             return
         opening = self._opening.get(sid)
         if opening is not None:
@@ -314,12 +380,17 @@ class SessionManager:
             return _OpenFailure(None, "runner stopping")
         if len(self.held()) + len(self._opening) > self.settings.max_sessions:
             return _OpenFailure("busy", "this runner has no free terminal slot; try again later", exit=False)
+        conversation: str | None = None
         try:
             branch = frame.branch
             if branch is None:
                 if self._resolve_task is None:
                     raise LookupError("this runner cannot look tasks up")
-                branch = await asyncio.to_thread(self._resolve_task, frame.task_id or "")
+                target = await asyncio.to_thread(self._resolve_task, frame.task_id or "")
+                if isinstance(target, TaskTarget):
+                    branch, conversation = target.branch, target.agent_session_id
+                else:
+                    branch = target
             branch = check_branch(branch, self._protected)
         except (UnsafeBranchError, LookupError, KeyError, ValueError) as e:
             return _OpenFailure("bad_target", f"cannot open a terminal: {e}")
@@ -331,7 +402,7 @@ class SessionManager:
         state = SessionState(
             sid, branch, frame.task_id, ring_bytes=self.settings.ring_bytes, now=self._clock()
         )
-        session = Session(state)
+        session = Session(state, agent_session_id=conversation)
         self.sessions[sid] = session
         try:
             await self._start(session, frame.cols or self.settings.cols, frame.rows or self.settings.rows)
@@ -361,7 +432,12 @@ class SessionManager:
         )
         if session.ended:
             return  # _end has released the folder; start no agent
-        argv = self._argv_for(resume)
+        # the task's own conversation when its row names it (Claude Code's, Codex's), else the folder's
+        argv = (
+            self._argv_for(resume, session.agent_session_id)
+            if session.agent_session_id
+            else (self._argv_for(resume))
+        )
         logger.info("session %s: %s in %s (resume: %s)", session.id, argv[0], path, resume)
         env = self._env
         if self._sandbox is not None:
@@ -380,18 +456,21 @@ class SessionManager:
         self._start_reading(session)
         session.ready.set()
 
-    def _attach_run(self, run: Session, conn: str, last_seq: int) -> None:
+    def _attach_run(self, run: Session, conn: str, read_only: bool, last_seq: int) -> None:
         self._cancel_flush(run)
-        for frame in run.state.attach(conn, True, last_seq, self._clock()):
+        for frame in run.state.attach(conn, read_only, last_seq, self._clock()):
             if isinstance(frame, fr.OpenedFrame):
                 frame = frame.model_copy(update={"headless": True, "task_id": run.state.task_id})
             self._send(frame)
+        asking = self._asking.get(run.id)
+        if asking is not None:  # the question it waits on, for one who came after it was asked
+            self._send(asking.frame.model_copy(update={"to": [conn]}))
 
     async def _attach(self, sid: str, conn: str | None, read_only: bool, last_seq: int) -> None:
         if conn is None:
             return
         if sid in self.runs:
-            self._attach_run(self.runs[sid], conn, last_seq)
+            self._attach_run(self.runs[sid], conn, read_only, last_seq)
             return
         session = self.sessions.get(sid)
         if session is None or session.ended:
@@ -430,6 +509,9 @@ class SessionManager:
         return session
 
     def _input(self, frame: fr.InputFrame) -> None:
+        if frame.session_id in self.runs:
+            self._answer_run(self.runs[frame.session_id], frame)
+            return
         session = self._writable(frame.session_id, frame.connection_id, frame.read_only)
         if session is None or session.child is None:
             return
@@ -438,6 +520,47 @@ class SessionManager:
         if skip_gap is not None:
             # a keystroke is missing: wait a moment for it, then carry on without it
             asyncio.get_running_loop().call_later(INPUT_GAP_SECONDS, lambda: self._write(session, skip_gap()))
+
+    def _answer_run(self, run: Session, frame: fr.InputFrame) -> None:
+        """Input to a task's headless run: an answer to the question it waits on, from a read-write
+        connection only (the relay refuses read-only input first; the runner does not trust that
+        alone), a line at a time."""
+        conn = frame.connection_id
+        asking = self._asking.get(run.id)
+        if frame.read_only or run.state.read_only(conn):
+            self._error(conn, QUESTION_READ_ONLY if asking else HEADLESS_RUN, run.id, "read_only")
+            return
+        if asking is None:
+            self._error(conn, HEADLESS_RUN, run.id, "read_only")
+            return
+        ready, skip_gap = run.state.typed(conn, frame.seq, frame.data, self._clock())
+        self._take_answer(run.id, conn, ready)
+        if skip_gap is not None:
+            asyncio.get_running_loop().call_later(
+                INPUT_GAP_SECONDS, lambda: self._take_answer(run.id, conn, skip_gap())
+            )
+
+    def _take_answer(self, sid: str, conn: str | None, chunks: list[str]) -> None:
+        asking = self._asking.get(sid)
+        if asking is None or not chunks:
+            return
+        key = conn or ""
+        line = asking.lines.get(key, "")
+        for ch in "".join(chunks):
+            if ch in "\r\n":
+                asking.lines[key] = ""
+                refused = asking.give(line)
+                if refused is not None:
+                    self._error(conn, refused, sid, "bad_answer")
+                line = ""
+            elif ch in "\x7f\b":
+                line = line[:-1]
+            elif ch.isprintable():
+                line += ch
+            if len(line) > ANSWER_CHARS:
+                self._error(conn, f"an answer is at most {ANSWER_CHARS} characters", sid, "bad_answer")
+                line = ""
+        asking.lines[key] = line
 
     def _write(self, session: Session, chunks: list[str]) -> None:
         if not chunks or session.child is None:

@@ -11,7 +11,10 @@ runner when a browser goes away.
 Watching a task: while a task runs headless, its runner holds the task's session
 (``session_id_for(task_id=...)``) and says so with ``hello``; an ``open {taskId}`` (read-only or
 not) attaches to the run: ``opened`` with ``headless: true``, the run's output from its start as
-``output`` frames, then ``task`` (the row's final status) and ``exit``.
+``output`` frames, then ``task`` (the row's final status) and ``exit``. A run held for a person
+(``APPROVAL=escalate``) says so with ``question`` (``pending: true``, to every watcher and to one
+attaching later); a read-write connection answers it by ``input`` (one of ``choices`` and Enter),
+and ``question`` with ``pending: false`` says it is over.
 
 Limits are API Gateway's: a frame is at most 32 KB, a message at most 128 KB.
 """
@@ -47,7 +50,7 @@ NO_SESSION_READ_ONLY = (
 )
 
 BROWSER_ACTIONS = frozenset({"open", "resume", "input", "resize", "close", "push"})
-RUNNER_ACTIONS = frozenset({"hello", "opened", "output", "exit", "error", "pushed", "task"})
+RUNNER_ACTIONS = frozenset({"hello", "opened", "output", "exit", "error", "pushed", "task", "question"})
 RELAY_ACTIONS = frozenset({"detach", "routed"})
 # the keepalive: browsers and runners send ``ping``; API Gateway's MOCK ``ping`` route answers ``pong``
 # itself (the relay answers one that reaches ``$default``, where that route is not deployed)
@@ -250,6 +253,21 @@ class TaskFrame(_RunnerFrame):
     error_kind: str | None = Field(default=None, max_length=64)
 
 
+class QuestionFrame(_RunnerFrame):
+    """A watched run waits for a person (``pending: true``): the agent asked ``question``, which a
+    read-write connection answers by typing one of ``choices`` and Enter within ``timeoutSeconds``
+    of the question; ``pending: false`` once it is over (``answer`` given, or None: unanswered)."""
+
+    action: Literal["question"] = "question"
+    session_id: SessionId
+    task_id: str = Field(min_length=1, max_length=256)
+    pending: bool
+    question: str | None = Field(default=None, max_length=2000)
+    choices: list[str] = Field(default_factory=list, max_length=8)
+    timeout_seconds: float | None = Field(default=None, ge=0)
+    answer: str | None = Field(default=None, max_length=16)
+
+
 class PushedFrame(_RunnerFrame):
     action: Literal["pushed"] = "pushed"
     session_id: SessionId
@@ -261,12 +279,28 @@ BrowserFrame = Annotated[
     Field(discriminator="action"),
 ]
 RunnerFrame = Annotated[
-    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | TaskFrame | PingFrame,
+    HelloFrame
+    | OpenedFrame
+    | OutputFrame
+    | ExitFrame
+    | ErrorFrame
+    | PushedFrame
+    | TaskFrame
+    | QuestionFrame
+    | PingFrame,
     Field(discriminator="action"),
 ]
 # what a browser connection receives: the runner's frames (less ``to``) and the gateway's pong
 ToBrowserFrame = Annotated[
-    HelloFrame | OpenedFrame | OutputFrame | ExitFrame | ErrorFrame | PushedFrame | TaskFrame | PongFrame,
+    HelloFrame
+    | OpenedFrame
+    | OutputFrame
+    | ExitFrame
+    | ErrorFrame
+    | PushedFrame
+    | TaskFrame
+    | QuestionFrame
+    | PongFrame,
     Field(discriminator="action"),
 ]
 ToRunnerFrame = Annotated[
@@ -296,6 +330,7 @@ Frame = Annotated[
     | ErrorFrame
     | PushedFrame
     | TaskFrame
+    | QuestionFrame
     | RoutedFrame
     | PingFrame
     | PongFrame,

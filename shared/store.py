@@ -170,7 +170,8 @@ class Claim:
         return self._store._renew(self, lease_seconds)
 
     def record(self, **fields: Any) -> None:
-        """Set informational fields (``base_sha``, ``wip_sha``, ``wip_ref``, ``log_tail``)."""
+        """Set informational fields (``base_sha``, ``wip_sha``, ``wip_ref``, ``log_tail``,
+        ``waiting_for``); a field given None is removed from the row."""
         self._store._record(self, fields)
 
     def progress(self, log_tail: str) -> None:
@@ -252,7 +253,16 @@ def _complete_update(commit_sha: str, log_tail: str) -> Update:
             "finishedAt": stamp,
             "updatedAt": stamp,
         },
-        ("leaseExpiresAt", "error", "errorKind", "wipSha", "wipRef", "retryAfter", "cancelRequestedAt"),
+        (
+            "leaseExpiresAt",
+            "error",
+            "errorKind",
+            "wipSha",
+            "wipRef",
+            "retryAfter",
+            "cancelRequestedAt",
+            "waitingFor",
+        ),
     )
 
 
@@ -267,13 +277,13 @@ def _fail_update(error: str, log_tail: str, kind: ErrorKind) -> Update:
             "finishedAt": stamp,
             "updatedAt": stamp,
         },
-        ("leaseExpiresAt",),
+        ("leaseExpiresAt", "waitingFor"),
     )
 
 
 def _release_update(note: str, retry_after: float | None = None) -> Update:
     sets: dict[str, Any] = {"error": note[:ERROR_CHARS], "updatedAt": utc_now_iso()}
-    removes: tuple[str, ...] = ("leaseExpiresAt", "runnerId", "errorKind")  # a note, not a failure
+    removes: tuple[str, ...] = ("leaseExpiresAt", "runnerId", "errorKind", "waitingFor")  # a note
     if retry_after is not None:
         sets["retryAfter"] = Decimal(str(round(retry_after, 3)))
     else:
@@ -605,17 +615,20 @@ class TaskStore:
 
     def _record(self, claim: Claim, fields: dict[str, Any], live: bool = False) -> None:
         wire = wire_fields(fields)
+        gone = [k for k, v in wire.items() if v is None]  # None: the field goes
+        wire = {k: v for k, v in wire.items() if v is not None}
         names = {f"#f{i}": k for i, k in enumerate(wire)}
         values = {f":v{i}": v for i, v in enumerate(wire.values())}
-        sets = ", ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True))
+        sets = "".join(f"{n} = {v}, " for n, v in zip(names, values, strict=True))
+        removes = {f"#g{i}": k for i, k in enumerate(gone)}
         extra = {":stamp": {"S": utc_now_iso()}}
         if live:
             extra[":now"] = {"N": f"{self._clock():.3f}"}
         params = self._owned_params(
             claim,
-            f"SET {sets}, updatedAt = :stamp",
+            f"SET {sets}updatedAt = :stamp" + (f" REMOVE {', '.join(removes)}" if removes else ""),
             {**{k: to_dynamodb({"x": v})["x"] for k, v in values.items()}, **extra},
-            extra_names=names,
+            extra_names={**names, **removes},
         )
         if live:  # only under a lease that still holds (nobody may have reclaimed the row yet)
             params["ConditionExpression"] += " AND leaseExpiresAt > :now"

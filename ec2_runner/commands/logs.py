@@ -174,6 +174,13 @@ class Follower:
                         if frame.status in ("pending", "lost"):
                             self._say(f"the run ended ({frame.status}); following the task's next attempt")
                             return "again"
+                    elif isinstance(frame, fr.QuestionFrame) and frame.pending:
+                        asked = (frame.question or "").strip().splitlines()[-1:] or ["a question"]
+                        self._say(
+                            f"the run waits for a person's answer ({'/'.join(frame.choices)}, from a "
+                            f"read-write token for the task, within {frame.timeout_seconds or 0:g} s): "
+                            f"{asked[0]}"
+                        )
                     elif isinstance(frame, fr.ExitFrame):
                         return "ended"
                     elif isinstance(frame, fr.ErrorFrame):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ec2_runner.agents import AgentResult
+from ec2_runner.ptydriver import Asker
 
 
 class ScriptedAgent:
@@ -34,6 +35,7 @@ class ScriptedAgent:
         timeout: float | None = None,
         on_output: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool | str] | None = None,
+        asker: Asker | None = None,
     ) -> AgentResult:
         self.runs.append((prompt, cwd))
         for rel, text in self.writes.items():
@@ -51,5 +53,5 @@ class ScriptedAgent:
             )
         return self.result
 
-    def interactive_argv(self, resume: bool) -> list[str]:
+    def interactive_argv(self, resume: bool, session_id: str | None = None) -> list[str]:
         return ["scripted-agent", "--resume"] if resume else ["scripted-agent"]

@@ -276,7 +276,10 @@ class MemoryTaskStore:
             lease = _number(row.get("leaseExpiresAt"))
             if live and (lease is None or not lease > self._clock()):
                 raise LeaseLostError(claim.task_id)
-            row.update(_stored({**wire, "updatedAt": utc_now_iso()}))
+            for name in [k for k, v in wire.items() if v is None]:  # None: the field goes
+                row.pop(name, None)
+            kept = {k: v for k, v in wire.items() if v is not None}
+            row.update(_stored({**kept, "updatedAt": utc_now_iso()}))
 
     def _end(self, claim: Claim, update: Update) -> None:
         with self._mutex:

@@ -141,9 +141,9 @@ def test_a_resumed_session_sends_the_earlier_turns(
     first = run(cli, model, repo, f"first turn of {cli} [script:clean_edit]", monkeypatch)
     assert first.ok and first.session_id, first.error
     agent = make_agent(settings(cli, model.unix_socket, repo.parent / "cli-home")[0])  # type: ignore[arg-type]
-    argv = agent.interactive_argv(resume=True)
-    # Refine's terminal (the task's own folder) continues the latest conversation there
-    assert argv[-1:] == ["--continue"] if cli == "claude" else argv[-2:] == ["resume", "--last"]
+    argv = agent.interactive_argv(resume=True, session_id=first.session_id)
+    # Refine's terminal resumes that exact conversation (the row's agentSessionId)
+    assert argv[-2:] == (["--resume", first.session_id] if cli == "claude" else ["resume", first.session_id])
     # headless resume of that exact session, as Refine's terminal does interactively
     if cli == "claude":
         words = ["-p", "--output-format", "stream-json", "--verbose", "--resume", first.session_id]

@@ -843,6 +843,25 @@ def test_a_waiting_note_is_written_only_while_no_claim_was_made_since_the_row_wa
     assert store.get_row(task_id)["waitingFor"] == "again"
 
 
+def test_a_running_claim_says_what_its_run_waits_for_and_none_removes_it(store: TaskRepository) -> None:
+    """A run held for a person (APPROVAL=escalate) notes it on its row through its claim
+    (``waitingFor``); recording None removes the field and leaves the others; the end removes it."""
+    task_id = new_task(store)
+    claim = store.claim(task_id, "r1", 60)
+    claim.record(waiting_for="a person's answer (y/n/t) to: Allow this action?", base_sha="abc")
+    row = store.get_row(task_id)
+    assert (row["status"], row["waitingFor"]) == (
+        "processing",
+        "a person's answer (y/n/t) to: Allow this action?",
+    )
+    claim.record(waiting_for=None)
+    row = store.get_row(task_id)
+    assert "waitingFor" not in row and row["baseSha"] == "abc" and row["status"] == "processing"
+    claim.record(waiting_for="again")
+    claim.fail("nobody answered", kind=ErrorKind.APPROVAL_REQUIRED)
+    assert "waitingFor" not in store.get_row(task_id)
+
+
 def test_a_reclaim_refused_by_the_branch_lock_can_say_what_it_waits_for(ddb: Any, deployed: Any) -> None:
     """A dead runner's row (processing, lease passed) waiting for its branch takes the note; the
     same row under a live lease (reclaimed meanwhile) does not."""

@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from ec2_runner.agent_settings import AgentSettings, agent_env_names
 from ec2_runner.agents import CommandAgent, DemoAgent
+from ec2_runner.claude_code import ClaudeCodeAgent
+from ec2_runner.codex import CodexAgent
 from ec2_runner.kiro import KiroAgent
 
 pytestmark = pytest.mark.unit
@@ -100,3 +102,45 @@ def test_prompt_starting_with_a_dash_is_not_an_option() -> None:
 
     assert agent._argv_for("--help me")[-1] == " --help me"
     assert agent._argv_for("Task: x")[-1] == "Task: x"
+
+
+@pytest.mark.parametrize(
+    "hostile", ["--dangerously-skip-permissions", "-c", "", "a b", "x" * 200, "id;rm -rf /"]
+)
+def test_a_row_session_id_that_cannot_be_a_conversation_id_is_never_put_on_the_command_line(
+    hostile: str,
+) -> None:
+    """``agentSessionId`` comes from a row anyone with table access can write: one that is an
+    option, empty, spaced or oversized is ignored (the folder's latest conversation instead)."""
+    claude = ClaudeCodeAgent(AgentSettings(agent="claude"))
+    codex = CodexAgent(AgentSettings(agent="codex"))
+
+    assert claude.interactive_argv(resume=True, session_id=hostile) == ["claude", "--continue"]
+    assert codex.interactive_argv(resume=True, session_id=hostile)[-3:] == [
+        "resume",
+        "--last",
+        "--include-non-interactive",
+    ]
+
+
+def test_refine_resumes_the_rows_own_conversation_with_each_clis_resume_flag() -> None:
+    """Claude Code: ``claude --resume <id>``; Codex: ``codex resume <id>`` (its interactive
+    resume, as ``codex resume --help`` gives it); Kiro names no conversation: ``--resume``, the
+    folder's. Not resuming adds nothing."""
+    sid = "4b663a73-ebae-4031-9dee-b4667b2ab755"
+
+    assert ClaudeCodeAgent(AgentSettings(agent="claude")).interactive_argv(True, sid) == [
+        "claude",
+        "--resume",
+        sid,
+    ]
+    assert CodexAgent(AgentSettings(agent="codex")).interactive_argv(True, sid) == ["codex", "resume", sid]
+    assert KiroAgent(AgentSettings()).interactive_argv(True, sid)[-1] == "--resume"
+    assert ClaudeCodeAgent(AgentSettings(agent="claude")).interactive_argv(False, sid) == ["claude"]
+
+
+def test_approval_defaults_to_answering_no() -> None:
+    """The default stays as before: an approval question is answered no and the run fails."""
+    settings = AgentSettings()
+
+    assert (settings.approval, settings.approval_timeout) == ("deny", 900.0)
