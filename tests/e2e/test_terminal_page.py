@@ -5,6 +5,7 @@ a page (a fresh context) of its own and a branch of its own, and leaves a screen
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 import urllib.request
@@ -16,7 +17,7 @@ import pytest
 
 from local.browser import BUFFER_TEXT_JS, chromium_path, launch
 from shared import tokens
-from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, unique
+from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, AwsCli, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -314,3 +315,54 @@ def test_the_demo_page_fetches_its_own_token(tab: PageUnderTest) -> None:
     tab.goto(f"branch={branch()}")
     tab.wait_text(KIRO_PROMPT)
     tab.say("with-a-fetched-token")
+
+
+# -- watch a task (the "Generate Code & PR" button's progress) -----------------------------------------
+
+
+def test_watching_a_task_shows_its_output_while_it_runs_and_its_final_status(
+    stack: Any, tab: PageUnderTest
+) -> None:
+    """``?watch=ID`` opened before the task exists: the page waits (``no_session``, opened again),
+    then shows the run's output from its first line while the row is still ``processing``, then the
+    final ``task`` frame's status with the pushed commit, and connects no more after it."""
+    cli = AwsCli(stack.config.endpoint_url, stack.config.table_name)
+    task_id = unique("watch")
+    # given: the page watches a task that is not running yet
+    tab.goto(f"watch={task_id}")
+    tab.wait(lambda: "waiting" in tab.status or "not running" in tab.status, "the page waiting for the run")
+    # when: the backend submits it (the fake agent works 4 s, printing a step every 0.25 s)
+    cli.put_task(task_id, f"feature/{task_id}", details="[fake:sleep=4]")
+    tab.wait(lambda: "working... step 3" in tab.text, "the run's output", 60)
+    status_while_shown = cli.read(task_id)["status"]
+    text = tab.text
+    # then: its output from the run's start, before the task ended
+    assert status_while_shown == "processing"
+    assert text.index("kiro-cli (fake, for tests)") < text.index("working... step 1")
+    assert f"watching task {task_id}" in tab.status
+    # and its final status, with the commit the row holds
+    tab.wait(lambda: "task complete" in tab.status, "the final status", 60)
+    row = cli.read(task_id)
+    assert row["status"] == "complete"
+    assert f"pushed {row['commitSha'][:12]}" in tab.status and f"pushed {row['commitSha'][:12]}" in tab.text
+    assert tab.js("aipmTerminal.session.task.status") == "complete"
+    steps = [int(n) for n in re.findall(r"working\.\.\. step (\d+)", tab.text)]
+    assert steps == list(range(1, len(steps) + 1))  # every line once, in order
+    # and it stops there: no reconnect, no open again
+    sockets = len(tab.sockets)
+    tab.idle(3.5)  # longer than the page's 2.5 s retry of a watch
+    assert len(tab.sockets) == sockets and tab.js("aipmTerminal.session.state") == "ended"
+
+
+def test_watching_a_task_that_fails_shows_its_error_and_kind(stack: Any, tab: PageUnderTest) -> None:
+    cli = AwsCli(stack.config.endpoint_url, stack.config.table_name)
+    task_id = unique("watchfail")
+    cli.put_task(task_id, f"feature/{task_id}", details="[fake:sleep=3] [fake:exit=1]")
+    tab.goto(f"watch={task_id}")
+    tab.wait(lambda: "task failed" in tab.status, "the failure", 60)
+    row = cli.read(task_id)
+    assert row["status"] == "failed"
+    assert f"[{row['errorKind']}]" in tab.status and row["errorKind"] == "agent_exit"
+    assert "task failed [agent_exit]" in tab.text
+    assert tab.page.eval_on_selector("#status", "e => e.className") == "bad"
+    assert tab.js("aipmTerminal.session.readOnly") is True
