@@ -4,7 +4,6 @@ a page (a fresh context) of its own and a branch of its own, and leaves a screen
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from local.browser import BUFFER_TEXT_JS, chromium_path, launch
+from local.browser import chromium_path
 from shared import tokens
 from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, AwsCli, unique
 
@@ -23,9 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 if chromium_path() is None:
     pytest.skip("needs Debian's chromium (`make browser`)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-KIRO_PROMPT = "> "
+from tests.e2e.page_support import KIRO_PROMPT, PageUnderTest, branch, chromium_browser, user_lines  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,79 +64,7 @@ def stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory, kiro_hom
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        b = launch(pw)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class PageUnderTest:
-    """One tab of the terminal page, with what the tests read: the status line, xterm's buffer, and
-    every WebSocket the page opened."""
-
-    def __init__(self, browser: Any, stack: Any, tmp_path: Path, name: str) -> None:
-        self.context = browser.new_context(viewport={"width": 1000, "height": 600})
-        self.page = self.context.new_page()
-        self.stack = stack
-        self.shot = tmp_path / f"{name}.png"
-        self.sockets: list[Any] = []
-        self.page.on("websocket", lambda ws: self.sockets.append(ws))
-
-    def token(
-        self, branch: str, *, read_only: bool = False, ttl: int = 300, secret: str | None = None
-    ) -> str:
-        key = secret or self.stack.config.env["TOKEN_SECRET"]
-        return tokens.mint(key, sub="page-tester", branch=branch, read_only=read_only, ttl=ttl)
-
-    def goto(self, query: str) -> None:
-        self.page.goto(f"{self.stack.config.page_url}?{query}")
-
-    def open(self, branch: str, **kw: Any) -> None:
-        self.goto(f"token={self.token(branch, **kw)}")
-        self.wait_text(KIRO_PROMPT)
-
-    @property
-    def status(self) -> str:
-        return self.page.inner_text("#status")
-
-    @property
-    def text(self) -> str:
-        return self.page.evaluate(BUFFER_TEXT_JS)
-
-    def js(self, expr: str) -> Any:
-        return self.page.evaluate(expr)
-
-    def wait(self, predicate: Any, what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.page.screenshot(path=self.shot)
-                raise AssertionError(f"{what} not seen; status {self.status!r}; text {self.text[-400:]!r}")
-            self.idle(0.05)
-
-    def idle(self, seconds: float) -> None:
-        """Wait while Playwright delivers the page's events (a plain sleep would hold them back)."""
-        self.page.wait_for_timeout(seconds * 1000)
-
-    def wait_text(self, needle: str, timeout: float = 20.0) -> None:
-        self.page.wait_for_function("() => window.aipmTerminal && window.aipmTerminal.session.sessionId")
-        self.wait(lambda: needle in self.text, f"{needle!r} in the terminal", timeout)
-
-    def type(self, text: str) -> None:
-        self.page.locator(".xterm-helper-textarea").focus()
-        self.page.keyboard.type(text)
-
-    def say(self, line: str) -> None:
-        """Type ``line`` and Enter to the fake Kiro, and wait for its answer."""
-        self.type(line)
-        self.page.keyboard.press("Enter")
-        self.wait_text(f"you said: {line}")
-
-    def close(self) -> None:
-        self.page.screenshot(path=self.shot)
-        self.context.close()
+    yield from chromium_browser()
 
 
 @pytest.fixture
@@ -147,21 +74,6 @@ def tab(browser: Any, stack: Any, tmp_path: Path, request: pytest.FixtureRequest
         yield t
     finally:
         t.close()
-
-
-def branch() -> str:
-    return f"feature/{unique('page')}"
-
-
-def user_lines(kiro_home: Path) -> list[str]:
-    """Every line a user sent to a fake Kiro session, from its conversations (on the runner's side)."""
-    lines = []
-    for path in sorted((kiro_home / "conversations").glob("*.jsonl")):
-        for raw in path.read_text().splitlines():
-            record = json.loads(raw)
-            if record["role"] == "user":
-                lines.append(record["text"])
-    return lines
 
 
 def test_the_page_loads_only_from_its_own_origin(tab: PageUnderTest) -> None:
