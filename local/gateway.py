@@ -15,7 +15,8 @@
   unknown ids, 413 over 128 KiB).
 - The terminal page (``web/index.html``) on ``GET /`` of the WebSocket port, with its module and the
   vendored xterm.js (``web/node_modules``, from ``web/package-lock.json``) beside it on the same origin,
-  and, for the demo only (``demo_tokens``), ``GET /token?task=ID|branch=B[&ro=1]``: a fresh browser token.
+  and, for the demo only (``demo_tokens``), ``GET /token?task=ID|branch=B[&ro=1]``: a fresh browser token,
+  and ``GET /task-status?task=ID``: the task's status, for the page's watch mode.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from local.demo_task_status import task_status
 from local.demo_tokens import demo_token
 from local.lambdas import LocalFunction
 from shared import frames as fr
@@ -198,6 +200,7 @@ class LocalGateway:
         self.connections_by_role: dict[str, int] = {}  # connections accepted, by the authorizer's role
         self.mock_replies = 0  # messages a MOCK route answered (no handler called)
         self.closed_by_limit: dict[str, int] = {}  # "idle timeout" / "connection duration limit" -> count
+        self._tasks_client: Any = None  # the demo's /task-status reads the queue table through it
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -358,6 +361,13 @@ class LocalGateway:
     # -- handshake: authorizer, then $connect --------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if "upgrade" not in request.headers.get("Connection", "").lower():
+            split = urlsplit(request.path)
+            if self.demo_tokens and split.path.removeprefix(f"/{self.stage}") == "/task-status":
+                assert self._loop is not None
+                answer = await self._loop.run_in_executor(
+                    self._pool, task_status, split.query, self._read_task_row
+                )
+                return self._json(connection, answer)
             return self._page(connection, request)
         split = urlsplit(request.path)
         multi = parse_qs(split.query)
@@ -445,7 +455,28 @@ class LocalGateway:
 
     def _token(self, connection: ServerConnection, query: str) -> Response:
         """The demo page's ``tokenUrl``: a fresh browser token (local stack only)."""
-        answer = demo_token(query, self.token_secret, self.protected_branches)
+        return self._json(connection, demo_token(query, self.token_secret, self.protected_branches))
+
+    def _read_task_row(self, task_id: str) -> dict[str, Any] | None:
+        """The demo page's ``/task-status``: a task's row from the stack's queue table, or None."""
+        from shared import aws
+        from shared.models import from_dynamodb
+
+        if self._tasks_client is None:
+            self._tasks_client = aws.client(
+                "dynamodb",
+                region=self.env.get("AWS_REGION"),
+                endpoint_url=self.env.get("AWS_ENDPOINT_URL"),
+                read_timeout=5,
+            )
+        table = self.env.get("TABLE_NAME")
+        if not table:
+            raise LookupError("this gateway knows no task table")
+        item = self._tasks_client.get_item(TableName=table, Key={"id": {"S": task_id}}).get("Item")
+        return from_dynamodb(item) if item else None
+
+    @staticmethod
+    def _json(connection: ServerConnection, answer: Any) -> Response:
         response = connection.respond(answer.status, json.dumps(answer.body) + "\n")
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"

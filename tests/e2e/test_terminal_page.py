@@ -284,25 +284,15 @@ def test_a_watch_of_a_task_that_already_ended_ends_with_its_rows_status(
     stack: Any, tab: PageUnderTest
 ) -> None:
     """A task that ended before the page could watch it has no run to open (``no_session``): the
-    module asks the frontend's ``taskStatus`` while it waits, and ends with the row's status."""
+    module asks ``taskStatus`` while it waits (the demo page: the local stack's ``/task-status``, as a
+    frontend asks its backend) and ends with the row's status."""
     cli = AwsCli(stack.config.endpoint_url, stack.config.table_name)
     task_id = unique("ended")
     cli.put_task(task_id, f"feature/{task_id}")
     row = wait_until(lambda: (r := cli.read(task_id)).get("status") == "complete" and r, 60, what="the task")
-    token = tokens.mint(stack.config.env["TOKEN_SECRET"], sub="page-tester", task=task_id, read_only=True)
-    tab.goto("")  # the page without a token: the module and xterm from its origin, nothing connected
-    # when: a frontend's own page watches it, its backend answering the row
-    tab.page.evaluate(
-        """async ([url, token, row]) => {
-          const { mountTerminal } = await import("/aipm-terminal.js");
-          window.aipmTerminal = await mountTerminal(document.getElementById("term"), {
-            url, token, watch: true, taskStatus: async () => row,
-            onTask: (t) => { window.watchedTask = t; },
-          });
-        }""",
-        [stack.config.ws_url, token, {k: row.get(k) for k in ("status", "commitSha", "error", "errorKind")}],
-    )
-    tab.wait(lambda: tab.js("window.watchedTask && window.watchedTask.status") == "complete", "the row's end")
+    # when
+    tab.goto(f"watch={task_id}")
+    tab.wait(lambda: "task complete" in tab.status, "the row's end")
     # then
     assert f"task complete: pushed {row['commitSha'][:12]}" in tab.text
-    assert tab.js("aipmTerminal.session.state") == "ended"
+    assert tab.js("[aipmTerminal.session.state, aipmTerminal.session.task.status]") == ["ended", "complete"]
