@@ -104,8 +104,8 @@ def measure(
 
 def _page_burst(page_url: str, token: str, burst: int) -> dict:
     """The same burst rendered by the terminal page (xterm.js) in headless Chromium: from the Enter
-    key to the first animation frame whose xterm buffer holds the end marker. ``{"error": why}``
-    when there is no browser to run it in."""
+    key (the command already echoed) to the first animation frame whose xterm buffer holds the end
+    marker. ``{"error": why}`` when there is no browser to run it in."""
     from local.browser import chromium_path, launch
 
     if chromium_path() is None:
@@ -121,7 +121,11 @@ def _page_burst(page_url: str, token: str, burst: int) -> dict:
             page.goto(f"{page_url}?token={token}")
             page.wait_for_function(_BUFFER_ENDS_WITH, arg="$ ", timeout=30000)
             page.locator(".xterm-helper-textarea").focus()
-            page.keyboard.type(f"head -c {burst} /dev/zero | tr '\\0' y; echo; echo END-OF-BURST")
+            # the command goes in as one paste (one input frame, as the socket-level row sends it) and
+            # is echoed in full before the clock starts: the row times the burst, not the typing
+            command = f"head -c {burst} /dev/zero | tr '\\0' y; echo; echo END-OF-BURST"
+            page.keyboard.insert_text(command)
+            page.wait_for_function(_BUFFER_ENDS_WITH, arg=command, timeout=30000)
             t0 = time.perf_counter()
             page.keyboard.press("Enter")
             page.wait_for_function(_BUFFER_HAS, arg="\nEND-OF-BURST", polling="raf", timeout=120000)

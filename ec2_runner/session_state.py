@@ -14,7 +14,11 @@ from collections.abc import Callable
 
 from shared import frames as fr
 
-FLUSH_BYTES = 16 * 1024  # buffered output that is framed at once, without waiting for the coalescing timer
+# buffered output that is framed at once, without waiting for the coalescing timer: a frame's
+# budget, so a burst goes out in full frames (each one costs a relay call, a Lambda invocation in AWS)
+FLUSH_BYTES = fr.OUTPUT_DATA_BUDGET
+# a frame at least this large is full: framing at FLUSH_BYTES sends full frames only and keeps the rest
+FULL_FRAME_BYTES = fr.OUTPUT_DATA_BUDGET * 9 // 10
 
 
 class SessionState:
@@ -52,17 +56,24 @@ class SessionState:
         self.pending_size += len(text)
         return self.pending_size >= FLUSH_BYTES
 
-    def flush(self) -> list[fr.OutputFrame]:
+    def flush(self, full_frames_only: bool = False) -> list[fr.OutputFrame]:
         """Frame what is buffered: new seqs, kept in the ring (oldest dropped beyond ``ring_bytes``);
-        returns the frames to send, one copy per group of viewers (none when nobody watches)."""
+        returns the frames to send, one copy per group of viewers (none when nobody watches). With
+        ``full_frames_only`` a last frame that is not full stays buffered (the coalescing timer sends it
+        unless more output fills it first)."""
         if not self.pending:
             return []
         text = "".join(self.pending)
         self.pending.clear()
         self.pending_size = 0
+        frames = fr.output_frames(self.id, self.seq + 1, text)
+        if full_frames_only and len(fr.encode(frames[-1]).encode()) < FULL_FRAME_BYTES:
+            tail = frames.pop()
+            self.pending.append(tail.data)
+            self.pending_size = len(tail.data)
         groups = self.viewer_groups()
         out = []
-        for frame in fr.output_frames(self.id, self.seq + 1, text):
+        for frame in frames:
             self.seq = frame.seq
             self.ring.append(frame)
             self.ring_size += len(frame.data)

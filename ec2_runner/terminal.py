@@ -648,8 +648,11 @@ class SessionManager:
 
     def _feed(self, session: Session, text: str) -> None:
         if session.state.buffer(text):
-            self._flush(session)
-        elif text and session.flush_handle is None:
+            # a frame's worth is waiting: send the full frames now, the rest when the timer says
+            self._cancel_flush(session)
+            for frame in session.state.flush(full_frames_only=True):
+                self._send(frame)
+        if session.state.pending and session.flush_handle is None:
             delay = self.settings.coalesce_ms / 1000
             session.flush_handle = asyncio.get_running_loop().call_later(delay, self._flush, session)
 

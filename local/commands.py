@@ -156,6 +156,8 @@ def _demo(aws_port: int, where: _Logs) -> int:
         branch = f"feature/add-login-validation-{task_id}"
         store.put_new({"id": task_id, "branch": branch, **SAMPLE_TASK})
         print(f"inserted task {task_id} (branch {branch}), status pending", flush=True)
+        if cfg.page_url:
+            print(f"watch it run in the terminal page: {cfg.page_url}?watch={task_id}", flush=True)
         final = _follow(events, task_id, timeout=300)
         if final.get("status") == "complete":
             import git

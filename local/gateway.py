@@ -15,7 +15,8 @@
   unknown ids, 413 over 128 KiB).
 - The terminal page (``web/index.html``) on ``GET /`` of the WebSocket port, with its module and the
   vendored xterm.js (``web/node_modules``, from ``web/package-lock.json``) beside it on the same origin,
-  and, for the demo only (``demo_tokens``), ``GET /token?task=ID|branch=B[&ro=1]``: a fresh browser token.
+  and, for the demo only (``demo_tokens``), ``GET /token?task=ID|branch=B[&ro=1]``: a fresh browser token,
+  and ``GET /task-status?task=ID``: the task's status, for the page's watch mode.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import dataclasses
 import http
 import json
 import logging
@@ -43,6 +45,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from local.demo_task_status import task_status
 from local.demo_tokens import demo_token
 from local.lambdas import LocalFunction
 from shared import frames as fr
@@ -69,6 +72,7 @@ IDLE_TIMEOUT_SECONDS = 600.0
 MAX_CONNECTION_SECONDS = 7200.0
 # what API Gateway closes a connection with at its idle timeout and its maximum duration
 GOING_AWAY = 1001
+DURATIONS_RECHECK_SECONDS = 1.0  # how often an open connection's durations are checked at the latest
 RUNNER_CONCURRENCY = 8  # concurrent invocations for one runner connection's frames
 API_ID = "localws"
 ACCOUNT = "123456789012"
@@ -196,6 +200,7 @@ class LocalGateway:
         self.connections_by_role: dict[str, int] = {}  # connections accepted, by the authorizer's role
         self.mock_replies = 0  # messages a MOCK route answered (no handler called)
         self.closed_by_limit: dict[str, int] = {}  # "idle timeout" / "connection duration limit" -> count
+        self._tasks_client: Any = None  # the demo's /task-status reads the queue table through it
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -356,6 +361,13 @@ class LocalGateway:
     # -- handshake: authorizer, then $connect --------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if "upgrade" not in request.headers.get("Connection", "").lower():
+            split = urlsplit(request.path)
+            if self.demo_tokens and split.path.removeprefix(f"/{self.stage}") == "/task-status":
+                assert self._loop is not None
+                answer = await self._loop.run_in_executor(
+                    self._pool, task_status, split.query, self._read_task_row
+                )
+                return self._json(connection, answer)
             return self._page(connection, request)
         split = urlsplit(request.path)
         multi = parse_qs(split.query)
@@ -443,7 +455,28 @@ class LocalGateway:
 
     def _token(self, connection: ServerConnection, query: str) -> Response:
         """The demo page's ``tokenUrl``: a fresh browser token (local stack only)."""
-        answer = demo_token(query, self.token_secret, self.protected_branches)
+        return self._json(connection, demo_token(query, self.token_secret, self.protected_branches))
+
+    def _read_task_row(self, task_id: str) -> dict[str, Any] | None:
+        """The demo page's ``/task-status``: a task's row from the stack's queue table, or None."""
+        from shared import aws
+        from shared.models import from_dynamodb
+
+        if self._tasks_client is None:
+            self._tasks_client = aws.client(
+                "dynamodb",
+                region=self.env.get("AWS_REGION"),
+                endpoint_url=self.env.get("AWS_ENDPOINT_URL"),
+                read_timeout=5,
+            )
+        table = self.env.get("TABLE_NAME")
+        if not table:
+            raise LookupError("this gateway knows no task table")
+        item = self._tasks_client.get_item(TableName=table, Key={"id": {"S": task_id}}).get("Item")
+        return from_dynamodb(item) if item else None
+
+    @staticmethod
+    def _json(connection: ServerConnection, answer: Any) -> Response:
         response = connection.respond(answer.status, json.dumps(answer.body) + "\n")
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
@@ -460,6 +493,10 @@ class LocalGateway:
         code, reason = 1000, ""
         in_flight = asyncio.Semaphore(RUNNER_CONCURRENCY)
         pending: set[asyncio.Task] = set()
+        # a browser's frames go to its handlers one at a time, in order, from a queue: the socket is
+        # still read meanwhile, so its activity (a keepalive behind a slow open) is seen as it comes
+        serial: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        worker = asyncio.create_task(self._invoke_in_order(ws, conn, serial)) if role != "runner" else None
         watchdog = asyncio.create_task(self._enforce_durations(conn, ws))
         try:
             async for message in ws:
@@ -494,11 +531,14 @@ class LocalGateway:
                     task.add_done_callback(pending.discard)
                 else:
                     # a browser's keystrokes keep their order (input frames carry no seq)
-                    await self._invoke_or_report(ws, conn, route, event)
+                    serial.put_nowait(event)
         except ConnectionClosed:
             pass
         finally:
             watchdog.cancel()
+            if worker is not None:
+                serial.put_nowait(None)  # what arrived before the close is still handled, in order
+                await asyncio.gather(worker, return_exceptions=True)
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             if ws.close_code is not None:
@@ -517,6 +557,13 @@ class LocalGateway:
                 await self._invoke("$disconnect", event)
             except Exception:
                 logger.exception("$disconnect handler failed")
+
+    async def _invoke_in_order(
+        self, ws: ServerConnection, conn: _Conn, events: asyncio.Queue[dict[str, Any] | None]
+    ) -> None:
+        """Hand a connection's frames to their handlers one after the other, until ``None``."""
+        while (event := await events.get()) is not None:
+            await self._invoke_or_report(ws, conn, event["requestContext"]["routeKey"], event)
 
     async def _invoke_or_report(self, ws: ServerConnection, conn: _Conn, route: str, event: dict) -> None:
         try:
@@ -578,9 +625,10 @@ class LocalGateway:
 
     async def _enforce_durations(self, conn: _Conn, ws: ServerConnection) -> None:
         """Close the connection with 1001 at the idle timeout (no message from its client) or at
-        the maximum connection duration, whichever comes first, as API Gateway does."""
-        limits = self.limits
+        the maximum connection duration, whichever comes first, as API Gateway does. The limits are
+        read again at least every second (``set_durations`` changes them for open connections too)."""
         while True:
+            limits = self.limits
             now = time.monotonic()
             idle_at = conn.last_in + limits.idle_timeout
             end_at = conn.opened + limits.max_connection_seconds
@@ -590,7 +638,20 @@ class LocalGateway:
                 self.closed_by_limit[why] = self.closed_by_limit.get(why, 0) + 1
                 await ws.close(GOING_AWAY, "Going away")
                 return
-            await asyncio.sleep(min(idle_at, end_at) - now)
+            await asyncio.sleep(min(idle_at - now, end_at - now, DURATIONS_RECHECK_SECONDS))
+
+    def set_durations(
+        self, *, idle_timeout: float | None = None, max_connection_seconds: float | None = None
+    ) -> None:
+        """Change the idle timeout or the maximum connection duration of this running gateway (tests
+        of the limits take turns on one gateway): open connections meet the new values within a
+        second, a connection older than a new maximum is closed then, as at its mark."""
+        changes: dict[str, float] = {}
+        if idle_timeout is not None:
+            changes["idle_timeout"] = idle_timeout
+        if max_connection_seconds is not None:
+            changes["max_connection_seconds"] = max_connection_seconds
+        self.limits = dataclasses.replace(self.limits, **changes)
 
     async def _close(self, connection_id: str) -> bool:
         conn = self._conns.get(connection_id)
@@ -679,11 +740,18 @@ def _management_handler(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:
 
 
 def start_local_gateway(
-    stack: Any, function_env: dict[str, str], port: int | None = None, websocket: Any = None
+    stack: Any,
+    function_env: dict[str, str],
+    port: int | None = None,
+    websocket: Any = None,
+    limits: dict[str, Any] | None = None,
 ) -> LocalGateway:
     """What ``aipm local up`` calls: a started gateway over the stack's connections table, with the
     routes, authorizer and stage template.yaml declares (``websocket``: the ``WebSocketSpec`` that
-    local.deploy parsed; without one, the defaults, which match today's template)."""
+    local.deploy parsed; without one, the defaults, which match today's template). ``limits``
+    shortens API Gateway's (``idle_timeout``, ``max_connection_seconds``, ``max_frame_bytes``,
+    ``max_message_bytes``), for tests."""
+    kwargs = {"port": port, "demo_tokens": True, **(limits or {})}
     if websocket is None:
-        return LocalGateway(function_env, port=port, demo_tokens=True).start()
-    return LocalGateway.from_spec(function_env, websocket, port=port, demo_tokens=True).start()
+        return LocalGateway(function_env, **kwargs).start()
+    return LocalGateway.from_spec(function_env, websocket, **kwargs).start()

@@ -66,6 +66,7 @@ class LocalStack:
         parameters: dict[str, Any] | None = None,
         log_dir: Path | None = None,
         stream_poll_seconds: float = 0.05,
+        gateway_limits: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.log_dir = log_dir  # runners log to runner-N.log there instead of this process's stderr
@@ -80,6 +81,9 @@ class LocalStack:
         # how often the table's stream is read when it brought nothing (each read is an HTTP call)
         self.stream_poll_seconds = stream_poll_seconds
         self.gateway_port = gateway_port
+        # API Gateway's limits, shortened for tests: LocalGateway's idle_timeout, max_connection_seconds,
+        # max_frame_bytes, max_message_bytes (the runners' own settings are WS_* in runner_env)
+        self.gateway_limits = dict(gateway_limits or {})
         self.gateway: Any = None  # the LocalGateway, once started with a gateway_port
         self._external_endpoint = endpoint_url
         self.parameters = parameters or {}  # template parameters (MaxReceiveCount, ...)
@@ -211,12 +215,12 @@ class LocalStack:
         from local.gateway import start_local_gateway
 
         try:
-            gw = start_local_gateway(self, function_env, self.gateway_port, websocket)
+            gw = start_local_gateway(self, function_env, self.gateway_port, websocket, self.gateway_limits)
         except OSError:
             logger.warning(
                 "port %s is busy; the local WebSocket gateway takes a free port", self.gateway_port
             )
-            gw = start_local_gateway(self, function_env, 0, websocket)
+            gw = start_local_gateway(self, function_env, 0, websocket, self.gateway_limits)
         self._parts.append(gw)
         self.gateway = gw
         urls = {"ws_url": gw.ws_url, "management_url": gw.management_url, "page_url": gw.page_url}

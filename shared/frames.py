@@ -453,18 +453,23 @@ def output_frames(
 ) -> list[OutputFrame]:
     """Split ``text`` into output frames whose encoding stays under ``budget`` bytes, seq from ``first_seq``.
 
-    JSON escaping can grow control characters six-fold, so chunks are measured after encoding.
+    JSON escaping can grow control characters six-fold, so chunks are measured after encoding; a
+    chunk that is too large is cut in proportion to its excess (plain text fills a frame at the first
+    try, so a burst takes as few frames, and as few relay calls, as the budget allows).
     """
     frames: list[OutputFrame] = []
     seq = first_seq
     pos = 0
     while pos < len(text):
-        n = min(len(text) - pos, budget)
+        envelope = len(encode(OutputFrame(session_id=session_id, seq=seq, data="")).encode())
+        room = max(1, budget - envelope)
+        n = min(len(text) - pos, room)
         while True:
             frame = OutputFrame(session_id=session_id, seq=seq, data=text[pos : pos + n])
-            if len(encode(frame, limit=10 * MAX_MESSAGE_BYTES).encode()) <= budget or n == 1:
+            size = len(encode(frame, limit=10 * MAX_MESSAGE_BYTES).encode())
+            if size <= budget or n == 1:
                 break
-            n = max(1, n * 2 // 3)
+            n = max(1, min(n - 1, n * room // max(1, size - envelope)))
         frames.append(frame)
         pos += n
         seq += 1

@@ -19,7 +19,14 @@
 // - with `tokenProvider` or `tokenUrl`, a fresh token before the current one expires (60 s ahead) and
 //   on a reconnect after it expired; with a fixed `token`, a refused or expired token is reported
 //   once and never retried;
-// - input split by UTF-8 bytes so every frame stays under API Gateway's 32 KB.
+// - input split by UTF-8 bytes so every frame stays under API Gateway's 32 KB;
+// - output written to the terminal in batches: while xterm is still parsing one write, whatever
+//   arrives meanwhile is joined and written next, in one call (a burst of output costs a few large
+//   writes, not one per frame; a keystroke's echo is still written at once);
+// - `watch: true`: a read-only view of a running task's output from the start of its run (the
+//   "Generate Code & PR" button's progress): waits while the task is not running yet (`no_session`),
+//   follows a run given back into its next attempt, and ends at the task's final `task` frame
+//   (`onTask(frame)`: status complete with commitSha, or failed with error and errorKind).
 
 export const MAX_FRAME_BYTES = 32 * 1024;
 const FRAME_BUDGET = MAX_FRAME_BYTES - 1024; // room for the frame's other fields
@@ -29,6 +36,9 @@ const RESUME_MAX_MS = 30000;
 const RENEW_AHEAD_S = 60;
 const RECONNECT_TRIES = 4;
 const FATAL = ["not_granted", "bad_target", "busy", "no_session", "forbidden"];
+const WATCH_RETRY_MS = 2500; // a watched task not running yet is opened again this often (the relay
+// budgets opens: 5 in 10 s on a connection)
+const FINAL_STATUSES = ["complete", "failed"];
 
 /** The claims of a JWT, read without checking it (the relay checks it); {} when unreadable. */
 export function tokenClaims(token) {
@@ -87,19 +97,26 @@ function tokenSource(options) {
  * Connect `options.terminal` to the session its token grants. Options: `url` (the WebSocket stage
  * URL), one of `token` / `tokenProvider` / `tokenUrl`, `task` or `branch` (default: the token's
  * grant), `readOnly` (default: the token's `ro`), `keepaliveSeconds` (300), `onState(state, detail)`
- * with state one of connecting, open, reattaching, reconnecting, ended, refused; `onFrame(frame)` for
- * every frame received. Returns the session: `state`, `sessionId`, `push(message)`, `close()`.
+ * with state one of connecting, open, waiting (watch: the task is not running yet), reattaching,
+ * reconnecting, ended, refused; `onFrame(frame)` for every frame received. With `watch: true` (a
+ * task's run, read-only): `onTask(frame)` gets the run's `task` frame(s), the last one final, and
+ * `taskStatus` (optional, an async function answering the task's row, e.g. `{status, commitSha,
+ * error, errorKind}`, from the frontend's backend) is asked while the task is not running, so a task
+ * that ended before the page could watch it ends the watch too. Returns the session: `state`,
+ * `sessionId`, `task` (the final `task` frame once seen), `push(message)`, `close()`.
  */
 export function connect(options) {
   const term = options.terminal;
   const WS = options.WebSocket || globalThis.WebSocket;
   const keepaliveMs = 1000 * (options.keepaliveSeconds ?? 300);
+  const watch = !!options.watch;
+  const onTask = options.onTask || (() => {});
   const source = tokenSource(options);
   const onState = options.onState || (() => {});
   const setTimer = globalThis.setTimeout.bind(globalThis);
   const clearTimer = globalThis.clearTimeout.bind(globalThis);
 
-  let token = null, claims = {}, target = null, readOnly = !!options.readOnly;
+  let token = null, claims = {}, target = null, readOnly = watch || !!options.readOnly;
   let ws = null, sessionId = null, nextSeq = null, ended = false;
   const pending = new Map();
   let inSeq = 0, held = [], heldBytes = 0, roNoticeShown = false;
@@ -107,9 +124,14 @@ export function connect(options) {
   let resumeTimer = null, resumeDelay = RESUME_FIRST_MS, reattaching = false;
   let renewTimer = null, keepaliveTimer = null, renewing = null;
 
+  let outQueue = [], writing = false;
+  // xterm calls a write's callback once it has parsed it; a terminal without callbacks gets every piece at once
+  const flowControl = typeof term.write === "function" && term.write.length >= 2;
+
   const session = {
     state: "connecting",
     sessionId: null,
+    task: null,
     get readOnly() { return readOnly; },
     push(message = "Refine with Kiro") {
       if (sessionId && !readOnly && !ended) send({ action: "push", sessionId, message });
@@ -128,7 +150,20 @@ export function connect(options) {
     if (sock && sock.readyState === 1) { sock.send(JSON.stringify(frame)); return true; }
     return false;
   }
-  function say(text, colour = 31) { term.write(`\r\n\x1b[${colour}m[${text}]\x1b[0m\r\n`); }
+  // everything shown goes through here, in order: a batch per xterm write while it is busy
+  function show(text) {
+    if (!flowControl) { term.write(text); return; }
+    outQueue.push(text);
+    if (!writing) drain();
+  }
+  function drain() {
+    if (!outQueue.length) { writing = false; return; }
+    writing = true;
+    const text = outQueue.length === 1 ? outQueue[0] : outQueue.join("");
+    outQueue = [];
+    term.write(text, drain);
+  }
+  function say(text, colour = 31) { show(`\r\n\x1b[${colour}m[${text}]\x1b[0m\r\n`); }
   function stopTimers() {
     clearTimer(resumeTimer); clearTimer(renewTimer); clearInterval(keepaliveTimer);
     resumeTimer = renewTimer = keepaliveTimer = null;
@@ -146,7 +181,7 @@ export function connect(options) {
   const expired = () => typeof claims.exp === "number" && claims.exp * 1000 < Date.now();
 
   function apply() {
-    while (nextSeq !== null && pending.has(nextSeq)) { term.write(pending.get(nextSeq)); pending.delete(nextSeq); nextSeq++; }
+    while (nextSeq !== null && pending.has(nextSeq)) { show(pending.get(nextSeq)); pending.delete(nextSeq); nextSeq++; }
     for (const k of pending.keys()) if (nextSeq !== null && k < nextSeq) pending.delete(k);
   }
   function sendInput(data) {
@@ -171,9 +206,47 @@ export function connect(options) {
     resumeTimer = setTimer(resume, resumeDelay);
     resumeDelay = Math.min(resumeDelay * 2, RESUME_MAX_MS);
   }
+  // watch: the task is not running here yet (or its run was given back): open again later, and ask
+  // the frontend's `taskStatus` meanwhile whether it has ended already
+  // (`afresh`: a new attempt, numbered from 1 again; else the same run, opened from the last seq shown)
+  function waitForRun(why, delay = WATCH_RETRY_MS, afresh = false) {
+    sessionId = session.sessionId = null;
+    if (afresh) { nextSeq = null; pending.clear(); }
+    state("waiting", why);
+    clearTimer(resumeTimer);
+    resumeTimer = setTimer(async () => {
+      resumeTimer = null;
+      if (ended) return;
+      if (options.taskStatus) {
+        let row = null;
+        try { row = await options.taskStatus(); } catch (e) { /* unknown: keep waiting */ }
+        if (ended) return;
+        if (row && FINAL_STATUSES.includes(row.status)) {
+          taskEnded({ action: "task", taskId: target.task, status: row.status, commitSha: row.commitSha,
+            error: row.error, errorKind: row.errorKind });
+          return;
+        }
+      }
+      openSession();
+    }, delay);
+  }
+  function taskLine(f) {
+    if (f.status === "complete") return f.commitSha ? `task complete: pushed ${f.commitSha.slice(0, 12)}` : "task complete";
+    if (f.status === "failed") return `task failed${f.errorKind ? ` [${f.errorKind}]` : ""}${f.error ? ": " + f.error : ""}`;
+    return `task ${f.status}`;
+  }
+  // the run's final word (from the runner's task frame, or the row): shown, reported, and the end
+  function taskEnded(f) {
+    session.task = f;
+    say(taskLine(f), f.status === "complete" ? 32 : 31);
+    onTask(f);
+    finish("ended", taskLine(f));
+  }
+
   function openSession() {
     const open = { action: "open", cols: term.cols, rows: term.rows };
     if (target.task) open.taskId = target.task; else open.branch = target.branch;
+    if (watch && nextSeq !== null) open.lastSeq = nextSeq - 1; // the same run again: from where it was
     send(open);
   }
 
@@ -223,6 +296,7 @@ export function connect(options) {
       else send({ action: "resume", sessionId, lastSeq: nextSeq === null ? 0 : nextSeq - 1 }, sock);
     };
     sock.onmessage = (ev) => {
+      if (ended) return;
       let f;
       try { f = JSON.parse(ev.data); } catch (e) { return; }
       if (options.onFrame) options.onFrame(f);
@@ -241,12 +315,23 @@ export function connect(options) {
         clearTimer(resumeTimer); resumeTimer = null; resumeDelay = RESUME_FIRST_MS;
         const wasAway = reattaching;
         reattaching = false;
-        state("open", `${f.branch}${readOnly ? " (read-only)" : ""}`);
+        state("open", watch ? `watching task ${f.taskId || target.task} on ${f.branch}`
+          : `${f.branch}${readOnly ? " (read-only)" : ""}`);
         if (!readOnly && (wasAway || f.resumed)) send({ action: "resize", sessionId, cols: term.cols, rows: term.rows });
         if (!readOnly) { const keys = held.splice(0); heldBytes = 0; for (const data of keys) sendInput(data); }
       } else if (f.action === "output") {
         if (nextSeq === null || f.seq >= nextSeq) pending.set(f.seq, f.data);
         apply();
+      } else if (f.action === "task" && watch) {
+        if (FINAL_STATUSES.includes(f.status)) { taskEnded(f); return; }
+        onTask(f);
+        // given back (pending) or taken over (lost): the task runs again, numbered afresh
+        say(f.status === "lost" ? "another runner took the task over; watching its next run…"
+          : "the run was given back; watching the task's next attempt…", 33);
+        waitForRun("waiting for the task's next run…", WATCH_RETRY_MS, true);
+      } else if (f.action === "exit" && watch) {
+        // a run's exit after its task frame (handled above); one without it: the run is gone
+        if (f.sessionId === sessionId) waitForRun("the run ended; waiting for the task's next run…");
       } else if (f.action === "exit") {
         say(`session ended${f.reason ? ": " + f.reason : ""}`, 33);
         finish("ended", `session ended (code ${f.code})`);
@@ -269,6 +354,16 @@ export function connect(options) {
   }
 
   function onError(f) {
+    if (watch && (f.code === "no_session" || (f.code === "throttled" && sessionId === null))) {
+      waitForRun("the task is not running yet; its output shows once it starts…",
+        f.code === "throttled" ? 2 * WATCH_RETRY_MS : WATCH_RETRY_MS);
+      return;
+    }
+    if (watch && f.code === "no_runner" && sessionId !== null) {
+      // the run's route is gone: it ended while this page was away, or its runner is reconnecting
+      waitForRun("the run is out of reach; watching again…", RESUME_FIRST_MS);
+      return;
+    }
     if (f.code === "runner_gone" || f.code === "no_runner") {
       resumeLater(f.code === "runner_gone"
         ? "the runner went away; reattaching when it is back…"
@@ -282,7 +377,7 @@ export function connect(options) {
     }
     if (f.code === "read_only") { if (!roNoticeShown) { roNoticeShown = true; say(f.message); } return; }
     if (sessionId === null && FATAL.includes(f.code)) { finish("refused", f.message); return; }
-    term.write(`\r\n\x1b[31m[${f.code || "error"}] ${f.message}\x1b[0m\r\n`);
+    show(`\r\n\x1b[31m[${f.code || "error"}] ${f.message}\x1b[0m\r\n`);
   }
 
   async function reconnect(wasOpen) {
@@ -333,8 +428,9 @@ export function connect(options) {
     if (!token) { finish("refused", "no token: give ?token=... (or a token URL)"); return; }
     target = options.task ? { task: options.task } : options.branch ? { branch: options.branch }
       : claims.task ? { task: claims.task } : claims.branch ? { branch: claims.branch } : null;
-    if (options.readOnly === undefined) readOnly = !!claims.ro;
+    if (options.readOnly === undefined && !watch) readOnly = !!claims.ro;
     if (!target) { finish("refused", "the token grants no task or branch"); return; }
+    if (watch && !target.task) { finish("refused", "watch needs a task (taskId, or a token for one)"); return; }
     if (!source.renewable && expired()) {
       finish("refused", "refused: this token has expired; reload the page with a fresh token");
       return;

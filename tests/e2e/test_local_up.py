@@ -222,7 +222,7 @@ def test_make_demo_shows_the_sample_task_reach_a_pushed_commit(tmp_path: Path) -
         ["git", "--git-dir", str(remote), "rev-parse", f"refs/heads/{branch}"], capture_output=True, text=True
     )
     assert tip.stdout.strip() == sha
-    assert "terminal page: http://127.0.0.1:" in text and "?token=" in text
+    assert "terminal page: http://127.0.0.1:" in text and "?token=" in text and "?watch=demo-" in text
     # the stack's own, the Lambdas' and the runner's JSON lines went to the log folder
     for name in ("local.log", "lambdas.log", "runner-0.log"):
         assert (logs / name).stat().st_size > 0, name

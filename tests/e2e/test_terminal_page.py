@@ -4,7 +4,7 @@ a page (a fresh context) of its own and a branch of its own, and leaves a screen
 
 from __future__ import annotations
 
-import json
+import re
 import secrets
 import time
 import urllib.request
@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
-from local.browser import BUFFER_TEXT_JS, chromium_path, launch
+from local.browser import chromium_path
 from shared import tokens
-from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, unique
+from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, AwsCli, unique, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 if chromium_path() is None:
     pytest.skip("needs Debian's chromium (`make browser`)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-KIRO_PROMPT = "> "
+from tests.e2e.page_support import KIRO_PROMPT, PageUnderTest, branch, chromium_browser, user_lines  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,79 +64,7 @@ def stack(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory, kiro_hom
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        b = launch(pw)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class PageUnderTest:
-    """One tab of the terminal page, with what the tests read: the status line, xterm's buffer, and
-    every WebSocket the page opened."""
-
-    def __init__(self, browser: Any, stack: Any, tmp_path: Path, name: str) -> None:
-        self.context = browser.new_context(viewport={"width": 1000, "height": 600})
-        self.page = self.context.new_page()
-        self.stack = stack
-        self.shot = tmp_path / f"{name}.png"
-        self.sockets: list[Any] = []
-        self.page.on("websocket", lambda ws: self.sockets.append(ws))
-
-    def token(
-        self, branch: str, *, read_only: bool = False, ttl: int = 300, secret: str | None = None
-    ) -> str:
-        key = secret or self.stack.config.env["TOKEN_SECRET"]
-        return tokens.mint(key, sub="page-tester", branch=branch, read_only=read_only, ttl=ttl)
-
-    def goto(self, query: str) -> None:
-        self.page.goto(f"{self.stack.config.page_url}?{query}")
-
-    def open(self, branch: str, **kw: Any) -> None:
-        self.goto(f"token={self.token(branch, **kw)}")
-        self.wait_text(KIRO_PROMPT)
-
-    @property
-    def status(self) -> str:
-        return self.page.inner_text("#status")
-
-    @property
-    def text(self) -> str:
-        return self.page.evaluate(BUFFER_TEXT_JS)
-
-    def js(self, expr: str) -> Any:
-        return self.page.evaluate(expr)
-
-    def wait(self, predicate: Any, what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.page.screenshot(path=self.shot)
-                raise AssertionError(f"{what} not seen; status {self.status!r}; text {self.text[-400:]!r}")
-            self.idle(0.05)
-
-    def idle(self, seconds: float) -> None:
-        """Wait while Playwright delivers the page's events (a plain sleep would hold them back)."""
-        self.page.wait_for_timeout(seconds * 1000)
-
-    def wait_text(self, needle: str, timeout: float = 20.0) -> None:
-        self.page.wait_for_function("() => window.aipmTerminal && window.aipmTerminal.session.sessionId")
-        self.wait(lambda: needle in self.text, f"{needle!r} in the terminal", timeout)
-
-    def type(self, text: str) -> None:
-        self.page.locator(".xterm-helper-textarea").focus()
-        self.page.keyboard.type(text)
-
-    def say(self, line: str) -> None:
-        """Type ``line`` and Enter to the fake Kiro, and wait for its answer."""
-        self.type(line)
-        self.page.keyboard.press("Enter")
-        self.wait_text(f"you said: {line}")
-
-    def close(self) -> None:
-        self.page.screenshot(path=self.shot)
-        self.context.close()
+    yield from chromium_browser()
 
 
 @pytest.fixture
@@ -146,21 +74,6 @@ def tab(browser: Any, stack: Any, tmp_path: Path, request: pytest.FixtureRequest
         yield t
     finally:
         t.close()
-
-
-def branch() -> str:
-    return f"feature/{unique('page')}"
-
-
-def user_lines(kiro_home: Path) -> list[str]:
-    """Every line a user sent to a fake Kiro session, from its conversations (on the runner's side)."""
-    lines = []
-    for path in sorted((kiro_home / "conversations").glob("*.jsonl")):
-        for raw in path.read_text().splitlines():
-            record = json.loads(raw)
-            if record["role"] == "user":
-                lines.append(record["text"])
-    return lines
 
 
 def test_the_page_loads_only_from_its_own_origin(tab: PageUnderTest) -> None:
@@ -314,3 +227,72 @@ def test_the_demo_page_fetches_its_own_token(tab: PageUnderTest) -> None:
     tab.goto(f"branch={branch()}")
     tab.wait_text(KIRO_PROMPT)
     tab.say("with-a-fetched-token")
+
+
+# -- watch a task (the "Generate Code & PR" button's progress) -----------------------------------------
+
+
+def test_watching_a_task_shows_its_output_while_it_runs_and_its_final_status(
+    stack: Any, tab: PageUnderTest
+) -> None:
+    """``?watch=ID`` opened before the task exists: the page waits (``no_session``, opened again),
+    then shows the run's output from its first line while the row is still ``processing``, then the
+    final ``task`` frame's status with the pushed commit, and connects no more after it."""
+    cli = AwsCli(stack.config.endpoint_url, stack.config.table_name)
+    task_id = unique("watch")
+    # given: the page watches a task that is not running yet
+    tab.goto(f"watch={task_id}")
+    tab.wait(lambda: "waiting" in tab.status or "not running" in tab.status, "the page waiting for the run")
+    # when: the backend submits it (the fake agent works 4 s, printing a step every 0.25 s)
+    cli.put_task(task_id, f"feature/{task_id}", details="[fake:sleep=4]")
+    tab.wait(lambda: "working... step 3" in tab.text, "the run's output", 60)
+    status_while_shown = cli.read(task_id)["status"]
+    text = tab.text
+    # then: its output from the run's start, before the task ended
+    assert status_while_shown == "processing"
+    assert text.index("kiro-cli (fake, for tests)") < text.index("working... step 1")
+    assert f"watching task {task_id}" in tab.status
+    # and its final status, with the commit the row holds
+    tab.wait(lambda: "task complete" in tab.status, "the final status", 60)
+    row = cli.read(task_id)
+    assert row["status"] == "complete"
+    assert f"pushed {row['commitSha'][:12]}" in tab.status and f"pushed {row['commitSha'][:12]}" in tab.text
+    assert tab.js("aipmTerminal.session.task.status") == "complete"
+    steps = [int(n) for n in re.findall(r"working\.\.\. step (\d+)", tab.text)]
+    assert steps == list(range(1, len(steps) + 1))  # every line once, in order
+    # and it stops there: no reconnect, no open again
+    sockets = len(tab.sockets)
+    tab.idle(3.5)  # longer than the page's 2.5 s retry of a watch
+    assert len(tab.sockets) == sockets and tab.js("aipmTerminal.session.state") == "ended"
+
+
+def test_watching_a_task_that_fails_shows_its_error_and_kind(stack: Any, tab: PageUnderTest) -> None:
+    cli = AwsCli(stack.config.endpoint_url, stack.config.table_name)
+    task_id = unique("watchfail")
+    cli.put_task(task_id, f"feature/{task_id}", details="[fake:sleep=3] [fake:exit=1]")
+    tab.goto(f"watch={task_id}")
+    tab.wait(lambda: "task failed" in tab.status, "the failure", 60)
+    row = cli.read(task_id)
+    assert row["status"] == "failed"
+    assert f"[{row['errorKind']}]" in tab.status and row["errorKind"] == "agent_exit"
+    assert "task failed [agent_exit]" in tab.text
+    assert tab.page.eval_on_selector("#status", "e => e.className") == "bad"
+    assert tab.js("aipmTerminal.session.readOnly") is True
+
+
+def test_a_watch_of_a_task_that_already_ended_ends_with_its_rows_status(
+    stack: Any, tab: PageUnderTest
+) -> None:
+    """A task that ended before the page could watch it has no run to open (``no_session``): the
+    module asks ``taskStatus`` while it waits (the demo page: the local stack's ``/task-status``, as a
+    frontend asks its backend) and ends with the row's status."""
+    cli = AwsCli(stack.config.endpoint_url, stack.config.table_name)
+    task_id = unique("ended")
+    cli.put_task(task_id, f"feature/{task_id}")
+    row = wait_until(lambda: (r := cli.read(task_id)).get("status") == "complete" and r, 60, what="the task")
+    # when
+    tab.goto(f"watch={task_id}")
+    tab.wait(lambda: "task complete" in tab.status, "the row's end")
+    # then
+    assert f"task complete: pushed {row['commitSha'][:12]}" in tab.text
+    assert tab.js("[aipmTerminal.session.state, aipmTerminal.session.task.status]") == ["ended", "complete"]

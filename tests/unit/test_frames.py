@@ -97,6 +97,17 @@ def test_output_split_keeps_every_frame_under_budget_even_with_escapes() -> None
     assert max(len(f.encode(fr).encode()) for fr in out) <= f.OUTPUT_DATA_BUDGET
 
 
+def test_a_plain_burst_goes_out_in_nearly_full_frames() -> None:
+    """Plain text fills each frame to its budget (each frame is a relay call): a 1 MB burst takes
+    the fewest frames the budget allows, every one of them within it."""
+    text = "y" * 1_000_000
+    out = f.output_frames("s-1", 1, text)
+    sizes = [len(f.encode(fr).encode()) for fr in out]
+    assert "".join(fr.data for fr in out) == text
+    assert max(sizes) <= f.OUTPUT_DATA_BUDGET
+    assert min(sizes[:-1]) > f.OUTPUT_DATA_BUDGET - 100
+
+
 def test_for_browser_strips_routing() -> None:
     frame = f.OutputFrame(session_id="s", seq=1, data="x", to=["c1", "c2"])
     assert "to" not in json.loads(f.for_browser(frame))

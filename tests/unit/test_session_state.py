@@ -66,6 +66,22 @@ def test_buffer_asks_for_a_flush_once_enough_is_waiting() -> None:
     assert state.buffer("x") is True
 
 
+def test_a_flush_of_full_frames_keeps_the_rest_for_the_timer() -> None:
+    """A burst is framed in full frames as it comes; the part that would make a small frame waits
+    (for more output, or the coalescing timer's flush of everything), and nothing is lost or reordered."""
+    state = session(ring_bytes=1024 * 1024)
+    state.attach("c-1", False, 0, now=1.0)
+    text = "".join(chr(97 + i % 26) for i in range(FLUSH_BYTES + 5000))
+
+    assert state.buffer(text) is True
+    full = state.flush(full_frames_only=True)
+    rest = state.flush()
+
+    assert len(full) == 1 and len(fr.encode(full[0]).encode()) > fr.OUTPUT_DATA_BUDGET * 9 // 10
+    assert [f.seq for f in full + rest] == [1, 2]
+    assert "".join(f.data for f in full + rest) == text
+
+
 def test_output_with_nobody_watching_is_kept_for_later() -> None:
     """No viewer: nothing to send, but the ring keeps it for whoever attaches."""
     state = session()
