@@ -335,6 +335,15 @@ export function connect(options) {
       } else if (f.action === "exit") {
         say(`session ended${f.reason ? ": " + f.reason : ""}`, 33);
         finish("ended", `session ended (code ${f.code})`);
+      } else if (f.action === "question") {
+        // a run waiting for a person (APPROVAL=escalate): its question, and how to answer it here
+        if (f.pending) {
+          const how = readOnly ? "a read-write terminal of this task can answer it"
+            : `type ${(f.choices || []).join("/") || "an answer"} and Enter`;
+          say(`the agent asks: ${f.question || "?"} (${how})`, 33);
+        } else {
+          say(f.answer ? `answered: ${f.answer}` : "no answer came in time", 33);
+        }
       } else if (f.action === "pushed") {
         say(f.commitSha ? "pushed " + f.commitSha.slice(0, 12) : "nothing to commit", 32);
       } else if (f.action === "error") {

@@ -275,3 +275,36 @@ def test_claude_code_asks_a_browser_on_the_task_and_the_answered_run_pushes(clau
     assert row["status"] == "complete" and "waitingFor" not in row and row.get("agentSessionId")
     remote = git.Repo(cfg.git_remote)
     assert remote.git.show(f"{branch}:{CLEAN_FILE}") + "\n" == CLEAN_CONTENT
+
+
+def test_the_page_shows_a_watcher_the_question_and_its_answer(stack: Any) -> None:
+    """The terminal page's module, watching the task read-only, shows the agent's question and that a
+    read-write terminal answers it (not how to type it), then the answer once a browser gave it."""
+    from tests.integration.refine_support import Page
+
+    cfg = stack.config
+    assert cfg.ws_url
+    cli = AwsCli(cfg.endpoint_url, cfg.table_name)
+    task_id = unique("page-asked")
+    cli.put_task(task_id, f"feature/{task_id}", details="[fake:approval tool=fs_write]")
+    watch_token = aipm_in(stack.workdir, "token", "--task", task_id, "--read-only", "--ttl", "300")
+    token = aipm_in(stack.workdir, "token", "--task", task_id, "--ttl", "300")
+    page = Page(cfg.ws_url, watch_token, watch=True, task=task_id, readOnly=True)
+    try:
+        page.wait(lambda p: "the agent asks:" in p.text, 90, what="the question shown")
+        assert "a read-write terminal of this task can answer it" in page.text
+        assert "Allow this action?" in page.text
+
+        async def answer() -> None:
+            browser = await open_running(cfg.ws_url, token, task_id)
+            try:
+                await browser.wait_frame(fr.QuestionFrame, timeout=60, pending=True)
+                await browser.type("y\r")
+                await browser.wait_frame(fr.TaskFrame, timeout=60)
+            finally:
+                await browser.close()
+
+        asyncio.run(answer())
+        page.wait(lambda p: "answered: y" in p.text, 30, what="the answer shown")
+    finally:
+        page.close()
