@@ -264,12 +264,13 @@ class Doctor:
 
     # -- WebSocket ---------------------------------------------------------------------------
     def _runner_secret(self) -> str | None:
-        if self.s.runner_secret:
-            return self.s.runner_secret.get_secret_value()
-        if not self.s.runner_secret_arn:
-            return None
-        value = self.client("secretsmanager").get_secret_value(SecretId=self.s.runner_secret_arn)
-        return str(value.get("SecretString") or "") or None
+        """The runner secret, read the way the runner reads it (``SecretSource``), through this
+        check's fail-fast client."""
+        from shared.tokens import SecretSource
+
+        value = self.s.runner_secret.get_secret_value() if self.s.runner_secret else None
+        source = SecretSource(value, self.s.runner_secret_arn, lambda: self.client("secretsmanager"))
+        return source.get() or None
 
     def websocket(self) -> Check:
         url = self.s.websocket
@@ -282,14 +283,17 @@ class Doctor:
                 ok=False,
                 message=f"WS_URL {url!r} is not a ws:// or wss:// URL: set it to the stack's WebSocketUrl",
             )
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
         try:
             secret = self._runner_secret()
-        except (ClientError, BotoCoreError) as e:
+        except GetParameterError as e:  # the provider's wrapper of the AWS error it met
+            cause = e.__context__ if isinstance(e.__context__, ClientError | BotoCoreError) else e
             return Check(
                 name="websocket",
                 ok=False,
                 message=f"could not read the runner secret {self.s.runner_secret_arn}: "
-                f"{self._aws_failure('websocket', e).message}",
+                f"{self._aws_failure('websocket', cause).message}",
             )
         if not secret:
             return Check(

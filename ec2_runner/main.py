@@ -144,12 +144,7 @@ def start_terminals(
         settings.runner_secret_arn,
         region=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
-        client_factory=lambda: aws.client(
-            "secretsmanager",
-            region=settings.aws_region,
-            endpoint_url=settings.aws_endpoint_url,
-            keys=settings.aws_keys,
-        ),
+        keys=settings.aws_keys,
     )
     if not secret.get():
         logger.warning("WS_URL is set but no RUNNER_SECRET / RUNNER_SECRET_ARN: terminals are off")

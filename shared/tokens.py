@@ -203,8 +203,9 @@ class SecretSource:
     effect within that time without a restart.
 
     The one way to build a secret source, for the Lambdas, the runner and the CLI alike: the
-    secretsmanager client is made (from ``region`` and ``endpoint_url``) only when an ARN has to be
-    read; ``client_factory`` replaces that client where a test needs to.
+    secretsmanager client is made (from ``region``, ``endpoint_url`` and ``keys``, an
+    ``aws.Keys``) only when an ARN has to be read; ``client_factory`` replaces that client where a
+    caller needs another (a fail-fast one, a test's).
     """
 
     def __init__(
@@ -215,11 +216,12 @@ class SecretSource:
         *,
         region: str | None = None,
         endpoint_url: str | None = None,
+        keys: Any = None,
         max_age: int = SECRET_MAX_AGE,
     ) -> None:
         self._value = value
         self._arn = arn
-        self._factory = client_factory or (lambda: _secrets_client(region, endpoint_url))
+        self._factory = client_factory or (lambda: _secrets_client(region, endpoint_url, keys))
         self._max_age = max_age
         self._provider: Any = None
 
@@ -235,7 +237,7 @@ class SecretSource:
         return secret.decode() if isinstance(secret, bytes) else secret
 
 
-def _secrets_client(region: str | None, endpoint_url: str | None) -> Any:
+def _secrets_client(region: str | None, endpoint_url: str | None, keys: Any = None) -> Any:
     from shared import aws
 
-    return aws.client("secretsmanager", region=region, endpoint_url=endpoint_url)
+    return aws.client("secretsmanager", region=region, endpoint_url=endpoint_url, keys=keys)

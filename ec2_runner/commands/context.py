@@ -94,7 +94,6 @@ def target(service: str = "dynamodb") -> Target:
 def token_secret() -> str:
     """The browser token secret (TOKEN_SECRET, or read from TOKEN_SECRET_ARN)."""
     from ec2_runner.console import CliError, ExitCode
-    from shared import aws
     from shared.tokens import SecretSource
 
     s = settings()
@@ -103,9 +102,7 @@ def token_secret() -> str:
         s.token_secret_arn,
         region=s.aws_region,
         endpoint_url=s.aws_endpoint_url,
-        client_factory=lambda: aws.client(
-            "secretsmanager", region=s.aws_region, endpoint_url=s.aws_endpoint_url, keys=s.aws_keys
-        ),
+        keys=s.aws_keys,
     ).get()
     if not secret:
         raise CliError(
