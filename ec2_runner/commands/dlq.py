@@ -15,10 +15,6 @@ from typing import Any
 
 from botocore.exceptions import (
     ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ReadTimeoutError,
 )
 
 from ec2_runner.commands import context
@@ -247,28 +243,16 @@ def _not_found(unknown: list[str], url: str) -> CliError:
 
 @contextlib.contextmanager
 def _reaching(url: str) -> Iterator[None]:
-    """AWS errors as sentences: which endpoint could not be reached, or what it refused."""
-    s = context.settings()
-    where = s.aws_endpoint_url or f"AWS in {s.aws_region}"
+    """A missing dead-letter queue as its own sentence (not found, naming it); every other AWS error
+    goes to ``aipm``'s one translation (``commands.aws_errors``: which endpoint, what to do)."""
     try:
         yield
-    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
-        raise CliError(
-            f"cannot reach {where} ({e.__class__.__name__}): is the stack up (`aipm local up` for the "
-            "local one), and AWS_ENDPOINT_URL / AWS_REGION right?",
-            ExitCode.UNREACHABLE,
-        ) from e
-    except NoCredentialsError as e:
-        raise CliError(
-            f"no AWS credentials for {where}: configure a profile or keys, or run this in the local "
-            "stack's folder",
-            ExitCode.UNREACHABLE,
-        ) from e
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
-        message = e.response.get("Error", {}).get("Message", "")
         if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
+            s = context.settings()
+            where = s.aws_endpoint_url or f"AWS in {s.aws_region}"
             raise CliError(
                 f"the dead-letter queue {url} does not exist at {where}", ExitCode.NOT_FOUND
             ) from e
-        raise CliError(f"{where} refused the call: {code} {message}".strip(), ExitCode.FAILED) from e
+        raise

@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError
 
 from ec2_runner import console
 from ec2_runner.commands import context
@@ -38,28 +38,19 @@ def register(sub: Any) -> None:
 def fleet() -> list[RunnerRecord]:
     """The records of the configured runners table; CliError sentences when it cannot be read."""
     s = context.settings()
-    where = s.aws_endpoint_url or f"AWS ({s.aws_region})"
     try:
         return RunnerRegistry(context.client("dynamodb"), s.runners_table).list()
-    except EndpointConnectionError as e:
-        raise CliError(
-            f"cannot reach {e.kwargs.get('endpoint_url') or where}: is the stack running "
-            "(`aipm local up`), or AWS_ENDPOINT_URL / AWS_REGION right?",
-            ExitCode.UNREACHABLE,
-        ) from None
     except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "")
-        if code == "ResourceNotFoundException":
-            raise CliError(
-                f"no runners table {s.runners_table!r} at {where}: deploy the stack, or set RUNNERS_TABLE "
-                "to its RunnersTable",
-                ExitCode.NOT_FOUND,
-            ) from None
+        # a missing runners table by its own name; every other AWS error goes to aipm's one
+        # translation (commands.aws_errors: the endpoint, what to do, the README's exit code)
+        if e.response.get("Error", {}).get("Code", "") != "ResourceNotFoundException":
+            raise
+        where = s.aws_endpoint_url or f"AWS ({s.aws_region})"
         raise CliError(
-            f"could not read {s.runners_table!r} at {where}: {code or e}", ExitCode.FAILED
+            f"no runners table {s.runners_table!r} at {where}: deploy the stack, or set RUNNERS_TABLE "
+            "to its RunnersTable",
+            ExitCode.NOT_FOUND,
         ) from None
-    except BotoCoreError as e:
-        raise CliError(f"could not read {s.runners_table!r} at {where}: {e}", ExitCode.UNREACHABLE) from None
 
 
 def _ago(seconds: float) -> str:
