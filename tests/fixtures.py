@@ -185,6 +185,12 @@ class AwsCli:
             what=f"{task_id} to end" + (f" after attempt {attempts}" if attempts else ""),
         )
 
+    def ended(self, task_id: str, timeout: float = 60) -> dict:
+        """The ended row as the aws CLI reads it; the wait itself reads in this process, as an aws CLI
+        process per poll (~1 CPU-s each, five a second) would take a core from the runners."""
+        self.wait_final(task_id, timeout)
+        return self.get(task_id)
+
 
 def wait_until(
     check: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition"

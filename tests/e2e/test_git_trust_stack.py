@@ -73,15 +73,7 @@ def aipm(stack: Any, *args: str) -> str:
 def run_task(cli: AwsCli, branch: str, details: str) -> dict:
     task_id = unique("gt")
     cli.put_task(task_id, branch, title="Git trust", details=details)
-    # the wait reads in this process (an aws CLI process per poll costs ~1 CPU-s); the ended row is
-    # then read as an operator reads it
-    wait_until(
-        lambda: cli.read(task_id).get("status") in ("complete", "failed"),
-        90,
-        interval=0.2,
-        what=f"task {task_id} to end",
-    )
-    return cli.get(task_id)
+    return cli.ended(task_id, 90)
 
 
 def planted_runs(markers: Path) -> list[str]:

@@ -17,7 +17,7 @@ import git
 import pytest
 
 from tests import agent_clis
-from tests.fixtures import AwsCli, unique, wait_until
+from tests.fixtures import AwsCli, unique
 from tests.model_server import CLEAN_FILE, EDITED_CONTENT, ModelServer
 
 WHY_NOT = agent_clis.missing()
@@ -124,15 +124,7 @@ def awscli(stack: Any) -> AwsCli:
 
 
 def final(cli: AwsCli, task_id: str, timeout: float = 120) -> dict:
-    """The ended row as the aws CLI reads it; the wait itself reads in this process, as an aws CLI
-    process per poll (~1 CPU-s each, five a second) would take a core from the runners."""
-    wait_until(
-        lambda: cli.read(task_id).get("status") in ("complete", "failed"),
-        timeout,
-        interval=0.2,
-        what=f"{task_id} to end",
-    )
-    return cli.get(task_id)
+    return cli.ended(task_id, timeout)
 
 
 def remote_file(stack: Any, ref: str, path: str) -> str | None:

@@ -85,15 +85,7 @@ def cli(stack: Any) -> AwsCli:
 
 
 def final(cli: AwsCli, task_id: str, timeout: float = 90) -> dict:
-    """The ended row as the aws CLI reads it; the wait itself reads in this process, as an aws CLI
-    process per poll (~1 CPU-s each, five a second) would take a core from the runners."""
-    wait_until(
-        lambda: cli.read(task_id).get("status") in ("complete", "failed"),
-        timeout,
-        interval=0.2,
-        what=f"{task_id} to end",
-    )
-    return cli.get(task_id)
+    return cli.ended(task_id, timeout)
 
 
 def runner_home(stack: Any) -> dict[str, Path]:
