@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ import pytest
 from shared import aws
 from shared.models import from_dynamodb, utc_now_iso
 from shared.store import TaskStore
+from tests import prefork
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_KIRO = ROOT / "tests" / "fake_agent" / "kiro-cli"
@@ -65,10 +65,8 @@ class AwsCli:
         self._ddb: Any = None
 
     def __call__(self, *args: str) -> dict:
-        out = subprocess.run(
-            [self.exe, "--endpoint-url", self.endpoint, "--region", "us-east-1", "--output", "json", *args],
-            capture_output=True,
-            text=True,
+        out = prefork.aws(
+            ["--endpoint-url", self.endpoint, "--region", "us-east-1", "--output", "json", *args],
             timeout=60,
             env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
         )
@@ -249,14 +247,7 @@ def aipm_in(workdir: Path, *args: str) -> str:
     """``aipm ARGS`` run as a user in the stack's folder (it finds the stack from .aipm/local.json, not
     from this process's endpoint or secrets); its output, or the test fails with its stderr."""
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET", "WS_URL")}
-    out = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = prefork.aipm(args, cwd=workdir, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 

@@ -36,8 +36,8 @@ def test_aws_endpoint_down_for_ten_seconds_is_logged_retried_and_every_task_ends
             chaos.put(task_id, f"feature/{task_id}", details="[fake:sleep=1.5]")
         time.sleep(2.5)  # tasks in flight
         # when: the endpoint goes away for 10 s (moto keeps its state in this process)
+        down_at = time.time()  # the outage starts as the server starts to go (its stop waits for open polls)
         moto.stop()
-        down_at = time.time()
         time.sleep(10)
         moto = MotoServer(port=port)
         assert moto.start() == endpoint

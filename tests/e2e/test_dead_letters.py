@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from shared import aws
 from shared.dead_letters import DeadLetterQueue
+from tests import prefork
 from tests.fixtures import FAKE_AGENT_COMMAND, AwsCli, unique, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -108,15 +108,7 @@ def purge(stack: Any, sqs: Any) -> None:
 def aipm(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``aipm ARGS`` as a user runs it in the stack's folder (it finds the stack from its file)."""
     base = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TASK_QUEUE_URL", "DLQ_URL")}
-    return subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        cwd=workdir,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return prefork.aipm(args, cwd=workdir, env={**base, **(env or {})}, timeout=60)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -224,7 +216,11 @@ def test_a_redrive_of_a_complete_task_does_not_run_it(stack: Any, cli: AwsCli, s
     assert listed(stack) == []
     time.sleep(2)  # a run, had one been signalled, would have claimed by now (1 s polls)
     after = cli.read(done)
-    assert (after["status"], after["attempts"], after["updatedAt"]) == ("complete", 1, row["updatedAt"])
+    assert (after["status"], after["attempts"], after["updatedAt"]) == (
+        "complete",
+        row["attempts"],
+        row["updatedAt"],
+    )
 
 
 def test_a_message_that_is_not_a_task_signal_lands_in_the_dlq_as_such(stack: Any, sqs: Any) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from local.stack import LocalStack
 from shared import aws
+from tests import prefork
 from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -44,14 +45,7 @@ def doctor(workdir: Path, **env: str) -> tuple[int, dict[str, Any], str]:
     """`aipm doctor --json` in ``workdir`` as a user runs it there (the stack found through
     .aipm/local.json), with ``env`` on top: exit code, the report by check name, stderr."""
     base = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET", "WS_URL")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", "doctor", "--json"],
-        cwd=workdir,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    proc = prefork.aipm(["doctor", "--json"], cwd=workdir, env={**base, **env}, timeout=90)
     assert "Traceback" not in proc.stderr, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is (proc.returncode == 0)
@@ -75,12 +69,10 @@ def test_doctor_on_a_healthy_local_stack_passes_every_check(stack: LocalStack) -
     assert "push is allowed" in checks["git"]["message"]
     assert "logged in" in checks["agent"]["message"]
     # and people get a table of the same
-    human = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", "doctor"],
+    human = prefork.aipm(
+        ["doctor"],
         cwd=stack.workdir,
         env={k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"} | {"COLUMNS": "200"},
-        capture_output=True,
-        text=True,
         timeout=90,
     )
     assert human.returncode == 0 and "all checks pass" in human.stdout

@@ -18,6 +18,7 @@ import pytest
 from local.stack import LocalStack
 from shared import aws
 from shared.store import TaskStore
+from tests import prefork
 from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, aipm_in, unique, wait_final, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -59,14 +60,7 @@ def fleet(stack: LocalStack) -> dict[str, dict[str, Any]]:
 def aipm_wide(workdir: Path, *args: str) -> str:
     """`aipm ARGS` as a person runs it in a wide terminal (a table's cells are not folded)."""
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET", "WS_URL")}
-    out = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        cwd=workdir,
-        env={**env, "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = prefork.aipm(args, cwd=workdir, env={**env, "COLUMNS": "250"}, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

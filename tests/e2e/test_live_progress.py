@@ -18,6 +18,7 @@ import git
 import pytest
 
 from shared import frames as fr
+from tests import prefork
 from tests.fixtures import FAKE_AGENT_COMMAND, AwsCli, aipm_in, unique, wait_until
 from tests.integration.refine_support import Browser
 
@@ -64,18 +65,12 @@ def aipm(stack: Any, *args: str) -> str:
 def aipm_run(stack: Any, *args: str) -> subprocess.CompletedProcess[str]:
     """``aipm ARGS`` in the stack's folder, whatever its exit code."""
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TOKEN_SECRET", "WS_URL")}
-    return subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        cwd=stack.workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return prefork.aipm(args, cwd=stack.workdir, env=env, timeout=60)
 
 
 def agent_processes(marker: str) -> list[int]:
-    """Live processes whose command line holds ``marker`` (the task's prompt carries it)."""
+    """Live agent processes (the fake kiro-cli) whose command line holds ``marker`` (the task's prompt
+    carries it): not the runner's own git, whose cleanup of the task's worktree may follow the row."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -85,7 +80,7 @@ def agent_processes(marker: str) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if marker.encode() in cmdline and state != "Z":
+        if marker.encode() in cmdline and b"fake_agent" in cmdline and state != "Z":
             found.append(int(entry.name))
     return found
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from ec2_runner.commands.rows import last_line
+from tests import prefork
 from tests.fixtures import unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -20,14 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 def submit_and_wait(stack: Any, *args: str) -> subprocess.CompletedProcess[str]:
     """``aipm submit ARGS --wait`` in the stack's folder (it finds the stack from .aipm/local.json)."""
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "TASK_QUEUE_URL", "COLUMNS")}
-    return subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", "submit", *args, "--wait"],
-        cwd=stack.workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return prefork.aipm(["submit", *args, "--wait"], cwd=stack.workdir, env=env, timeout=120)
 
 
 def test_submit_wait_follows_a_task_to_complete_and_shows_the_agents_last_line(local_stack: Any) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from shared.models import utc_now_iso
+from tests import prefork
 from tests.fixtures import ROOT, AwsCli, unique
 
 pytestmark = pytest.mark.integration
@@ -109,14 +109,7 @@ def _aipm(moto_endpoint: str, deployed: Any, *args: str) -> subprocess.Completed
         "TASK_QUEUE_URL": "http://127.0.0.1:1/unused",
         "PYTHONPATH": str(ROOT),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=str(ROOT),
-    )
+    return prefork.aipm(args, timeout=60, env=env, cwd=ROOT)
 
 
 def test_aipm_list_shows_a_row_it_cannot_parse_as_invalid_and_lists_the_rest(

@@ -12,8 +12,6 @@ import fnmatch
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from local.deploy import load_template, translate
 from shared import aws
 from shared import frames as fr
 from shared.models import utc_now_iso
+from tests import prefork
 from tests.conftest import EVENTS
 from tests.fixtures import FAKE_AGENT_COMMAND, FAKE_KIRO, unique, wait_until
 from tests.integration.refine_support import Browser
@@ -337,14 +336,7 @@ class Recording:
 
 
 def _cli(workdir: Path, env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = prefork.aipm(args, cwd=workdir, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 
 from shared.models import utc_now_iso
+from tests import prefork
 from tests.fixtures import unique
 
 pytestmark = pytest.mark.integration
@@ -60,14 +59,7 @@ def env(moto_endpoint: str, deployed: Any) -> dict[str, str]:
 def aipm(env: dict[str, str], tmp_path: Path, *args: str, cwd: Path | None = None, **extra: str) -> Ran:
     """``aipm ARGS`` in a process of its own; its exit code, output and the AWS calls it made."""
     record = tmp_path / f"calls-{unique('r')}.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "ec2_runner.cli", *args],
-        env={**env, **extra, "AIPM_RECORD_AWS_CALLS": str(record)},
-        cwd=cwd or tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = prefork.aipm(args, env={**env, **extra, "AIPM_RECORD_AWS_CALLS": str(record)}, cwd=cwd or tmp_path)
     calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
     assert "Traceback" not in done.stderr, done.stderr
     return Ran(done.returncode, done.stdout, done.stderr, calls)
