@@ -34,6 +34,40 @@ def ensure_local_credentials() -> None:
         os.environ.setdefault(key, value)
 
 
+class TableWrites:
+    """Writes to each table through this process's moto servers, counted, so that a stream reader in
+    this process (the local stack's event source mapping) can wait for the next write instead of
+    reading an empty stream every few milliseconds; a reader of a server elsewhere polls as before."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._counts: dict[str, int] = {}
+
+    def note(self, tables: Iterable[str]) -> None:
+        with self._changed:
+            for table in tables:
+                self._counts[table] = self._counts.get(table, 0) + 1
+            self._changed.notify_all()
+
+    def count(self, table: str) -> int:
+        with self._changed:
+            return self._counts.get(table, 0)
+
+    def wait(self, table: str, seen: int, timeout: float) -> bool:
+        """Whether ``table`` was written since its count was ``seen``, waiting up to ``timeout``."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._counts.get(table, 0) != seen, timeout)
+
+
+TABLE_WRITES = TableWrites()
+_SERVED_HERE: set[str] = set()  # the endpoints this process's MotoServers serve
+
+
+def served_here(endpoint_url: str) -> bool:
+    """Whether a MotoServer of this process serves ``endpoint_url`` (its writes reach TABLE_WRITES)."""
+    return endpoint_url.rstrip("/") in _SERVED_HERE
+
+
 class DynamoDBTwin:
     """WSGI middleware that makes moto's DynamoDB behave as DynamoDB does where the system relies on it.
 
@@ -70,39 +104,64 @@ class DynamoDBTwin:
             return self.app(environ, start_response)
         operation = target.rpartition(".")[2]
         with self._lock:
+            body = _read_body(environ) if operation in _WRITE_OPERATIONS else {}
             if operation in _PUT_OPERATIONS:
-                body = _read_body(environ)
                 refusal = _index_key_refusal(operation, body, _region(environ))
                 if refusal:
                     return _validation_error(refusal, start_response)
-            if operation != "TransactWriteItems":
-                return list(self.app(environ, start_response))
-            shards = _stream_shards()
-            region = _region(environ)
-            undo = _TransactionUndo(_tables(region), body)
-            status: list[str] = []
-
-            def noting_status(code: str, headers: Any, *exc_info: Any) -> Any:
-                status.append(code)
-                return start_response(code, headers, *exc_info)
-
             try:
-                _table_copies.skip = True
-                try:
-                    out = list(self.app(environ, noting_status))
-                finally:
-                    _table_copies.skip = False
-                if not status or not status[-1].startswith("200"):
-                    undo.restore(_tables(region))
-                return out
-            except BaseException:
-                undo.restore(_tables(region))
-                raise
+                if operation != "TransactWriteItems":
+                    return list(self.app(environ, start_response))
+                return self._transaction(environ, start_response, body)
             finally:
-                _keep_stream_shards(shards)
+                if body:
+                    TABLE_WRITES.note(_written_tables(operation, body))
+
+    def _transaction(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], body: dict[str, Any]
+    ) -> Iterable[bytes]:
+        """``TransactWriteItems``, undone in place when moto refuses it (under the lock)."""
+        shards = _stream_shards()
+        region = _region(environ)
+        undo = _TransactionUndo(_tables(region), body)
+        status: list[str] = []
+
+        def noting_status(code: str, headers: Any, *exc_info: Any) -> Any:
+            status.append(code)
+            return start_response(code, headers, *exc_info)
+
+        try:
+            _table_copies.skip = True
+            try:
+                out = list(self.app(environ, noting_status))
+            finally:
+                _table_copies.skip = False
+            if not status or not status[-1].startswith("200"):
+                undo.restore(_tables(region))
+            return out
+        except BaseException:
+            undo.restore(_tables(region))
+            raise
+        finally:
+            _keep_stream_shards(shards)
 
 
 _PUT_OPERATIONS = frozenset({"PutItem", "BatchWriteItem", "TransactWriteItems"})
+_WRITE_OPERATIONS = _PUT_OPERATIONS | {"UpdateItem", "DeleteItem"}
+
+
+def _written_tables(operation: str, body: dict[str, Any]) -> set[str]:
+    """The tables a write request names."""
+    if operation == "BatchWriteItem":
+        return {str(t) for t in body.get("RequestItems") or {}}
+    if operation == "TransactWriteItems":
+        found = set()
+        for entry in body.get("TransactItems") or []:
+            for part in entry.values() if isinstance(entry, dict) else ():
+                if isinstance(part, dict) and part.get("TableName"):
+                    found.add(str(part["TableName"]))
+        return found
+    return {str(body["TableName"])} if body.get("TableName") else set()
 
 
 def _read_body(environ: dict[str, Any]) -> dict[str, Any]:
@@ -323,9 +382,11 @@ class MotoServer:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        _SERVED_HERE.add(self.endpoint_url)
         return self.endpoint_url
 
     def stop(self) -> None:
+        _SERVED_HERE.discard(self.endpoint_url)
         self._server.stop()
 
     def __enter__(self) -> MotoServer:

@@ -113,6 +113,28 @@ def lambda_stream_record(raw: dict, stream_arn: str, region: str) -> dict:
     }
 
 
+class TableWriteWatch:
+    """The writes to one table (``local.motoserver.TABLE_WRITES``, where the server is in this
+    process): ``count()`` now, and ``wait(seen, timeout)`` for a write since ``seen``."""
+
+    def __init__(self, table: str) -> None:
+        from local.motoserver import TABLE_WRITES
+
+        self.table = table
+        self._writes = TABLE_WRITES
+
+    def count(self) -> int:
+        return self._writes.count(self.table)
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        return self._writes.wait(self.table, seen, timeout)
+
+
+# how long a stream reader that sees the table's writes waits, with nothing written, before it
+# reads the stream anyway (a write made elsewhere, e.g. through another server, is read then)
+IDLE_READ_SECONDS = 5.0
+
+
 class StreamPoller(_Background):
     """Plays the event source mapping of a function on a table's stream."""
 
@@ -130,6 +152,7 @@ class StreamPoller(_Background):
         max_retries: int = 3,  # -1: retry until stopped, as Lambda does until the record expires
         poll_interval: float = 0.05,
         listeners: list[Callable[[dict], None]] | None = None,
+        writes: TableWriteWatch | None = None,
     ) -> None:
         self.streams = streams
         self.stream_arn = stream_arn
@@ -140,6 +163,9 @@ class StreamPoller(_Background):
         self.max_retries = max_retries
         self.poll_interval = poll_interval
         self.listeners = listeners or []
+        # with the table's writes in view (its moto server is in this process), an empty read waits
+        # for the next write (or IDLE_READ_SECONDS) instead of reading again after poll_interval
+        self.writes = writes
         super().__init__()
         self._iterators: dict[str, str] = {}
         self.delivered = 0
@@ -161,6 +187,7 @@ class StreamPoller(_Background):
         last_shard_check = time.monotonic()
         while not self._stop.is_set():
             busy = False
+            seen = self.writes.count() if self.writes else 0
             for shard, iterator in list(self._iterators.items()):
                 try:
                     resp = self.streams.get_records(ShardIterator=iterator, Limit=self.batch_size)
@@ -176,8 +203,15 @@ class StreamPoller(_Background):
             if time.monotonic() - last_shard_check > 10:
                 last_shard_check = time.monotonic()
                 self._pick_up_new_shards()
-            if not busy:
+            if busy:
+                continue
+            if self.writes is None:
                 self._stop.wait(self.poll_interval)
+                continue
+            deadline = time.monotonic() + IDLE_READ_SECONDS
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if self.writes.wait(seen, 0.25):
+                    break
 
     def _pick_up_new_shards(self) -> None:
         try:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from pydantic import BaseModel
 
 from local.gitremote import ensure_bare_remote
 from local.lambdas import ROOT, LocalFunction
-from local.motoserver import LOCAL_CREDENTIALS, MotoServer
-from local.poller import Schedule, SqsPoller, StreamPoller
+from local.motoserver import LOCAL_CREDENTIALS, MotoServer, served_here
+from local.poller import Schedule, SqsPoller, StreamPoller, TableWriteWatch
 from shared import aws
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class LocalStackConfig(BaseModel):
 
 class LocalStack:
     """Starts and stops every part of the local system; usable as a context manager."""
+
+    # what starts a runner process: ``subprocess.Popen``'s signature and a Popen-like result (the test
+    # suite forks runners from an interpreter that has imported them already: tests/prefork.py)
+    process_launcher: Callable[..., Any] = subprocess.Popen
 
     def __init__(
         self,
@@ -159,6 +164,7 @@ class LocalStack:
             batch_size=res.dispatch_batch_size,
             max_retries=res.dispatch_max_retries,
             poll_interval=self.stream_poll_seconds,
+            writes=TableWriteWatch(res.table_name) if served_here(endpoint) else None,
         )
         self.stream.start(from_start=True)
         # the dead-letter function's event source mapping, as the template gives it (the intake)
@@ -278,16 +284,13 @@ class LocalStack:
         if log_path is None and self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"runner-{index}.log"
+        argv = [sys.executable, "-m", "ec2_runner"]
         if log_path is None:
-            proc = subprocess.Popen([sys.executable, "-m", "ec2_runner"], env=env, cwd=str(self.workdir))
+            proc = self.process_launcher(argv, env=env, cwd=str(self.workdir))
         else:
             with open(log_path, "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "ec2_runner"],
-                    env=env,
-                    cwd=str(self.workdir),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                proc = self.process_launcher(
+                    argv, env=env, cwd=str(self.workdir), stdout=log, stderr=subprocess.STDOUT
                 )
         self.runners.append(proc)
         logger.info("runner %d started (pid %d)", index, proc.pid)

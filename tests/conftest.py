@@ -47,6 +47,22 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _runners_forked() -> Iterator[None]:
+    """The local stack's runners are forks of one interpreter that has imported the runner already
+    (tests/prefork.py), each a process of its own; ``AIPM_TEST_EXEC_RUNNERS=1`` starts each with its
+    own ``python -m ec2_runner`` instead. The runners a test starts otherwise (the unit's
+    ``ExecStart``, ``aipm local up``) always start their own interpreter."""
+    if os.environ.get("AIPM_TEST_EXEC_RUNNERS") == "1":
+        yield
+        return
+    from local.stack import LocalStack
+    from tests import prefork
+
+    LocalStack.process_launcher = staticmethod(prefork.runner_process)  # type: ignore[assignment]
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _lambda_logs_follow_stdout() -> None:
     """The in-process Lambdas' shared Logger keeps the stream it was made with, as in Lambda; in a
     test process that may be one test's captured stdout, closed when that test ends. It follows

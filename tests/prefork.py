@@ -54,8 +54,24 @@ PRELOAD = (
     "shared.dead_letters",
     "shared.tokens",
     "awscli.clidriver",
+    # the runner (``python -m ec2_runner``) and what it imports as it starts
+    "ec2_runner.main",
+    "ec2_runner.daemon",
+    "ec2_runner.pipeline",
+    "ec2_runner.agents",
+    "ec2_runner.kiro",
+    "ec2_runner.claude_code",
+    "ec2_runner.codex",
+    "ec2_runner.gitops",
+    "ec2_runner.safegit",
+    "ec2_runner.sandbox",
+    "ec2_runner.presence",
+    "ec2_runner.terminal",
+    "ec2_runner.ws_client",
+    "ec2_runner.instance_notices",
+    "ec2_runner.metrics",
 )
-KINDS = ("aipm", "aws")
+KINDS = ("aipm", "aws", "runner")
 _MAX_REQUEST = 1 << 20
 
 
@@ -83,6 +99,10 @@ def _run_command(kind: str) -> int:
         from ec2_runner.cli import main
 
         return _code(main())
+    if kind == "runner":
+        from ec2_runner.main import main as runner_main
+
+        return _code(runner_main())
     import awscli
     from awscli.clidriver import main as aws_main
 
@@ -104,6 +124,7 @@ def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
     """In the fork: become the command, then end with its exit code (never returns)."""
     code = 1
     try:
+        _die_with_parent()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
@@ -135,8 +156,19 @@ def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
         os._exit(code & 0xFF)
 
 
+def _die_with_parent() -> None:
+    """SIGKILL when the parent goes (Linux's PR_SET_PDEATHSIG): a runner or a command is never left
+    behind by a test process that died, nor the zygote."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def serve(path: str) -> None:
-    """The zygote's loop: one fork per request on ``path``'s socket, until stdin closes."""
+    """The zygote's loop: one fork per request on ``path``'s socket, until stdin closes (then its
+    children are killed)."""
+    _die_with_parent()
     _preload()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(path)
@@ -156,8 +188,11 @@ def serve(path: str) -> None:
     while True:
         for key, _ in selector.select():
             if key.fileobj is sys.stdin:
-                if not os.read(sys.stdin.fileno(), 4096):
-                    return  # the test process is gone
+                if not os.read(sys.stdin.fileno(), 4096):  # the test process is gone
+                    for pid in children:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    return
             elif key.fileobj is server:
                 conn, _ = server.accept()
                 try:
@@ -229,6 +264,80 @@ class Zygote:
             return cls._path
 
 
+class Forked:
+    """A process forked by the zygote, handled as a ``subprocess.Popen``: ``pid``, ``args``,
+    ``returncode``, ``poll``, ``wait``, ``send_signal``, ``terminate`` and ``kill``. Its standard
+    streams are the file descriptors given (stdin /dev/null, stdout and stderr this process's own,
+    when None); ``returncode`` is negative for a signal, as Popen's."""
+
+    def __init__(
+        self,
+        kind: str,
+        args: list[str] | tuple[str, ...],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> None:
+        assert kind in KINDS, kind
+        self.args = [{"aipm": "aipm", "aws": "aws", "runner": "python -m ec2_runner"}[kind], *args]
+        self.returncode: int | None = None
+        self._ended = threading.Event()
+        request = {
+            "kind": kind,
+            "argv": ["aipm" if kind == "aipm" else kind, *args],
+            "env": dict(os.environ if env is None else env),
+            "cwd": str(cwd or os.getcwd()),
+        }
+        devnull = os.open(os.devnull, os.O_RDONLY) if stdin is None else -1
+        fds = [
+            devnull if stdin is None else stdin,
+            1 if stdout is None else stdout,
+            2 if stderr is None else stderr,
+        ]
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._sock.connect(Zygote.path())
+            socket.send_fds(self._sock, [json.dumps(request).encode()], fds)
+        finally:
+            if devnull >= 0:
+                os.close(devnull)
+        self.pid = int(json.loads(self._sock.recv(4096) or b'{"pid": 0}')["pid"])
+        if not self.pid:
+            raise RuntimeError("the zygote (tests/prefork.py) did not fork the command")
+        threading.Thread(target=self._await_end, daemon=True).start()
+
+    def _await_end(self) -> None:
+        try:
+            ended = self._sock.recv(4096)
+            self.returncode = int(json.loads(ended)["code"]) if ended else -signal.SIGKILL
+        finally:
+            self._sock.close()
+            self._ended.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 def run(
     kind: str,
     args: list[str] | tuple[str, ...],
@@ -241,53 +350,27 @@ def run(
     """``aipm ARGS`` (kind ``aipm``) or ``aws ARGS`` (kind ``aws``) as ``subprocess.run`` with
     ``capture_output=True, text=True`` would give it: a process of its own, forked from the zygote.
     Its stdin is ``input``, else /dev/null (not a terminal)."""
-    assert kind in KINDS, kind
-    argv = ["aipm" if kind == "aipm" else "aws", *args]
-    request = {
-        "kind": kind,
-        "argv": argv,
-        "env": dict(os.environ if env is None else env),
-        "cwd": str(cwd or os.getcwd()),
-    }
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    if input is None:
-        in_r, in_w = os.open(os.devnull, os.O_RDONLY), -1
-    else:
-        in_r, in_w = os.pipe()
-    pid = 0
+    in_r, in_w = os.pipe() if input is not None else (None, -1)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-            sock.connect(Zygote.path())
-            socket.send_fds(sock, [json.dumps(request).encode()], [in_r, out_w, err_w])
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-            in_r = out_w = err_w = -1
-            pid = json.loads(sock.recv(4096) or b'{"pid": 0}')["pid"]
-            if not pid:
-                raise RuntimeError("the CLI zygote (tests/prefork.py) did not fork the command")
-            outputs = _collect(out_r, err_r, in_w, input)
-            sock.settimeout(timeout)
-            deadline = time.monotonic() + timeout
-            for reader in outputs.threads:
-                reader.join(max(deadline - time.monotonic(), 0))
-            if any(t.is_alive() for t in outputs.threads):
-                raise subprocess.TimeoutExpired(argv, timeout)
-            sock.settimeout(max(deadline - time.monotonic(), 0.1))
-            ended = sock.recv(4096)
-            if not ended:
-                raise RuntimeError("the CLI zygote (tests/prefork.py) went away before the command ended")
-            code = json.loads(ended)["code"]
-    except (subprocess.TimeoutExpired, TimeoutError) as e:
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        raise subprocess.TimeoutExpired(argv, timeout) from e
+        proc = Forked(kind, args, env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w)
     finally:
         for fd in (in_r, out_w, err_w):
-            if fd >= 0:
+            if fd is not None:
                 os.close(fd)
-    return subprocess.CompletedProcess(argv, code, outputs.text(0), outputs.text(1))
+    outputs = _collect(out_r, err_r, in_w, input)
+    deadline = time.monotonic() + timeout
+    try:
+        for reader in outputs.threads:
+            reader.join(max(deadline - time.monotonic(), 0))
+        if any(t.is_alive() for t in outputs.threads):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        code = proc.wait(max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(proc.args, code, outputs.text(0), outputs.text(1))
 
 
 class _Outputs:
@@ -327,6 +410,17 @@ def aipm(args: list[str] | tuple[str, ...], **kwargs: Any) -> subprocess.Complet
 
 def aws(args: list[str] | tuple[str, ...], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return run("aws", args, **kwargs)
+
+
+def runner_process(
+    argv: list[str], *, env: dict[str, str], cwd: str, stdout: Any = None, stderr: Any = None
+) -> Forked:
+    """``python -m ec2_runner`` as the local stack starts it (``LocalStack.process_launcher``),
+    forked: ``stdout``/``stderr`` are open files (or ``subprocess.STDOUT``), else this process's."""
+    assert argv[1:] == ["-m", "ec2_runner"], argv
+    out = stdout.fileno() if stdout is not None else None
+    err = out if stderr == subprocess.STDOUT else (stderr.fileno() if stderr is not None else None)
+    return Forked("runner", [], env=env, cwd=cwd, stdout=out, stderr=err)
 
 
 if __name__ == "__main__":
