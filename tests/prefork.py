@@ -34,6 +34,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import setproctitle
+
 ROOT = Path(__file__).resolve().parents[1]
 # imported once in the zygote: everything the two command lines import before they act
 PRELOAD = (
@@ -73,6 +75,12 @@ PRELOAD = (
 )
 KINDS = ("aipm", "aws", "runner")
 _MAX_REQUEST = 1 << 20
+# the command line each kind stands for
+TITLES = {
+    "aipm": [sys.executable, "-m", "ec2_runner.cli"],
+    "aws": [str(Path(sys.executable).parent / "aws")],
+    "runner": [sys.executable, "-m", "ec2_runner"],
+}
 
 
 # -- the zygote ------------------------------------------------------------------------------------
@@ -134,6 +142,9 @@ def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
+        # its command line in /proc as the process it stands for would have it (hooks and tests find
+        # a runner by its command line); before the environment changes, which it needs untouched
+        setproctitle.setproctitle(request["title"])
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -282,12 +293,13 @@ class Forked:
         stderr: int | None = None,
     ) -> None:
         assert kind in KINDS, kind
-        self.args = [{"aipm": "aipm", "aws": "aws", "runner": "python -m ec2_runner"}[kind], *args]
+        self.args = [*TITLES[kind], *args]
         self.returncode: int | None = None
         self._ended = threading.Event()
         request = {
             "kind": kind,
             "argv": ["aipm" if kind == "aipm" else kind, *args],
+            "title": " ".join([*TITLES[kind], *args]),
             "env": dict(os.environ if env is None else env),
             "cwd": str(cwd or os.getcwd()),
         }
