@@ -134,8 +134,11 @@ def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
     try:
         _die_with_parent()
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+        # the signal dispositions a Python process starts with (it ignores SIGPIPE and SIGXFSZ)
+        for sig in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in close:
             os.close(fd)
