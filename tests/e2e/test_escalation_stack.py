@@ -94,8 +94,17 @@ def waiting_row(cli: AwsCli, task_id: str) -> dict:
     )
 
 
-async def open_running(url: str, token: str, task_id: str) -> Browser:
-    """A browser on the task once it runs (before that, ``open`` is answered ``no_session``)."""
+async def open_running(url: str, token: str, task_id: str, cli: AwsCli) -> Browser:
+    """A browser on the task once it runs. It opens once the row says ``processing``: a read-write
+    ``open`` of a task that runs nowhere yet starts a Refine terminal of it (and the run that claims
+    it then is not streamed there), a read-only one is answered ``no_session``."""
+    await asyncio.to_thread(
+        wait_until,
+        lambda: cli.read(task_id).get("status") == "processing",
+        60,
+        interval=0.2,
+        what=f"{task_id} to be claimed",
+    )
     for _ in range(60):
         browser = await Browser.connect(url, token)
         try:
@@ -130,7 +139,7 @@ def test_a_read_write_browser_answers_the_question_and_the_run_goes_on_to_its_pu
     follow = FollowAll(stack, task_id)  # `aipm logs --follow`, as an operator watches
 
     async def scenario() -> tuple[fr.QuestionFrame, dict, fr.TaskFrame, list[fr.QuestionFrame], str]:
-        browser = await open_running(cfg.ws_url, token, task_id)
+        browser = await open_running(cfg.ws_url, token, task_id, cli)
         try:
             asked = await browser.wait_frame(fr.QuestionFrame, timeout=60, pending=True)
             row = await asyncio.to_thread(waiting_row, cli, task_id)
@@ -175,7 +184,7 @@ def test_a_read_only_answer_is_refused_and_an_unanswered_run_fails_with_its_work
     token = aipm_in(stack.workdir, "token", "--task", task_id, "--read-only", "--ttl", "300")
 
     async def scenario() -> tuple[fr.QuestionFrame, fr.ErrorFrame, dict, fr.TaskFrame]:
-        browser = await open_running(cfg.ws_url, token, task_id)
+        browser = await open_running(cfg.ws_url, token, task_id, cli)
         try:
             asked = await browser.wait_frame(fr.QuestionFrame, timeout=60, pending=True)
             await browser.type("y\r")
@@ -257,7 +266,7 @@ def test_claude_code_asks_a_browser_on_the_task_and_the_answered_run_pushes(clau
     token = aipm_in(claude_stack.workdir, "token", "--task", task_id, "--ttl", "300")
 
     async def scenario() -> tuple[fr.QuestionFrame, dict, fr.TaskFrame]:
-        browser = await open_running(cfg.ws_url, token, task_id)
+        browser = await open_running(cfg.ws_url, token, task_id, cli)
         try:
             asked = await browser.wait_frame(fr.QuestionFrame, timeout=90, pending=True)
             row = await asyncio.to_thread(waiting_row, cli, task_id)
@@ -296,7 +305,7 @@ def test_the_page_shows_a_watcher_the_question_and_its_answer(stack: Any) -> Non
         assert "Allow this action?" in page.text
 
         async def answer() -> None:
-            browser = await open_running(cfg.ws_url, token, task_id)
+            browser = await open_running(cfg.ws_url, token, task_id, cli)
             try:
                 await browser.wait_frame(fr.QuestionFrame, timeout=60, pending=True)
                 await browser.type("y\r")

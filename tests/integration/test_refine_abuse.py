@@ -276,7 +276,7 @@ def test_input_on_a_connection_whose_token_expired_since_is_refused(
             # doomed connection's few seconds go to attaching and typing
             writer = await Browser.connect(gw.ws_url, browser_token(branch="feature/exp"))
             await writer.open(branch="feature/exp")
-            token, dead_at = expiring_token(4, branch="feature/exp")
+            token, dead_at = expiring_token(8, branch="feature/exp")
             doomed = await Browser.connect(gw.ws_url, token)
             await doomed.open(branch="feature/exp")
             await doomed.type("echo before-$((1+1))\r")
