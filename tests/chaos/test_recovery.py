@@ -51,11 +51,12 @@ class Supervisor:
 def test_poison_task_lands_in_the_dlq_and_fails_while_the_others_complete(
     chaos_factory: Any, capsys: pytest.CaptureFixture[str], slots: int
 ) -> None:
-    # given: maxReceiveCount 3, a 2 s lease (7 s visibility), two supervised runners
+    # given: maxReceiveCount 3, a 3 s lease with a 4 s margin (7 s visibility; a 2 s lease can be
+    # lost on a starved machine before the poison takes its runner down), two supervised runners
     chaos: Chaos = chaos_factory(
         f"poison{slots}",
         parameters={"MaxReceiveCount": 3},
-        runner_env={"LEASE_SECONDS": "2", "RUNNER_SLOTS": str(slots)},
+        runner_env={"LEASE_SECONDS": "3", "VISIBILITY_MARGIN_SECONDS": "4", "RUNNER_SLOTS": str(slots)},
     )
     poison = unique("poison")
     good = [unique("good") for _ in range(6)]
