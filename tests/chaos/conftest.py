@@ -169,12 +169,23 @@ class Chaos:
         return list(runs.values())
 
     def double_owned(self, ids: list[str]) -> list[str]:
-        """Tasks whose agent runs overlapped in time. A run without an end died with its runner
-        (PR_SET_PDEATHSIG) at that runner's SIGKILL or exit; with neither, it counts as running forever."""
+        """Tasks whose agent runs overlapped in time. A run that logged no end of its own was killed:
+        it died with its runner (PR_SET_PDEATHSIG) at that runner's SIGKILL or exit, or its runner
+        stopped it (its lease lost, a cancel) and logged ``agent finished`` for the task once the
+        agent's process group was gone; with none of these it counts as running forever. (Were two
+        runs to overlap, the first one's end so found is at the earliest the second's own end, after
+        that one's start: the overlap is still seen.)"""
         killed_at = {pid: t for t, pid in self.kills + self.exits}
+        finished: dict[str, list[float]] = {}
+        for line in self.runner_lines():
+            if str(line.get("message", "")).startswith("agent finished in ") and line.get("task_id"):
+                finished.setdefault(line["task_id"], []).append(log_time(line))
         per_task: dict[str, list[tuple[float, float]]] = {}
         for run in self.agent_runs(ids):
-            end = run.end if run.end is not None else killed_at.get(run.ppid, float("inf"))
+            end = run.end
+            if end is None:
+                stopped = [t for t in finished.get(run.task_id, []) if t >= run.start]
+                end = min([killed_at.get(run.ppid, float("inf")), *stopped])
             per_task.setdefault(run.task_id, []).append((run.start, end))
         bad = []
         for task_id, spans in per_task.items():
