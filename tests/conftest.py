@@ -96,7 +96,7 @@ def _uses(module: ModuleType, prefixes: tuple[str, ...]) -> bool:
     return False
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: `-m "not browser and not real_cli"` works
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the tests that drive a browser or a real agent CLI, so their time is told apart; then put
     the longest files first (each file's own order kept), so that xdist's ``--dist loadfile`` with

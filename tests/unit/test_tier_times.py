@@ -46,3 +46,40 @@ def test_this_suite_marks_its_browser_and_real_cli_tests(request: pytest.Fixture
         if path in marked:  # a run of some files only: what it collected
             assert expected in marked[path], path
     assert "browser" not in marked.get("tests/unit/test_tier_times.py", set())
+
+
+def test_the_budget_part_of_the_suite_is_selected_by_the_marks_the_suite_sets() -> None:
+    """`pytest -m "not browser and not real_cli"` (the part the 4-minute budget holds) leaves out the
+    files whose marks come from their imports, and keeps the rest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = [
+        "tests/e2e/test_terminal_page.py",
+        "tests/e2e/test_real_agent_clis.py",
+        "tests/unit/test_frames.py",
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--collect-only",
+            "-q",
+            "-m",
+            "not browser and not real_cli",
+            *files,
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
+    assert kept == {"tests/unit/test_frames.py"}, done.stdout
+    assert "deselected" in done.stdout, done.stdout
