@@ -31,6 +31,14 @@ def chaos_with(tmp_path: Path, agent: list[dict[str, Any]], runner: list[dict[st
     return Chaos(stack=None, store=None, sqs=None, agent_log=agent_log, logs=logs)  # type: ignore[arg-type]
 
 
+# the task's first run (runner pid 1) logged no end of its own; its rerun (runner pid 2) ended at 10 s
+RERUN = [
+    {"event": "start", "pid": 10, "ppid": 1, "time": T0 + 1},
+    {"event": "start", "pid": 11, "ppid": 2, "time": T0 + 9},
+    {"event": "end", "pid": 11, "time": T0 + 10},
+]
+
+
 def finished(seconds: float) -> dict[str, Any]:
     return {
         "message": "agent finished in 1.0 s (exit None, ok False)",
@@ -42,11 +50,7 @@ def finished(seconds: float) -> dict[str, Any]:
 def test_a_run_its_runner_stopped_ends_where_the_runner_says_it_finished(tmp_path: Path) -> None:
     chaos = chaos_with(
         tmp_path,
-        [
-            {"event": "start", "pid": 10, "ppid": 1, "time": T0 + 1},
-            {"event": "start", "pid": 11, "ppid": 2, "time": T0 + 9},
-            {"event": "end", "pid": 11, "time": T0 + 10},
-        ],
+        RERUN,
         [finished(2), finished(10)],
     )
     assert chaos.double_owned(["t1"]) == []
@@ -55,11 +59,7 @@ def test_a_run_its_runner_stopped_ends_where_the_runner_says_it_finished(tmp_pat
 def test_a_run_killed_with_its_runner_ends_at_the_kill(tmp_path: Path) -> None:
     chaos = chaos_with(
         tmp_path,
-        [
-            {"event": "start", "pid": 10, "ppid": 1, "time": T0 + 1},
-            {"event": "start", "pid": 11, "ppid": 2, "time": T0 + 9},
-            {"event": "end", "pid": 11, "time": T0 + 10},
-        ],
+        RERUN,
         [finished(10)],
     )
     assert chaos.double_owned(["t1"]) == ["t1"]  # nothing says the first run ended before the second

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import DEFAULT_FILE_SECONDS, TIERS, tier_of
@@ -51,10 +55,6 @@ def test_this_suite_marks_its_browser_and_real_cli_tests(request: pytest.Fixture
 def test_the_budget_part_of_the_suite_is_selected_by_the_marks_the_suite_sets() -> None:
     """`pytest -m "not browser and not real_cli"` (the part the 4-minute budget holds) leaves out the
     files whose marks come from their imports, and keeps the rest."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     files = [
         "tests/e2e/test_terminal_page.py",
