@@ -255,6 +255,8 @@ def start_presence(
     )
     runner.on_change = presence.poke
     return presence.start()
+
+
 def _terminal_settings() -> TerminalSettings:
     from ec2_runner.terminal import TerminalSettings
 

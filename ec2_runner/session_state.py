@@ -1,9 +1,10 @@
 """A Refine terminal session's state, without I/O: no pty, no socket, no event loop, no clock.
 
 It numbers the session's output (``seq``), keeps a bounded ring of it so a browser that comes back
-resumes from its ``lastSeq``, knows who watches (and who may only watch), puts each connection's
-keystrokes back in typed order, and says when a session has been idle or alone too long. Each
-method takes what happened (the time included) and returns the frames or bytes to send;
+resumes from its ``lastSeq``, knows who watches (and who may only watch), puts each writer's
+keystrokes back in typed order (a page's across its reconnects), and says when a session has been
+idle or alone too long. Each method takes what happened (the time included) and returns the frames
+or bytes to send;
 :mod:`ec2_runner.terminal` does the sending, the reading and the timers.
 """
 
@@ -19,6 +20,9 @@ from shared import frames as fr
 FLUSH_BYTES = fr.OUTPUT_DATA_BUDGET
 # a frame at least this large is full: framing at FLUSH_BYTES sends full frames only and keeps the rest
 FULL_FRAME_BYTES = fr.OUTPUT_DATA_BUDGET * 9 // 10
+# typed orders a session keeps (each page that typed, each connection without a page id): beyond
+# it the longest-known goes, so a stream of made-up writer ids costs a bounded amount of memory
+MAX_INPUT_ORDERS = 64
 
 
 class SessionState:
@@ -35,7 +39,9 @@ class SessionState:
         self.ring: collections.deque[fr.OutputFrame] = collections.deque()
         self.ring_size = 0
         self.viewers: dict[str, bool] = {}  # connection id -> read-only
-        self.inputs: dict[str, fr.InputOrderer] = {}  # connection id -> typed order
+        # ("writer", page id) or ("conn", connection id) -> typed order; a page's order outlives
+        # its connections, a connection's ends with it
+        self.inputs: dict[tuple[str, str], fr.InputOrderer] = {}
         self.last_activity = now
         self.alone_since: float | None = None
         self.pending: list[str] = []  # output not framed yet (coalescing)
@@ -111,7 +117,7 @@ class SessionState:
 
     def detach(self, conn: str, now: float) -> None:
         """A browser left; when it was the last one, the grace period starts."""
-        self.inputs.pop(conn, None)
+        self.inputs.pop(("conn", conn), None)
         if self.viewers.pop(conn, None) is not None and not self.viewers:
             self.alone_since = now
 
@@ -132,19 +138,26 @@ class SessionState:
 
     # -- input -------------------------------------------------------------------------------
     def typed(
-        self, conn: str | None, seq: int | None, data: str, now: float
-    ) -> tuple[list[str], Callable[[], list[str]] | None]:
-        """A writer's keystrokes (``seq`` in its own typed order): the text to write now, in order,
-        and, when an earlier keystroke is missing, what to call after a short wait to carry on
-        without it (it returns what then follows)."""
+        self, conn: str | None, seq: int | None, data: str, now: float, writer: str | None = None
+    ) -> tuple[list[str], Callable[[], tuple[list[str], bool]] | None]:
+        """A writer's keystrokes (``seq`` in its own typed order: a page's ``writer`` across its
+        connections, else the connection's): the text to write now, in order, and, when an earlier
+        keystroke is missing and no wait for it is under way, what to call after a short wait. It
+        returns what to write then and whether to wait again (the gap is still filling)."""
         if conn and conn not in self.viewers:
-            # input from a connection this runner has not seen attach (a relay that reconnected)
+            # input from a connection this runner has not seen attach (a relay that reconnected,
+            # or a page's old connection whose last frames are still being relayed)
             self.viewers[conn] = False
             self.alone_since = None
         self.last_activity = now
-        orderer = self.inputs.setdefault(conn or "", fr.InputOrderer())
+        key = ("writer", writer) if writer else ("conn", conn or "")
+        orderer = self.inputs.get(key)
+        if orderer is None:
+            orderer = self.inputs[key] = fr.InputOrderer()
+            while len(self.inputs) > MAX_INPUT_ORDERS:
+                del self.inputs[next(iter(self.inputs))]  # the longest-known writer
         ready = orderer.push(seq, data)
-        return ready, (orderer.skip_gap if orderer.held else None)
+        return ready, (orderer.waited if orderer.start_wait() else None)
 
     # -- ending ------------------------------------------------------------------------------
     def expired(self, now: float, grace_seconds: float, idle_seconds: float) -> str | None:

@@ -39,7 +39,9 @@ from shared.branches import DEFAULT_PROTECTED, UnsafeBranchError, check_branch
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
-INPUT_GAP_SECONDS = 0.2  # how long an out-of-order keystroke waits for the one before it
+# how long out-of-order keystrokes wait, with nothing written, for the one before them; a wait in
+# which earlier ones do arrive starts over (a page's old connection still relaying its backlog)
+INPUT_GAP_SECONDS = 0.5
 OUTBOX_HIGH = 64  # frames waiting for the socket before the pty is paused (backpressure)
 OUTBOX_LOW = 16
 HEADLESS_RUN = (
@@ -515,11 +517,13 @@ class SessionManager:
         session = self._writable(frame.session_id, frame.connection_id, frame.read_only)
         if session is None or session.child is None:
             return
-        ready, skip_gap = session.state.typed(frame.connection_id, frame.seq, frame.data, self._clock())
+        ready, waited = session.state.typed(
+            frame.connection_id, frame.seq, frame.data, self._clock(), writer=frame.writer
+        )
         self._write(session, ready)
-        if skip_gap is not None:
+        if waited is not None:
             # a keystroke is missing: wait a moment for it, then carry on without it
-            asyncio.get_running_loop().call_later(INPUT_GAP_SECONDS, lambda: self._write(session, skip_gap()))
+            self._wait_for_gap(waited, lambda chunks: self._write(session, chunks))
 
     def _answer_run(self, run: Session, frame: fr.InputFrame) -> None:
         """Input to a task's headless run: an answer to the question it waits on, from a read-write
@@ -533,12 +537,24 @@ class SessionManager:
         if asking is None:
             self._error(conn, HEADLESS_RUN, run.id, "read_only")
             return
-        ready, skip_gap = run.state.typed(conn, frame.seq, frame.data, self._clock())
+        ready, waited = run.state.typed(conn, frame.seq, frame.data, self._clock(), writer=frame.writer)
         self._take_answer(run.id, conn, ready)
-        if skip_gap is not None:
-            asyncio.get_running_loop().call_later(
-                INPUT_GAP_SECONDS, lambda: self._take_answer(run.id, conn, skip_gap())
-            )
+        if waited is not None:
+            self._wait_for_gap(waited, lambda chunks: self._take_answer(run.id, conn, chunks))
+
+    def _wait_for_gap(
+        self, waited: Callable[[], tuple[list[str], bool]], write: Callable[[list[str]], None]
+    ) -> None:
+        """After INPUT_GAP_SECONDS, write what the wait let through, and wait again while the gap
+        is still filling."""
+
+        def done() -> None:
+            ready, again = waited()
+            write(ready)
+            if again:
+                self._wait_for_gap(waited, write)
+
+        asyncio.get_running_loop().call_later(INPUT_GAP_SECONDS, done)
 
     def _take_answer(self, sid: str, conn: str | None, chunks: list[str]) -> None:
         asking = self._asking.get(sid)

@@ -97,6 +97,8 @@ class _Frame(BaseModel):
 
 
 SessionId = Annotated[str, Field(min_length=1, max_length=128)]
+# a page's own random id for its input (``InputFrame.writer``): letters, digits, - and _
+WriterId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class _BrowserFrame(_Frame):
@@ -139,9 +141,12 @@ class InputFrame(_BrowserFrame):
     action: Literal["input"] = "input"
     session_id: SessionId
     data: str = Field(max_length=MAX_FRAME_BYTES)
-    # typed order, from 1 on each connection: API Gateway may run a connection's messages through
-    # concurrent invocations, so keystrokes can reach the runner out of order (None: as they come)
+    # typed order: API Gateway may run a connection's messages through concurrent invocations, so
+    # keystrokes can reach the runner out of order (None: as they come). From 1 on each connection,
+    # or, with ``writer``, from 1 across all the connections of that page: a page that reconnects
+    # while its old connection's frames are still being relayed keeps its keystrokes in order.
     seq: int | None = Field(default=None, ge=1)
+    writer: WriterId | None = None
 
 
 class ResizeFrame(_BrowserFrame):
@@ -504,17 +509,22 @@ def session_id_for(task_id: str | None = None, branch: str | None = None) -> str
 
 
 class InputOrderer:
-    """Puts one connection's input back in typed order (``InputFrame.seq``); pure, no I/O.
+    """Puts one writer's input back in typed order (``InputFrame.seq``); pure, no I/O.
 
-    A gap that does not fill (the relay refused a frame, say a throttled one) is skipped by
-    ``skip_gap()``, which the runner calls after a short wait, or at once when ``max_held`` frames
-    are waiting; frames without a seq pass straight through.
+    A gap that does not fill (the relay refused a frame, say a throttled one) is skipped once the
+    runner's wait for it passes with nothing written (``start_wait()``, then ``waited()``), or at
+    once when ``max_held`` frames are waiting. A wait in which earlier frames did arrive starts over:
+    the gap is filling (a page's old connection still relaying what was typed on it). Frames
+    without a seq pass straight through.
     """
 
     def __init__(self, max_held: int = 64) -> None:
         self.next_seq = 1
         self.held: dict[int, str] = {}
+        self.written = 0  # frames given out in order so far
         self._max_held = max_held
+        self._waiting = False
+        self._written_at_wait = 0
 
     def push(self, seq: int | None, data: str) -> list[str]:
         """Add one frame; returns the data now in order to be written."""
@@ -533,11 +543,31 @@ class InputOrderer:
             self.next_seq = min(self.held)
         return self._drain()
 
+    def start_wait(self) -> bool:
+        """True when frames are held behind a gap and no wait for it is under way: the caller
+        waits, then calls ``waited()``."""
+        if not self.held or self._waiting:
+            return False
+        self._waiting, self._written_at_wait = True, self.written
+        return True
+
+    def waited(self) -> tuple[list[str], bool]:
+        """The wait ended: what to write now and whether to wait again. Frames written meanwhile
+        mean the gap is filling, so it waits again; a wait with no progress skips the gap."""
+        if not self.held:
+            self._waiting = False
+            return [], False
+        out = [] if self.written != self._written_at_wait else self.skip_gap()
+        self._waiting = bool(self.held)
+        self._written_at_wait = self.written
+        return out, self._waiting
+
     def _drain(self) -> list[str]:
         out = []
         while self.next_seq in self.held:
             out.append(self.held.pop(self.next_seq))
             self.next_seq += 1
+        self.written += len(out)
         return out
 
 

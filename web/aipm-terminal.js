@@ -19,7 +19,9 @@
 // - with `tokenProvider` or `tokenUrl`, a fresh token before the current one expires (60 s ahead) and
 //   on a reconnect after it expired; with a fixed `token`, a refused or expired token is reported
 //   once and never retried;
-// - input split by UTF-8 bytes so every frame stays under API Gateway's 32 KB;
+// - input split by UTF-8 bytes so every frame stays under API Gateway's 32 KB, numbered (`seq`) from 1
+//   across all of the page's connections under one random `writer` id, so keystrokes typed on a new
+//   connection are written after those its old one is still relaying;
 // - output written to the terminal in batches: while xterm is still parsing one write, whatever
 //   arrives meanwhile is joined and written next, in one call (a burst of output costs a few large
 //   writes, not one per frame; a keystroke's echo is still written at once);
@@ -29,6 +31,12 @@
 //   (`onTask(frame)`: status complete with commitSha, or failed with error and errorKind).
 
 export const MAX_FRAME_BYTES = 32 * 1024;
+
+// 128 random bits, hex: crypto.getRandomValues works outside secure contexts too (randomUUID does not)
+function writerId() {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 const FRAME_BUDGET = MAX_FRAME_BYTES - 1024; // room for the frame's other fields
 const HELD_INPUT_BYTES = 1024 * 1024; // keystrokes kept while the runner is away
 const RESUME_FIRST_MS = 1000;
@@ -119,6 +127,8 @@ export function connect(options) {
   let token = null, claims = {}, target = null, readOnly = watch || !!options.readOnly;
   let ws = null, sessionId = null, nextSeq = null, ended = false;
   const pending = new Map();
+  // the page's keystrokes, numbered across its connections (the runner orders them per writer)
+  const writer = writerId();
   let inSeq = 0, held = [], heldBytes = 0, roNoticeShown = false;
   let everOpen = false, failedConnects = 0, backoff = 500;
   let resumeTimer = null, resumeDelay = RESUME_FIRST_MS, reattaching = false;
@@ -185,7 +195,11 @@ export function connect(options) {
     for (const k of pending.keys()) if (nextSeq !== null && k < nextSeq) pending.delete(k);
   }
   function sendInput(data) {
-    for (const piece of splitByBytes(data)) send({ action: "input", sessionId, data: piece, seq: ++inSeq });
+    for (const piece of splitByBytes(data)) {
+      // a piece the socket no longer takes is held for the next connection, and numbered then
+      if (send({ action: "input", sessionId, data: piece, seq: inSeq + 1, writer })) inSeq++;
+      else hold(piece);
+    }
   }
   function hold(data) {
     const size = new TextEncoder().encode(data).length;
@@ -286,7 +300,7 @@ export function connect(options) {
     const sock = new WS(`${options.url}?token=${encodeURIComponent(token)}`);
     let opened = false;
     let retired = false; // replaced by a newer connection: its close is expected
-    if (!previous) { ws = sock; inSeq = 0; }
+    if (!previous) ws = sock;
     sock.onopen = () => {
       opened = everOpen = true;
       failedConnects = 0; backoff = 500;
@@ -304,7 +318,7 @@ export function connect(options) {
       if (f.action === "opened") {
         if (previous && ws === previous) {
           // the renewed connection is attached: it takes over, and the old one goes
-          ws = sock; inSeq = 0;
+          ws = sock;
           previous.retired = true;
           clearInterval(previous.keepalive);
           previous.close();

@@ -138,7 +138,8 @@ def test_the_page_pings_on_its_keepalive_interval(moto_endpoint: str, table: str
 
 def test_the_page_renews_its_token_before_it_expires(moto_endpoint: str, table: str, tmp_path: Path) -> None:
     """With a token URL, the page fetches a fresh token ahead of ``exp`` and moves the session to a
-    new connection (opened, resumed, then the old one closed): same session, no output twice."""
+    new connection (opened, resumed, then the old one closed): same session, no output twice, and
+    its keystrokes numbered on from one connection to the next."""
     with (
         running_gateway(moto_endpoint, table) as gw,
         running_runner(gw, lambda: session_manager(tmp_path)),
@@ -156,5 +157,9 @@ def test_the_page_renews_its_token_before_it_expires(moto_endpoint: str, table: 
             assert page.text.count("first-15\r\n") == 1
             assert len(page.sent("open")) == 1 and page.sent("resume")
             assert "session ended" not in page.text and "refused" not in page.status
+            # the keystrokes are numbered on across the connections, under one writer id
+            inputs = page.sent("input")
+            assert [f["seq"] for f in inputs] == list(range(1, len(inputs) + 1))
+            assert len({f["writer"] for f in inputs}) == 1 and len(inputs[0]["writer"]) == 32
         finally:
             page.close()

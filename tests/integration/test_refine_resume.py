@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ec2_runner import terminal
 from ec2_runner.agent_settings import AgentSettings
 from ec2_runner.agents import make_agent
 from shared import frames as fr
@@ -69,6 +70,51 @@ def test_disconnect_and_resume_lose_nothing_in_a_5mb_burst(
 
         asyncio.run(scenario())
         assert 0 < gw.max_message_by_role["runner"] <= fr.MAX_FRAME_BYTES
+
+
+def test_a_pages_keystrokes_stay_in_typed_order_across_its_reconnect(
+    moto_endpoint: str, table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page reconnects while its old connection's last keystrokes are still being relayed: what it
+    types on the new connection (numbered on, under the same ``writer``) reaches the shell after
+    them, so the command runs as typed, with nothing lost or interleaved. The old connection's
+    backlog trickles in over longer than one wait for the gap (2 s here), one key a second: each
+    wait that saw one arrive starts over."""
+    monkeypatch.setattr(terminal, "INPUT_GAP_SECONDS", 2.0)
+    with running_gateway(moto_endpoint, table) as gw, running_runner(gw, lambda: session_manager(tmp_path)):
+
+        async def scenario() -> None:
+            token = browser_token(branch="feature/order")
+            writer = "page-" + os.urandom(8).hex()
+            keys = list("echo in-order-$((6*7))\r")
+            old = await Browser.connect(gw.ws_url, token)
+            await old.open(branch="feature/order")
+            await old.wait_text("$ ")
+            sid = old.session_id
+            assert sid
+
+            def key(n: int) -> fr.InputFrame:
+                return fr.InputFrame(session_id=sid, data=keys[n - 1], seq=n, writer=writer)
+
+            for n in range(1, 6):
+                await old.send(key(n))
+            new = await Browser.connect(gw.ws_url, token)
+            await new.send(fr.ResumeFrame(session_id=sid, last_seq=old.reasm.last_seq))
+            await new.wait_frame(fr.OpenedFrame, 10)
+            # when: the new connection types on first, the old one's keys 6-9 come after it
+            for n in range(10, len(keys) + 1):
+                await new.send(key(n))
+            await asyncio.sleep(0.2)
+            for n in range(6, 10):
+                await old.send(key(n))
+                await asyncio.sleep(1.0)
+            # then
+            await new.wait_text("in-order-42\r\n", 15)
+            assert "echo in-order-$((6*7))" in new.text
+            await old.close()
+            await new.close()
+
+        asyncio.run(scenario())
 
 
 def test_killed_runner_gives_the_browser_runner_gone_then_no_runner_never_exit(

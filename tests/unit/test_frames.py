@@ -70,6 +70,10 @@ def test_runner_cannot_send_browser_actions() -> None:
         '{"action":"open"}',
         '{"action":"open","taskId":"a","branch":"b"}',
         '{"action":"input","sessionId":"s","data":"x","extra":1}',
+        '{"action":"input","sessionId":"s","data":"x","seq":1,"writer":"short"}',
+        '{"action":"input","sessionId":"s","data":"x","seq":1,"writer":"has spaces in it"}',
+        '{"action":"input","sessionId":"s","data":"x","seq":1,"writer":"' + "w" * 65 + '"}',
+        '{"action":"input","sessionId":"s","data":"x","seq":1,"writer":7}',
     ],
 )
 def test_malformed_frames_are_refused(raw: str) -> None:
@@ -138,6 +142,29 @@ def test_input_orderer_writes_keystrokes_in_typed_order() -> None:
     assert o.push(1, "a") == []  # a duplicate
     assert o.push(None, "raw") == ["raw"]  # no seq: as it comes
     assert o.push(3, "c") == ["c"]
+
+
+def test_a_wait_for_a_gap_skips_it_only_when_nothing_came_meanwhile() -> None:
+    """The runner waits for a missing keystroke; a wait in which earlier ones arrived (a page's old
+    connection still relaying its backlog) starts over, and one with no progress skips the gap."""
+    o = f.InputOrderer()
+    assert o.push(1, "a") == ["a"] and not o.start_wait()  # nothing held: nothing to wait for
+    assert o.push(4, "d") == [] and o.start_wait()
+    assert o.push(5, "e") == [] and not o.start_wait()  # one wait at a time
+    assert o.push(2, "b") == ["b"]  # the gap is filling
+    assert o.waited() == ([], True)  # so the wait starts over, nothing skipped
+    assert o.waited() == (["d", "e"], False)  # a whole wait with no progress: seq 3 is skipped
+    assert o.push(3, "late") == []
+    assert o.push(6, "f") == ["f"] and not o.start_wait()
+
+
+def test_a_wait_whose_gap_filled_ends_quietly() -> None:
+    o = f.InputOrderer()
+    assert o.push(2, "b") == [] and o.start_wait()
+    assert o.push(1, "a") == ["a", "b"]
+    assert o.waited() == ([], False)
+    assert o.push(4, "d") == [] and o.start_wait()  # a new gap, a new wait
+    assert o.waited() == (["d"], False)
 
 
 def test_input_orderer_skips_a_gap_that_never_fills() -> None:

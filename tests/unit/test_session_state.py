@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ec2_runner.session_state import FLUSH_BYTES, SessionState
+from ec2_runner.session_state import FLUSH_BYTES, MAX_INPUT_ORDERS, SessionState
 from shared import frames as fr
 
 pytestmark = pytest.mark.unit
@@ -264,7 +264,7 @@ def test_a_keystroke_that_never_comes_is_skipped_after_the_wait() -> None:
 
     ready, skip = state.typed("c-1", 3, "c", now=1.1)
     assert ready == [] and skip is not None
-    assert skip() == ["c"]
+    assert skip() == (["c"], False)
     assert state.typed("c-1", 4, "d", now=1.2) == (["d"], None)
 
 
@@ -276,6 +276,36 @@ def test_each_connection_has_its_own_typed_order() -> None:
 
     assert state.typed("c-1", 2, "held", now=1.0)[0] == []
     assert state.typed("c-2", 1, "x", now=1.0) == (["x"], None)
+
+
+def test_a_pages_typed_order_holds_across_its_connections() -> None:
+    """A page reconnects while its old connection still relays what was typed on it: the new
+    connection's keystrokes (the page numbers them on) wait for the old one's, whatever comes first,
+    and the old connection's detach does not forget the page's order."""
+    state = session()
+    state.attach("old", False, 0, now=0.0)
+    assert state.typed("old", 1, "ec", now=1.0, writer="page-0001") == (["ec"], None)
+    state.detach("old", now=1.1)  # closed by the gateway; its frames 2 and 3 are still on their way
+    state.attach("new", False, 0, now=1.2)
+
+    ready, wait = state.typed("new", 4, " hi", now=1.3, writer="page-0001")
+    assert ready == [] and wait is not None
+    assert state.typed("old", 2, "h", now=1.4, writer="page-0001") == (["h"], None)
+    assert wait() == ([], True)  # the gap is filling: wait again
+    assert state.typed("old", 3, "o", now=1.6, writer="page-0001") == (["o", " hi"], None)
+    assert wait() == ([], False)
+
+
+def test_each_page_has_its_own_typed_order_and_their_number_is_bounded() -> None:
+    """Pages' seqs are independent; a stream of made-up writer ids keeps only the newest orders."""
+    state = session()
+    state.attach("c-1", False, 0, now=0.0)
+    assert state.typed("c-1", 2, "held", now=1.0, writer="page-000a")[0] == []
+    assert state.typed("c-1", 1, "x", now=1.0, writer="page-000b") == (["x"], None)
+    for n in range(200):
+        state.typed("c-1", 1, "y", now=2.0, writer=f"made-up-{n:04d}")
+    assert len(state.inputs) == MAX_INPUT_ORDERS
+    assert ("writer", "made-up-0199") in state.inputs and ("writer", "page-000a") not in state.inputs
 
 
 def test_input_from_an_unseen_connection_makes_it_a_writer_viewer() -> None:
