@@ -216,8 +216,10 @@ class Runner:
                         self._release(1)
                         break
                 self.received += 1
-                fut = pool.submit(self._handle, message)
+                # counted busy before its handler can hold the task: a heartbeat in between would
+                # show the task in a slot it calls free
                 with self._lock:
+                    fut = pool.submit(self._handle, message)
                     self._running.add(fut)
                 fut.add_done_callback(self._done)
                 if suspect:
