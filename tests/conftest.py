@@ -193,7 +193,8 @@ class TierTimes:
             write(f"{tier:<18}{len(self.tests[tier]):>7}{self.seconds[tier]:>11.1f}")
         total = sum(len(v) for v in self.tests.values())
         write(f"{'all':<18}{total:>7}{sum(self.seconds.values()):>11.1f}")
-        write(f"wall time of the run {wall:.1f} s (summed durations overlap across xdist workers)")
+        part = f' of -m "{self.config.option.markexpr}"' if self.config.option.markexpr else ""
+        write(f"wall time of the run{part} {wall:.1f} s (summed durations overlap across xdist workers)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
