@@ -22,7 +22,7 @@ PY312_ENV := $(shell if python3.12 -V >/dev/null 2>&1; then :; \
 	elif command -v pyenv >/dev/null 2>&1; then v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$$)' | tail -1); \
 	[ -n "$$v" ] && echo "PYENV_VERSION=$$(pyenv version-name 2>/dev/null | cut -d: -f1):$$v"; fi)
 
-.PHONY: venv node-deps web-deps browser demo test unit lint scan build runner-package publish-runner bench clean
+.PHONY: venv node-deps web-deps browser demo test test-order unit lint scan build runner-package publish-runner bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -132,16 +132,14 @@ publish-runner: runner-package
 build: venv
 	env $(PY312_ENV) $(BIN)/sam build --template template.yaml --cached --parallel >/dev/null
 
-# `make test` runs the suite in two parts, each with its own slowest 15, tier table and wall time: the
-# part the 4-minute budget holds, then the browser and real-CLI tiers (README "Test times")
-BUDGET_PART := not browser and not real_cli
 test: venv
 	@$(MAKE) --no-print-directory -j3 --output-sync=target $(LINT_CHECKS) build node-deps web-deps browser
-	@rc=0; for part in '$(BUDGET_PART)' 'browser or real_cli'; do \
-		env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest $(PYTEST_SPEED) --durations=15 -m "$$part" || r=$$?; \
-		if [ "$${r:-0}" -eq 5 ]; then echo "pytest collected no tests for -m \"$$part\": failing"; fi; \
-		[ "$${r:-0}" -eq 0 ] || rc=$$r; r=0; \
-	done; exit $$rc
+	@rc=0; env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest $(PYTEST_SPEED) --durations=15 || rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
+
+# the order a clean clone runs the test files in (longest first): each file's time in this checkout's
+# last runs, written to tests/file_seconds.json (commit it when files come or change much)
+test-order: venv
+	$(BIN)/python -m tests.file_order
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -136,11 +137,18 @@ DEFAULT_FILE_SECONDS = {
 _FILE_SECONDS_KEY = "aipm/file-seconds"
 
 
+# the times `make test-order` wrote from a full run: a clean clone's first run starts its longest
+# files first too (the tier defaults above only for files that came since)
+COMMITTED_FILE_SECONDS = ROOT / "tests" / "file_seconds.json"
+
+
 def _file_seconds(config: pytest.Config) -> dict[str, float]:
-    """Each file's summed test time in earlier runs (pytest's cache), or {} without the cache."""
+    """Each file's summed test time in earlier runs: pytest's cache over the committed times."""
     cache = getattr(config, "cache", None)
     found = cache.get(_FILE_SECONDS_KEY, {}) if cache is not None else {}
-    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
+    committed = json.loads(COMMITTED_FILE_SECONDS.read_text()) if COMMITTED_FILE_SECONDS.is_file() else {}
+    merged = {**committed, **(found if isinstance(found, dict) else {})}
+    return {str(k): float(v) for k, v in merged.items()}
 
 
 def tier_of(nodeid: str, keywords: Any) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEFAULT_FILE_SECONDS, TIERS, tier_of
+from tests.conftest import COMMITTED_FILE_SECONDS, DEFAULT_FILE_SECONDS, TIERS, tier_of
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +84,25 @@ def test_the_budget_part_of_the_suite_is_selected_by_the_marks_the_suite_sets() 
     kept = {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
     assert kept == {"tests/unit/test_frames.py"}, done.stdout
     assert "deselected" in done.stdout, done.stdout
+
+
+def test_a_clean_clone_runs_its_longest_files_first_from_the_committed_times() -> None:
+    """Without pytest's cache (a clean clone), the files of one tier are ordered by the times
+    `make test-order` committed, longest first, not in the order they are collected."""
+    root = Path(__file__).resolve().parents[2]
+    committed = json.loads(COMMITTED_FILE_SECONDS.read_text())
+    e2e = sorted(p for p in committed if p.startswith("tests/e2e/") and (root / p).is_file())
+    # two files collected in name order whose committed times say the other order
+    first, second = next(
+        (a, b) for i, a in enumerate(e2e) for b in e2e[i + 1 :] if committed[b] > committed[a] + 5
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", first, second],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    order = list(dict.fromkeys(line.split("::")[0] for line in done.stdout.splitlines() if "::" in line))
+    assert order == [second, first], done.stdout
