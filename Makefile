@@ -6,7 +6,7 @@ PYTHON ?= python3
 TEST_WORKERS ?= 6
 # How the suite is spread (README "Test times"): one file per worker at a time (its module fixtures
 # made once), the longest files first (tests/conftest.py orders them by the last run's times, kept in
-# pytest's cache, else by tier) and xdist's own reorder by test count off, which would leave the long
+# pytest's cache, else by those committed in tests/file_seconds.json, else by tier) and xdist's own reorder by test count off, which would leave the long
 # one-test chaos files for last. Bytecode is written even where PYTHONDONTWRITEBYTECODE is set: without
 # it every worker, runner and CLI process compiles the project again (~0.1 CPU-s a process) and pytest
 # rewrites every test module's asserts again (~3 CPU-s a worker).

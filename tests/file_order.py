@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHED = ROOT / ".pytest_cache" / "v" / "aipm" / "file-seconds"
-COMMITTED = ROOT / "tests" / "file_seconds.json"
+from tests.conftest import _FILE_SECONDS_KEY, COMMITTED_FILE_SECONDS, ROOT
+
+CACHED = ROOT / ".pytest_cache" / "v" / _FILE_SECONDS_KEY  # where pytest's cache keeps that key
 
 
 def main() -> int:
@@ -18,8 +17,8 @@ def main() -> int:
         return 1
     seconds = json.loads(CACHED.read_text())
     kept = {path: round(float(s), 1) for path, s in sorted(seconds.items()) if (ROOT / path).is_file()}
-    COMMITTED.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
-    print(f"{COMMITTED.relative_to(ROOT)}: {len(kept)} files, {sum(kept.values()):.0f} s summed")
+    COMMITTED_FILE_SECONDS.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    print(f"{COMMITTED_FILE_SECONDS.relative_to(ROOT)}: {len(kept)} files, {sum(kept.values()):.0f} s summed")
     return 0
 
 

@@ -31,12 +31,6 @@
 //   (`onTask(frame)`: status complete with commitSha, or failed with error and errorKind).
 
 export const MAX_FRAME_BYTES = 32 * 1024;
-
-// 128 random bits, hex: crypto.getRandomValues works outside secure contexts too (randomUUID does not)
-function writerId() {
-  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
 const FRAME_BUDGET = MAX_FRAME_BYTES - 1024; // room for the frame's other fields
 const HELD_INPUT_BYTES = 1024 * 1024; // keystrokes kept while the runner is away
 const RESUME_FIRST_MS = 1000;
@@ -79,6 +73,12 @@ export function splitByBytes(data, budget = FRAME_BUDGET) {
   }
   if (piece) pieces.push(piece);
   return pieces;
+}
+
+// 128 random bits, hex: crypto.getRandomValues works outside secure contexts too (randomUUID does not)
+function writerId() {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** A token source: `token` (fixed), `tokenProvider` (async, fresh each call) or `tokenUrl` (GET, JSON {token}). */
