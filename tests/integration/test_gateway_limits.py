@@ -196,7 +196,13 @@ def test_runner_moves_over_at_its_maximum_duration_losing_no_output(
 
         client = asyncio.run(scenario())
         ticks = [int(m) for m in re.findall(r"tick-(\d{4})\r\n", client.text)]
-        assert ticks == list(range(1000, 1060)), client.text[-400:]
+        missing = sorted(set(range(1000, 1060)) - set(ticks))
+        typed = [t for t in missing if f"echo tick-$(({t - 1000}+1000))" in client.text]
+        # which side lost a command: its echo came back (the shell had it) or not (its input was lost)
+        assert ticks == list(range(1000, 1060)), (
+            f"missing {missing}, of which echoed {typed}; refusals {client.refusals}; "
+            f"reconnects {client.reconnects}; {client.text[-400:]}"
+        )
         assert client.seqs == list(range(client.seqs[0], client.seqs[0] + len(client.seqs)))
         # the runner opened a connection per move (and kept one: never closed by the limit itself)
         assert gw.connections_by_role.get("runner", 0) >= 4
