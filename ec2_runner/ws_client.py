@@ -4,7 +4,8 @@ It reconnects with backoff; after each (re)connect the runner says ``hello`` wit
 still holds, so the relay routes them to the new connection. It stays inside API Gateway's limits:
 a ``ping`` (answered by the gateway's MOCK route, no Lambda) well inside the 10-minute idle
 timeout, and before the 2-hour mark a move to a new connection with nothing lost: open it, say
-hello, wait for the relay's ``routed``, switch the outbox to it between two frames, close the old. The
+hello, wait for the relay's ``routed``, switch the outbox to it between two frames, and close the
+old one once the relay's cached routes to it have run out (its input still read until then). The
 runner authenticates with a short-lived runner token signed with the runner secret (minted again
 after a refused handshake): ``RUNNER_SECRET`` on the local stack; in AWS the secret that main.py
 reads from Secrets Manager (``RUNNER_SECRET_ARN``) with the instance role. The connection itself is
@@ -48,6 +49,9 @@ _CONNECT_ERRORS = (
 )
 
 RUNNER_TOKEN_TTL = 3600
+# after a move, the old connection is closed this long after the relay's route cache ran out, and at
+# the latest this long before its maximum duration
+RETIRE_MARGIN_SECONDS = 0.5
 
 
 def _with_token(url: str, token: str) -> str:
@@ -166,6 +170,7 @@ class _RelayClient:
         self.settings = settings
         self.link = _Link()
         self.moves = 0
+        self._retiring: set[asyncio.Task[None]] = set()  # connections moved from, closing after a grace
 
     async def run(self, stop: asyncio.Event, max_backoff: float) -> None:
         loop = asyncio.get_running_loop()
@@ -203,6 +208,8 @@ class _RelayClient:
         finally:
             stopper.cancel()
             sender.cancel()
+            for retiring in list(self._retiring):
+                retiring.cancel()  # each stops its connection as it ends
             if conn is not None:
                 conn.stop()
             await self.sessions.shutdown()
@@ -264,16 +271,28 @@ class _RelayClient:
             new.stop()
             return old
         await self.link.use(new)  # from the next frame on, output goes through the new connection
-        try:
-            await old.ws.close()
-        finally:
-            old.stop()
-        # again, now the old one is gone: a session opened through it meanwhile is routed here too
-        with contextlib.suppress(ConnectionClosed):
-            await self._hello(new)
+        retiring = asyncio.get_running_loop().create_task(self._retire(old, new))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
         self.moves += 1
         logger.info("terminal relay moved to a new connection (move %d)", self.moves)
         return new
+
+    async def _retire(self, old: _Connection, new: _Connection) -> None:
+        """Close the connection moved from once the relay's cached routes to it have run out (input
+        a relay still posts there meanwhile is read and typed, not lost), or just before its
+        maximum duration, whichever comes first; then say hello again on the new one, so a session
+        opened through the old one meanwhile is routed there too."""
+        loop = asyncio.get_running_loop()
+        left = old.opened_at + self.settings.max_connection_seconds - loop.time()
+        grace = min(fr.ROUTE_CACHE_SECONDS + RETIRE_MARGIN_SECONDS, max(0.0, left - RETIRE_MARGIN_SECONDS))
+        try:
+            await asyncio.wait({old.tasks[0]}, timeout=grace)  # its receiver ends if the gateway closes it
+            await old.ws.close()
+        finally:
+            old.stop()
+        with contextlib.suppress(ConnectionClosed):
+            await self._hello(new)
 
     async def _shut_down(self, conn: _Connection) -> None:
         # end the sessions and let their exit frames out before closing

@@ -31,6 +31,10 @@ from pydantic.alias_generators import to_camel
 
 MAX_FRAME_BYTES = 32 * 1024
 MAX_MESSAGE_BYTES = 128 * 1024
+# how long a relay Lambda keeps a session's route (the runner connection it posts the session's
+# frames to) before reading it again: a runner that moves to a new connection keeps reading its old
+# one at least this long, so input a relay still posts there is not lost
+ROUTE_CACHE_SECONDS = 5.0
 # a runner's output frame carries at most this much encoded data, leaving room for ``to``
 OUTPUT_DATA_BUDGET = 28 * 1024
 MAX_TO = 32

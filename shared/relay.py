@@ -34,7 +34,7 @@ from shared.ws_config import WsSettings
 
 logger = logging.getLogger(__name__)
 
-ROUTE_CACHE_SECONDS = 5.0
+ROUTE_CACHE_SECONDS = fr.ROUTE_CACHE_SECONDS
 # open / resume per connection and window: each makes the runner start a session or replay its ring
 # (a resume from seq 0 replays up to the whole 8 MB), so they get a far smaller budget than keystrokes
 CONTROL_RATE = 5

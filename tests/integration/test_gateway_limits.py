@@ -19,7 +19,9 @@ from websockets.exceptions import ConnectionClosed
 
 from ec2_runner.ws_client import RelayLinkSettings
 from local.deploy import deploy
+from shared import aws
 from shared import frames as fr
+from shared.connections import ConnectionStore
 from tests.integration.refine_support import (
     Browser,
     Partition,
@@ -207,6 +209,58 @@ def test_runner_moves_over_at_its_maximum_duration_losing_no_output(
         # the runner opened a connection per move (and kept one: never closed by the limit itself)
         assert gw.connections_by_role.get("runner", 0) >= 4
         assert client.reconnects >= 3 and "runner_gone" not in client.refusals
+
+
+def test_input_a_relay_still_posts_to_the_runner_s_old_connection_after_a_move_is_typed(
+    moto_endpoint: str, table: str, tmp_path: Path
+) -> None:
+    """A relay Lambda keeps a session's route for a few seconds (``ROUTE_CACHE_SECONDS``): right
+    after the runner moved to a new connection, a relay may still post a keystroke to the old one,
+    which the gateway accepts while it is open. The runner keeps reading its old connection until
+    those routes ran out, so the keystroke is typed; it used to close the old connection as soon as
+    the relay had routed the new one, and the post got 410 (a relay posting a moment earlier lost
+    the keystroke)."""
+    limits = {"max_connection_seconds": 12.0, "idle_timeout": 30.0}
+    link = RelayLinkSettings(keepalive_seconds=1.0, max_connection_seconds=12.0, move_ahead_seconds=6.0)
+    ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
+    store = ConnectionStore(ddb, table)
+    with (
+        running_gateway(moto_endpoint, table, limits=limits) as gw,
+        running_runner(gw, lambda: session_manager(tmp_path, show_git_status=False), link=link),
+    ):
+
+        async def scenario() -> tuple[Browser, int]:
+            b = await Browser.connect(gw.ws_url, browser_token(branch="feature/old-route"))
+            await b.open(branch="feature/old-route")
+            assert b.session_id
+            await b.type("echo before-$((1+1))\r")
+            await b.wait_text("before-2", 10)
+            old = store.route(b.session_id)
+            (browser,) = store.browsers(b.session_id)
+            assert old
+            # the move: the session's route turns to the runner's new connection (at ~6 s)
+            deadline = time.monotonic() + 15
+            while store.route(b.session_id) == old and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert store.route(b.session_id) not in (None, old), "the runner never moved"
+            # what a relay with the old route cached posts: the frame stamped as the relay stamps it
+            frame = fr.InputFrame(session_id=b.session_id, data="echo cached-$((2+2))\r")
+            stamped = frame.model_copy(update={"connection_id": browser, "read_only": False})
+            request = urllib.request.Request(
+                f"{gw.management_url}/@connections/{old}", data=fr.encode(stamped).encode(), method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    status = resp.status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            if status == 200:
+                await b.wait_text("cached-4", 10)
+            return b, status
+
+        browser, status = asyncio.run(scenario())
+    assert status == 200, f"the old connection was gone {status} right after the move"
+    assert "cached-4" in browser.text
 
 
 def test_large_paste_and_output_burst_arrive_intact_in_order(
