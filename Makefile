@@ -6,11 +6,13 @@ PYTHON ?= python3
 TEST_WORKERS ?= 6
 # How the suite is spread (README "Test times"): one file per worker at a time (its module fixtures
 # made once), the longest files first (tests/conftest.py orders them by the last run's times, kept in
-# pytest's cache, else by those committed in tests/file_seconds.json, else by tier) and xdist's own reorder by test count off, which would leave the long
-# one-test chaos files for last. Bytecode is written even where PYTHONDONTWRITEBYTECODE is set: without
-# it every worker, runner and CLI process compiles the project again (~0.1 CPU-s a process) and pytest
-# rewrites every test module's asserts again (~3 CPU-s a worker).
+# pytest's cache, else by those committed in tests/file_seconds.json, else by tier) and xdist's own
+# reorder by test count off, which would leave the long one-test chaos files for last. Bytecode is
+# written even where PYTHONDONTWRITEBYTECODE is set: without it every worker, runner and CLI process
+# compiles the project again (~0.1 CPU-s a process) and pytest rewrites every test module's asserts
+# again (~4 CPU-s a worker; `make suite-bytecode` writes them once before the workers start).
 PYTEST_SPEED := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+SUITE_PYTEST = env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -144,7 +146,7 @@ setup: venv $(CHECKOV_VENV)/.installed node-deps web-deps browser build
 # Each test module's assertion-rewritten bytecode, written once before the test workers start: six
 # workers collecting a clean checkout side by side each rewrote every module again (~4 CPU-s each)
 suite-bytecode: venv
-	@env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest --collect-only -q -p no:cacheprovider >$(VENV)/collect.log \
+	@$(SUITE_PYTEST) --collect-only -q -p no:cacheprovider >$(VENV)/collect.log \
 		|| { cat $(VENV)/collect.log; exit 1; }
 
 # the checks and the suite, timed from the end of the set-up (the budget's start)
@@ -152,7 +154,7 @@ test: setup
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory -j3 --output-sync=target $(LINT_CHECKS) suite-bytecode || exit $$?; \
 	checked=$$(date +%s); rc=0; \
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest $(PYTEST_SPEED) --durations=15 || rc=$$?; \
+	$(SUITE_PYTEST) $(PYTEST_SPEED) --durations=15 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; \
 	echo "make test after set-up: $$(( $$(date +%s) - start )) s (lint and bytecode $$(( checked - start )) s, then pytest)"; \
 	exit $$rc

@@ -34,7 +34,6 @@ from shared.ws_config import WsSettings
 
 logger = logging.getLogger(__name__)
 
-ROUTE_CACHE_SECONDS = fr.ROUTE_CACHE_SECONDS
 # open / resume per connection and window: each makes the runner start a session or replay its ring
 # (a resume from seq 0 replays up to the whole 8 MB), so they get a far smaller budget than keystrokes
 CONTROL_RATE = 5
@@ -119,7 +118,7 @@ class Relay:
 
     def _route(self, session: str, fresh: bool = False) -> str | None:
         cached = self._routes.get(session)
-        if cached and not fresh and self._clock() - cached[1] < ROUTE_CACHE_SECONDS:
+        if cached and not fresh and self._clock() - cached[1] < fr.ROUTE_CACHE_SECONDS:
             return cached[0]
         runner = self.store.route(session)
         if runner is None:

@@ -22,6 +22,7 @@ from local.deploy import deploy
 from shared import aws
 from shared import frames as fr
 from shared.connections import ConnectionStore
+from shared.management_api import Poster
 from tests.integration.refine_support import (
     Browser,
     Partition,
@@ -224,12 +225,14 @@ def test_input_a_relay_still_posts_to_the_runner_s_old_connection_after_a_move_i
     link = RelayLinkSettings(keepalive_seconds=1.0, max_connection_seconds=12.0, move_ahead_seconds=6.0)
     ddb = aws.client("dynamodb", region="us-east-1", endpoint_url=moto_endpoint)
     store = ConnectionStore(ddb, table)
+    # the relay's own PostToConnection client
+    poster = Poster(lambda url: aws.client("apigatewaymanagementapi", region="us-east-1", endpoint_url=url))
     with (
         running_gateway(moto_endpoint, table, limits=limits) as gw,
         running_runner(gw, lambda: session_manager(tmp_path, show_git_status=False), link=link),
     ):
 
-        async def scenario() -> tuple[Browser, int]:
+        async def scenario() -> tuple[Browser, bool]:
             b = await Browser.connect(gw.ws_url, browser_token(branch="feature/old-route"))
             await b.open(branch="feature/old-route")
             assert b.session_id
@@ -246,20 +249,13 @@ def test_input_a_relay_still_posts_to_the_runner_s_old_connection_after_a_move_i
             # what a relay with the old route cached posts: the frame stamped as the relay stamps it
             frame = fr.InputFrame(session_id=b.session_id, data="echo cached-$((2+2))\r")
             stamped = frame.model_copy(update={"connection_id": browser, "read_only": False})
-            request = urllib.request.Request(
-                f"{gw.management_url}/@connections/{old}", data=fr.encode(stamped).encode(), method="POST"
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=5) as resp:
-                    status = resp.status
-            except urllib.error.HTTPError as e:
-                status = e.code
-            if status == 200:
+            delivered = poster.post(gw.management_url, old, fr.encode(stamped))  # False: 410 Gone
+            if delivered:
                 await b.wait_text("cached-4", 10)
-            return b, status
+            return b, delivered
 
-        browser, status = asyncio.run(scenario())
-    assert status == 200, f"the old connection was gone {status} right after the move"
+        browser, delivered = asyncio.run(scenario())
+    assert delivered, "the old connection was gone (410) right after the move"
     assert "cached-4" in browser.text
 
 
