@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import re
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -110,10 +111,14 @@ def test_keepalive_alone_keeps_a_client_through_several_idle_timeouts(moto_endpo
 
 class ResumingBrowser:
     """What the page does about the limits: reconnect when the gateway closes the connection, then
-    resume from the last seq; ``seqs`` are every output seq applied, in order."""
+    resume from the last seq; ``seqs`` are every output seq applied, in order. Like the page, it
+    numbers its input once across its connections under one writer id, so keystrokes its old
+    connection is still relaying and those typed on the new one are written in typed order."""
 
     def __init__(self, url: str, branch: str) -> None:
         self.url, self.branch = url, branch
+        self.writer = secrets.token_urlsafe(16)
+        self.typed = 0  # the seq of the last input frame
         self.browser: Browser | None = None
         self.reasm = fr.SeqReassembler()
         self.text = ""
@@ -166,10 +171,15 @@ class ResumingBrowser:
             self._take(fr.decode(raw, role="to_browser"))
 
     async def type(self, data: str) -> None:
+        assert self.browser is not None and self.browser.session_id
+        self.typed += 1
+        frame = fr.InputFrame(
+            session_id=self.browser.session_id, data=data, seq=self.typed, writer=self.writer
+        )
         for _ in range(3):
-            assert self.browser is not None and self.browser.session_id
+            assert self.browser is not None
             try:
-                await self.browser.type(data)
+                await self.browser.send(frame)  # sent again after a reconnect: the runner drops a duplicate
                 return
             except ConnectionClosed:
                 await self._reconnect()
