@@ -204,18 +204,39 @@ def translate(
     sam_template: dict[str, Any], region: str, parameters: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The CloudFormation template SAM makes of ``sam_template``, offline: a copy the caller may
-    change (the same template, region and parameters are translated once a process)."""
+    change. A translation costs ~0.1 CPU-s and is kept for the same template, region and
+    parameters; for a template whose translation uses no parameter's value (SAM leaves most of them
+    as ``Ref``s for CloudFormation), it is kept for every parameter set: stacks of other names
+    share it."""
     try:
         key = json.dumps([sam_template, region, parameters or {}], sort_keys=True)
+        shared = _translation_without_values(json.dumps([sam_template, region], sort_keys=True))
     except (TypeError, ValueError):  # a value JSON cannot hold: translated as it is, uncached
         return _translate_now(copy.deepcopy(sam_template), region, dict(parameters or {}))
-    return copy.deepcopy(_translated(key))
+    return copy.deepcopy(_translated(shared or key))
 
 
 @functools.lru_cache(maxsize=32)
 def _translated(key: str) -> dict[str, Any]:
     tpl, region, parameters = json.loads(key)
     return _translate_now(tpl, region, parameters)
+
+
+@functools.lru_cache(maxsize=8)
+def _translation_without_values(template_and_region: str) -> str | None:
+    """The key of a translation that stands for every parameter set, or None if the template's
+    translation may depend on a value. Probed once a template: translated with two sets of values
+    that differ in every parameter, the same result means SAM resolved none of them."""
+    tpl, region = json.loads(template_and_region)
+    names = sorted(tpl.get("Parameters") or {})
+    keys = [
+        json.dumps([tpl, region, {n: f"aipm-probe-{i}-{n}" for n in names}], sort_keys=True) for i in (1, 2)
+    ]
+    try:
+        same = _translated(keys[0]) == _translated(keys[1])
+    except Exception:  # a value SAM refuses (text for a Number): values matter to it
+        return None
+    return keys[0] if same else None
 
 
 def _translate_now(tpl: dict[str, Any], region: str, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb import models as moto_dynamodb
 from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.dynamo_type import DynamoType
@@ -357,11 +358,81 @@ def _item_key(table: Any, attrs: Any) -> tuple[DynamoType, DynamoType | None] | 
     return hash_key, range_key
 
 
+# -- cost ----------------------------------------------------------------------------------------
+# moto answers a DynamoDB read by walking botocore's output shape member by member: every attribute
+# of every item is an ``AttributeValue`` structure of ten members, each looked up under several
+# aliases. That walk is most of a GetItem's time (~2 ms of ~3 ms for a task row) and of a stream
+# read's, under the twin's lock. An attribute value moto holds is already in DynamoDB's JSON form
+# ({"S": "..."}, {"M": {...}}), so one made only of strings, numbers (as strings), booleans,
+# nulls, lists, maps and string sets is put in the response as it is: the same JSON the walk makes
+# (tests/integration/test_dynamodb_twin.py compares the two). Anything else (binary values) takes
+# moto's own walk.
+_SCALARS: dict[str, type] = {"S": str, "N": str, "BOOL": bool, "NULL": bool}
+
+
+def _plain_attribute_value(value: Any) -> bool:
+    if type(value) is not dict or len(value) != 1:
+        return False
+    ((kind, inner),) = value.items()
+    scalar = _SCALARS.get(kind)
+    if scalar is not None:
+        return type(inner) is scalar
+    if kind in ("SS", "NS"):
+        return type(inner) is list and all(type(v) is str for v in inner)
+    if kind == "L":
+        return type(inner) is list and all(_plain_attribute_value(v) for v in inner)
+    if kind == "M":
+        return type(inner) is dict and all(
+            type(k) is str and _plain_attribute_value(v) for k, v in inner.items()
+        )
+    return False
+
+
+_MOTO_STRUCTURE = BaseJSONSerializer._serialize_type_structure
+
+
+def _structure(self: BaseJSONSerializer, serialized: Any, value: Any, shape: Any, key: str) -> None:
+    if key and shape.name == "AttributeValue" and _plain_attribute_value(value):
+        serialized[key] = value
+        return
+    _MOTO_STRUCTURE(self, serialized, value, shape, key)
+
+
+def install_fast_attribute_values(on: bool = True) -> None:
+    """Put plain attribute values in moto's JSON responses as they are (see above); ``on=False``
+    restores moto's own walk."""
+    BaseJSONSerializer._serialize_type_structure = _structure if on else _MOTO_STRUCTURE  # type: ignore[method-assign]
+
+
+class _Dispatcher(DomainDispatcherApplication):
+    """moto's dispatcher with its host-to-service lookup kept: moto matches each request's host
+    against every service's URL patterns (~0.3 ms a request, under a lock all requests share), and
+    the answer for a host never changes."""
+
+    _KEPT = 512  # hosts are service.region.amazonaws.com names, a few per stack
+
+    def __init__(self, create_app: Callable[..., Any]) -> None:
+        super().__init__(create_app)
+        self._backends: dict[str, Any] = {}
+
+    def get_backend_for_host(self, host: str | None) -> Any:
+        if host is None:
+            return None
+        try:
+            return self._backends[host]
+        except KeyError:
+            backend = super().get_backend_for_host(host)
+            if len(self._backends) < self._KEPT:
+                self._backends[host] = backend
+            return backend
+
+
 class _AtomicMotoServer(ThreadedMotoServer):
     """moto's threaded server behind the DynamoDB twin middleware."""
 
     def _server_entry(self) -> None:
-        app = DynamoDBTwin(DomainDispatcherApplication(create_backend_app))
+        install_fast_attribute_values()
+        app = DynamoDBTwin(_Dispatcher(create_backend_app))
         self._server = make_server(
             self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
         )

@@ -46,7 +46,6 @@ def client(
     boto3's own credential chain (environment, profile, instance role)."""
     # ``config`` may override the retry policy and connect timeout (the CLI fails fast: a person waits)
     cfg = Config(**{"retries": _RETRY, "read_timeout": read_timeout, "connect_timeout": 5, **config})
-    session: Any = _session()  # the service is a runtime string, not a stubbed literal
     creds = (
         {
             "aws_access_key_id": keys.access_key_id,
@@ -56,7 +55,11 @@ def client(
         if keys
         else {}
     )
-    made = session.client(service, region_name=region, endpoint_url=endpoint_url or None, config=cfg, **creds)
+    with _sessions_lock:
+        session: Any = _session()  # the service is a runtime string, not a stubbed literal
+        made = session.client(
+            service, region_name=region, endpoint_url=endpoint_url or None, config=cfg, **creds
+        )
     record_to = os.environ.get(RECORD_ENV)
     if record_to:
         _CallRecorder(record_to, _component(sys._getframe(1))).attach(made)
@@ -83,11 +86,48 @@ def _loader() -> _SharedLoader:
     return _SharedLoader(extra_search_paths=paths, include_default_search_paths=False)
 
 
+# what a session reads once and keeps (its credentials and profile): a process whose environment
+# names others gets a session of its own for them, so a client sees the credentials of its moment
+_SESSION_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+)
+_sessions: dict[tuple[str | None, ...], boto3.session.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def _forget_sessions() -> None:
+    """In a forked child: no session of the parent's (its connections, cached credentials), and a
+    lock no parent thread may have held at the fork."""
+    global _sessions_lock
+    _sessions_lock = threading.Lock()
+    _sessions.clear()
+
+
+os.register_at_fork(after_in_child=_forget_sessions)
+
+
 def _session() -> boto3.session.Session:
-    """A new boto3 session (its own credentials and configuration, as before) on the shared loader."""
-    core = botocore.session.Session()
-    core.register_component("data_loader", _loader())
-    return boto3.session.Session(botocore_session=core)
+    """This process's boto3 session (on the shared loader) for the credentials its environment
+    names now. A botocore session costs ~11 CPU-ms to make (its event handlers), a client from a
+    made one ~5; region and endpoint are still read at each client, from the environment or the
+    caller. boto3 sessions are not safe to make clients from in two threads at once, so ``client``
+    makes them under ``_sessions_lock``; a forked child starts with neither (``_forget_sessions``)."""
+    key = tuple(os.environ.get(name) for name in _SESSION_ENV)
+    made = _sessions.get(key)
+    if made is None:
+        core = botocore.session.Session()
+        core.register_component("data_loader", _loader())
+        made = boto3.session.Session(botocore_session=core)
+        if len(_sessions) >= 16:  # environments a long-lived process went through: keep it small
+            _sessions.clear()
+        _sessions[key] = made
+    return made
 
 
 # -- call recording (tests only: tests/integration/test_least_privilege.py) ------------------------
