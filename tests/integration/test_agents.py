@@ -220,22 +220,23 @@ def test_a_generic_command_is_not_retried_for_kiros_trouble_message(work: Path, 
 
 
 def test_hang_is_killed_at_the_timeout_with_nothing_left_running(work: Path, agent_log: Path) -> None:
-    """An agent that ignores SIGTERM (and its helper process) is killed as a group at the timeout."""
+    """An agent that ignores SIGTERM (and its helper process) is killed as a group at the timeout.
+    (2 s: on a loaded machine the fake agent's start-up alone, before its helper, can take one.)"""
     started = time.monotonic()
 
-    result = kiro().run("Stuck [fake:hang]", work, timeout=1.0)
+    result = kiro().run("Stuck [fake:hang]", work, timeout=2.0)
 
     elapsed = time.monotonic() - started
     assert not result.ok
-    assert result.error == "agent timed out after 1 s"
-    assert 1.0 <= elapsed < 4.0
+    assert result.error == "agent timed out after 2 s"
+    assert 2.0 <= elapsed < 5.0
     assert any("helper_pid" in e for e in events(agent_log))
     assert_no_agent_left(agent_log)
 
 
 def test_hang_keeps_what_it_wrote_before_the_timeout(work: Path) -> None:
     """Work done before the hang stays on disk, for the runner's work-in-progress branch."""
-    result = kiro().run("Stuck [fake:write path=wip.txt text=partial] [fake:hang]", work, timeout=1.0)
+    result = kiro().run("Stuck [fake:write path=wip.txt text=partial] [fake:hang]", work, timeout=2.0)
 
     assert not result.ok and "timed out" in (result.error or "")
     assert (work / "wip.txt").read_text() == "partial\n"

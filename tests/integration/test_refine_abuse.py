@@ -276,11 +276,13 @@ def test_input_on_a_connection_whose_token_expired_since_is_refused(
             # doomed connection's few seconds go to attaching and typing
             writer = await Browser.connect(gw.ws_url, browser_token(branch="feature/exp"))
             await writer.open(branch="feature/exp")
-            token, dead_at = expiring_token(8, branch="feature/exp")
+            # 10 s for the doomed connection to attach and echo; its waits, like the writer's, allow
+            # for a loaded machine (each returns as soon as it sees what it waits for)
+            token, dead_at = expiring_token(10, branch="feature/exp")
             doomed = await Browser.connect(gw.ws_url, token)
             await doomed.open(branch="feature/exp")
             await doomed.type("echo before-$((1+1))\r")
-            await doomed.wait_text("before-2")
+            await doomed.wait_text("before-2", timeout=max(dead_at - time.time(), 0.1))
             while time.time() <= dead_at + 0.5:  # wait for the expiry itself, not a timing
                 await asyncio.sleep(0.2)
             # when
@@ -288,11 +290,11 @@ def test_input_on_a_connection_whose_token_expired_since_is_refused(
             await doomed.send(fr.ResizeFrame(session_id=doomed.session_id, cols=20, rows=5))
             await doomed.send(fr.ResumeFrame(session_id=doomed.session_id, last_seq=0))
             # then
-            await doomed.wait_for(lambda br: error_codes(br).count("token_expired") == 3)
+            await doomed.wait_for(lambda br: error_codes(br).count("token_expired") == 3, timeout=15)
             refusal = next(f for f in doomed.frames if isinstance(f, fr.ErrorFrame))
             assert "expired" in refusal.message and "token" in refusal.message
             await writer.type("echo writer-$((3+3))\r")
-            await writer.wait_text("writer-6")
+            await writer.wait_text("writer-6", timeout=15)
             await asyncio.sleep(0.3)
             assert "after-4" not in writer.text and "after-4" not in doomed.text
             assert "writer-6" not in doomed.text  # the runner no longer sends it output
