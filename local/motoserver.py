@@ -409,7 +409,7 @@ class _Dispatcher(DomainDispatcherApplication):
     against every service's URL patterns (~0.3 ms a request, under a lock all requests share), and
     the answer for a host never changes."""
 
-    _KEPT = 512  # hosts are service.region.amazonaws.com names, a few per stack
+    _KEPT = 512  # hosts are service.region.amazonaws.com names: one per service and region
 
     def __init__(self, create_app: Callable[..., Any]) -> None:
         super().__init__(create_app)
