@@ -209,11 +209,11 @@ def translate(
     as ``Ref``s for CloudFormation), it is kept for every parameter set: stacks of other names
     share it."""
     try:
-        key = json.dumps([sam_template, region, parameters or {}], sort_keys=True)
         shared = _translation_without_values(json.dumps([sam_template, region], sort_keys=True))
+        key = shared or json.dumps([sam_template, region, parameters or {}], sort_keys=True)
     except (TypeError, ValueError):  # a value JSON cannot hold: translated as it is, uncached
         return _translate_now(copy.deepcopy(sam_template), region, dict(parameters or {}))
-    return copy.deepcopy(_translated(shared or key))
+    return copy.deepcopy(_translated(key))
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from moto.core.serialize import BaseJSONSerializer
+from moto.core.serialize import SERVICE_SPECIFIC_SERIALIZERS, JSONSerializer
 from moto.dynamodb import models as moto_dynamodb
 from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.dynamo_type import DynamoType
@@ -388,20 +388,24 @@ def _plain_attribute_value(value: Any) -> bool:
     return False
 
 
-_MOTO_STRUCTURE = BaseJSONSerializer._serialize_type_structure
+class _DynamoDBSerializer(JSONSerializer):
+    """moto's JSON serializer, for DynamoDB and its streams: plain attribute values as they are."""
 
-
-def _structure(self: BaseJSONSerializer, serialized: Any, value: Any, shape: Any, key: str) -> None:
-    if key and shape.name == "AttributeValue" and _plain_attribute_value(value):
-        serialized[key] = value
-        return
-    _MOTO_STRUCTURE(self, serialized, value, shape, key)
+    def _serialize_type_structure(self, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if key and shape.name == "AttributeValue" and _plain_attribute_value(value):
+            serialized[key] = value
+            return
+        super()._serialize_type_structure(serialized, value, shape, key)
 
 
 def install_fast_attribute_values(on: bool = True) -> None:
-    """Put plain attribute values in moto's JSON responses as they are (see above); ``on=False``
-    restores moto's own walk."""
-    BaseJSONSerializer._serialize_type_structure = _structure if on else _MOTO_STRUCTURE  # type: ignore[method-assign]
+    """Serialize DynamoDB's and DynamoDB Streams' answers with ``_DynamoDBSerializer``, through
+    moto's own table of per-service serializers (see above); ``on=False`` restores moto's own."""
+    for service in ("dynamodb", "dynamodbstreams"):
+        if on:
+            SERVICE_SPECIFIC_SERIALIZERS.setdefault(service, {})["json"] = _DynamoDBSerializer
+        else:
+            SERVICE_SPECIFIC_SERIALIZERS.get(service, {}).pop("json", None)
 
 
 class _Dispatcher(DomainDispatcherApplication):
